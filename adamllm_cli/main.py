@@ -1,0 +1,187 @@
+"""`adamllm`: ingest and inspect datasets (later: synth, train, eval)."""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from adamllm_core.dataset import DatasetError
+from adamllm_core.errors import ConfigError
+from adamllm_core.ingest import IngestConfig
+from adamllm_core.inspection import summarise, work_status
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console()
+errors = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _set(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        target = target.setdefault(key, {})
+    target[leaf] = value
+
+
+def build_ingest_config(config_file: Path | None, overrides: dict[str, Any]) -> IngestConfig:
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text())
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of ingest settings")
+        data = loaded.get("ingest", loaded)
+    for dotted, value in overrides.items():
+        if value is not None:
+            _set(data, dotted, value)
+    return IngestConfig.model_validate(data)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "config"
+        lines.append(f"{where}: {item['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="folder, annotation file (.jsonl/.json/.csv), ShareGPT JSON, or Parquet; local or s3://")],
+    domain: Annotated[Optional[str], typer.Option(help="domain name, e.g. biomed, food, remote-sensing")] = None,
+    out: Annotated[str, typer.Option(help="output dataset URI (local path or s3://bucket/prefix)")] = ...,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of ingest settings (flags override it)")] = None,
+    format: Annotated[Optional[str], typer.Option(help="auto | folder | sharegpt | parquet")] = None,
+    image_field: Annotated[Optional[str], typer.Option(help="record field naming the image")] = None,
+    caption_field: Annotated[Optional[str], typer.Option(help="record field holding the caption(s)")] = None,
+    caption_template: Annotated[Optional[str], typer.Option(help="caption built from fields, e.g. 'A photo of {label}.'")] = None,
+    captions: Annotated[Optional[str], typer.Option(help="first | all: one pair per record, or per caption")] = None,
+    image_root: Annotated[Optional[str], typer.Option(help="folder that relative image paths start from")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(help="reject images with more pixels")] = None,
+    min_side: Annotated[Optional[int], typer.Option(help="reject images with a shorter side")] = None,
+    multi_frame: Annotated[Optional[str], typer.Option(help="first | reject")] = None,
+    control_tokens: Annotated[Optional[str], typer.Option(help="neutralise | quarantine")] = None,
+    rows_per_shard: Annotated[Optional[int], typer.Option(help="input records per Parquet shard")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="decoding processes")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a different dataset already at --out")] = False,
+) -> None:
+    """Ingest image-caption pairs into a Parquet dataset (runs the Prefect flow `ingest`)."""
+    overrides = {
+        "domain": domain,
+        "source.format": format,
+        "source.image_field": image_field,
+        "source.caption_field": caption_field,
+        "source.caption_template": caption_template,
+        "source.captions": captions,
+        "source.image_root": image_root,
+        "image.max_pixels": max_pixels,
+        "image.min_side": min_side,
+        "image.multi_frame": multi_frame,
+        "caption.control_tokens": control_tokens,
+        "rows_per_shard": rows_per_shard,
+        "workers": workers,
+    }
+    try:
+        ingest_config = build_ingest_config(config, overrides)
+    except ValidationError as error:
+        fail(format_validation_error(error))
+    except (ConfigError, OSError, yaml.YAMLError) as error:
+        fail(str(error))
+
+    from flows.ingest import ingest_flow  # Prefect import is slow: only for commands that run flows
+
+    try:
+        ref = ingest_flow(source=source, out=out, config=ingest_config, overwrite=overwrite)
+    except (ConfigError, DatasetError) as error:
+        fail(str(error))
+    console.print(
+        f"[green]ingested[/] {ref.rows} pairs, {ref.quarantined} quarantined → {ref.uri}  "
+        f"(inspect: adamllm inspect {ref.uri})",
+        highlight=False,
+    )
+
+
+@app.command()
+def inspect(
+    uri: Annotated[str, typer.Argument(help="dataset URI")],
+    rows: Annotated[int, typer.Option(help="sample rows to show")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Show a dataset's manifest, schema, counts, quarantine reasons and sample rows."""
+    try:
+        summary = summarise(uri, sample_rows=rows)
+    except DatasetError as error:
+        status = work_status(uri)
+        if status is not None:
+            fail(
+                f"{status.uri} is unfinished: stage {status.stage!r} has written {status.shards_done} "
+                f"shards ({status.rows_done} rows, {status.quarantined_done} quarantined). "
+                "Re-run that stage with the same output to resume it."
+            )
+        fail(str(error))
+    if as_json:
+        json.dump(summary.model_dump(mode="json"), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return
+    render_summary(summary)
+
+
+def render_summary(summary: Any) -> None:
+    manifest = summary.manifest
+    stats = manifest["stats"]
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("dataset", summary.uri)
+    facts.add_row("schema", f"{manifest['schema']['name']} v{manifest['schema']['version']}")
+    facts.add_row("rows", f"{manifest['rows']} in {len(manifest['shards'])} shards "
+                  f"({sum(s['bytes'] for s in manifest['shards']) / 1e6:.1f} MB)")
+    facts.add_row("stage", f"{stats['stage']}: {stats['rows_in']} in, {stats['rows_out']} out, "
+                  f"{sum(stats['quarantined'].values())} quarantined, {stats['seconds']} s")
+    for name, value in stats["counters"].items():
+        facts.add_row("", f"{name.replace('_', ' ')}: {value}")
+    for parent in manifest["parents"]:
+        facts.add_row("parent", f"{parent['uri']} ({parent['kind']} {parent['fingerprint']})")
+    facts.add_row("config", manifest["config_hash"])
+    facts.add_row("code", manifest["code_version"])
+    facts.add_row("created", manifest["created_at"])
+    facts.add_row("fingerprint", manifest["fingerprint"])
+    facts.add_row("read with", f"pl.scan_parquet('{summary.uri}/*.parquet')")
+    console.print(facts)
+
+    quarantine = manifest.get("quarantine")
+    if quarantine:
+        table = Table(title=f"quarantine: {quarantine['rows']} rows at {quarantine['uri']}")
+        table.add_column("reason")
+        table.add_column("rows", justify="right")
+        for reason, count in quarantine["reasons"].items():
+            table.add_row(reason, str(count))
+        console.print(table)
+
+    console.print(f"\n[bold]schema[/]\n{summary.arrow_schema}\n")
+    _render_rows("sample rows", summary.samples)
+    if summary.quarantine_samples:
+        _render_rows("sample quarantine rows", summary.quarantine_samples)
+
+
+def _render_rows(title: str, rows: list[dict[str, Any]]) -> None:
+    for number, row in enumerate(rows):
+        table = Table(title=f"{title} [{number}]", show_header=False, title_justify="left")
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for key, value in row.items():
+            table.add_row(key, "" if value is None else str(value))
+        console.print(table)
+
+
+if __name__ == "__main__":
+    app()

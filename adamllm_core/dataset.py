@@ -1,0 +1,511 @@
+"""Datasets on object storage: Parquet shards plus a manifest written last.
+
+Layout of a finished dataset at URI:
+
+    URI/part-00000.parquet ...   shards, readable with pl.scan_parquet(URI + "/*.parquet")
+    URI/_quarantine/             rejected rows (a dataset of schema `quarantine`), when any
+    URI/manifest.json            the commit: written last; without it the dataset is unfinished
+
+While a stage runs, shards are written to URI/_work/ (each atomically, with a completion
+marker after it), so an interrupted writer resumes shard by shard and nothing is visible
+at the top level until the commit moves the shards there and writes the manifest.
+"""
+
+import io
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from adamllm_core.hashing import canonical_json, sha256_hex
+from adamllm_core.schemas import QUARANTINE, RecordSchema, get_schema
+from adamllm_core.storage import filesystem, join, move, normalise_uri, redact, write_bytes_atomic
+from adamllm_core.version import CODE_VERSION
+
+MANIFEST_NAME = "manifest.json"
+WORK_DIR = "_work"
+QUARANTINE_DIR = "_quarantine"
+DATASET_FORMAT = "adamllm-dataset/1"
+# Image rows are large: small row groups keep a reader's memory bounded.
+ROW_GROUP_SIZE = 64
+
+
+class DatasetError(Exception):
+    """Base of the data plane's errors."""
+
+
+class DatasetNotFinishedError(DatasetError):
+    pass
+
+
+class DatasetConflictError(DatasetError):
+    pass
+
+
+class ShardInfo(BaseModel):
+    path: str = Field(description="relative to the dataset URI")
+    rows: int
+    sha256: str
+    bytes: int
+
+
+class ParentRef(BaseModel):
+    uri: str
+    fingerprint: str = Field(description="the parent manifest's fingerprint, or a source listing hash")
+    kind: Literal["dataset", "source"] = "dataset"
+
+
+class SchemaRef(BaseModel):
+    name: str
+    version: int
+
+
+class QuarantineInfo(BaseModel):
+    path: str = QUARANTINE_DIR
+    uri: str
+    rows: int
+    reasons: dict[str, int]
+
+
+class StageStats(BaseModel):
+    """Per-stage counts: every input ends as an output row or a quarantine row."""
+
+    stage: str
+    rows_in: int = 0
+    rows_out: int = 0
+    quarantined: dict[str, int] = Field(default_factory=dict)
+    seconds: float = 0.0
+    counters: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    format: str = DATASET_FORMAT
+    record_schema: SchemaRef = Field(alias="schema")
+    rows: int
+    shards: list[ShardInfo]
+    parents: list[ParentRef]
+    config: dict[str, Any]
+    config_hash: str
+    code_version: str
+    created_at: datetime
+    quarantine: QuarantineInfo | None = None
+    stats: StageStats
+    fingerprint: str = Field(
+        description="hash of everything but created_at and timings: equal for equal content"
+    )
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True)
+
+    def shard_uris(self, uri: str) -> list[str]:
+        return [join(uri, s.path) for s in self.shards]
+
+
+def identity_hash(
+    schema: RecordSchema, parents: list[ParentRef], config_hash: str, code_version: str
+) -> str:
+    """What a dataset is made from: equal identities must give equal content."""
+    return sha256_hex(
+        canonical_json(
+            {
+                "schema": [schema.name, schema.version],
+                "parents": [p.model_dump(mode="json") for p in parents],
+                "config_hash": config_hash,
+                "code_version": code_version,
+            }
+        )
+    )[:32]
+
+
+def _fingerprint(identity: str, shards: list[ShardInfo], quarantine: QuarantineInfo | None) -> str:
+    return sha256_hex(
+        canonical_json(
+            {
+                "identity": identity,
+                "shards": [[s.path, s.rows, s.sha256] for s in shards],
+                "quarantine": quarantine.rows if quarantine else 0,
+            }
+        )
+    )[:32]
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    # No timestamps or writer-specific paths inside: equal tables give equal bytes.
+    pq.write_table(table, sink, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+    return sink.getvalue()
+
+
+class DatasetRef(BaseModel):
+    """A pointer to a finished dataset, small enough to pass between tasks and flows."""
+
+    uri: str
+    schema_name: str
+    fingerprint: str
+    rows: int
+    quarantined: int = 0
+
+    @classmethod
+    def of(cls, uri: str, manifest: Manifest) -> "DatasetRef":
+        return cls(
+            uri=redact(normalise_uri(uri)),
+            schema_name=manifest.record_schema.name,
+            fingerprint=manifest.fingerprint,
+            rows=manifest.rows,
+            quarantined=manifest.quarantine.rows if manifest.quarantine else 0,
+        )
+
+
+def existing_identity(uri: str) -> str | None:
+    """The identity of the finished dataset at `uri`, or None when there is none."""
+    try:
+        manifest = read_manifest(uri)
+    except DatasetError:
+        return None
+    schema = get_schema(manifest.record_schema.name)
+    return identity_hash(schema, manifest.parents, manifest.config_hash, manifest.code_version)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def manifest_exists(uri: str) -> bool:
+    fs, path = filesystem(normalise_uri(uri))
+    return fs.exists(join(path, MANIFEST_NAME))
+
+
+def read_manifest(uri: str) -> Manifest:
+    """The manifest of a finished dataset; refuses unfinished or foreign directories."""
+    uri = normalise_uri(uri)
+    fs, path = filesystem(uri)
+    manifest_path = join(path, MANIFEST_NAME)
+    if not fs.exists(manifest_path):
+        if fs.exists(join(path, WORK_DIR)):
+            raise DatasetNotFinishedError(
+                f"{redact(uri)} is unfinished: it has no {MANIFEST_NAME} (a stage writing it was "
+                "interrupted). Re-run that stage with the same output to resume it."
+            )
+        raise DatasetNotFinishedError(
+            f"{redact(uri)} is not a dataset: no {MANIFEST_NAME} there. "
+            "Pass the output URI of a finished stage."
+        )
+    try:
+        return Manifest.model_validate_json(fs.cat_file(manifest_path))
+    except ValueError as error:
+        raise DatasetError(f"{redact(uri)}/{MANIFEST_NAME} is not a valid manifest: {error}") from error
+
+
+class Dataset:
+    """A finished dataset: its manifest and bounded-memory readers over its shards."""
+
+    def __init__(self, uri: str):
+        self.uri = normalise_uri(uri)
+        self.manifest = read_manifest(self.uri)
+        self.schema = get_schema(self.manifest.record_schema.name)
+        self._fs, self._path = filesystem(self.uri)
+
+    def __len__(self) -> int:
+        return self.manifest.rows
+
+    def iter_batches(
+        self, columns: list[str] | None = None, batch_size: int = ROW_GROUP_SIZE
+    ) -> Iterator[pa.RecordBatch]:
+        for shard in self.manifest.shards:
+            with self._fs.open(join(self._path, shard.path), "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+
+    def iter_rows(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        for batch in self.iter_batches(columns):
+            yield from batch.to_pylist()
+
+    def to_table(self, columns: list[str] | None = None) -> pa.Table:
+        batches = list(self.iter_batches(columns))
+        if not batches:
+            schema = self.schema.arrow
+            if columns:
+                schema = pa.schema([schema.field(c) for c in columns])
+            return schema.empty_table()
+        return pa.Table.from_batches(batches)
+
+    def quarantine(self) -> "Dataset | None":
+        if self.manifest.quarantine is None:
+            return None
+        return Dataset(join(self.uri, self.manifest.quarantine.path))
+
+    def verify(self) -> None:
+        """Re-hash every shard against the manifest; raises on the first mismatch."""
+        for shard in self.manifest.shards:
+            data = self._fs.cat_file(join(self._path, shard.path))
+            if sha256_hex(data) != shard.sha256:
+                raise DatasetError(f"{redact(self.uri)}/{shard.path}: sha256 differs from manifest")
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+class ShardMarker(BaseModel):
+    """Written after a shard's files: its presence means the shard is complete."""
+
+    index: int
+    rows: ShardInfo
+    quarantine: ShardInfo | None
+    quarantine_reasons: dict[str, int]
+    rows_in: int
+    counters: dict[str, int]
+    seconds: float
+
+
+class DatasetWriter:
+    """Writes one dataset shard by shard, resumable, published by a final manifest.
+
+    Usage: `existing()` returns the finished dataset when an equal one is already there;
+    otherwise `write_shard(k, ...)` for every shard not `is_done(k)`, then `commit()`.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        schema: RecordSchema,
+        stage: str,
+        parents: list[ParentRef],
+        config: dict[str, Any],
+        config_hash: str,
+        code_version: str = CODE_VERSION,
+        overwrite: bool = False,
+    ):
+        self.uri = normalise_uri(uri)
+        self.schema = schema
+        self.stage = stage
+        self.parents = parents
+        self.config = config
+        self.config_hash = config_hash
+        self.code_version = code_version
+        self.overwrite = overwrite
+        self.identity = identity_hash(schema, parents, config_hash, code_version)
+        self._fs, self._path = filesystem(self.uri)
+        self._work = join(self._path, WORK_DIR)
+        self._markers: dict[int, ShardMarker] = {}
+
+    # -- state --
+
+    def existing(self) -> Manifest | None:
+        """The finished dataset if an identical one is there; prepares the work area otherwise."""
+        if self._fs.exists(join(self._path, MANIFEST_NAME)):
+            manifest = read_manifest(self.uri)
+            if self._identity_of(manifest) == self.identity:
+                if self._fs.exists(self._work):  # killed after the commit, before cleanup
+                    self._fs.rm(self._work, recursive=True)
+                return manifest
+            if not self.overwrite:
+                raise DatasetConflictError(
+                    f"{redact(self.uri)} already holds a different {manifest.record_schema.name} "
+                    f"dataset (config {manifest.config_hash}, code {manifest.code_version}; "
+                    f"asked for config {self.config_hash}, code {self.code_version}). "
+                    "Write to another output, or pass overwrite=True (--overwrite) to replace it."
+                )
+            self._fs.rm(self._path, recursive=True)
+        self._prepare_work_area()
+        return None
+
+    def _identity_of(self, manifest: Manifest) -> str:
+        schema = get_schema(manifest.record_schema.name)
+        return identity_hash(schema, manifest.parents, manifest.config_hash, manifest.code_version)
+
+    def _prepare_work_area(self) -> None:
+        plan_path = join(self._work, "plan.json")
+        if self._fs.exists(plan_path):
+            plan = json.loads(self._fs.cat_file(plan_path))
+            if plan.get("identity") == self.identity:
+                self._load_markers()
+                return
+            # Work left by a run with other inputs, config or code: none of it is reusable.
+            self._fs.rm(self._work, recursive=True)
+        if self._fs.exists(self._path) and not self.overwrite:
+            leftovers = [
+                p for p in self._fs.ls(self._path, detail=False)
+                if not p.rstrip("/").endswith(("/" + WORK_DIR, "/" + QUARANTINE_DIR))
+            ]
+            if leftovers:
+                raise DatasetConflictError(
+                    f"{redact(self.uri)} exists and holds files that are not a dataset "
+                    f"({len(leftovers)} entries, e.g. {leftovers[0].rsplit('/', 1)[-1]}). "
+                    "Choose an empty or new output, or pass overwrite=True (--overwrite)."
+                )
+        elif self._fs.exists(self._path) and self.overwrite:
+            self._fs.rm(self._path, recursive=True)
+        write_bytes_atomic(
+            self._fs,
+            plan_path,
+            canonical_json({"identity": self.identity, "stage": self.stage}).encode(),
+        )
+
+    def _load_markers(self) -> None:
+        marker_dir = join(self._work, "done")
+        if not self._fs.exists(marker_dir):
+            return
+        for path in self._fs.ls(marker_dir, detail=False):
+            if path.endswith(".json") and not path.rsplit("/", 1)[-1].startswith("."):
+                marker = ShardMarker.model_validate_json(self._fs.cat_file(path))
+                self._markers[marker.index] = marker
+
+    def is_done(self, index: int) -> bool:
+        return index in self._markers
+
+    @property
+    def done_shards(self) -> list[int]:
+        return sorted(self._markers)
+
+    def done_column(self, column: str) -> Iterator[Any]:
+        """Values of one column over the finished shards (to rebuild state on resume)."""
+        for index in self.done_shards:
+            with self._fs.open(join(self._work, "shards", _shard_name(index)), "rb") as handle:
+                table = pq.read_table(handle, columns=[column])
+            yield from table.column(column).to_pylist()
+
+    # -- shards --
+
+    def write_shard(
+        self,
+        index: int,
+        rows: pa.Table,
+        quarantine: pa.Table,
+        *,
+        rows_in: int,
+        counters: dict[str, int] | None = None,
+        seconds: float = 0.0,
+    ) -> ShardMarker:
+        if not rows.schema.equals(self.schema.arrow, check_metadata=False):
+            raise DatasetError(f"shard {index}: schema differs from {self.schema.name}")
+        name = _shard_name(index)
+        rows_info = self._put(join(self._work, "shards", name), name, rows)
+        quarantine_info = None
+        reasons: Counter[str] = Counter()
+        if quarantine.num_rows:
+            quarantine_info = self._put(join(self._work, "quarantine", name), name, quarantine)
+            reasons.update(quarantine.column("reason").to_pylist())
+        marker = ShardMarker(
+            index=index,
+            rows=rows_info,
+            quarantine=quarantine_info,
+            quarantine_reasons=dict(sorted(reasons.items())),
+            rows_in=rows_in,
+            counters=counters or {},
+            seconds=seconds,
+        )
+        write_bytes_atomic(
+            self._fs, join(self._work, "done", f"{name}.json"), marker.model_dump_json().encode()
+        )
+        self._markers[index] = marker
+        return marker
+
+    def _put(self, path: str, name: str, table: pa.Table) -> ShardInfo:
+        data = table_to_parquet_bytes(table)
+        write_bytes_atomic(self._fs, path, data)
+        return ShardInfo(path=name, rows=table.num_rows, sha256=sha256_hex(data), bytes=len(data))
+
+    # -- commit --
+
+    def commit(self, n_shards: int, *, seconds: float | None = None) -> Manifest:
+        """Publish shards 0..n_shards-1 and write the manifest last."""
+        missing = [k for k in range(n_shards) if k not in self._markers]
+        if missing:
+            raise DatasetError(f"cannot commit {redact(self.uri)}: shards {missing[:5]} not written")
+        markers = [self._markers[k] for k in range(n_shards)]
+        shards = [self._publish("shards", m.rows, "") for m in markers]
+        quarantine_shards = [
+            self._publish("quarantine", m.quarantine, QUARANTINE_DIR) for m in markers if m.quarantine
+        ]
+        reasons: Counter[str] = Counter()
+        counters: Counter[str] = Counter()
+        for m in markers:
+            reasons.update(m.quarantine_reasons)
+            counters.update(m.counters)
+        quarantine_info = None
+        if quarantine_shards:
+            quarantine_uri = join(self.uri, QUARANTINE_DIR)
+            quarantine_info = QuarantineInfo(
+                uri=redact(quarantine_uri),
+                rows=sum(s.rows for s in quarantine_shards),
+                reasons=dict(sorted(reasons.items())),
+            )
+            self._write_manifest(
+                quarantine_uri,
+                QUARANTINE,
+                quarantine_shards,
+                None,
+                StageStats(stage=self.stage, rows_in=quarantine_info.rows, rows_out=quarantine_info.rows),
+            )
+        stats = StageStats(
+            stage=self.stage,
+            rows_in=sum(m.rows_in for m in markers),
+            rows_out=sum(s.rows for s in shards),
+            quarantined=dict(sorted(reasons.items())),
+            seconds=round(seconds if seconds is not None else sum(m.seconds for m in markers), 3),
+            counters=dict(sorted(counters.items())),
+        )
+        manifest = self._write_manifest(self.uri, self.schema, shards, quarantine_info, stats)
+        self._fs.rm(self._work, recursive=True)
+        return manifest
+
+    def _publish(self, kind: str, info: ShardInfo, target_dir: str) -> ShardInfo:
+        source = join(self._work, kind, info.path)
+        target = join(self._path, target_dir, info.path) if target_dir else join(self._path, info.path)
+        # A commit interrupted halfway left some shards moved already: keep those.
+        if self._fs.exists(source):
+            move(self._fs, source, target)
+        elif not self._fs.exists(target):
+            raise DatasetError(f"shard {info.path} vanished from {redact(self.uri)}")
+        return info
+
+    def _write_manifest(
+        self,
+        uri: str,
+        schema: RecordSchema,
+        shards: list[ShardInfo],
+        quarantine: QuarantineInfo | None,
+        stats: StageStats,
+    ) -> Manifest:
+        identity = identity_hash(schema, self.parents, self.config_hash, self.code_version)
+        manifest = Manifest(
+            record_schema=SchemaRef(name=schema.name, version=schema.version),
+            rows=sum(s.rows for s in shards),
+            shards=shards,
+            parents=self.parents,
+            config=self.config,
+            config_hash=self.config_hash,
+            code_version=self.code_version,
+            created_at=datetime.now(UTC),
+            quarantine=quarantine,
+            stats=stats,
+            fingerprint=_fingerprint(identity, shards, quarantine),
+        )
+        fs, path = filesystem(uri)
+        write_bytes_atomic(fs, join(path, MANIFEST_NAME), manifest.to_json().encode())
+        return manifest
+
+
+def _shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,24 @@
+"""Canonical hashing of configs and content, shared by manifests and cache keys."""
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace, so equal values hash equally."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(data: bytes | str) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+def config_hash(config: BaseModel | dict[str, Any]) -> str:
+    return sha256_hex(canonical_json(config))[:16]

@@ -1,0 +1,263 @@
+"""Ingest: a source of image-caption data becomes a `pairs` dataset and its quarantine.
+
+Every input ends as exactly one pair row or one quarantine row with its reason
+(`rows_in == rows_out + quarantined` in the stage stats); duplicates (same id) are kept
+once and the rest quarantined as `duplicate`, pointing at the row they repeat.
+"""
+
+import hashlib
+import itertools
+import multiprocessing
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adamllm_core.dataset import DatasetWriter, Manifest, ParentRef, Stopwatch, identity_hash
+from adamllm_core.errors import Rejected
+from adamllm_core.hashing import canonical_json, config_hash
+from adamllm_core.images import ImagePolicy, normalise_image
+from adamllm_core.importers import Importer, RawRecord, SourceOptions, open_source
+from adamllm_core.schemas import PAIRS, QUARANTINE, ImageCaptionPair, QuarantineRow
+from adamllm_core.storage import filesystem, normalise_uri, redact
+from adamllm_core.text import CaptionPolicy, clean_caption
+from adamllm_core.version import CODE_VERSION
+
+STAGE = "ingest"
+ProgressFn = Callable[[int, int], None]
+
+
+class IngestConfig(BaseModel):
+    """Everything that decides what ingest produces (plus `workers`, which does not)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="e.g. biomed, food, remote-sensing")
+    source: SourceOptions = Field(default_factory=SourceOptions)
+    image: ImagePolicy = Field(default_factory=ImagePolicy)
+    caption: CaptionPolicy = Field(default_factory=CaptionPolicy)
+    rows_per_shard: int = Field(default=256, gt=0, description="input records per Parquet shard")
+    workers: int = Field(default=1, ge=1, description="decoding processes; does not change the output")
+
+    def output_config(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"workers"})
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.output_config())
+
+
+def pair_id(image_sha256: str, caption: str) -> str:
+    """Stable id of a pair: the hash of its image's bytes (by their sha256) and its caption."""
+    return hashlib.sha256(f"{image_sha256}\0{caption}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class Outcome:
+    """What one candidate pair became: a pair, or a rejection."""
+
+    pair: ImageCaptionPair | None = None
+    rejection: Rejected | None = None
+    caption: Any = None
+    image_sha256: str | None = None
+    record_id: str | None = None
+    counters: Counter[str] = field(default_factory=Counter)
+
+
+def process_record(record: RawRecord, config: IngestConfig, source: str) -> list[Outcome]:
+    """Read, check and normalise one record's image and captions (runs in worker processes)."""
+    if record.error is not None:
+        return [Outcome(rejection=record.error)]
+    caption_hint = record.captions[0] if record.captions else None
+    try:
+        data = record.image_bytes if record.image_bytes is not None else _read_image(record.image_uri or "")
+        image = normalise_image(data, config.image)
+    except Rejected as rejected:
+        return [Outcome(rejection=rejected, caption=caption_hint)]
+
+    counters: Counter[str] = Counter()
+    metadata = dict(record.metadata)
+    if image.changes:
+        counters["images_normalised"] += 1
+        metadata["image_normalisation"] = {
+            "source_format": image.source_format,
+            "source_mode": image.source_mode,
+            "changes": image.changes,
+        }
+
+    def make_pair(caption: str, extra: dict[str, Any]) -> ImageCaptionPair:
+        return ImageCaptionPair(
+            id=pair_id(image.source_sha256, caption),
+            image=image.data,
+            image_format=image.format,
+            width=image.width,
+            height=image.height,
+            image_sha256=image.source_sha256,
+            caption=caption,
+            domain=config.domain,
+            source=source,
+            source_ref=record.source_ref,
+            metadata={**metadata, **extra},
+        )
+
+    outcomes: list[Outcome] = []
+    first_rejection: Rejected | None = None
+    for position, raw_caption in enumerate(record.captions):
+        try:
+            cleaned = clean_caption(raw_caption, config.caption)
+        except Rejected as rejected:
+            if config.source.captions == "all":
+                outcomes.append(Outcome(rejection=rejected, caption=raw_caption, image_sha256=image.source_sha256))
+            first_rejection = first_rejection or rejected
+            continue
+        extra: dict[str, Any] = {}
+        if cleaned.removed_tokens:
+            extra["caption_removed_tokens"] = list(cleaned.removed_tokens)
+        if len(record.captions) > 1:
+            extra["caption_index"] = position
+            if config.source.captions == "first":
+                extra["other_captions"] = [c for i, c in enumerate(record.captions) if i != position]
+        pair = make_pair(cleaned.text, extra)
+        outcome = Outcome(pair=pair, caption=raw_caption, image_sha256=image.source_sha256, record_id=pair.id)
+        outcome.counters.update(counters)
+        if cleaned.removed_tokens:
+            outcome.counters["captions_neutralised"] += 1
+        outcomes.append(outcome)
+        if config.source.captions == "first":
+            return outcomes
+    if not outcomes:
+        assert first_rejection is not None  # captions is never empty: importers reject that
+        return [Outcome(rejection=first_rejection, caption=caption_hint, image_sha256=image.source_sha256)]
+    return outcomes
+
+
+def _read_image(uri: str) -> bytes:
+    try:
+        fs, path = filesystem(uri)
+        if fs.isdir(path):
+            raise Rejected("missing_image", f"{redact(uri)} is a folder, not an image file")
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise Rejected("missing_image", f"{redact(uri)} does not exist") from None
+    except PermissionError as error:
+        raise Rejected("unreadable_image", f"{redact(uri)}: {error.strerror or error}") from None
+    except OSError as error:
+        raise Rejected("unreadable_image", f"{redact(uri)}: {error}") from None
+
+
+def _quarantine_row(record: RawRecord, outcome: Outcome, duplicate_of: str | None = None) -> QuarantineRow:
+    rejection = outcome.rejection or Rejected("duplicate", f"same image and caption as row {duplicate_of}")
+    caption = outcome.caption if isinstance(outcome.caption, str) else None
+    return QuarantineRow(
+        stage=STAGE,
+        input_index=record.index,
+        source_ref=record.source_ref,
+        reason=rejection.reason,
+        detail=rejection.detail[:2000],
+        record_id=outcome.record_id,
+        duplicate_of=duplicate_of,
+        image_sha256=outcome.image_sha256,
+        caption=caption[:2000] if caption is not None else None,
+        record=canonical_json(record.raw)[:20_000] if record.raw is not None else None,
+    )
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
+    iterator = iter(items)
+    while chunk := tuple(itertools.islice(iterator, size)):
+        yield chunk
+
+
+@contextmanager
+def _mapper(workers: int) -> Iterator[Callable[..., Iterable[Any]]]:
+    if workers <= 1:
+        yield map
+        return
+    # spawn, not fork: the caller may hold threads (Prefect's event loop) that fork would copy.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield partial(pool.map, chunksize=4)
+
+
+def _open(source_uri: str, config: IngestConfig) -> tuple[Importer, ParentRef]:
+    importer = open_source(source_uri, config.source)
+    return importer, ParentRef(uri=redact(source_uri), fingerprint=importer.fingerprint(), kind="source")
+
+
+def ingest_identity(source: str, config: IngestConfig) -> str:
+    """The identity an ingest of `source` with `config` would produce (for cache keys)."""
+    _, parent = _open(normalise_uri(source), config)
+    return identity_hash(PAIRS, [parent], config.hash, CODE_VERSION)
+
+
+def ingest(
+    source: str,
+    out: str,
+    config: IngestConfig,
+    *,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> Manifest:
+    """Ingest `source` into a `pairs` dataset at `out`; resumes an interrupted run, no-op when done."""
+    source_uri = normalise_uri(source)
+    importer, parent = _open(source_uri, config)
+    writer = DatasetWriter(
+        out,
+        schema=PAIRS,
+        stage=STAGE,
+        parents=[parent],
+        config=config.output_config(),
+        config_hash=config.hash,
+        overwrite=overwrite,
+    )
+    finished = writer.existing()
+    if finished is not None:
+        return finished
+
+    total = importer.count()
+    n_shards = max(1, -(-total // config.rows_per_shard))
+    seen: set[str] = set(writer.done_column("id"))
+    done_records = min(len(writer.done_shards) * config.rows_per_shard, total)
+    if progress:
+        progress(done_records, total)
+    process = partial(process_record, config=config, source=redact(source_uri))
+    shards = batched(importer.records(), config.rows_per_shard)
+    with _mapper(config.workers) as mapper:
+        for index, chunk in enumerate(shards):
+            if index >= n_shards:
+                raise RuntimeError(f"{redact(source_uri)} changed while it was read: more records than counted")
+            if writer.is_done(index):
+                continue
+            shard_clock = Stopwatch()
+            pairs: list[ImageCaptionPair] = []
+            quarantine: list[QuarantineRow] = []
+            counters: Counter[str] = Counter(records_in=len(chunk))
+            for record, outcomes in zip(chunk, mapper(process, chunk)):
+                for outcome in outcomes:
+                    counters.update(outcome.counters)
+                    if outcome.pair is None:
+                        quarantine.append(_quarantine_row(record, outcome))
+                    elif outcome.pair.id in seen:
+                        counters["duplicates"] += 1
+                        quarantine.append(_quarantine_row(record, outcome, duplicate_of=outcome.pair.id))
+                    else:
+                        seen.add(outcome.pair.id)
+                        pairs.append(outcome.pair)
+            writer.write_shard(
+                index,
+                PAIRS.to_table(pairs),
+                QUARANTINE.to_table(quarantine),
+                rows_in=len(pairs) + len(quarantine),
+                counters=dict(counters),
+                seconds=shard_clock.seconds,
+            )
+            done_records += len(chunk)
+            if progress:
+                progress(done_records, total)
+    if total == 0 and not writer.is_done(0):
+        writer.write_shard(0, PAIRS.to_table([]), QUARANTINE.to_table([]), rows_in=0)
+    return writer.commit(n_shards)

@@ -1,0 +1,179 @@
+"""Record schemas: one pydantic model per dataset kind, its Arrow schema derived from it.
+
+Every kind is registered once under a name and version; the manifest names it. Later
+kinds (task triplets, judged triplets, training conversations, predictions) follow the
+same pattern and carry the ids of the rows they were made from (`lineage_fields`).
+"""
+
+import json
+import types
+import typing
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Union
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from adamllm_core.hashing import canonical_json
+
+
+class Record(BaseModel):
+    """Base of every row kind. `dict` fields are stored as JSON strings in Parquet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ()
+
+
+def _arrow_type(annotation: Any) -> tuple[pa.DataType, bool]:
+    """Arrow type for a field annotation, and whether it is nullable."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) != 1:
+            raise TypeError(f"unions other than Optional[X] are not storable: {annotation}")
+        arrow_type, _ = _arrow_type(members[0])
+        return arrow_type, True
+    if origin is Literal:
+        return pa.string(), False
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        item_type, _ = _arrow_type(item)
+        return pa.list_(item_type), False
+    if origin is dict or annotation is dict:
+        return pa.string(), False  # JSON text: free-form metadata stays queryable in duckdb/polars
+    scalar = {
+        str: pa.string(),
+        bytes: pa.binary(),
+        bool: pa.bool_(),
+        int: pa.int64(),
+        float: pa.float64(),
+        datetime: pa.timestamp("us", tz="UTC"),
+    }
+    if annotation in scalar:
+        return scalar[annotation], False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return pa.string(), False
+    raise TypeError(f"no Arrow type for {annotation!r}")
+
+
+def arrow_schema_for(model: type[Record]) -> pa.Schema:
+    fields = []
+    for name, info in model.model_fields.items():
+        arrow_type, nullable = _arrow_type(info.annotation)
+        fields.append(pa.field(name, arrow_type, nullable=nullable))
+    return pa.schema(fields)
+
+
+def _json_fields(model: type[Record]) -> set[str]:
+    names = set()
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if typing.get_origin(annotation) in (Union, types.UnionType):
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        if typing.get_origin(annotation) is dict or annotation is dict:
+            names.add(name)
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.add(name)
+    return names
+
+
+@dataclass(frozen=True)
+class RecordSchema:
+    """A registered dataset kind: name, version, pydantic model and Arrow schema."""
+
+    name: str
+    version: int
+    model: type[Record]
+    description: str
+
+    @property
+    def arrow(self) -> pa.Schema:
+        return arrow_schema_for(self.model).with_metadata(
+            {"adamllm.schema": self.name, "adamllm.schema_version": str(self.version)}
+        )
+
+    def to_table(self, rows: list[Record]) -> pa.Table:
+        """Rows to an Arrow table in this schema (dict fields as canonical JSON)."""
+        json_fields = _json_fields(self.model)
+        columns: dict[str, list[Any]] = {name: [] for name in self.model.model_fields}
+        for row in rows:
+            if not isinstance(row, self.model):
+                raise TypeError(f"{self.name} rows must be {self.model.__name__}, got {type(row)}")
+            for name in columns:
+                value = getattr(row, name)
+                if name in json_fields and value is not None:
+                    value = canonical_json(value)
+                columns[name].append(value)
+        return pa.Table.from_pydict(columns, schema=self.arrow)
+
+    def from_arrow_row(self, row: dict[str, Any]) -> Record:
+        json_fields = _json_fields(self.model)
+        values = {
+            k: (json.loads(v) if k in json_fields and isinstance(v, str) else v)
+            for k, v in row.items()
+            if k in self.model.model_fields
+        }
+        return self.model(**values)
+
+
+_REGISTRY: dict[str, RecordSchema] = {}
+
+
+def register_schema(schema: RecordSchema) -> RecordSchema:
+    if schema.name in _REGISTRY:
+        raise ValueError(f"record schema {schema.name!r} is already registered")
+    _REGISTRY[schema.name] = schema
+    return schema
+
+
+def get_schema(name: str) -> RecordSchema:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown record schema {name!r}; known: {sorted(_REGISTRY)}") from None
+
+
+# --- kinds -------------------------------------------------------------------------------
+
+
+class ImageCaptionPair(Record):
+    """A domain image with its caption: the input of synthesis (paper section 3.1)."""
+
+    id: str = Field(description="sha256 of the original image bytes, a NUL, and the caption (hex, 32)")
+    image: bytes = Field(description="image bytes as the models take them (JPEG, PNG or WebP; RGB or L)")
+    image_format: str = Field(description="format of `image`: jpeg, png or webp")
+    width: int
+    height: int
+    image_sha256: str = Field(description="sha256 of the original image file bytes")
+    caption: str
+    domain: str
+    source: str = Field(description="URI of the source the pair was ingested from")
+    source_ref: str = Field(description="where in the source: annotation file and line, or file and row")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="free metadata (JSON)")
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("source_ref",)
+
+
+class QuarantineRow(Record):
+    """An input a stage rejected, with why; every rejected input becomes exactly one of these."""
+
+    stage: str
+    input_index: int = Field(description="position of the input in the stage's input order")
+    source_ref: str
+    reason: str = Field(description="machine-readable reason, e.g. truncated, duplicate")
+    detail: str = Field(description="human-readable explanation")
+    record_id: str | None = Field(default=None, description="id of the rejected row, when it has one")
+    duplicate_of: str | None = None
+    image_sha256: str | None = None
+    caption: str | None = Field(default=None, description="the raw caption, cut to 2,000 characters")
+    record: str | None = Field(default=None, description="the raw input record as JSON, image bytes left out")
+
+
+PAIRS = register_schema(
+    RecordSchema("pairs", 1, ImageCaptionPair, "image-caption pairs (ingest output)")
+)
+QUARANTINE = register_schema(
+    RecordSchema("quarantine", 1, QuarantineRow, "rejected inputs of a stage, with reasons")
+)

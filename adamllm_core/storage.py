@@ -1,0 +1,85 @@
+"""Object storage through fsspec: local paths and any fsspec URI, s3:// first-class."""
+
+import os
+import re
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+from adamllm_core.settings import storage_settings
+
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+def protocol_of(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def storage_options(uri: str) -> dict[str, Any]:
+    if protocol_of(uri) in ("s3", "s3a"):
+        # Listings change under us while stages write: never trust s3fs's listing cache.
+        return {**storage_settings().s3_storage_options(), "use_listings_cache": False}
+    return {}
+
+
+def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
+    """The filesystem for a URI and the path inside it."""
+    return fsspec.core.url_to_fs(uri, **storage_options(uri))
+
+
+def normalise_uri(uri: str) -> str:
+    """Absolute local paths, and no trailing slash, so URIs compare and join cleanly."""
+    uri = uri.rstrip("/") or "/"
+    if protocol_of(uri) == "file":
+        if uri.startswith("file://"):
+            uri = uri[len("file://") :]
+        return os.path.abspath(os.path.expanduser(uri))
+    return uri
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def redact(uri: str) -> str:
+    """Drop credentials embedded in a URI (s3://KEY:SECRET@bucket/...)."""
+    return _USERINFO.sub(r"\1", uri)
+
+
+def unique_suffix() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def write_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    """Readers see the whole object or nothing.
+
+    An S3 PUT is atomic on its own; a local file is written beside its target and renamed.
+    """
+    if protocol_of(fs.unstrip_protocol(path)) == "file":
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{unique_suffix()}-{os.path.basename(path)}")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def move(fs: AbstractFileSystem, src: str, dst: str) -> None:
+    """Rename on local disk (atomic); copy then delete on object stores (each object atomic)."""
+    if protocol_of(fs.unstrip_protocol(src)) == "file":
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+    else:
+        fs.copy(src, dst)
+        fs.rm(src)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin, idempotent wrappers of adamllm_core functions over dataset URIs."""

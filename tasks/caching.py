@@ -1,0 +1,41 @@
+"""Cache keys for tasks that write datasets.
+
+A key is made of the output URI and the identity of what the output is made from (input
+manifest fingerprints or source listing, config hash, code version). It exists only while
+a finished dataset with that identity is at the output: a deleted or unfinished output
+gives no key, so the task runs (and resumes) instead of returning a stale cached result.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+
+from adamllm_core.dataset import existing_identity
+from adamllm_core.hashing import sha256_hex
+
+
+@dataclass
+class OutputDatasetPolicy(CachePolicy):
+    """Cache a dataset-writing task on (output URI, expected identity of the output)."""
+
+    expected_identity: Callable[[dict[str, Any]], str] = lambda inputs: ""
+    output_parameter: str = "out"
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        if inputs.get("overwrite"):
+            return None
+        out = inputs[self.output_parameter]
+        identity = self.expected_identity(inputs)
+        if existing_identity(out) != identity:
+            return None
+        task_name = task_ctx.task.name if task_ctx else "task"
+        return sha256_hex(f"{task_name}\0{out}\0{identity}")

@@ -1,0 +1,68 @@
+"""Stage statistics and progress, shown in the Prefect UI and the terminal."""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.logging import get_run_logger
+from tqdm import tqdm
+
+from adamllm_core.dataset import Manifest
+from adamllm_core.storage import redact
+
+
+def stats_table(manifest: Manifest) -> list[dict[str, Any]]:
+    stats = manifest.stats
+    rows: list[dict[str, Any]] = [
+        {"statistic": "rows in", "value": stats.rows_in},
+        {"statistic": "rows out", "value": stats.rows_out},
+        {"statistic": "quarantined", "value": stats.quarantined_total},
+    ]
+    rows += [{"statistic": f"quarantined: {reason}", "value": n} for reason, n in stats.quarantined.items()]
+    rows += [{"statistic": name.replace("_", " "), "value": n} for name, n in stats.counters.items()]
+    rows.append({"statistic": "seconds", "value": stats.seconds})
+    return rows
+
+
+def publish_stats(stage: str, uri: str, manifest: Manifest) -> None:
+    """A table artifact with the stage's counts (also kept in the manifest)."""
+    create_table_artifact(
+        table=stats_table(manifest),
+        key=f"{stage}-stats",
+        description=f"**{stage}** → `{redact(uri)}` ({manifest.rows} rows, fingerprint {manifest.fingerprint})",
+    )
+    get_run_logger().info(
+        "%s: %d rows in, %d out, %d quarantined %s in %.1fs → %s",
+        stage,
+        manifest.stats.rows_in,
+        manifest.stats.rows_out,
+        manifest.stats.quarantined_total,
+        manifest.stats.quarantined or "",
+        manifest.stats.seconds,
+        redact(uri),
+    )
+
+
+@contextmanager
+def stage_progress(stage: str, min_interval: float = 1.0) -> Iterator[Any]:
+    """A progress callback (done, total) feeding a Prefect progress artifact and a tqdm bar."""
+    artifact_id = create_progress_artifact(progress=0.0, description=f"{stage} progress")
+    bar = tqdm(desc=stage, unit="rec", disable=None)
+    last_update = 0.0
+
+    def report(done: int, total: int) -> None:
+        nonlocal last_update
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        now = time.monotonic()
+        if done >= total or now - last_update >= min_interval:
+            last_update = now
+            update_progress_artifact(artifact_id, progress=100.0 * done / total if total else 100.0)
+
+    try:
+        yield report
+    finally:
+        bar.close()
