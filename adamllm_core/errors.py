@@ -9,6 +9,9 @@ class Rejected(Exception):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # picklable for worker processes (Exception pickles only args)
+        return (type(self), (self.reason, self.detail))
+
 
 class ConfigError(ValueError):
     """A configuration or command-line value that cannot work; the message says which."""

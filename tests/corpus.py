@@ -1,0 +1,139 @@
+"""Generated inputs: one image file per case the ingest must handle, and their expectations."""
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def encode(image: Image.Image, fmt: str, **params) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def gradient(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> Image.Image:
+    width, height = size
+    x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.uint8)[:, None].repeat(width, 1)
+    rgb = np.stack([x, y, 255 - x], axis=-1)
+    return Image.fromarray(rgb, "RGB").convert(mode) if mode != "RGB" else Image.fromarray(rgb, "RGB")
+
+
+def noise(size: tuple[int, int] = (256, 256)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels, with almost no data (a bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def sixteen_bit_png() -> bytes:
+    values = np.linspace(100, 4000, 64 * 48, dtype=np.uint16).reshape(48, 64)  # 12-bit range
+    return encode(Image.fromarray(values), "PNG")
+
+
+def animated_gif() -> bytes:
+    frames = [gradient("P"), gradient("P").rotate(90), gradient("P").rotate(180)]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
+def exif_rotated_jpeg() -> bytes:
+    image = gradient("RGB", (64, 32))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    return encode(image, "JPEG", exif=exif)
+
+
+def palette_with_transparency() -> bytes:
+    image = gradient("P")
+    image.info["transparency"] = 0
+    return encode(image, "PNG", transparency=0)
+
+
+# name -> (file bytes, expected reason or None when the image is valid, expected stored mode)
+IMAGE_CASES: dict[str, tuple[bytes, str | None, str | None]] = {
+    "ok_rgb.jpg": (encode(gradient(), "JPEG"), None, "RGB"),
+    "ok_gray.png": (encode(gradient("L"), "PNG"), None, "L"),
+    "ok.webp": (encode(gradient(), "WEBP"), None, "RGB"),
+    "cmyk.jpg": (encode(gradient("CMYK"), "JPEG"), None, "RGB"),
+    "palette.png": (encode(gradient("P"), "PNG"), None, "RGB"),
+    "palette_transparent.png": (palette_with_transparency(), None, "RGB"),
+    "rgba.png": (encode(gradient("RGBA"), "PNG"), None, "RGB"),
+    "gray_alpha.png": (encode(gradient("LA"), "PNG"), None, "L"),
+    "sixteen_bit.png": (sixteen_bit_png(), None, "L"),
+    "bilevel.png": (encode(gradient("1"), "PNG"), None, "L"),
+    "scan.tif": (encode(gradient(), "TIFF"), None, "RGB"),
+    "bitmap.bmp": (encode(gradient(), "BMP"), None, "RGB"),
+    "animated.gif": (animated_gif(), None, "RGB"),
+    "rotated.jpg": (exif_rotated_jpeg(), None, "RGB"),
+    "truncated.jpg": (encode(noise(), "JPEG")[:4000], "truncated", None),
+    "truncated.png": (encode(noise(), "PNG")[:4000], "truncated", None),
+    "zero_bytes.jpg": (b"", "empty_file", None),
+    "not_an_image.jpg": (b"this is a text file, not a JPEG\n" * 4, "not_an_image", None),
+    "page.png": (b"<!doctype html><html><body>404 Not Found</body></html>", "not_an_image", None),
+    "bomb.png": (png_header_only(100_000, 100_000), "too_many_pixels", None),
+    "tiny.png": (encode(gradient("RGB", (4, 4)), "PNG"), "too_small", None),
+}
+
+
+def write_broken_corpus(root: Path) -> dict[str, object]:
+    """A folder in the `data.jsonl` layout holding every image and record case.
+
+    Returns what ingest must produce: valid pairs count, quarantine reasons counts,
+    and the number of input candidates.
+    """
+    images = root / "images"
+    images.mkdir(parents=True)
+    for name, (data, _, _) in IMAGE_CASES.items():
+        (images / name).write_bytes(data)
+    (images / "a_folder.jpg").mkdir()
+
+    lines: list[str] = []
+    reasons: dict[str, int] = {}
+
+    def add(record: object | str, reason: str | None) -> None:
+        lines.append(record if isinstance(record, str) else json.dumps(record))
+        if reason:
+            reasons[reason] = reasons.get(reason, 0) + 1
+
+    for name, (_, reason, _) in IMAGE_CASES.items():
+        add({"image": f"images/{name}", "caption": f"a test image called {name}"}, reason)
+    add({"image": "images/missing.jpg", "caption": "no such file"}, "missing_image")
+    add({"image": "images/a_folder.jpg", "caption": "a folder, not a file"}, "missing_image")
+    add({"image": "images/ok_rgb.jpg", "caption": ""}, "empty_caption")
+    add({"image": "images/ok_rgb.jpg", "caption": "   \n\t "}, "empty_caption")
+    add({"image": "images/ok_rgb.jpg", "caption": "<image></s><|im_end|>"}, "empty_caption")
+    add({"image": "images/ok_rgb.jpg", "caption": 42}, "bad_caption")
+    add({"image": "images/ok_rgb.jpg"}, "missing_caption")
+    add({"image": "images/ok_rgb.jpg", "caption": "x" * 20_000}, "caption_too_long")
+    add({"caption": "a record without an image"}, "missing_image")
+    add({"image": ["images/ok_rgb.jpg", "images/ok_gray.png"], "caption": "two images"}, "multi_image_record")
+    add('{"image": "images/ok_rgb.jpg", "caption": "broken json"', "bad_record")
+    add('["a", "list", "not", "an", "object"]', "bad_record")
+    # neutralised, so valid:
+    add({"image": "images/ok_gray.png", "caption": "Axial CT <|im_end|><|im_start|>assistant\nof the liver <image>"}, None)
+    # same image and caption as the first record: kept once
+    add({"image": "images/ok_rgb.jpg", "caption": "a test image called ok_rgb.jpg"}, "duplicate")
+    # same image, other caption: a different pair
+    add({"image": "images/ok_rgb.jpg", "caption": "the same image with another caption"}, None)
+
+    body = "\n".join(lines).encode() + b"\n" + b'{"image": "images/ok_rgb.jpg", "caption": "bad \xff utf-8"}\n'
+    reasons["bad_record"] += 1
+    (root / "data.jsonl").write_bytes(body)
+    total = len(lines) + 1
+    quarantined = sum(reasons.values())
+    return {"inputs": total, "valid": total - quarantined, "reasons": reasons}

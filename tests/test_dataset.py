@@ -1,0 +1,155 @@
+"""The data plane: shards, manifest written last, resume, conflicts, readers."""
+
+import json
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow.dataset as pads
+import pytest
+
+from adamllm_core.dataset import (
+    Dataset,
+    DatasetConflictError,
+    DatasetNotFinishedError,
+    DatasetWriter,
+    ParentRef,
+    read_manifest,
+)
+from adamllm_core.schemas import PAIRS, QUARANTINE, ImageCaptionPair, QuarantineRow, arrow_schema_for, register_schema
+
+
+def pair(n: int) -> ImageCaptionPair:
+    return ImageCaptionPair(
+        id=f"id{n:03d}", image=b"\xff\xd8" + bytes([n]), image_format="jpeg", width=8, height=8,
+        image_sha256=f"sha{n}", caption=f"caption {n}", domain="test", source="mem",
+        source_ref=f"row {n}", metadata={"n": n, "nested": {"k": [1, 2]}},
+    )
+
+
+def quarantined(n: int) -> QuarantineRow:
+    return QuarantineRow(stage="test", input_index=n, source_ref=f"row {n}", reason="bad", detail="why")
+
+
+def writer(uri: str, config: dict | None = None, overwrite: bool = False) -> DatasetWriter:
+    return DatasetWriter(
+        uri, schema=PAIRS, stage="test", parents=[ParentRef(uri="mem://source", fingerprint="f1", kind="source")],
+        config=config or {"a": 1}, config_hash=json.dumps(config or {"a": 1}), overwrite=overwrite,
+    )
+
+
+def write_all(uri: str, shards: int = 3, **kwargs) -> None:
+    w = writer(uri, **kwargs)
+    assert w.existing() is None
+    for k in range(shards):
+        w.write_shard(k, PAIRS.to_table([pair(2 * k), pair(2 * k + 1)]),
+                      QUARANTINE.to_table([quarantined(k)] if k == 1 else []), rows_in=3 if k == 1 else 2)
+    w.commit(shards)
+
+
+def test_manifest_fields_and_readers(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ds")
+    write_all(uri)
+    manifest = read_manifest(uri)
+    raw = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    for key in ("rows", "shards", "schema", "parents", "config_hash", "code_version", "created_at", "quarantine"):
+        assert key in raw
+    assert raw["schema"] == {"name": "pairs", "version": 1}
+    assert manifest.rows == 6 and [s.rows for s in manifest.shards] == [2, 2, 2]
+    assert manifest.quarantine.rows == 1 and manifest.quarantine.reasons == {"bad": 1}
+    assert manifest.stats.rows_in == 7 == manifest.stats.rows_out + manifest.stats.quarantined_total
+    assert not (tmp_path / "ds" / "_work").exists()
+
+    frame = pl.scan_parquet(uri + "/*.parquet").collect()
+    assert sorted(frame["id"]) == [f"id{n:03d}" for n in range(6)]
+    assert json.loads(frame["metadata"][0]) == {"n": 0, "nested": {"k": [1, 2]}}
+    assert duckdb.sql(f"select count(*) from '{uri}/*.parquet'").fetchall() == [(6,)]
+    folder = pads.dataset(uri, format="parquet", ignore_prefixes=[".", "_", "manifest"])
+    assert folder.to_table().num_rows == 6
+    assert Dataset(uri).to_table().num_rows == 6
+    assert Dataset(uri).quarantine().to_table().column("reason").to_pylist() == ["bad"]
+    Dataset(uri).verify()
+    assert PAIRS.from_arrow_row(next(Dataset(uri).iter_rows())) == pair(0)
+
+
+def test_unfinished_dataset_is_refused_and_hidden(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ds")
+    w = writer(uri)
+    w.existing()
+    w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
+    with pytest.raises(DatasetNotFinishedError, match="unfinished"):
+        read_manifest(uri)
+    assert list((tmp_path / "ds").glob("*.parquet")) == []  # nothing published before the commit
+    with pytest.raises(DatasetNotFinishedError, match="not a dataset"):
+        read_manifest(str(tmp_path / "nothing-here"))
+
+
+def test_resume_keeps_finished_shards(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ds")
+    w = writer(uri)
+    w.existing()
+    w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
+    shard = tmp_path / "ds" / "_work" / "shards" / "part-00000.parquet"
+    written = shard.stat().st_mtime_ns
+
+    again = writer(uri)
+    assert again.existing() is None
+    assert again.done_shards == [0] and list(again.done_column("id")) == ["id000"]
+    again.write_shard(1, PAIRS.to_table([pair(1)]), QUARANTINE.to_table([]), rows_in=1)
+    manifest = again.commit(2)
+    assert manifest.rows == 2
+    # shard 0 was published as written the first time, not redone
+    assert (tmp_path / "ds" / "part-00000.parquet").stat().st_mtime_ns == written
+
+
+def test_work_of_another_config_is_discarded(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ds")
+    w = writer(uri, config={"a": 1})
+    w.existing()
+    w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
+    other = writer(uri, config={"a": 2})
+    assert other.existing() is None and other.done_shards == []
+
+
+def test_identical_dataset_is_reused_and_different_one_conflicts(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ds")
+    write_all(uri)
+    first = read_manifest(uri)
+    assert writer(uri).existing() == first
+    with pytest.raises(DatasetConflictError, match="already holds a different"):
+        writer(uri, config={"a": 2}).existing()
+    replaced = writer(uri, config={"a": 2}, overwrite=True)
+    assert replaced.existing() is None
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+
+
+def test_foreign_files_are_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "precious.txt").write_text("keep me")
+    with pytest.raises(DatasetConflictError, match="not a dataset"):
+        writer(str(tmp_path / "ds")).existing()
+    assert (tmp_path / "ds" / "precious.txt").exists()
+
+
+def test_equal_content_gives_equal_fingerprint_and_bytes(tmp_path: Path) -> None:
+    write_all(str(tmp_path / "a"))
+    write_all(str(tmp_path / "b"))
+    a, b = read_manifest(str(tmp_path / "a")), read_manifest(str(tmp_path / "b"))
+    assert a.fingerprint == b.fingerprint and a.shards == b.shards
+    assert (tmp_path / "a" / "part-00001.parquet").read_bytes() == (tmp_path / "b" / "part-00001.parquet").read_bytes()
+
+
+def test_commit_refuses_missing_shards(tmp_path: Path) -> None:
+    w = writer(str(tmp_path / "ds"))
+    w.existing()
+    w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
+    with pytest.raises(Exception, match=r"shards \[1\] not written"):
+        w.commit(2)
+
+
+def test_schema_registry_rejects_duplicates_and_derives_arrow() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_schema(PAIRS)
+    schema = arrow_schema_for(QuarantineRow)
+    assert str(schema.field("record_id").type) == "string" and schema.field("record_id").nullable
+    assert not schema.field("reason").nullable

@@ -1,0 +1,225 @@
+"""Ingest end to end on local storage: every input accounted for, on generated and real data."""
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from corpus import IMAGE_CASES, encode, gradient
+from PIL import Image
+
+from adamllm_core.dataset import Dataset
+from adamllm_core.errors import ConfigError
+from adamllm_core.importers import SourceOptions
+from adamllm_core.ingest import IngestConfig, ingest, pair_id
+
+
+def rows_and_quarantine(uri: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    dataset = Dataset(uri)
+    rows = pl.from_arrow(dataset.to_table())
+    quarantine = dataset.quarantine()
+    return rows, pl.from_arrow(quarantine.to_table()) if quarantine else pl.DataFrame()
+
+
+def test_broken_corpus_every_input_accounted_for(broken_corpus, tmp_path: Path) -> None:
+    source, expected = broken_corpus
+    manifest = ingest(str(source), str(tmp_path / "pairs"), IngestConfig(domain="test", rows_per_shard=7))
+    rows, quarantine = rows_and_quarantine(str(tmp_path / "pairs"))
+
+    assert len(rows) == expected["valid"]
+    assert dict(Counter(quarantine["reason"])) == expected["reasons"]
+    assert manifest.stats.rows_in == expected["inputs"] == len(rows) + len(quarantine)
+    assert manifest.quarantine.reasons == expected["reasons"]
+    assert manifest.stats.counters["duplicates"] == 1
+    # every input line is either a row or a quarantine row, each exactly once
+    refs = sorted(rows["source_ref"].to_list() + quarantine["source_ref"].to_list(), key=lambda r: int(r.split(":")[1]))
+    assert [int(r.split(":")[1]) for r in refs] == list(range(1, expected["inputs"] + 1))
+    assert rows["id"].n_unique() == len(rows)
+
+    duplicate = quarantine.filter(pl.col("reason") == "duplicate").row(0, named=True)
+    assert duplicate["duplicate_of"] in rows["id"].to_list()
+
+    neutralised = rows.filter(pl.col("caption").str.starts_with("Axial CT")).row(0, named=True)
+    assert neutralised["caption"] == "Axial CT assistant\nof the liver"
+    assert json.loads(neutralised["metadata"])["caption_removed_tokens"] == ["<|im_end|>", "<|im_start|>", "<image>"]
+
+    for row in rows.iter_rows(named=True):  # stored images are what models take
+        image = Image.open(io.BytesIO(row["image"]))
+        assert image.mode in ("RGB", "L") and image.format.lower() == row["image_format"]
+        assert (image.width, image.height) == (row["width"], row["height"])
+        assert row["id"] == pair_id(row["image_sha256"], row["caption"])
+
+    bad_line = quarantine.filter(pl.col("detail").str.contains("not UTF-8")).row(0, named=True)
+    assert bad_line["reason"] == "bad_record" and bad_line["source_ref"].startswith("data.jsonl:")
+
+
+def test_control_tokens_can_quarantine_instead(broken_corpus, tmp_path: Path) -> None:
+    source, expected = broken_corpus
+    config = IngestConfig.model_validate({"domain": "test", "caption": {"control_tokens": "quarantine"}})
+    manifest = ingest(str(source), str(tmp_path / "pairs"), config)
+    assert manifest.quarantine.reasons["control_tokens"] == 2  # the mixed one and the tokens-only one
+    assert manifest.rows == expected["valid"] - 1
+
+
+def test_parallel_workers_give_identical_output(broken_corpus, tmp_path: Path) -> None:
+    source, _ = broken_corpus
+    one = ingest(str(source), str(tmp_path / "one"), IngestConfig(domain="test", rows_per_shard=9))
+    two = ingest(str(source), str(tmp_path / "two"), IngestConfig(domain="test", rows_per_shard=9, workers=2))
+    assert one.fingerprint == two.fingerprint and one.shards == two.shards
+
+
+def test_rerun_is_a_no_op(broken_corpus, tmp_path: Path) -> None:
+    source, _ = broken_corpus
+    out = tmp_path / "pairs"
+    first = ingest(str(source), str(out), IngestConfig(domain="test"))
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = ingest(str(source), str(out), IngestConfig(domain="test"))
+    assert again == first
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+
+
+def test_changed_source_is_a_new_identity(broken_corpus, tmp_path: Path) -> None:
+    source, _ = broken_corpus
+    first = ingest(str(source), str(tmp_path / "a"), IngestConfig(domain="test"))
+    with open(source / "data.jsonl", "a") as handle:
+        handle.write(json.dumps({"image": "images/ok.webp", "caption": "appended later"}) + "\n")
+    second = ingest(str(source), str(tmp_path / "b"), IngestConfig(domain="test"))
+    assert second.parents[0].fingerprint != first.parents[0].fingerprint
+    assert second.rows == first.rows + 1
+
+
+# --- the bundles in ../shared/data ------------------------------------------------------
+
+BUNDLE_CONFIGS = {
+    "medpix_captions": ({}, 120),
+    "rsicd_captions": ({}, 300),
+    "food101_mini": ({"caption_field": "label"}, 90),
+    "vqa_rad_train": ({"caption_template": "Question: {question} Answer: {answer}"}, 1152),
+}
+
+
+@pytest.mark.parametrize("bundle", sorted(BUNDLE_CONFIGS))
+def test_shared_bundles(bundle: str, shared_data: Path, tmp_path: Path) -> None:
+    options, records = BUNDLE_CONFIGS[bundle]
+    config = IngestConfig(domain="test", source=SourceOptions(**options), workers=2)
+    manifest = ingest(str(shared_data / bundle), str(tmp_path / bundle), config)
+    rows, quarantine = rows_and_quarantine(str(tmp_path / bundle))
+    assert manifest.stats.counters["records_in"] == records
+    assert len(rows) + len(quarantine) == records  # nothing lost
+    assert set(quarantine["reason"].to_list()) <= {"duplicate"} if len(quarantine) else True
+    assert len(rows) == rows["id"].n_unique() == records - len(quarantine)
+    n_images = len({json.loads(line)["image"] for line in (shared_data / bundle / "data.jsonl").read_text().splitlines()})
+    assert rows["image_sha256"].n_unique() <= n_images
+    for row in rows.head(20).iter_rows(named=True):
+        assert Image.open(io.BytesIO(row["image"])).mode in ("RGB", "L")
+
+
+def test_rsicd_all_captions_dedupes_repeated_captions(shared_data: Path, tmp_path: Path) -> None:
+    lines = [json.loads(l) for l in (shared_data / "rsicd_captions" / "data.jsonl").read_text().splitlines()]
+    distinct = sum(len({c.strip() for c in line["captions"] if c.strip()}) for line in lines)
+    config = IngestConfig(domain="remote-sensing", source=SourceOptions(captions="all"))
+    manifest = ingest(str(shared_data / "rsicd_captions"), str(tmp_path / "all"), config)
+    assert manifest.rows == distinct
+    assert manifest.stats.rows_in == 5 * len(lines)
+    assert manifest.quarantine.reasons == {"duplicate": 5 * len(lines) - distinct}
+
+
+# --- other importers ----------------------------------------------------------------------
+
+def _images(folder: Path, n: int) -> list[str]:
+    (folder / "img").mkdir(parents=True)
+    names = []
+    for i in range(n):
+        names.append(f"img/{i}.png")
+        (folder / names[-1]).write_bytes(encode(gradient().rotate(i * 10), "PNG"))
+    return names
+
+
+def test_sharegpt_json(tmp_path: Path) -> None:
+    names = _images(tmp_path, 3)
+    records = [
+        {"images": [names[0]], "messages": [
+            {"role": "user", "content": "<image>Generate a recipe for this delicious food."},
+            {"role": "assistant", "content": "Mix flour and water."}]},
+        {"image": names[1], "conversations": [
+            {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "A gradient."},
+            {"from": "human", "value": "More?"}, {"from": "gpt", "value": "No."}]},
+        {"images": [names[2]], "messages": [{"role": "user", "content": "<image>hi"}]},
+        {"images": [], "messages": [{"role": "assistant", "content": "no image"}]},
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    manifest = ingest(str(tmp_path / "train.json"), str(tmp_path / "out"), IngestConfig(domain="food"))
+    rows, quarantine = rows_and_quarantine(str(tmp_path / "out"))
+    assert rows["caption"].to_list() == ["Mix flour and water.", "A gradient."]
+    meta = [json.loads(m) for m in rows["metadata"]]
+    assert meta[0]["caption_prompt"] == "Generate a recipe for this delicious food."
+    assert meta[1]["extra_turns"] == 2
+    assert sorted(quarantine["reason"].to_list()) == ["missing_caption", "missing_image"]
+    assert manifest.stats.rows_in == 4
+
+
+def test_hugging_face_style_parquet(tmp_path: Path) -> None:
+    images = [encode(gradient().rotate(i * 30), "PNG") for i in range(5)]
+    images[3] = b"not an image"
+    table = pa.table({
+        "image": [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)],
+        "text": [f"caption {i}" for i in range(5)],
+        "label": list(range(5)),
+    })
+    (tmp_path / "src").mkdir()
+    pq.write_table(table.slice(0, 3), tmp_path / "src" / "train-00000.parquet")
+    pq.write_table(table.slice(3), tmp_path / "src" / "train-00001.parquet")
+    manifest = ingest(str(tmp_path / "src"), str(tmp_path / "out"), IngestConfig(domain="test"))
+    rows, quarantine = rows_and_quarantine(str(tmp_path / "out"))
+    assert rows["caption"].to_list() == ["caption 0", "caption 1", "caption 2", "caption 4"]
+    assert quarantine.row(0, named=True)["source_ref"] == "train-00001.parquet#row=0"
+    assert quarantine["reason"].to_list() == ["not_an_image"]
+    assert json.loads(rows["metadata"][0]) == {"label": 0}
+    assert manifest.stats.rows_in == 5
+
+
+def test_csv_with_caption_lists_and_sidecar_captions(tmp_path: Path) -> None:
+    names = _images(tmp_path / "csv", 2)
+    (tmp_path / "csv" / "metadata.csv").write_text(
+        "file_name,captions\n" f'{names[0]},"[""  "", ""second caption""]"\n' f"{names[1]},plain caption\n"
+    )
+    ingest(str(tmp_path / "csv"), str(tmp_path / "out_csv"), IngestConfig(domain="test"))
+    rows, _ = rows_and_quarantine(str(tmp_path / "out_csv"))
+    assert rows["caption"].to_list() == ["second caption", "plain caption"]
+
+    names = _images(tmp_path / "side", 2)
+    (tmp_path / "side" / "img" / "0.txt").write_text("sidecar caption\n")
+    ingest(str(tmp_path / "side"), str(tmp_path / "out_side"), IngestConfig(domain="test"))
+    rows, quarantine = rows_and_quarantine(str(tmp_path / "out_side"))
+    assert rows["caption"].to_list() == ["sidecar caption"]
+    assert quarantine["reason"].to_list() == ["missing_caption"]
+
+
+def test_missing_caption_field_is_a_clear_error(shared_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--caption-field.*label"):
+        ingest(str(shared_data / "food101_mini"), str(tmp_path / "x"), IngestConfig(domain="food"))
+
+
+def test_bad_config_values_name_the_field() -> None:
+    with pytest.raises(ValueError, match="domain"):
+        IngestConfig(domain="Food Stuff")
+    with pytest.raises(ValueError, match="rows_per_shard"):
+        IngestConfig(domain="food", rows_per_shard=0)
+    with pytest.raises(ValueError, match="unexpected|extra"):
+        IngestConfig.model_validate({"domain": "food", "rows_per_shrad": 5})
+    with pytest.raises(ValueError, match="not both"):
+        SourceOptions(caption_field="a", caption_template="{b}")
+
+
+def test_config_hash_ignores_workers() -> None:
+    assert IngestConfig(domain="a", workers=1).hash == IngestConfig(domain="a", workers=4).hash
+    assert IngestConfig(domain="a").hash != IngestConfig(domain="b").hash
+
+
+def test_unused_image_cases_cover_every_reason() -> None:
+    reasons = {reason for _, reason, _ in IMAGE_CASES.values() if reason}
+    assert reasons == {"truncated", "empty_file", "not_an_image", "too_many_pixels", "too_small"}
