@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.errors import Rejected
 
@@ -24,6 +24,8 @@ EXIF_ORIENTATION = 0x0112
 
 class ImagePolicy(BaseModel):
     """What an image must be to enter a dataset."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_pixels: int = Field(
         default=50_000_000, gt=0, description="width*height above this is rejected (decompression bombs)"

@@ -9,7 +9,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.errors import Rejected
 
@@ -32,6 +32,8 @@ CaptionRejected = Rejected
 
 
 class CaptionPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     control_tokens: str = Field(
         default="neutralise",
         pattern="^(neutralise|quarantine)$",

@@ -34,7 +34,10 @@ class OutputDatasetPolicy(CachePolicy):
         if inputs.get("overwrite"):
             return None
         out = inputs[self.output_parameter]
-        identity = self.expected_identity(inputs)
+        try:
+            identity = self.expected_identity(inputs)
+        except Exception:  # a bad input: let the task run and raise its own clear error
+            return None
         if existing_identity(out) != identity:
             return None
         task_name = task_ctx.task.name if task_ctx else "task"

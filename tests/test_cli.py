@@ -1,0 +1,68 @@
+"""The `adamllm` command line, as a user types it."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adamllm_cli.main import app
+from adamllm_core.dataset import DatasetWriter, ParentRef
+from adamllm_core.ingest import IngestConfig, ingest
+from adamllm_core.schemas import PAIRS, QUARANTINE
+
+runner = CliRunner()
+
+
+@pytest.mark.integration
+def test_ingest_then_inspect(prefect_server: str, broken_corpus, tmp_path: Path) -> None:
+    source, expected = broken_corpus
+    out = tmp_path / "pairs"
+    result = runner.invoke(app, ["ingest", str(source), "--domain", "test", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"ingested {expected['valid']} pairs" in result.output
+
+    shown = runner.invoke(app, ["inspect", str(out), "--rows", "1"])
+    assert shown.exit_code == 0, shown.output
+    for text in ("pairs v1", "quarantine", "truncated", "duplicate", "sample rows [0]", "scan_parquet"):
+        assert text in shown.output
+    assert "<jpeg 64x48" in shown.output  # image bytes summarised, not dumped
+
+    as_json = json.loads(runner.invoke(app, ["inspect", str(out), "--json"]).output)
+    assert as_json["manifest"]["rows"] == expected["valid"]
+    assert as_json["manifest"]["quarantine"]["reasons"] == expected["reasons"]
+
+
+def test_config_file_errors_name_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "ingest.yaml"
+    config.write_text("domain: food\nimage:\n  max_pixel: 10\n")
+    result = runner.invoke(app, ["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(config)])
+    assert result.exit_code == 2
+    assert "image.max_pixel" in result.output
+
+
+def test_bad_flag_values_are_clear(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(tmp_path), "--domain", "Food!", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "domain" in result.output
+    result = runner.invoke(app, ["ingest", str(tmp_path), "--domain", "food", "--out", str(tmp_path / "o"),
+                                 "--multi-frame", "all"])
+    assert result.exit_code == 2 and "image.multi_frame" in result.output
+
+
+def test_inspect_unfinished_and_missing(tmp_path: Path) -> None:
+    writer = DatasetWriter(str(tmp_path / "half"), schema=PAIRS, stage="ingest",
+                           parents=[ParentRef(uri="x", fingerprint="y")], config={}, config_hash="c")
+    writer.existing()
+    writer.write_shard(0, PAIRS.to_table([]), QUARANTINE.to_table([]), rows_in=0)
+    result = runner.invoke(app, ["inspect", str(tmp_path / "half")])
+    assert result.exit_code == 2
+    assert "unfinished" in result.output and "1 shards" in result.output
+    result = runner.invoke(app, ["inspect", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "not a dataset" in result.output
+
+
+def test_inspect_local_dataset_without_prefect(broken_corpus, tmp_path: Path) -> None:
+    source, _ = broken_corpus
+    ingest(str(source), str(tmp_path / "p"), IngestConfig(domain="test"))
+    result = runner.invoke(app, ["inspect", str(tmp_path / "p"), "--rows", "0"])
+    assert result.exit_code == 0 and "fingerprint" in result.output

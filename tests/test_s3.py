@@ -1,0 +1,76 @@
+"""Object storage through a real S3 API (moto's server on 127.0.0.1)."""
+
+import json
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+import s3fs
+
+from adamllm_core.dataset import Dataset, DatasetNotFinishedError, DatasetWriter, read_manifest
+from adamllm_core.importers import SourceOptions
+from adamllm_core.ingest import IngestConfig, ingest
+from adamllm_core.settings import storage_settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_ingest_to_s3_and_read_back_with_polars_and_duckdb(broken_corpus, s3_bucket: str, s3_server) -> None:
+    source, expected = broken_corpus
+    uri = f"{s3_bucket}/biomed/pairs"
+    manifest = ingest(str(source), uri, IngestConfig(domain="test", rows_per_shard=10))
+    assert manifest.rows == expected["valid"]
+
+    options = storage_settings().polars_storage_options()
+    frame = pl.scan_parquet(uri + "/*.parquet", storage_options=options).collect()
+    assert len(frame) == expected["valid"] and frame["id"].n_unique() == len(frame)
+    quarantine = pl.scan_parquet(uri + "/_quarantine/*.parquet", storage_options=options).collect()
+    assert len(quarantine) == sum(expected["reasons"].values())
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    connection = duckdb.connect()
+    connection.register_filesystem(fs)
+    count = connection.sql(f"select count(*) from read_parquet('{uri}/*.parquet')").fetchall()
+    assert count == [(expected["valid"],)]
+
+    # nothing of the work area is left, and no credential is written anywhere
+    keys = fs.find(uri.removeprefix("s3://"))
+    assert not [k for k in keys if "/_work/" in k]
+    for key in keys:
+        if key.endswith(".json"):
+            text = fs.cat_file(key).decode()
+            assert s3_server["AWS_SECRET_ACCESS_KEY"] not in text
+            assert s3_server["AWS_ACCESS_KEY_ID"] not in text
+    assert Dataset(uri).to_table().num_rows == expected["valid"]
+    Dataset(uri).verify()
+
+
+def test_s3_source_and_unfinished_dataset(s3_bucket: str, s3_server, shared_data: Path, tmp_path: Path) -> None:
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    bundle = shared_data / "food101_mini"
+    fs.put(str(bundle / "data.jsonl"), f"{s3_bucket}/raw/food/data.jsonl")
+    fs.put(str(bundle / "images") + "/", f"{s3_bucket}/raw/food/images/", recursive=True)
+    config = IngestConfig(domain="food", source=SourceOptions(caption_field="label"))
+    manifest = ingest(f"{s3_bucket}/raw/food", f"{s3_bucket}/food/pairs", config)
+    assert manifest.rows == 90
+    assert json.loads(read_manifest(f"{s3_bucket}/food/pairs").to_json())["parents"][0]["uri"] == f"{s3_bucket}/raw/food"
+
+    writer = DatasetWriter(f"{s3_bucket}/half", schema=Dataset(f"{s3_bucket}/food/pairs").schema, stage="t",
+                           parents=[], config={}, config_hash="c")
+    writer.existing()
+    with pytest.raises(DatasetNotFinishedError, match="unfinished"):
+        read_manifest(f"{s3_bucket}/half")
+
+
+def test_credentials_come_from_the_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("aws_endpoint_url: http://127.0.0.1:9\naws_secret_access_key: s3cr3t\n")
+    monkeypatch.setenv("ADAMLLM_SETTINGS_FILE", str(settings_file))
+    settings = storage_settings()
+    assert settings.s3_storage_options()["secret"] == "s3cr3t"
+    assert "s3cr3t" not in repr(settings) and "s3cr3t" not in settings.model_dump_json()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:10")
+    assert storage_settings().aws_endpoint_url == "http://127.0.0.1:10"  # the environment wins
