@@ -107,6 +107,8 @@ def _checked_and_normalised(
         changes.append(f"exif_orientation_{orientation}")
     if image.mode not in KEPT_MODES:
         image = _to_8bit(image)
+        if image.mode == "RGB" and _is_gray(image):
+            image = image.convert("L")  # lossless, a third of the pixels to encode and store
         changes.append(f"mode_{source_mode}_to_{image.mode}")
 
     if not changes and source_format in KEPT_FORMATS:
@@ -140,6 +142,11 @@ def _checked_and_normalised(
         frames=frames,
         changes=changes,
     )
+
+
+def _is_gray(image: Image.Image) -> bool:
+    pixels = np.asarray(image)
+    return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

@@ -6,7 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from adamllm_core.dataset import MANIFEST_NAME, WORK_DIR, Dataset, DatasetNotFinishedError, ShardMarker
+from adamllm_core.dataset import (
+    MANIFEST_NAME,
+    WORK_DIR,
+    Dataset,
+    DatasetNotFinishedError,
+    ShardMarker,
+)
 from adamllm_core.storage import filesystem, join, normalise_uri, redact
 
 MAX_TEXT = 160

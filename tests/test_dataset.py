@@ -16,7 +16,14 @@ from adamllm_core.dataset import (
     ParentRef,
     read_manifest,
 )
-from adamllm_core.schemas import PAIRS, QUARANTINE, ImageCaptionPair, QuarantineRow, arrow_schema_for, register_schema
+from adamllm_core.schemas import (
+    PAIRS,
+    QUARANTINE,
+    ImageCaptionPair,
+    QuarantineRow,
+    arrow_schema_for,
+    register_schema,
+)
 
 
 def pair(n: int) -> ImageCaptionPair:

@@ -47,9 +47,17 @@ def test_sixteen_bit_range_is_stretched_not_truncated() -> None:
 
 
 def test_alpha_is_composited_on_white() -> None:
-    transparent = Image.new("RGBA", (16, 16), (255, 0, 0, 0))
-    result = normalise_image(encode(transparent, "PNG"), ImagePolicy())
-    assert Image.open(io.BytesIO(result.data)).getpixel((0, 0)) == (255, 255, 255)
+    half = Image.new("RGBA", (16, 16), (255, 0, 0, 255))
+    half.paste((0, 0, 255, 0), (0, 0, 8, 16))  # left half fully transparent blue
+    result = normalise_image(encode(half, "PNG"), ImagePolicy())
+    stored = Image.open(io.BytesIO(result.data))
+    assert stored.mode == "RGB"
+    assert stored.getpixel((0, 0)) == (255, 255, 255) and stored.getpixel((12, 0)) == (255, 0, 0)
+
+
+def test_gray_pixels_in_rgb_are_stored_as_gray() -> None:
+    result = normalise_image(encode(gradient("L").convert("RGBA"), "PNG"), ImagePolicy())
+    assert Image.open(io.BytesIO(result.data)).mode == "L" and result.changes == ["mode_RGBA_to_L"]
 
 
 def test_pixel_limit_is_checked_before_decoding() -> None:
