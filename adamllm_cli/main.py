@@ -13,6 +13,7 @@ from rich.table import Table
 
 from adamllm_core.dataset import DatasetError
 from adamllm_core.errors import ConfigError
+from adamllm_core.importers import open_source
 from adamllm_core.ingest import IngestConfig
 from adamllm_core.inspection import summarise, work_status
 
@@ -22,7 +23,7 @@ errors = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -97,6 +98,11 @@ def ingest(
     except (ConfigError, OSError, yaml.YAMLError) as error:
         fail(str(error))
 
+    try:  # a wrong source or field is the user's to fix: say so before any flow run starts
+        open_source(source, ingest_config.source)
+    except (ConfigError, OSError) as error:
+        fail(str(error))
+
     from flows.ingest import ingest_flow  # Prefect import is slow: only for commands that run flows
 
     try:
@@ -107,6 +113,7 @@ def ingest(
         f"[green]ingested[/] {ref.rows} pairs, {ref.quarantined} quarantined → {ref.uri}  "
         f"(inspect: adamllm inspect {ref.uri})",
         highlight=False,
+        soft_wrap=True,
     )
 
 

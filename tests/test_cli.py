@@ -49,6 +49,14 @@ def test_bad_flag_values_are_clear(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "image.multi_frame" in result.output
 
 
+def test_source_problems_fail_before_any_flow_runs(shared_data: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(shared_data / "food101_mini"), "--domain", "food", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "--caption-field" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["ingest", str(tmp_path / "absent"), "--domain", "food", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
 def test_inspect_unfinished_and_missing(tmp_path: Path) -> None:
     writer = DatasetWriter(str(tmp_path / "half"), schema=PAIRS, stage="ingest",
                            parents=[ParentRef(uri="x", fingerprint="y")], config={}, config_hash="c")
