@@ -1,5 +1,6 @@
 """Object storage through fsspec: local paths and any fsspec URI, s3:// first-class."""
 
+import hashlib
 import os
 import re
 import uuid
@@ -83,3 +84,17 @@ def move(fs: AbstractFileSystem, src: str, dst: str) -> None:
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     return fs.cat_file(path)
+
+
+def listing_fingerprint(root: str, *extra: bytes) -> str:
+    """Hash of a folder's file names, sizes and modification stamps (no file is read)."""
+    fs, path = filesystem(root)
+    digest = hashlib.sha256()
+    for chunk in extra:
+        digest.update(chunk)
+    entries = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    for name in sorted(entries):
+        info = entries[name]
+        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+        digest.update(f"{name[len(path):]}\0{info.get('size')}\0{stamp}\n".encode())
+    return digest.hexdigest()[:32]

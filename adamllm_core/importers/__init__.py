@@ -20,7 +20,6 @@ from adamllm_core.importers.base import (
     detect_caption_field,
     interpret_captioned,
     interpret_sharegpt,
-    listing_fingerprint,
 )
 from adamllm_core.importers.records import (
     RECORD_FILE_SUFFIXES,
@@ -28,7 +27,7 @@ from adamllm_core.importers.records import (
     first_record,
     read_records,
 )
-from adamllm_core.storage import filesystem, normalise_uri, redact
+from adamllm_core.storage import filesystem, listing_fingerprint, normalise_uri, redact
 
 # Annotation files looked for, in order, when the source is a folder.
 ANNOTATION_NAMES = ("data.jsonl", "metadata.jsonl", "captions.jsonl", "metadata.csv", "data.csv", "captions.csv")

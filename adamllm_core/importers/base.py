@@ -1,6 +1,5 @@
 """What every importer yields, and the record interpretation they share."""
 
-import hashlib
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -9,7 +8,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adamllm_core.errors import ConfigError, Rejected
-from adamllm_core.storage import filesystem, join, protocol_of
+from adamllm_core.storage import join, protocol_of
 
 IMAGE_FIELDS = ("image", "images", "file_name", "image_path", "image_file", "path", "filename", "img")
 CAPTION_FIELDS = ("caption", "captions", "text", "description")
@@ -79,20 +78,6 @@ class Importer(Protocol):
 
     def records(self) -> Iterator[RawRecord]:
         """Records in a fixed order (resume relies on it)."""
-
-
-def listing_fingerprint(root: str, *extra: bytes) -> str:
-    """Hash of a folder's file names, sizes and modification stamps (no file is read)."""
-    fs, path = filesystem(root)
-    digest = hashlib.sha256()
-    for chunk in extra:
-        digest.update(chunk)
-    entries = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
-    for name in sorted(entries):
-        info = entries[name]
-        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
-        digest.update(f"{name[len(path):]}\0{info.get('size')}\0{stamp}\n".encode())
-    return digest.hexdigest()[:32]
 
 
 def resolve_image_uri(value: str, base: str) -> str:

@@ -1,0 +1,71 @@
+"""Inference engines behind one interface; the config picks one."""
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adamllm_core.engines.base import ChatRequest, ChatResult, Engine, Message, SamplingConfig
+from adamllm_core.engines.cache import EngineStats, RequestCache, run_cached
+
+
+class EngineConfig(BaseModel):
+    """Which engine runs a model, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["transformers", "openai", "vllm"] = "transformers"
+    model: str = Field(description="Hugging Face id or local checkpoint path (served name for openai)")
+    revision: str | None = None
+    batch_size: int = Field(default=8, gt=0, description="requests per engine call (and per cache batch)")
+    # transformers
+    device: str = "auto"
+    dtype: str = "auto"
+    # openai-compatible server
+    base_url: str | None = None
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the key")
+    max_concurrency: int = Field(default=8, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=5, ge=1)
+    # vllm
+    tensor_parallel_size: int = Field(default=1, gt=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    max_model_len: int | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> "EngineConfig":
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("the openai engine needs base_url (e.g. http://127.0.0.1:8000)")
+        return self
+
+
+def make_engine(config: EngineConfig) -> Engine:
+    if config.kind == "transformers":
+        from adamllm_core.engines.hf import TransformersEngine
+
+        return TransformersEngine(
+            config.model, revision=config.revision, device=config.device, dtype=config.dtype,
+            batch_size=config.batch_size, trust_remote_code=config.trust_remote_code,
+        )
+    if config.kind == "openai":
+        from adamllm_core.engines.openai_compat import OpenAIEngine
+
+        return OpenAIEngine(
+            config.model, base_url=config.base_url or "", api_key=os.environ.get(config.api_key_env),
+            revision=config.revision, max_concurrency=config.max_concurrency,
+            timeout_s=config.timeout_s, max_retries=config.max_retries,
+        )
+    from adamllm_core.engines.vllm_engine import VLLMEngine
+
+    return VLLMEngine(
+        config.model, revision=config.revision, tensor_parallel_size=config.tensor_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization, max_model_len=config.max_model_len,
+        dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+    )
+
+
+__all__ = [
+    "ChatRequest", "ChatResult", "Engine", "EngineConfig", "EngineStats", "Message", "RequestCache",
+    "SamplingConfig", "make_engine", "run_cached",
+]

@@ -1,0 +1,121 @@
+"""One interface for every inference engine: batched chat or text requests in, text,
+token counts and (when asked) choice scores out, in input order.
+
+Choice scoring is defined once for all engines: the score of a choice is the sum of the
+log-probabilities of the tokens of `prompt + choice` that start at or after the end of
+`prompt` (character offsets), so a label is decided by comparing scores, never by
+parsing free text.
+"""
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adamllm_core.hashing import canonical_json
+
+
+class SamplingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(default=512, ge=0)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    stop: tuple[str, ...] = Field(default=(), description="strings that end generation (not included)")
+    ignore_eos: bool = Field(default=False, description="run past the end-of-turn token (synthesis needs it)")
+    skip_special_tokens: bool = Field(default=True, description="False keeps turn delimiters in the text")
+
+
+class Message(BaseModel):
+    """A chat turn. `images` placeholders come first in the turn, in request image order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+    images: int = Field(default=0, ge=0)
+
+
+class ChatRequest(BaseModel):
+    """Either chat `messages` (rendered with the model's chat template) or a raw `prompt`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    messages: tuple[Message, ...] | None = None
+    prompt: str | None = None
+    images: tuple[bytes, ...] = ()
+    continue_final_message: bool = Field(
+        default=False, description="leave the last message open for the model to continue"
+    )
+    choices: tuple[str, ...] | None = Field(default=None, description="score these continuations instead of generating")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ChatRequest":
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a request has messages or a prompt, not both or neither")
+        if self.messages is not None and sum(m.images for m in self.messages) != len(self.images):
+            raise ValueError("image placeholders in messages must match the images given")
+        if self.prompt is not None and self.images:
+            raise ValueError("raw prompts take no images")
+        if self.choices is not None and self.prompt is None:
+            raise ValueError("choices are scored after a raw prompt")
+        return self
+
+    def image_hashes(self) -> list[str]:
+        return [hashlib.sha256(image).hexdigest() for image in self.images]
+
+
+class ChatResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: Literal["stop", "length", "scored"] = "stop"
+    choice_scores: dict[str, float] | None = None
+
+
+def request_key(model_identity: str, rendered_prompt: str, request: ChatRequest) -> str:
+    """Cache key of one request: model and revision, rendered prompt, images, sampling, choices."""
+    return hashlib.sha256(
+        canonical_json(
+            {
+                "model": model_identity,
+                "prompt": rendered_prompt,
+                "images": request.image_hashes(),
+                "sampling": request.sampling.model_dump(mode="json"),
+                "choices": list(request.choices) if request.choices is not None else None,
+            }
+        ).encode()
+    ).hexdigest()
+
+
+def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Text before the first stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class Engine(ABC):
+    """An inference engine. Subclasses load heavy state lazily and keep it until close()."""
+
+    kind: str
+
+    @property
+    @abstractmethod
+    def model_identity(self) -> str:
+        """Model id and revision (or a local checkpoint's content fingerprint)."""
+
+    @abstractmethod
+    def render(self, request: ChatRequest) -> str:
+        """The exact prompt text the model sees (chat template applied)."""
+
+    @abstractmethod
+    def run(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """Results in input order."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        pass

@@ -1,0 +1,78 @@
+"""Per-request result cache on any fsspec URI, so an interrupted stage resumes mid-shard.
+
+Results are written in small batch files (one object each, atomic), never appended to;
+on start every batch file under the cache URI is read back into memory.
+"""
+
+import json
+from collections.abc import Callable
+
+from adamllm_core.engines.base import ChatRequest, ChatResult, Engine, request_key
+from adamllm_core.hashing import sha256_hex
+from adamllm_core.storage import filesystem, join, write_bytes_atomic
+
+
+class RequestCache:
+    def __init__(self, uri: str | None):
+        self.uri = uri
+        self._results: dict[str, ChatResult] = {}
+        if uri is not None:
+            fs, path = filesystem(uri)
+            if fs.exists(path):
+                for file in sorted(fs.ls(path, detail=False)):
+                    if file.endswith(".json") and not file.rsplit("/", 1)[-1].startswith("."):
+                        for key, value in json.loads(fs.cat_file(file)).items():
+                            self._results[key] = ChatResult.model_validate(value)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def get(self, key: str) -> ChatResult | None:
+        return self._results.get(key)
+
+    def put_many(self, results: dict[str, ChatResult]) -> None:
+        self._results.update(results)
+        if self.uri is None or not results:
+            return
+        fs, path = filesystem(self.uri)
+        body = json.dumps({k: v.model_dump(mode="json") for k, v in results.items()}, sort_keys=True)
+        write_bytes_atomic(fs, join(path, f"batch-{sha256_hex(''.join(sorted(results)))[:24]}.json"), body.encode())
+
+
+class EngineStats:
+    def __init__(self) -> None:
+        self.cached = 0
+        self.computed = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+
+def run_cached(
+    engine: Engine,
+    requests: list[ChatRequest],
+    cache: RequestCache,
+    *,
+    batch_size: int,
+    stats: EngineStats | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[ChatResult]:
+    """Results for `requests` in order: cached ones read back, the others computed in
+    batches of `batch_size`, each batch cached as soon as it is done."""
+    keys = [request_key(engine.model_identity, engine.render(r), r) for r in requests]
+    results: list[ChatResult | None] = [cache.get(k) for k in keys]
+    missing = [i for i, r in enumerate(results) if r is None]
+    if stats:
+        stats.cached += len(requests) - len(missing)
+    for start in range(0, len(missing), batch_size):
+        batch = missing[start : start + batch_size]
+        computed = engine.run([requests[i] for i in batch])
+        cache.put_many({keys[i]: result for i, result in zip(batch, computed)})
+        for i, result in zip(batch, computed):
+            results[i] = result
+        if stats:
+            stats.computed += len(batch)
+            stats.prompt_tokens += sum(r.prompt_tokens for r in computed)
+            stats.completion_tokens += sum(r.completion_tokens for r in computed)
+        if on_batch:
+            on_batch(len(batch))
+    return [r for r in results if r is not None]

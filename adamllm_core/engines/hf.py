@@ -1,0 +1,230 @@
+"""Hugging Face side of the engines: chat-template rendering and the transformers engine.
+
+The vLLM engine renders with the same `HFRenderer`, so both see identical prompts.
+"""
+
+import io
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from adamllm_core.engines.base import (
+    ChatRequest,
+    ChatResult,
+    Engine,
+    Message,
+    SamplingConfig,
+    truncate_at_stop,
+)
+from adamllm_core.storage import listing_fingerprint
+
+
+def model_identity(model: str, revision: str | None) -> str:
+    """Hub id and revision, or a local checkpoint's path and content fingerprint."""
+    if Path(model).is_dir():
+        return f"{Path(model).resolve()}@{listing_fingerprint(str(Path(model).resolve()))}"
+    return f"{model}@{revision or 'main'}"
+
+
+def hf_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    converted = []
+    for message in messages:
+        if message.images:
+            content: Any = [{"type": "image"}] * message.images + [{"type": "text", "text": message.content}]
+        else:
+            content = message.content  # text-only templates index content as a string
+        converted.append({"role": message.role, "content": content})
+    return converted
+
+
+def decode_images(request: ChatRequest) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
+
+
+class HFRenderer:
+    """The model's own processor or tokenizer, loaded from its id or path."""
+
+    def __init__(self, model: str, revision: str | None = None, trust_remote_code: bool = False):
+        self.model = model
+        self.revision = revision
+        self.trust_remote_code = trust_remote_code
+
+    @cached_property
+    def config(self) -> Any:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.model, revision=self.revision, trust_remote_code=self.trust_remote_code)
+
+    @property
+    def multimodal(self) -> bool:
+        return getattr(self.config, "vision_config", None) is not None
+
+    @cached_property
+    def processor(self) -> Any:
+        """AutoProcessor for vision-language models, else the tokenizer."""
+        from transformers import AutoProcessor, AutoTokenizer
+
+        kwargs = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
+        loaded = AutoProcessor.from_pretrained(self.model, **kwargs) if self.multimodal else AutoTokenizer.from_pretrained(self.model, **kwargs)
+        tokenizer = getattr(loaded, "tokenizer", loaded)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return loaded
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def render(self, request: ChatRequest) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        if any(m.images for m in request.messages or ()) and not self.multimodal:
+            raise ValueError(f"{self.model} is a text-only model; this request has images")
+        return self.processor.apply_chat_template(
+            hf_messages(request.messages or ()),
+            tokenize=False,
+            add_generation_prompt=not request.continue_final_message,
+            continue_final_message=request.continue_final_message,
+        )
+
+    def choice_token_positions(self, prompt: str, choice: str) -> tuple[list[int], list[int]]:
+        """Token ids of prompt+choice, and the positions of the tokens that start in the choice."""
+        encoded = self.tokenizer(prompt + choice, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        positions = [i for i, (start, _) in enumerate(encoded["offset_mapping"]) if start >= len(prompt) and i > 0]
+        return ids, positions
+
+
+class TransformersEngine(Engine):
+    """Batched `generate` with transformers, on CPU or GPU."""
+
+    kind = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 8,
+        trust_remote_code: bool = False,
+    ):
+        self.renderer = HFRenderer(model, revision, trust_remote_code)
+        self.model_name = model
+        self.revision = revision
+        self.device_name = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self._model: Any = None
+
+    @cached_property
+    def model_identity(self) -> str:
+        return model_identity(self.model_name, self.revision)
+
+    def render(self, request: ChatRequest) -> str:
+        return self.renderer.render(request)
+
+    def _load(self) -> Any:
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+            device = self.device_name
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            auto = AutoModelForImageTextToText if self.renderer.multimodal else AutoModelForCausalLM
+            dtype = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
+            self._model = auto.from_pretrained(
+                self.model_name, revision=self.revision, dtype=dtype,
+                trust_remote_code=self.renderer.trust_remote_code,
+            ).to(device).eval()
+        return self._model
+
+    def run(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        results: list[ChatResult | None] = [None] * len(requests)
+        scoring = [i for i, r in enumerate(requests) if r.choices is not None]
+        for i in scoring:
+            results[i] = self._score(requests[i])
+        groups: dict[SamplingConfig, list[int]] = {}
+        for i, request in enumerate(requests):
+            if request.choices is None:
+                groups.setdefault(request.sampling, []).append(i)
+        for sampling, indices in groups.items():
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start : start + self.batch_size]
+                for i, result in zip(batch, self._generate([requests[i] for i in batch], sampling)):
+                    results[i] = result
+        return [r for r in results if r is not None]
+
+    def _inputs(self, texts: list[str], images: list[Image.Image]) -> Any:
+        if self.renderer.multimodal:
+            return self.renderer.processor(
+                text=texts, images=images or None, return_tensors="pt", padding=True, add_special_tokens=False
+            )
+        return self.renderer.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def _generate(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[ChatResult]:
+        import torch
+        from transformers import GenerationConfig
+
+        model = self._load()
+        tokenizer = self.renderer.tokenizer
+        texts = [self.render(r) for r in requests]
+        images = [image for r in requests for image in decode_images(r)]
+        inputs = self._inputs(texts, images).to(model.device)
+        eos = None if sampling.ignore_eos else tokenizer.eos_token_id
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=sampling.temperature > 0,
+            temperature=sampling.temperature if sampling.temperature > 0 else None,
+            top_p=sampling.top_p if sampling.temperature > 0 else None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+            stop_strings=list(sampling.stop) or None,
+        )
+        torch.manual_seed(sampling.seed)
+        with torch.inference_mode():
+            output = model.generate(**inputs, generation_config=config, tokenizer=tokenizer)
+        prompt_length = inputs["input_ids"].shape[1]
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        results = []
+        for row, sequence in enumerate(output[:, prompt_length:].tolist()):
+            ids = [t for t in sequence if t != tokenizer.pad_token_id or t == eos]
+            finish = "length"
+            if eos is not None and eos in ids:
+                ids = ids[: ids.index(eos) + 1]
+                finish = "stop"
+            completion_tokens = len(ids)
+            if eos is not None and ids and ids[-1] == eos:
+                ids = ids[:-1]
+            text = tokenizer.decode(ids, skip_special_tokens=sampling.skip_special_tokens)
+            text, stopped = truncate_at_stop(text, sampling.stop)
+            results.append(
+                ChatResult(
+                    text=text,
+                    prompt_tokens=int(prompt_tokens[row]),
+                    completion_tokens=completion_tokens,
+                    finish_reason="stop" if stopped else finish,
+                )
+            )
+        return results
+
+    def _score(self, request: ChatRequest) -> ChatResult:
+        import torch
+
+        model = self._load()
+        prompt = request.prompt or ""
+        scores: dict[str, float] = {}
+        prompt_tokens = 0
+        for choice in request.choices or ():
+            ids, positions = self.renderer.choice_token_positions(prompt, choice)
+            prompt_tokens = len(ids) - len(positions)
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            scores[choice] = float(sum(logprobs[p - 1, ids[p]] for p in positions)) if positions else float("-inf")
+        return ChatResult(text=max(scores, key=scores.get), prompt_tokens=prompt_tokens, finish_reason="scored", choice_scores=scores)

@@ -1,0 +1,155 @@
+"""Tiny local models for tests and the demo, built without any download.
+
+`build_tiny_models(out)` writes two Hugging Face checkpoints that every engine loads by
+path, through the same code as a real model id:
+
+- `out/vlm`: a LLaVA-architecture vision-language model (CLIP vision tower, Llama text
+  model, about 0.1M parameters) with an `AutoProcessor`;
+- `out/lm`: a Llama-architecture text model for the consistency filter.
+
+Both share a byte-level BPE tokenizer trained here with `tokenizers` on the method's own
+prompt text, and a ChatML chat template. Weights are random (seeded): the models run
+every code path; what they write is noise until they are tuned.
+"""
+
+import json
+from pathlib import Path
+
+from adamllm_core.prompts import (
+    CONSISTENCY_FEW_SHOT,
+    SYNTH_CAPTION_PROMPT,
+    SYNTH_INFORMATIVE_HINT,
+    SYNTH_PRECISE_HINT,
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<pad>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+IMAGE_SIZE = 16
+PATCH_SIZE = 8
+
+
+def _tokenizer_corpus(extra_text: list[str]) -> list[str]:
+    corpus = [SYNTH_CAPTION_PROMPT, SYNTH_PRECISE_HINT, SYNTH_INFORMATIVE_HINT, CONSISTENCY_FEW_SHOT]
+    corpus += [" Yes", " No", " Open"] * 50  # label words must be single tokens
+    return corpus + extra_text
+
+
+def build_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 1024):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_tokenizer_corpus(extra_text or []), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        chat_template=CHAT_TEMPLATE,
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+    )
+
+
+def _text_config(tokenizer, hidden_size: int = 64):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_tiny_vlm(out: Path, tokenizer, seed: int = 0) -> Path:
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        projection_dim=16,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=_text_config(tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(config)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        ),
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+        image_token="<image>",
+    )
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def build_tiny_lm(out: Path, tokenizer, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_text_config(tokenizer))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_models(out: str | Path, seed: int = 0, extra_text: list[str] | None = None) -> dict[str, Path]:
+    """Write `out/vlm` and `out/lm`; returns their paths."""
+    out = Path(out)
+    tokenizer = build_tokenizer(extra_text)
+    paths = {"vlm": build_tiny_vlm(out / "vlm", tokenizer, seed), "lm": build_tiny_lm(out / "lm", tokenizer, seed)}
+    (out / "README.md").write_text(
+        "Tiny random models built by `adamllm models tiny` for tests and the demo (no download).\n"
+        "vlm/: LLaVA architecture; lm/: Llama architecture; shared BPE tokenizer and ChatML template.\n"
+    )
+    (out / "tiny.json").write_text(json.dumps({"seed": seed, "models": {k: str(v) for k, v in paths.items()}}))
+    return paths
