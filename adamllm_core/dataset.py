@@ -238,6 +238,10 @@ class Dataset:
                 parquet = pq.ParquetFile(handle)
                 yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
+    def read_shard(self, index: int, columns: list[str] | None = None) -> list[dict[str, Any]]:
+        with self._fs.open(join(self._path, self.manifest.shards[index].path), "rb") as handle:
+            return pq.read_table(handle, columns=columns).to_pylist()
+
     def iter_rows(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
         for batch in self.iter_batches(columns):
             yield from batch.to_pylist()

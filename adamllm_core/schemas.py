@@ -54,11 +54,11 @@ def _arrow_type(annotation: Any) -> tuple[pa.DataType, bool]:
     if annotation in scalar:
         return scalar[annotation], False
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return pa.string(), False
+        return pa.struct(arrow_schema_for(annotation)), False
     raise TypeError(f"no Arrow type for {annotation!r}")
 
 
-def arrow_schema_for(model: type[Record]) -> pa.Schema:
+def arrow_schema_for(model: type[BaseModel]) -> pa.Schema:
     fields = []
     for name, info in model.model_fields.items():
         arrow_type, nullable = _arrow_type(info.annotation)
@@ -73,8 +73,6 @@ def _json_fields(model: type[Record]) -> set[str]:
         if typing.get_origin(annotation) in (Union, types.UnionType):
             annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         if typing.get_origin(annotation) is dict or annotation is dict:
-            names.add(name)
-        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
             names.add(name)
     return names
 
@@ -105,6 +103,8 @@ class RecordSchema:
                 value = getattr(row, name)
                 if name in json_fields and value is not None:
                     value = canonical_json(value)
+                elif isinstance(value, BaseModel) or (isinstance(value, list) and value and isinstance(value[0], BaseModel)):
+                    value = [v.model_dump() for v in value] if isinstance(value, list) else value.model_dump()
                 columns[name].append(value)
         return pa.Table.from_pydict(columns, schema=self.arrow)
 
@@ -177,3 +177,71 @@ PAIRS = register_schema(
 QUARANTINE = register_schema(
     RecordSchema("quarantine", 1, QuarantineRow, "rejected inputs of a stage, with reasons")
 )
+
+
+class TaskTriplet(Record):
+    """A synthesized task for one pair (paper section 3.1.1)."""
+
+    id: str = Field(description="sha256 of pair_id, a NUL and the instruction (hex, 32)")
+    pair_id: str
+    domain: str
+    instruction: str
+    precise: str
+    informative: str
+    synthesizer: str = Field(description="model identity (id@revision or path@content hash)")
+    turns: int = Field(description="turns the synthesizer wrote")
+    raw_output: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("pair_id",)
+
+
+class JudgedTriplet(Record):
+    """A triplet with the consistency filter's label and scores (paper section 3.1.2)."""
+
+    id: str
+    pair_id: str
+    triplet_id: str
+    domain: str
+    instruction: str
+    precise: str
+    informative: str
+    label: str = Field(description="Yes, No or Open: the best-scored choice")
+    score_yes: float
+    score_no: float
+    score_open: float
+    judge: str = Field(description="filter model identity")
+    response: str | None = Field(default=None, description="chain-of-thought response, for kept triplets")
+    response_rule: str | None = None
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("pair_id", "triplet_id")
+
+
+class ChatTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: str
+    content: str
+
+
+class Conversation(Record):
+    """A training record: one image and its turns (paper section 3.2)."""
+
+    id: str
+    pair_id: str
+    triplet_id: str | None
+    domain: str
+    variant: str = Field(description="single_stage, caption_only, synthetic_only, two_stage_1, two_stage_2")
+    kind: str = Field(description="caption+task, task+caption, caption, task")
+    image: bytes
+    image_format: str
+    messages: list[ChatTurn] = Field(description="role/content turns; <image> opens the first user turn")
+    tokens: int = Field(description="tokens with the target model's processor, image tokens included")
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("pair_id", "triplet_id")
+
+
+TRIPLETS = register_schema(RecordSchema("triplets", 1, TaskTriplet, "synthesized task triplets"))
+JUDGED = register_schema(RecordSchema("judged", 1, JudgedTriplet, "triplets with consistency labels"))
+CONVERSATIONS = register_schema(RecordSchema("conversations", 1, Conversation, "training conversations"))

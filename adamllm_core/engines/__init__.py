@@ -40,6 +40,11 @@ class EngineConfig(BaseModel):
         return self
 
 
+    def identity_dump(self) -> dict[str, object]:
+        """What changes results: the model, not the engine or how it is run."""
+        return {"model": self.model, "revision": self.revision, "dtype": self.dtype}
+
+
 def make_engine(config: EngineConfig) -> Engine:
     if config.kind == "transformers":
         from adamllm_core.engines.hf import TransformersEngine

@@ -1,0 +1,326 @@
+"""The AdaMLLM data stages over datasets: synthesize, filter, assemble, export.
+
+Each is a plain function from input dataset URIs to output dataset URIs (see stage.py for
+resume and idempotency); `tasks/` wraps them for Prefect.
+"""
+
+import hashlib
+import io
+import json
+import random
+from collections import Counter
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adamllm_core.dataset import Dataset, Manifest
+from adamllm_core.engines import Engine, EngineStats, RequestCache, make_engine, run_cached
+from adamllm_core.engines.hf import HFRenderer, model_identity
+from adamllm_core.errors import Rejected
+from adamllm_core.filtering import FilterConfig, chain_of_thought, judge_request, label_of
+from adamllm_core.models import resolve_model
+from adamllm_core.schemas import (
+    CONVERSATIONS,
+    JUDGED,
+    TRIPLETS,
+    ChatTurn,
+    Conversation,
+    JudgedTriplet,
+    QuarantineRow,
+    TaskTriplet,
+)
+from adamllm_core.stage import ProgressFn, ShardOutput, StageOutput, run_stage
+from adamllm_core.storage import filesystem, join, normalise_uri, write_bytes_atomic
+from adamllm_core.synthesis import (
+    SynthConfig,
+    TurnDelimiters,
+    parse_triplet,
+    special_token_pattern,
+    synth_request,
+    triplet_id,
+)
+
+END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+
+
+def _engine_for(config: Any) -> Engine:
+    return make_engine(config.engine.model_copy(update={"model": resolve_model(config.engine.model)}))
+
+
+def _quarantine(stage: str, index: int, ref: str, error: Rejected, record_id: str | None, raw: str | None) -> QuarantineRow:
+    return QuarantineRow(
+        stage=stage, input_index=index, source_ref=ref, reason=error.reason, detail=error.detail[:2000],
+        record_id=record_id, record=raw[:20_000] if raw is not None else None,
+    )
+
+
+def _stage_config(config: BaseModel, engine: Engine) -> dict[str, Any]:
+    """What decides a model stage's output: its settings and the model's identity, not the engine."""
+    dumped = config.model_dump(mode="json")
+    dumped["engine"] = config.engine.identity_dump()  # type: ignore[attr-defined]
+    dumped["model_identity"] = engine.model_identity
+    return dumped
+
+
+# --- synthesize ---------------------------------------------------------------------------
+
+def synthesize(
+    pairs_uri: str,
+    out: str,
+    config: SynthConfig,
+    *,
+    cache_uri: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    engine: Engine | None = None,
+) -> Manifest:
+    """Pairs → task triplets; unparseable outputs are quarantined with their reason and raw text."""
+    engine = engine or _engine_for(config)
+    renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
+    delimiters = TurnDelimiters.from_renderer(
+        lambda messages: renderer.processor.apply_chat_template(messages, tokenize=False)
+    )
+    tokenizer = renderer.tokenizer
+    special = list(getattr(tokenizer, "all_special_tokens", [])) + list(tokenizer.get_added_vocab())
+    pattern = special_token_pattern(special)
+    delimiter_text = delimiters.user_to_assistant + delimiters.assistant_to_user
+    stop = tuple(config.stop) + tuple(
+        t for t in END_OF_TEXT_TOKENS if t in tokenizer.get_vocab() and t not in delimiter_text
+    )
+    cache = RequestCache(cache_uri)
+    stats = EngineStats()
+
+    def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
+        requests = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
+        results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size, stats=stats)
+        output = ShardOutput(rows={"triplets": []})
+        output.counters.update(requests_cached=stats.cached, requests_computed=stats.computed)
+        stats.cached = stats.computed = 0
+        for position, (row, result) in enumerate(zip(rows, results)):
+            try:
+                parsed = parse_triplet(result.text, delimiters)
+            except Rejected as error:
+                output.quarantine.append(
+                    _quarantine("synthesize", offset + position, row["id"], error, row["id"], result.text)
+                )
+                continue
+            output.rows["triplets"].append(TaskTriplet(
+                id=triplet_id(row["id"], parsed.instruction), pair_id=row["id"], domain=row["domain"],
+                instruction=parsed.instruction, precise=parsed.precise, informative=parsed.informative,
+                synthesizer=engine.model_identity, turns=parsed.turns, raw_output=result.text,
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            ))
+        output.counters["completion_tokens"] += sum(r.completion_tokens for r in results)
+        return output
+
+    manifests = run_stage(
+        stage="synthesize", input_uri=pairs_uri, outputs={"triplets": StageOutput(out, TRIPLETS)},
+        config=_stage_config(config, engine), process=process,
+        columns=["id", "image", "caption", "domain"], overwrite=overwrite, progress=progress,
+    )
+    return manifests["triplets"]
+
+
+# --- filter -------------------------------------------------------------------------------
+
+def filter_triplets(
+    triplets_uri: str,
+    out_kept: str,
+    out_rejected: str,
+    config: FilterConfig,
+    *,
+    cache_uri: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    engine: Engine | None = None,
+) -> tuple[Manifest, Manifest]:
+    """Triplets → `filtered` (label in keep, with chain-of-thought response) and `rejected`."""
+    engine = engine or _engine_for(config)
+    cache = RequestCache(cache_uri)
+
+    def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
+        requests = [judge_request(r["instruction"], r["informative"], r["precise"]) for r in rows]
+        results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
+        output = ShardOutput(rows={"filtered": [], "rejected": []})
+        for row, result in zip(rows, results):
+            label, scores = label_of(result.choice_scores or {})
+            kept = label in config.keep
+            response, rule = chain_of_thought(row["informative"], row["precise"], seed=config.seed, key=row["id"]) if kept else (None, None)
+            judged = JudgedTriplet(
+                id=row["id"], pair_id=row["pair_id"], triplet_id=row["id"], domain=row["domain"],
+                instruction=row["instruction"], precise=row["precise"], informative=row["informative"],
+                label=label, score_yes=scores["Yes"], score_no=scores["No"], score_open=scores["Open"],
+                judge=engine.model_identity, response=response, response_rule=rule,
+            )
+            output.rows["filtered" if kept else "rejected"].append(judged)
+            output.counters[f"label_{label.lower()}"] += 1
+        return output
+
+    manifests = run_stage(
+        stage="filter", input_uri=triplets_uri,
+        outputs={"filtered": StageOutput(out_kept, JUDGED), "rejected": StageOutput(out_rejected, JUDGED)},
+        config=_stage_config(config, engine), process=process,
+        columns=["id", "pair_id", "domain", "instruction", "precise", "informative"],
+        overwrite=overwrite, progress=progress,
+    )
+    return manifests["filtered"], manifests["rejected"]
+
+
+# --- assemble -----------------------------------------------------------------------------
+
+# Caption-task prompts, one drawn per record (the paper draws from ALLaVA's pool).
+CAPTION_PROMPTS = (
+    "Describe the image.",
+    "Describe the image in detail.",
+    "What is shown in this image?",
+    "Write a detailed description of this image.",
+    "Provide a caption for this image.",
+    "Explain the contents of the image.",
+    "Give a thorough description of what you see in the image.",
+    "Summarize the visual content of the image.",
+    "What can you tell me about this image?",
+    "Describe the key elements of this picture.",
+    "Can you describe this image for me?",
+    "Write a caption that describes the image.",
+)
+VARIANTS = ("single_stage", "two_stage_1", "two_stage_2", "caption_only", "synthetic_only")
+
+
+class AssembleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_model: str = Field(description="the MLLM to post-train: its processor counts tokens")
+    max_seq_len: int = Field(default=6144, gt=0)
+    over_length: Literal["drop", "keep"] = Field(default="drop", description="records over max_seq_len")
+    seed: int = 0
+    variants: tuple[Literal["single_stage", "two_stage", "caption_only", "synthetic_only"], ...] = ("single_stage",)
+
+
+def _rng(seed: int, *parts: str) -> random.Random:
+    digest = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _record_turns(variant: str, pair: dict[str, Any], task: dict[str, Any] | None, seed: int) -> tuple[str, list[tuple[str, str]]] | None:
+    caption = (_rng(seed, "prompt", pair["id"]).choice(CAPTION_PROMPTS), pair["caption"])
+    synthetic = (task["instruction"], task["response"]) if task else None
+    if variant in ("caption_only", "two_stage_1"):
+        return "caption", [caption]
+    if variant in ("synthetic_only", "two_stage_2"):
+        return ("task", [synthetic]) if synthetic else None
+    if synthetic is None:
+        return "caption", [caption]
+    if _rng(seed, "order", pair["id"]).random() < 0.5:
+        return "caption+task", [caption, synthetic]
+    return "task+caption", [synthetic, caption]
+
+
+def assemble(
+    pairs_uri: str,
+    filtered_uri: str,
+    outs: dict[str, str],
+    config: AssembleConfig,
+    *,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Manifest]:
+    """Pairs + kept triplets → training mixtures, one dataset per variant (`outs` keys from VARIANTS)."""
+    from PIL import Image
+
+    renderer = HFRenderer(resolve_model(config.target_model))
+    if not renderer.multimodal:
+        raise ValueError(f"target_model {config.target_model} is not a vision-language model")
+    tasks: dict[str, dict[str, Any]] = {}
+    for row in Dataset(filtered_uri).iter_rows(["pair_id", "id", "instruction", "response"]):
+        tasks.setdefault(row["pair_id"], row)  # one synthetic task per image
+
+    def count_tokens(turns: list[tuple[str, str]], image: bytes) -> int:
+        messages = []
+        for i, (question, answer) in enumerate(turns):
+            messages.append({"role": "user", "content": [{"type": "image"}] * (i == 0) + [{"type": "text", "text": question}]})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        text = renderer.processor.apply_chat_template(messages, tokenize=False)
+        encoded = renderer.processor(text=[text], images=[Image.open(io.BytesIO(image)).convert("RGB")])
+        return len(encoded["input_ids"][0])
+
+    def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
+        output = ShardOutput(rows={name: [] for name in outs})
+        for position, pair in enumerate(rows):
+            task = tasks.get(pair["id"])
+            tokens: int | None = None
+            for variant in outs:
+                made = _record_turns(variant, pair, task, config.seed)
+                if made is None:
+                    continue
+                kind, turns = made
+                tokens = count_tokens(turns, pair["image"])
+                if tokens > config.max_seq_len:
+                    output.counters[f"over_max_len_{variant}"] += 1
+                    if config.over_length == "drop":
+                        if variant == next(iter(outs)):
+                            output.quarantine.append(_quarantine(
+                                "assemble", offset + position, pair["id"],
+                                Rejected("too_long", f"{tokens} tokens > max_seq_len {config.max_seq_len}"),
+                                pair["id"], None,
+                            ))
+                        continue
+                messages = []
+                for i, (question, answer) in enumerate(turns):
+                    messages.append(ChatTurn(role="user", content=("<image>" if i == 0 else "") + question))
+                    messages.append(ChatTurn(role="assistant", content=answer))
+                output.rows[variant].append(Conversation(
+                    id=hashlib.sha256(f"{variant}\0{pair['id']}".encode()).hexdigest()[:32],
+                    pair_id=pair["id"], triplet_id=task["id"] if task and "task" in kind else None,
+                    domain=pair["domain"], variant=variant, kind=kind, image=pair["image"],
+                    image_format=pair["image_format"], messages=messages, tokens=tokens,
+                ))
+                output.counters[f"{variant}_{kind}"] += 1
+        return output
+
+    dumped = config.model_dump(mode="json")
+    dumped["target_identity"] = model_identity(resolve_model(config.target_model), None)
+    return run_stage(
+        stage="assemble", input_uri=pairs_uri,
+        outputs={name: StageOutput(uri, CONVERSATIONS) for name, uri in outs.items()},
+        config=dumped, process=process, columns=["id", "image", "image_format", "caption", "domain"],
+        extra_inputs=[filtered_uri], overwrite=overwrite, progress=progress,
+    )
+
+
+def variant_outputs(config: AssembleConfig) -> list[str]:
+    names: list[str] = []
+    for variant in config.variants:
+        names += ["two_stage_1", "two_stage_2"] if variant == "two_stage" else [variant]
+    return names
+
+
+# --- export -------------------------------------------------------------------------------
+
+def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[str, Any]:
+    """A mixture as LLaMA-Factory sharegpt JSON with its images and dataset_info.json (written last)."""
+    dataset = Dataset(mixture_uri)
+    out = normalise_uri(out)
+    fs, root = filesystem(out)
+    records = []
+    written: set[str] = set()
+    counts: Counter[str] = Counter()
+    for row in dataset.iter_rows(["image", "image_format", "messages"]):
+        name = f"images/{hashlib.sha256(row['image']).hexdigest()[:32]}.{row['image_format']}"
+        if name not in written:
+            write_bytes_atomic(fs, join(root, name), row["image"])
+            written.add(name)
+        records.append({"messages": row["messages"], "images": [name]})
+        counts["records"] += 1
+    file_name = f"{dataset_name}.json"
+    write_bytes_atomic(fs, join(root, file_name), json.dumps(records, ensure_ascii=False, indent=1).encode())
+    info = {
+        dataset_name: {
+            "file_name": file_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+        }
+    }
+    write_bytes_atomic(fs, join(root, "dataset_info.json"), json.dumps(info, indent=2).encode())
+    return {"uri": out, "records": counts["records"], "images": len(written), "dataset_info": info}
+
