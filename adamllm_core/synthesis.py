@@ -164,12 +164,10 @@ def parse_triplet(continuation: str, delimiters: TurnDelimiters) -> ParsedTriple
             if not pair["precise"] or not pair["informative"]:
                 raise Rejected("empty_response", f"an answer to {question[:80]!r} is empty")
             return ParsedTriplet(question, pair["precise"], pair["informative"], len(turns))
-    if truncated and not order:
-        raise Rejected("truncated", "the output ended inside the first task turn (max_new_tokens?)")
+    if truncated:
+        raise Rejected("truncated", "the output ended inside a task turn before a triplet was complete")
     if order:
         raise Rejected("missing_hint", f"no question appears under both hints ({len(order)} questions)")
-    if truncated:
-        raise Rejected("truncated", "the output ended before a task turn was closed")
     raise Rejected("unparseable", "no turn opens with a precise or informative hint")
 
 

