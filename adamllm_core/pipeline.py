@@ -29,7 +29,7 @@ from adamllm_core.schemas import (
     QuarantineRow,
     TaskTriplet,
 )
-from adamllm_core.stage import ProgressFn, ShardOutput, StageOutput, run_stage
+from adamllm_core.stage import ProgressFn, ShardOutput, StageOutput, run_stage, stage_identity
 from adamllm_core.storage import filesystem, join, normalise_uri, write_bytes_atomic
 from adamllm_core.synthesis import (
     SynthConfig,
@@ -277,14 +277,32 @@ def assemble(
                 output.counters[f"{variant}_{kind}"] += 1
         return output
 
-    dumped = config.model_dump(mode="json")
-    dumped["target_identity"] = model_identity(resolve_model(config.target_model), None)
     return run_stage(
         stage="assemble", input_uri=pairs_uri,
         outputs={name: StageOutput(uri, CONVERSATIONS) for name, uri in outs.items()},
-        config=dumped, process=process, columns=["id", "image", "image_format", "caption", "domain"],
+        config=_assemble_config(config), process=process, columns=["id", "image", "image_format", "caption", "domain"],
         extra_inputs=[filtered_uri], overwrite=overwrite, progress=progress,
     )
+
+
+def _assemble_config(config: AssembleConfig) -> dict[str, Any]:
+    dumped = config.model_dump(mode="json")
+    dumped["target_identity"] = model_identity(resolve_model(config.target_model), None)
+    return dumped
+
+
+# --- identities, for cache keys -------------------------------------------------------------
+
+def synthesize_identity(pairs_uri: str, config: SynthConfig) -> str:
+    return stage_identity([pairs_uri], StageOutput("", TRIPLETS), _stage_config(config, _engine_for(config)))
+
+
+def filter_identity(triplets_uri: str, config: FilterConfig) -> str:
+    return stage_identity([triplets_uri], StageOutput("", JUDGED), _stage_config(config, _engine_for(config)))
+
+
+def assemble_identity(pairs_uri: str, filtered_uri: str, config: AssembleConfig) -> str:
+    return stage_identity([pairs_uri, filtered_uri], StageOutput("", CONVERSATIONS), _assemble_config(config))
 
 
 def variant_outputs(config: AssembleConfig) -> list[str]:
@@ -301,6 +319,11 @@ def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[s
     dataset = Dataset(mixture_uri)
     out = normalise_uri(out)
     fs, root = filesystem(out)
+    marker = join(root, "export.json")
+    if fs.exists(marker) and fs.exists(join(root, "dataset_info.json")):
+        previous = json.loads(fs.cat_file(marker))
+        if previous.get("mixture_fingerprint") == dataset.manifest.fingerprint and previous.get("name") == dataset_name:
+            return previous
     records = []
     written: set[str] = set()
     counts: Counter[str] = Counter()
@@ -322,5 +345,10 @@ def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[s
         }
     }
     write_bytes_atomic(fs, join(root, "dataset_info.json"), json.dumps(info, indent=2).encode())
-    return {"uri": out, "records": counts["records"], "images": len(written), "dataset_info": info}
+    summary = {
+        "uri": out, "name": dataset_name, "records": counts["records"], "images": len(written),
+        "mixture_fingerprint": dataset.manifest.fingerprint, "dataset_info": info,
+    }
+    write_bytes_atomic(fs, marker, json.dumps(summary, indent=2).encode())
+    return summary
 

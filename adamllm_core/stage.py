@@ -119,6 +119,6 @@ def run_stage(
         for name, writer in writers.items():
             if not writer.is_done(0):
                 writer.write_shard(0, outputs[name].schema.to_table([]), QUARANTINE.to_table([]), rows_in=0)
-    manifests = {name: writers[name].commit(n_shards) for name in outputs if name != primary}
-    manifests[primary] = writers[primary].commit(n_shards)
-    return manifests
+    committed = {name: writers[name].commit(n_shards) for name in outputs if name != primary}
+    committed[primary] = writers[primary].commit(n_shards)
+    return {name: committed[name] for name in outputs}

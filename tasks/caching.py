@@ -31,8 +31,6 @@ class OutputDatasetPolicy(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        if inputs.get("overwrite"):
-            return None
         out = inputs[self.output_parameter]
         try:
             identity = self.expected_identity(inputs)

@@ -1,6 +1,8 @@
 """Model references: Hugging Face ids, local paths, and `tiny:vlm` / `tiny:lm` (built here)."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 TINY_PREFIX = "tiny:"
@@ -21,5 +23,13 @@ def resolve_model(name: str) -> str:
     if not (root / "tiny.json").exists():
         from adamllm_core.models.tiny import build_tiny_models
 
-        build_tiny_models(root)
+        # Built beside the target and renamed into place: concurrent first uses never
+        # see a half-written checkpoint.
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
+        build_tiny_models(staging)
+        try:
+            staging.rename(root)
+        except OSError:  # another process won the race
+            shutil.rmtree(staging, ignore_errors=True)
     return str(root / which)

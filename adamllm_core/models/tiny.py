@@ -151,5 +151,5 @@ def build_tiny_models(out: str | Path, seed: int = 0, extra_text: list[str] | No
         "Tiny random models built by `adamllm models tiny` for tests and the demo (no download).\n"
         "vlm/: LLaVA architecture; lm/: Llama architecture; shared BPE tokenizer and ChatML template.\n"
     )
-    (out / "tiny.json").write_text(json.dumps({"seed": seed, "models": {k: str(v) for k, v in paths.items()}}))
+    (out / "tiny.json").write_text(json.dumps({"seed": seed, "models": {k: v.name for k, v in paths.items()}}))
     return paths

@@ -1,0 +1,67 @@
+"""A domain's pipeline configuration (deployments/<domain>.yaml), validated by pydantic.
+
+A wrong key or value is an error naming it, e.g. `synthesize.engine.kind: Input should be
+'transformers', 'openai' or 'vllm'`.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adamllm_core.errors import ConfigError
+from adamllm_core.filtering import FilterConfig
+from adamllm_core.ingest import IngestConfig
+from adamllm_core.pipeline import AssembleConfig, variant_outputs
+from adamllm_core.storage import join, normalise_uri
+from adamllm_core.synthesis import SynthConfig
+
+STAGES = ("pairs", "triplets", "filtered", "rejected", "mixture", "export")
+
+
+class DomainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    source: str = Field(description="image-caption source to ingest (see `adamllm ingest`)")
+    out: str = Field(default="runs", description="outputs land under OUT/<domain>/<stage>/")
+    ingest: dict[str, Any] = Field(default_factory=dict, description="ingest settings (IngestConfig without domain)")
+    synthesize: SynthConfig
+    filter: FilterConfig
+    assemble: AssembleConfig
+    schedule: str | None = Field(default=None, description="cron schedule of the refresh deployment")
+
+    @model_validator(mode="after")
+    def _ingest_is_valid(self) -> "DomainConfig":
+        self.ingest_config()  # raises with the failing key
+        return self
+
+    def ingest_config(self) -> IngestConfig:
+        return IngestConfig.model_validate({**self.ingest, "domain": self.domain})
+
+    def uri(self, stage: str) -> str:
+        return join(normalise_uri(self.out), self.domain, stage)
+
+    def mixture_uris(self) -> dict[str, str]:
+        names = variant_outputs(self.assemble)
+        return {name: self.uri("mixture" if name == "single_stage" else f"mixture-{name.replace('_', '-')}") for name in names}
+
+
+def load_domain_config(path: str | Path, overrides: dict[str, Any] | None = None) -> DomainConfig:
+    """Read and validate a domain config file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return DomainConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{path}: {problems}") from None
