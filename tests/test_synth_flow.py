@@ -1,0 +1,95 @@
+"""Flow `synth` on the Prefect test server: in-process, cached re-runs, and as a deployment
+run by a real worker (`prefect deploy`, `adamllm run synth-demo`, `prefect worker start`)."""
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import TaskRunSort
+
+from adamllm_core.dataset import read_manifest
+from flows.synth import synth_flow
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_config(tmp_path: Path) -> Path:
+    config = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
+    config.update(source=str(REPO / "samples" / "biomed_pairs"), out=str(tmp_path / "runs"))
+    config["synthesize"]["max_new_tokens"] = 24
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def task_states(flow_run_id) -> dict[str, str]:
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=50, sort=TaskRunSort.EXPECTED_START_TIME_ASC
+        )
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def test_synth_flow_runs_then_serves_cached_stages(prefect_server: str, tiny_models, tmp_path: Path) -> None:
+    config = demo_config(tmp_path)
+    summary = synth_flow(config=str(config))
+    root = tmp_path / "runs" / "demo"
+    for stage in ("pairs", "triplets", "filtered", "rejected", "mixture", "mixture-two-stage-1", "mixture-caption-only"):
+        assert (root / stage / "manifest.json").exists(), stage
+    assert summary["pairs"].rows == 24 and summary["mixture:single_stage"].rows == 24
+    assert (root / "export" / "dataset_info.json").exists()
+    assert read_manifest(str(root / "triplets")).stats.rows_in == 24
+
+    synth_flow(config=str(config))  # outputs exist now: their keys are stored
+    state = synth_flow(config=str(config), return_state=True)
+    states = asyncio.run(task_states(state.state_details.flow_run_id))
+    for name in ("ingest-pairs", "synthesize-triplets", "filter-consistent", "assemble-mixtures"):
+        assert states[name] == "Cached", states
+
+
+def test_bad_domain_config_is_a_clear_error(tmp_path: Path) -> None:
+    from adamllm_core.config import load_domain_config
+    from adamllm_core.errors import ConfigError
+
+    bad = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
+    bad["synthesize"]["engine"]["kind"] = "tgi"
+    bad["filter"]["temperature"] = 1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError) as caught:
+        load_domain_config(path)
+    assert "synthesize.engine.kind" in str(caught.value) and "filter.temperature" in str(caught.value)
+
+
+def test_deployment_runs_on_a_worker(prefect_server: str, tiny_models, tmp_path: Path) -> None:
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "ADAMLLM_HOME": str(REPO),
+           "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    prefect = [sys.executable, "-m", "prefect"]
+
+    def run(*args: str, timeout: int = 240) -> str:
+        done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    for pool in ("cpu", "gpu"):
+        subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                       env=env, cwd=REPO, capture_output=True, timeout=120)
+    run(*prefect, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+    out = tmp_path / "deployed"
+    triggered = run(sys.executable, "-m", "adamllm_cli.main", "run", "synth-demo",
+                    "--param", f"out={out}", "--param", f"source={REPO / 'samples' / 'biomed_pairs'}")
+    assert "synth/demo" in triggered
+    run(*prefect, "worker", "start", "--pool", "cpu", "--run-once", timeout=400)
+    assert (out / "demo" / "mixture" / "manifest.json").exists()
+    assert read_manifest(str(out / "demo" / "pairs")).rows == 24
+
+    listed = run(*prefect, "deployment", "ls")
+    for name in ("synth/food", "synth/biomed", "synth/remote-sensing", "synth/demo"):
+        assert name in listed
