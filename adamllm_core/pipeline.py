@@ -76,7 +76,9 @@ def synthesize(
 ) -> Manifest:
     """Pairs → task triplets; unparseable outputs are quarantined with their reason and raw text."""
     engine = engine or _engine_for(config)
-    renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
+    renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
+    if config.template_model or not isinstance(renderer, HFRenderer):
+        renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
     delimiters = TurnDelimiters.from_renderer(
         lambda messages: renderer.processor.apply_chat_template(messages, tokenize=False)
     )

@@ -188,3 +188,23 @@ def test_stage_identity_follows_settings_not_how_the_engine_runs(pairs: str, tin
         pairs, base.model_copy(update={"engine": base.engine.model_copy(update={"batch_size": 64, "device": "cpu"})}))
     assert synthesize_identity(pairs, base) != synthesize_identity(pairs, base.model_copy(update={"max_new_tokens": 7}))
     assert make_engine(base.engine).kind == "transformers"
+
+
+def test_refresh_synthesizes_only_new_pairs(tiny_models, tmp_path: Path) -> None:
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(SAMPLE, source)
+    config = SynthConfig(engine=EngineConfig(model="tiny:vlm"), max_new_tokens=16)
+    cache = str(tmp_path / "cache")
+    ingest(str(source), str(tmp_path / "pairs-1"), IngestConfig(domain="biomed"))
+    first = synthesize(str(tmp_path / "pairs-1"), str(tmp_path / "triplets-1"), config, cache_uri=cache)
+    assert first.stats.counters["requests_computed"] == 24
+
+    lines = (source / "data.jsonl").read_text().splitlines()
+    extra = [json.loads(lines[0]) | {"caption": f"A new caption number {i}."} for i in range(2)]
+    (source / "data.jsonl").write_text("\n".join(lines + [json.dumps(e) for e in extra]) + "\n")
+    ingest(str(source), str(tmp_path / "pairs-2"), IngestConfig(domain="biomed"))
+    refreshed = synthesize(str(tmp_path / "pairs-2"), str(tmp_path / "triplets-2"), config, cache_uri=cache)
+    assert refreshed.stats.counters["requests_cached"] == 24
+    assert refreshed.stats.counters["requests_computed"] == 2

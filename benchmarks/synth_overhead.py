@@ -1,0 +1,75 @@
+"""Pipeline overhead of synthesis: the synthesize stage's time over the bare engine's time
+on the same prompts, same engine, measured in one run.
+
+    .venv/bin/python benchmarks/synth_overhead.py [--model tiny:vlm] [--max-new-tokens 512] [--repeats 3]
+
+The stage reads pairs, renders and caches every request, parses outputs and writes
+Parquet; the bare run only calls engine.run on the same requests in the same batches.
+Goal: under 1.05x.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from adamllm_core.dataset import Dataset
+from adamllm_core.engines import EngineConfig, make_engine
+from adamllm_core.engines.hf import HFRenderer
+from adamllm_core.ingest import IngestConfig, ingest
+from adamllm_core.models import resolve_model
+from adamllm_core.pipeline import END_OF_TEXT_TOKENS, synthesize
+from adamllm_core.synthesis import SynthConfig, TurnDelimiters, special_token_pattern, synth_request
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default=str(REPO / "samples" / "biomed_pairs"))
+    parser.add_argument("--model", default="tiny:vlm")
+    parser.add_argument("--max-new-tokens", type=int, default=512)  # the paper's synthesis limit
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    config = SynthConfig(engine=EngineConfig(model=args.model, batch_size=args.batch_size), max_new_tokens=args.max_new_tokens)
+    engine = make_engine(config.engine.model_copy(update={"model": resolve_model(args.model)}))
+    with tempfile.TemporaryDirectory() as work:
+        pairs = f"{work}/pairs"
+        ingest(args.source, pairs, IngestConfig(domain="bench"))
+        rows = list(Dataset(pairs).iter_rows(["caption", "image"]))
+        renderer = HFRenderer(resolve_model(args.model))
+        tokenizer = renderer.tokenizer
+        delimiters = TurnDelimiters.from_renderer(lambda m: renderer.processor.apply_chat_template(m, tokenize=False))
+        pattern = special_token_pattern(list(tokenizer.all_special_tokens) + list(tokenizer.get_added_vocab()))
+        stop = tuple(t for t in END_OF_TEXT_TOKENS if t in tokenizer.get_vocab()
+                     and t not in delimiters.user_to_assistant + delimiters.assistant_to_user)
+        requests = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
+        engine.run(requests[: args.batch_size])  # load and warm up once, for both
+
+        def bare() -> float:
+            start = time.perf_counter()
+            for i in range(0, len(requests), args.batch_size):
+                engine.run(requests[i : i + args.batch_size])
+            return time.perf_counter() - start
+
+        def pipeline(n: int) -> float:
+            start = time.perf_counter()
+            synthesize(pairs, f"{work}/triplets-{n}", config, cache_uri=f"{work}/cache-{n}", engine=engine)
+            return time.perf_counter() - start
+
+        bare_times, stage_times = [], []
+        for n in range(args.repeats):  # interleaved, so drift hits both alike
+            bare_times.append(bare())
+            stage_times.append(pipeline(n))
+    b, s = statistics.median(bare_times), statistics.median(stage_times)
+    print(f"{len(requests)} requests, {args.model}, max_new_tokens={args.max_new_tokens}, batch {args.batch_size}")
+    print(f"bare engine:       {b:.3f} s")
+    print(f"synthesize stage:  {s:.3f} s")
+    print(f"overhead ratio:    {s / b:.3f}x  (goal < 1.05x)")
+
+
+if __name__ == "__main__":
+    main()
