@@ -98,7 +98,34 @@ class HFRenderer:
         return ids, positions
 
 
-class TransformersEngine(Engine):
+class HFEngine(Engine):
+    """An engine that renders prompts with the model's own Hugging Face processor."""
+
+    def __init__(self, model: str, revision: str | None, trust_remote_code: bool):
+        self.renderer = HFRenderer(model, revision, trust_remote_code)
+        self.model_name = model
+        self.revision = revision
+
+    @cached_property
+    def model_identity(self) -> str:
+        return model_identity(self.model_name, self.revision)
+
+    def render(self, request: ChatRequest) -> str:
+        return self.renderer.render(request)
+
+    def score_choices(self, request: ChatRequest, logprob_sum: Any) -> ChatResult:
+        """Scores of each choice: `logprob_sum(ids, positions)` over the choice's tokens."""
+        scores: dict[str, float] = {}
+        prompt_tokens = 0
+        for choice in request.choices or ():
+            ids, positions = self.renderer.choice_token_positions(request.prompt or "", choice)
+            scores[choice] = float(logprob_sum(ids, positions)) if positions else float("-inf")
+            prompt_tokens = len(ids) - len(positions)
+        return ChatResult(text=max(scores, key=scores.get), prompt_tokens=prompt_tokens, finish_reason="scored",
+                          choice_scores=scores)
+
+
+class TransformersEngine(HFEngine):
     """Batched `generate` with transformers, on CPU or GPU."""
 
     kind = "transformers"
@@ -113,20 +140,11 @@ class TransformersEngine(Engine):
         batch_size: int = 8,
         trust_remote_code: bool = False,
     ):
-        self.renderer = HFRenderer(model, revision, trust_remote_code)
-        self.model_name = model
-        self.revision = revision
+        super().__init__(model, revision, trust_remote_code)
         self.device_name = device
         self.dtype = dtype
         self.batch_size = batch_size
         self._model: Any = None
-
-    @cached_property
-    def model_identity(self) -> str:
-        return model_identity(self.model_name, self.revision)
-
-    def render(self, request: ChatRequest) -> str:
-        return self.renderer.render(request)
 
     def _load(self) -> Any:
         if self._model is None:
@@ -217,14 +235,11 @@ class TransformersEngine(Engine):
         import torch
 
         model = self._load()
-        prompt = request.prompt or ""
-        scores: dict[str, float] = {}
-        prompt_tokens = 0
-        for choice in request.choices or ():
-            ids, positions = self.renderer.choice_token_positions(prompt, choice)
-            prompt_tokens = len(ids) - len(positions)
+
+        def logprob_sum(ids: list[int], positions: list[int]) -> float:
             with torch.inference_mode():
                 logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
             logprobs = torch.log_softmax(logits, dim=-1)
-            scores[choice] = float(sum(logprobs[p - 1, ids[p]] for p in positions)) if positions else float("-inf")
-        return ChatResult(text=max(scores, key=scores.get), prompt_tokens=prompt_tokens, finish_reason="scored", choice_scores=scores)
+            return float(sum(logprobs[p - 1, ids[p]] for p in positions))
+
+        return self.score_choices(request, logprob_sum)

@@ -4,14 +4,13 @@ passed as `multi_modal_data`, choices scored from `prompt_logprobs`.
 Needs the `gpu` extra (`pip install '.[gpu]'`); importing this module does not import vLLM.
 """
 
-from functools import cached_property
 from typing import Any
 
-from adamllm_core.engines.base import ChatRequest, ChatResult, Engine, truncate_at_stop
-from adamllm_core.engines.hf import HFRenderer, decode_images, model_identity
+from adamllm_core.engines.base import ChatRequest, ChatResult, truncate_at_stop
+from adamllm_core.engines.hf import HFEngine, decode_images
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(HFEngine):
     kind = "vllm"
 
     def __init__(
@@ -26,9 +25,7 @@ class VLLMEngine(Engine):
         max_images_per_prompt: int = 1,
         trust_remote_code: bool = False,
     ):
-        self.model_name = model
-        self.revision = revision
-        self.renderer = HFRenderer(model, revision, trust_remote_code)
+        super().__init__(model, revision, trust_remote_code)
         self.options = {
             "tensor_parallel_size": tensor_parallel_size,
             "gpu_memory_utilization": gpu_memory_utilization,
@@ -38,13 +35,6 @@ class VLLMEngine(Engine):
         }
         self.max_images_per_prompt = max_images_per_prompt
         self._llm: Any = None
-
-    @cached_property
-    def model_identity(self) -> str:
-        return model_identity(self.model_name, self.revision)
-
-    def render(self, request: ChatRequest) -> str:
-        return self.renderer.render(request)
 
     def _load(self) -> Any:
         if self._llm is None:
@@ -94,14 +84,9 @@ class VLLMEngine(Engine):
     def _score(self, llm: Any, request: ChatRequest) -> ChatResult:
         from vllm import SamplingParams, TokensPrompt
 
-        prompt = request.prompt or ""
-        scores: dict[str, float] = {}
-        prompt_tokens = 0
-        for choice in request.choices or ():
-            ids, positions = self.renderer.choice_token_positions(prompt, choice)
+        def logprob_sum(ids: list[int], positions: list[int]) -> float:
             output = llm.generate([TokensPrompt(prompt_token_ids=ids)],
                                   SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
-            logprobs = output.prompt_logprobs
-            scores[choice] = float(sum(logprobs[p][ids[p]].logprob for p in positions)) if positions else float("-inf")
-            prompt_tokens = len(ids) - len(positions)
-        return ChatResult(text=max(scores, key=scores.get), prompt_tokens=prompt_tokens, finish_reason="scored", choice_scores=scores)
+            return sum(output.prompt_logprobs[p][ids[p]].logprob for p in positions)
+
+        return self.score_choices(request, logprob_sum)
