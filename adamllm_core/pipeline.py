@@ -73,8 +73,13 @@ def synthesize(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     engine: Engine | None = None,
-) -> Manifest:
-    """Pairs → task triplets; unparseable outputs are quarantined with their reason and raw text."""
+    rank: int = 0,
+    world: int = 1,
+) -> Manifest | None:
+    """Pairs → task triplets; unparseable outputs are quarantined with their reason and raw text.
+
+    With `world` > 1, writes the shards of `rank` only and returns None (see run_parallel).
+    """
     engine = engine or _engine_for(config)
     renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
     if config.template_model or not isinstance(renderer, HFRenderer):
@@ -119,8 +124,9 @@ def synthesize(
         stage="synthesize", input_uri=pairs_uri, outputs={"triplets": StageOutput(out, TRIPLETS)},
         config=_stage_config(config, engine), process=process,
         columns=["id", "image", "caption", "domain"], overwrite=overwrite, progress=progress,
+        rank=rank, world=world,
     )
-    return manifests["triplets"]
+    return manifests.get("triplets")
 
 
 # --- filter -------------------------------------------------------------------------------
@@ -135,7 +141,9 @@ def filter_triplets(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     engine: Engine | None = None,
-) -> tuple[Manifest, Manifest]:
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[Manifest, Manifest] | None:
     """Triplets → `filtered` (label in keep, with chain-of-thought response) and `rejected`."""
     engine = engine or _engine_for(config)
     cache = RequestCache(cache_uri)
@@ -163,9 +171,9 @@ def filter_triplets(
         outputs={"filtered": StageOutput(out_kept, JUDGED), "rejected": StageOutput(out_rejected, JUDGED)},
         config=_stage_config(config, engine), process=process,
         columns=["id", "pair_id", "domain", "instruction", "precise", "informative"],
-        overwrite=overwrite, progress=progress,
+        overwrite=overwrite, progress=progress, rank=rank, world=world,
     )
-    return manifests["filtered"], manifests["rejected"]
+    return (manifests["filtered"], manifests["rejected"]) if manifests else None
 
 
 # --- assemble -----------------------------------------------------------------------------

@@ -58,11 +58,15 @@ def run_stage(
     extra_inputs: list[str] = (),
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, Manifest]:
     """Run `process(rows, offset)` over every shard of `input_uri`; returns each output's manifest.
 
     The first output is the primary one: it holds the stage's quarantine and its manifest
-    is written last.
+    is written last. With `world` > 1 this process writes only shards `k % world == rank`
+    and commits nothing (returns {}): one process per GPU, then a final call with world=1
+    finds every shard done and commits.
     """
     source = Dataset(input_uri)
     parents = stage_parents([input_uri, *extra_inputs])
@@ -94,7 +98,7 @@ def run_stage(
     total = source.manifest.rows
     done_rows = 0
     for index, shard in enumerate(source.manifest.shards):
-        if all(w.is_done(index) for w in writers.values()):
+        if index % world != rank or all(w.is_done(index) for w in writers.values()):
             done_rows += shard.rows
             continue
         clock = Stopwatch()
@@ -115,6 +119,8 @@ def run_stage(
         done_rows += shard.rows
         if progress:
             progress(done_rows, total)
+    if world > 1:
+        return {}
     if not source.manifest.shards:
         for name, writer in writers.items():
             if not writer.is_done(0):

@@ -4,14 +4,13 @@ from prefect import task
 
 from adamllm_core.dataset import DatasetRef
 from adamllm_core.filtering import FilterConfig
+from adamllm_core.parallel import run_parallel
 from adamllm_core.pipeline import (
     AssembleConfig,
     assemble,
     assemble_identity,
     export_llamafactory,
     filter_identity,
-    filter_triplets,
-    synthesize,
     synthesize_identity,
 )
 from adamllm_core.synthesis import SynthConfig
@@ -28,7 +27,8 @@ def synthesize_triplets(pairs_uri: str, out: str, config: SynthConfig, cache_uri
                         overwrite: bool = False) -> DatasetRef:
     """Synthesize task triplets from image-caption pairs (requests cached for resume)."""
     with stage_progress("synthesize") as progress:
-        manifest = synthesize(pairs_uri, out, config, cache_uri=cache_uri, overwrite=overwrite, progress=progress)
+        manifest = run_parallel("synthesize", [pairs_uri, out], config, cache_uri=cache_uri,
+                                overwrite=overwrite, progress=progress)
     publish_stats("synthesize", out, manifest)
     return DatasetRef.of(out, manifest)
 
@@ -44,8 +44,8 @@ def filter_consistent(triplets_uri: str, out_kept: str, out_rejected: str, confi
                       cache_uri: str | None = None, overwrite: bool = False) -> tuple[DatasetRef, DatasetRef]:
     """Keep triplets whose precise answer follows from the informative one (label Yes)."""
     with stage_progress("filter") as progress:
-        kept, rejected = filter_triplets(triplets_uri, out_kept, out_rejected, config, cache_uri=cache_uri,
-                                         overwrite=overwrite, progress=progress)
+        kept, rejected = run_parallel("filter_triplets", [triplets_uri, out_kept, out_rejected], config,
+                                      cache_uri=cache_uri, overwrite=overwrite, progress=progress)
     publish_stats("filter", out_kept, kept)
     return DatasetRef.of(out_kept, kept), DatasetRef.of(out_rejected, rejected)
 

@@ -208,3 +208,19 @@ def test_refresh_synthesizes_only_new_pairs(tiny_models, tmp_path: Path) -> None
     refreshed = synthesize(str(tmp_path / "pairs-2"), str(tmp_path / "triplets-2"), config, cache_uri=cache)
     assert refreshed.stats.counters["requests_cached"] == 24
     assert refreshed.stats.counters["requests_computed"] == 2
+
+
+def test_data_parallel_processes_give_the_same_dataset(pairs: str, tiny_models, tmp_path: Path) -> None:
+    """Two engine processes (CPU here; one per GPU in production) split the shards."""
+    from adamllm_core.parallel import run_parallel
+
+    single = SynthConfig(engine=EngineConfig(model="tiny:vlm"), max_new_tokens=16)
+    parallel = single.model_copy(update={"engine": single.engine.model_copy(
+        update={"data_parallel_size": 2, "devices": ("", "")})})
+    one = synthesize(pairs, str(tmp_path / "one"), single, cache_uri=str(tmp_path / "cache-one"))
+    two = run_parallel("synthesize", [pairs, str(tmp_path / "two")], parallel, cache_uri=str(tmp_path / "cache-two"))
+    assert len(two.shards) == 3 and two.shards == one.shards and two.fingerprint == one.fingerprint
+    assert two.stats.counters["requests_computed"] == 24
+    with pytest.raises(ValueError, match="devices"):
+        run_parallel("synthesize", [pairs, str(tmp_path / "x")], parallel.model_copy(
+            update={"engine": parallel.engine.model_copy(update={"devices": ("0",)})}))

@@ -27,6 +27,9 @@ class EngineConfig(BaseModel):
     max_concurrency: int = Field(default=8, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=1)
+    # GPUs: one engine per GPU, each on its own shards (1 = in this process)
+    data_parallel_size: int = Field(default=1, gt=0, description="engine processes, one per device")
+    devices: tuple[str, ...] | None = Field(default=None, description="CUDA_VISIBLE_DEVICES per process (default 0..N-1)")
     # vllm
     tensor_parallel_size: int = Field(default=1, gt=0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)

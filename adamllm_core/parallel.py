@@ -1,0 +1,78 @@
+"""Data parallelism over shards: one engine process per device.
+
+`run_parallel(stage, kwargs, config)` starts `data_parallel_size` processes, each with its
+own CUDA_VISIBLE_DEVICES, running the stage on shards `k % N == rank` (each shard is
+written and marked done on its own, so processes never touch the same files), then commits
+in this process once every shard is done. A process that fails fails the stage with its
+output's tail; finished shards stay done for the re-run.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from adamllm_core.engines import EngineConfig
+
+STAGES = ("synthesize", "filter_triplets")
+
+
+def _stage_function(stage: str) -> Any:
+    from adamllm_core import pipeline
+
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r} cannot run in parallel; choose from {STAGES}")
+    return getattr(pipeline, stage)
+
+
+def _config_class(stage: str) -> Any:
+    from adamllm_core.filtering import FilterConfig
+    from adamllm_core.synthesis import SynthConfig
+
+    return SynthConfig if stage == "synthesize" else FilterConfig
+
+
+def run_parallel(stage: str, args: list[str], config: Any, **kwargs: Any) -> Any:
+    """Run `stage(*args, config, **kwargs)` on `config.engine.data_parallel_size` processes."""
+    engine: EngineConfig = config.engine
+    world = engine.data_parallel_size
+    function = _stage_function(stage)
+    if world == 1:
+        return function(*args, config, **kwargs)
+    devices = engine.devices or tuple(str(i) for i in range(world))
+    if len(devices) != world:
+        raise ValueError(f"engine.devices names {len(devices)} devices for data_parallel_size {world}")
+    spec = {"stage": stage, "args": args, "config": config.model_dump(mode="json"),
+            "kwargs": {k: v for k, v in kwargs.items() if k in ("cache_uri", "overwrite")}}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(spec, handle)
+    processes = []
+    for rank, device in enumerate(devices):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "adamllm_core.parallel", handle.name, str(rank), str(world)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ))
+    failures = []
+    for rank, process in enumerate(processes):
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            failures.append(f"rank {rank} (device {devices[rank]}) exited {process.returncode}:\n"
+                            f"{output.decode(errors='replace')[-2000:]}")
+    os.unlink(handle.name)
+    if failures:
+        raise RuntimeError(f"{stage} failed on {len(failures)} of {world} processes:\n" + "\n".join(failures))
+    return function(*args, config, **kwargs)  # every shard is done: this commits
+
+
+def _worker(spec_path: str, rank: int, world: int) -> None:
+    with open(spec_path) as handle:
+        spec = json.load(handle)
+    config = _config_class(spec["stage"]).model_validate(spec["config"])
+    _stage_function(spec["stage"])(*spec["args"], config, rank=rank, world=world, **spec["kwargs"])
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
