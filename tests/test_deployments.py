@@ -16,9 +16,16 @@ def test_deployment_entrypoint_and_parameters(deployment: dict, monkeypatch: pyt
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     validated = flow.validate_parameters(deployment.get("parameters", {}))
     assert set(validated) >= set(deployment.get("parameters", {}))
-    for key in ("source",):
-        if key in deployment.get("parameters", {}):
+    for key in ("source", "config"):
+        if isinstance(deployment.get("parameters", {}).get(key), str):
             assert (REPO / deployment["parameters"][key]).exists()
+    if deployment["entrypoint"].startswith("flows/synth.py"):
+        from adamllm_core.config import load_domain_config
+
+        domain = load_domain_config(REPO / deployment["parameters"]["config"])
+        assert deployment["name"] == domain.domain  # synth/<domain>
+        crons = [schedule["cron"] for schedule in deployment.get("schedules", [])]
+        assert crons == ([domain.schedule] if domain.schedule else [])  # one refresh schedule, the config's
 
 
 def test_bad_deployment_parameters_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
