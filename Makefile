@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first and exact: any range lets pip fetch a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation -c constraints.txt deepspeed
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,train]'
 	touch $(STAMP)
 
 $(VLLM_STAMP):

@@ -184,6 +184,27 @@ def run_deployment_command(
 
 
 @app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="training YAML: TrainConfig keys, optionally `preset: NAME`")],
+    data: Annotated[str, typer.Option(help="a seed dataset (task: synthesizer) or a mixture dataset")],
+    out: Annotated[str, typer.Option(help="output folder for checkpoints, metrics.jsonl, loss_curve.png")],
+) -> None:
+    """Train in-process (resumes from the last checkpoint in --out)."""
+    from adamllm_core.training.trainer import load_train_config
+    from adamllm_core.training.trainer import train as run_training
+
+    try:
+        loaded = yaml.safe_load(config.read_text())
+        train_config = load_train_config(loaded if isinstance(loaded, dict) else {})
+    except ValidationError as error:
+        fail(format_validation_error(error))
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        fail(str(error))
+    summary = run_training(train_config, data, out)
+    console.print_json(json.dumps(summary))
+
+
+@app.command()
 def inspect(
     uri: Annotated[str, typer.Argument(help="dataset URI")],
     rows: Annotated[int, typer.Option(help="sample rows to show")] = 3,

@@ -242,6 +242,25 @@ class Conversation(Record):
     lineage_fields: ClassVar[tuple[str, ...]] = ("pair_id", "triplet_id")
 
 
+class SeedExample(Record):
+    """Synthesizer tuning data (paper 3.1.1, Appendix B): an image-caption pair and its task triplet."""
+
+    id: str
+    task: str = Field(description="source task name (Vision-Flan has 191)")
+    split: str = Field(description="train or dev (a per-task split)")
+    image: bytes
+    image_format: str
+    blank_image: bool = Field(description="the image was replaced by a blank one (modality balancing)")
+    caption: str
+    instruction: str
+    precise: str
+    informative: str
+    source_ref: str
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("source_ref",)
+
+
 TRIPLETS = register_schema(RecordSchema("triplets", 1, TaskTriplet, "synthesized task triplets"))
 JUDGED = register_schema(RecordSchema("judged", 1, JudgedTriplet, "triplets with consistency labels"))
 CONVERSATIONS = register_schema(RecordSchema("conversations", 1, Conversation, "training conversations"))
+SEED = register_schema(RecordSchema("seed", 1, SeedExample, "synthesizer tuning examples"))

@@ -1,0 +1,327 @@
+"""Training with transformers' Trainer (optionally DeepSpeed ZeRO-2/3): synthesizer tuning
+on a `seed` dataset, or post-training on a `mixture` dataset.
+
+Writes checkpoints, `metrics.jsonl` (step, loss, learning rate, tokens/s) and
+`loss_curve.png` to the output folder, and resumes from its last checkpoint.
+"""
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adamllm_core.dataset import Dataset
+from adamllm_core.engines.hf import HFRenderer
+from adamllm_core.models import resolve_model
+from adamllm_core.training.encoding import (
+    IGNORE_INDEX,
+    Encoded,
+    conversation_segments,
+    encode_segments,
+    synthesizer_segments,
+)
+
+VISION_PARAMETER_MARKERS = ("vision_tower", "visual", "vision_model")
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters; presets carry Table 9 (synthesizer) and Table 10 (post-training)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    task: Literal["synthesizer", "post_train"] = "post_train"
+    trainable: Literal["full", "projector"] = "full"
+    learning_rate: float = Field(default=1e-5, gt=0)
+    vision_learning_rate: float | None = Field(default=None, gt=0, description="default: learning_rate")
+    weight_decay: float = Field(default=0.1, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    lr_scheduler: str = "cosine"
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = Field(default=-1, description="stop after this many steps (-1: epochs decide)")
+    global_batch_size: int = Field(default=128, gt=0)
+    per_device_batch_size: int = Field(default=1, gt=0)
+    max_seq_len: int = Field(default=6144, gt=0)
+    group_by_length: bool = Field(default=True, description="batch similar lengths: less padding")
+    save_steps: int = Field(default=500, gt=0)
+    save_total_limit: int = Field(default=2, gt=0)
+    logging_steps: int = Field(default=1, gt=0)
+    seed: int = 0
+    bf16: bool = False
+    deepspeed: Literal["zero2", "zero3"] | None = None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table 10 (single-stage post-training), 1 epoch, global batch 128, max length 6144.
+    "qwen2-vl-2b": {"model": "Qwen/Qwen2-VL-2B-Instruct", "learning_rate": 1e-5, "vision_learning_rate": 1e-5,
+                    "weight_decay": 0.1, "warmup_ratio": 0.1, "deepspeed": "zero2", "bf16": True},
+    "llava-v1.6-8b": {"model": "llava-hf/llama3-llava-next-8b-hf", "learning_rate": 2e-5, "vision_learning_rate": 2e-6,
+                      "weight_decay": 0.0, "warmup_ratio": 0.03, "deepspeed": "zero3", "bf16": True},
+    "llama-3.2-11b": {"model": "meta-llama/Llama-3.2-11B-Vision-Instruct", "learning_rate": 5e-6,
+                      "vision_learning_rate": 5e-6, "weight_decay": 0.1, "warmup_ratio": 0.1, "deepspeed": "zero3",
+                      "bf16": True},
+    # Table 9 (synthesizer tuning on LLaVA-v1.6-8B): 2 epochs, no weight decay.
+    "synthesizer-llava-v1.6-8b": {"model": "llava-hf/llama3-llava-next-8b-hf", "task": "synthesizer", "epochs": 2,
+                                  "learning_rate": 2e-5, "vision_learning_rate": 2e-6, "weight_decay": 0.0,
+                                  "warmup_ratio": 0.03, "deepspeed": "zero3", "bf16": True},
+    # The tiny demo model: same code path, CPU-sized.
+    "tiny": {"model": "tiny:vlm", "learning_rate": 3e-3, "weight_decay": 0.0, "warmup_ratio": 0.05,
+             "global_batch_size": 8, "per_device_batch_size": 8, "save_steps": 50, "max_seq_len": 1024},
+}
+
+
+def load_train_config(data: dict[str, Any]) -> TrainConfig:
+    """A config mapping, optionally naming a `preset` whose values it overrides."""
+    data = dict(data)
+    name = data.pop("preset", None)
+    return preset(name, **data) if name else TrainConfig.model_validate(data)
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return TrainConfig.model_validate({**PRESETS[name], **overrides})
+
+
+def deepspeed_config(stage: Literal["zero2", "zero3"], bf16: bool) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": {"stage": 2 if stage == "zero2" else 3, "overlap_comm": False,
+                              "contiguous_gradients": True},
+        "bf16": {"enabled": "auto"},
+        # The Trainer's optimizer (with per-module learning rates) runs under ZeRO; never the
+        # fused CPU Adam, whose JIT build takes minutes.
+        "zero_force_ds_cpu_optimizer": False,
+    }
+    if stage == "zero3":
+        config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    return config
+
+
+def encode_dataset(data_uri: str, renderer: HFRenderer, config: TrainConfig) -> tuple[list[Encoded], int]:
+    """Encoded examples within max_seq_len, and how many were longer (dropped)."""
+    examples: list[Encoded] = []
+    too_long = 0
+    for row in Dataset(data_uri).iter_rows():
+        if config.task == "synthesizer":
+            segments = synthesizer_segments(renderer, row["caption"], row["instruction"], row["precise"], row["informative"])
+        else:
+            segments = conversation_segments(renderer, row["messages"])
+        encoded = encode_segments(renderer, segments, row["image"])
+        if len(encoded.input_ids) > config.max_seq_len:
+            too_long += 1
+            continue
+        examples.append(encoded)
+    return examples, too_long
+
+
+def length_grouped_order(lengths: list[int], batch_size: int, seed: int, group_batches: int = 50) -> list[int]:
+    """A seeded order in which each batch holds examples of similar length (less padding).
+
+    It depends only on (lengths, batch_size, seed), so a resumed run skips exactly the
+    batches it had trained: the Trainer reads it sequentially.
+    """
+    import random
+
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    group = batch_size * group_batches
+    batches = []
+    for start in range(0, len(order), group):
+        chunk = sorted(order[start : start + group], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch]
+
+
+class _Examples:
+    def __init__(self, examples: list[Encoded]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self.examples[index]
+        return {"input_ids": example.input_ids, "labels": example.labels,
+                "pixel_values": example.pixel_values, **example.extra}
+
+
+def make_collator(pad_id: int, padding_stats: dict[str, int]) -> Any:
+    import torch
+
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        longest = max(len(item["input_ids"]) for item in batch)
+        ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, item in enumerate(batch):
+            n = len(item["input_ids"])
+            ids[row, :n] = torch.tensor(item["input_ids"])
+            labels[row, :n] = torch.tensor(item["labels"])
+            mask[row, :n] = 1
+        padding_stats["tokens"] += int(mask.sum())
+        padding_stats["slots"] += mask.numel()
+        out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if batch[0]["pixel_values"] is not None:
+            out["pixel_values"] = torch.cat([item["pixel_values"] for item in batch])
+            for key in batch[0]:
+                if key not in ("input_ids", "labels", "pixel_values") and torch.is_tensor(batch[0][key]):
+                    out[key] = torch.cat([item[key] for item in batch])
+        return out
+
+    return collate
+
+
+def _optimizer_groups(model: Any, config: TrainConfig) -> list[dict[str, Any]]:
+    vision_lr = config.vision_learning_rate or config.learning_rate
+    groups: dict[tuple[float, float], list[Any]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        lr = vision_lr if any(m in name for m in VISION_PARAMETER_MARKERS) else config.learning_rate
+        decay = 0.0 if parameter.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else config.weight_decay
+        groups.setdefault((lr, decay), []).append(parameter)
+    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+
+
+def _freeze_for(model: Any, trainable: str) -> None:
+    if trainable == "projector":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = "multi_modal_projector" in name or "merger" in name
+
+
+def plot_loss(metrics_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axis.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="#d95f02")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path)
+    plt.close(figure)
+
+
+def train(config: TrainConfig, data_uri: str, out_dir: str) -> dict[str, Any]:
+    """Train and save to `out_dir` (a local folder); resumes from its last checkpoint."""
+    import torch
+    from transformers import (
+        AutoModelForImageTextToText,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)
+    model_path = resolve_model(config.model)
+    renderer = HFRenderer(model_path)
+    examples, too_long = encode_dataset(data_uri, renderer, config)
+    if not examples:
+        raise ValueError(f"{data_uri}: no example fits max_seq_len {config.max_seq_len} ({too_long} too long)")
+
+    # The Trainer writes trainer_state.json last: a checkpoint without it was cut short.
+    checkpoints = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+                         key=lambda p: int(p.name.split("-")[1]))
+    # Weights come from the checkpoint itself: the Trainer's own reload of a LLaVA checkpoint
+    # left the freshly initialised weights in place (seen with transformers 5.24).
+    start = str(checkpoints[-1]) if checkpoints and (checkpoints[-1] / "model.safetensors").exists() else model_path
+    model = AutoModelForImageTextToText.from_pretrained(start, dtype=torch.bfloat16 if config.bf16 else torch.float32)
+    _freeze_for(model, config.trainable)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = max(1, config.global_batch_size // (config.per_device_batch_size * world))
+    padding = {"tokens": 0, "slots": 0}
+    metrics_path = out / "metrics.jsonl"
+
+    class Metrics(TrainerCallback):
+        def __init__(self) -> None:
+            self.last = time.perf_counter()
+            self.tokens_seen = 0
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
+                return
+            now = time.perf_counter()
+            seen = int(state.num_input_tokens_seen)  # non-padding tokens, counted by the Trainer
+            tokens = seen - self.tokens_seen
+            self.tokens_seen, elapsed, self.last = seen, now - self.last, now
+            row = {"step": state.global_step, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                   "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None}
+            with open(metrics_path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    arguments = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        lr_scheduler_type=config.lr_scheduler,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=config.bf16,
+        train_sampling_strategy="sequential",  # the order above: seeded, and exact on resume
+        remove_unused_columns=False,
+        report_to=[],
+        dataloader_num_workers=0,
+        deepspeed=deepspeed_config(config.deepspeed, config.bf16) if config.deepspeed else None,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+    )
+    if config.group_by_length:
+        order = length_grouped_order([len(e.input_ids) for e in examples], config.per_device_batch_size * world, config.seed)
+    else:
+        import random
+
+        order = list(range(len(examples)))
+        random.Random(config.seed).shuffle(order)
+    train_set = _Examples([examples[i] for i in order])
+
+    class GroupedTrainer(Trainer):
+        def create_optimizer(self) -> Any:
+            if self.optimizer is None:
+                self.optimizer = torch.optim.AdamW(_optimizer_groups(self.model, config))
+            return self.optimizer
+
+    trainer = GroupedTrainer(
+        model=model, args=arguments, train_dataset=train_set,
+        data_collator=make_collator(renderer.tokenizer.pad_token_id, padding), callbacks=[Metrics()],
+    )
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    final = out / "final"
+    trainer.save_model(str(final))
+    renderer.processor.save_pretrained(str(final))
+    if metrics_path.exists():
+        plot_loss(metrics_path, out / "loss_curve.png")
+    summary = {
+        "examples": len(examples), "dropped_too_long": too_long, "steps": trainer.state.global_step,
+        "train_loss": result.training_loss, "padding_fraction": round(1 - padding["tokens"] / max(1, padding["slots"]), 4),
+        "resumed_from": checkpoints[-1].name if checkpoints else None, "final": str(final),
+        "trained_tokens": sum(e.trained_tokens for e in examples), "epochs": config.epochs,
+        "steps_per_epoch": math.ceil(len(examples) / (config.per_device_batch_size * accumulation * world)),
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

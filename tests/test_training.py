@@ -1,0 +1,181 @@
+"""Seed data, loss masks on the real processor, and training through transformers' Trainer
+(DeepSpeed ZeRO-2 on CPU) with the tiny LLaVA-architecture model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from adamllm_core.dataset import Dataset
+from adamllm_core.engines.hf import HFRenderer
+from adamllm_core.prompts import SYNTH_PRECISE_HINT
+from adamllm_core.training.encoding import (
+    IGNORE_INDEX,
+    conversation_segments,
+    encode_segments,
+    synthesizer_segments,
+)
+from adamllm_core.training.seed import SeedConfig, build_seed
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "samples" / "biomed_pairs"
+
+
+def write_seed_sources(root: Path) -> dict[str, str]:
+    """Small files in the public formats of Vision-Flan and ALLaVA-{Caption,Instruct}-VFLAN."""
+    lines = [json.loads(line) for line in (SAMPLE / "data.jsonl").read_text().splitlines()]
+    flan, captions, instructs = [], [], []
+    for i, line in enumerate(lines):
+        task = ["modality_recognition", "plane_recognition"][i % 2]
+        identifier = f"{task}+medpix+{i}"
+        answer = line["modality"] if i % 2 == 0 else line["plane"]
+        question = "What imaging modality is this?" if i % 2 == 0 else "In which plane is this image taken?"
+        flan.append({"id": identifier, "image": f"images/{Path(line['image']).name}",
+                     "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+        if i != 5:  # one record without a caption
+            captions.append({"id": identifier, "image": flan[-1]["image"], "conversations": [
+                {"from": "human", "value": "<image>\nPlease depict the image in words."},
+                {"from": "gpt", "value": line["caption"]}]})
+        instructs.append({"id": identifier, "image": flan[-1]["image"], "conversations": [
+            {"from": "human", "value": f"<image>\n{question}"},
+            {"from": "gpt", "value": f"Judging from the image and its appearance, the answer is {answer}."}]})
+    paths = {}
+    for name, records in (("vision_flan", flan), ("allava_caption", captions), ("allava_instruct", instructs)):
+        paths[name] = str(root / f"{name}.json")
+        Path(paths[name]).write_text(json.dumps(records))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def seed_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("seed")
+    paths = write_seed_sources(root)
+    out = str(root / "seed")
+    build_seed(paths["vision_flan"], paths["allava_caption"], paths["allava_instruct"], str(SAMPLE), out,
+               SeedConfig(blank_share=0.25, dev_share=0.25))
+    return out
+
+
+def test_seed_join_blank_images_and_dev_split(seed_dataset: str) -> None:
+    dataset = Dataset(seed_dataset)
+    rows = list(dataset.iter_rows())
+    assert len(rows) == 23 and dataset.manifest.quarantine.reasons == {"missing_caption": 1}
+    blanks = [r for r in rows if r["blank_image"]]
+    assert 0 < len(blanks) < len(rows) and dataset.manifest.stats.counters["blank_images"] == len(blanks)
+    import io
+
+    from PIL import Image
+    assert Image.open(io.BytesIO(blanks[0]["image"])).getextrema() == ((255, 255),) * 3
+    for task in ("modality_recognition", "plane_recognition"):
+        splits = [r["split"] for r in rows if r["task"] == task]
+        assert splits.count("dev") == round(len(splits) * 0.25) or splits.count("dev") in (2, 3)
+    assert all(r["precise"] and r["informative"].endswith(".") for r in rows)
+
+
+def test_synthesizer_loss_mask_token_by_token(tiny_models) -> None:
+    renderer = HFRenderer(tiny_models["vlm"])
+    segments = synthesizer_segments(renderer, "Axial CT of the liver.", "What organ?", "Liver", "It is the liver.")
+    encoded = encode_segments(renderer, segments, (SAMPLE / "images").glob("*.png").__next__().read_bytes())
+    tokens = renderer.tokenizer.convert_ids_to_tokens(encoded.input_ids)
+    trained = [t for t, label in zip(tokens, encoded.labels) if label != IGNORE_INDEX]
+    masked = [t for t, label in zip(tokens, encoded.labels) if label == IGNORE_INDEX]
+    image_tokens = tokens.count("<image>")
+    assert image_tokens > 1 and "<image>" not in trained  # expanded by the processor, never trained
+    decoded_trained = renderer.tokenizer.convert_tokens_to_string(trained)
+    decoded_masked = renderer.tokenizer.convert_tokens_to_string(masked)
+    assert "Axial CT of the liver." in decoded_masked and "Axial CT" not in decoded_trained  # caption round masked
+    assert decoded_masked.endswith(SYNTH_PRECISE_HINT)  # the prompt at synthesis time ends here
+    assert decoded_trained == ("\nWhat organ?<|im_end|>\n<|im_start|>assistant\nLiver<|im_end|>\n<|im_start|>user\n"
+                               "Answer with an informative response.\nWhat organ?<|im_end|>\n<|im_start|>assistant\n"
+                               "It is the liver.<|im_end|>\n<|endoftext|>")
+    labels_are_ids = all(label in (IGNORE_INDEX, token) for label, token in zip(encoded.labels, encoded.input_ids))
+    first_trained = next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
+    assert labels_are_ids and first_trained == len(masked)  # one masked prefix, then the trained rest
+
+
+def test_post_training_loss_only_on_assistant_turns(tiny_models) -> None:
+    renderer = HFRenderer(tiny_models["vlm"])
+    turns = [{"role": "user", "content": "<image>Describe the image."}, {"role": "assistant", "content": "A CT."},
+             {"role": "user", "content": "Which organ?"}, {"role": "assistant", "content": "The liver."}]
+    segments = conversation_segments(renderer, turns)
+    assert [t for t, trained in segments if trained] == ["A CT.<|im_end|>\n", "The liver.<|im_end|>\n"]
+    encoded = encode_segments(renderer, segments, (SAMPLE / "images").glob("*.png").__next__().read_bytes())
+    trained = renderer.tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX])
+    assert trained == "A CT.<|im_end|>\nThe liver.<|im_end|>\n"
+
+
+def train_cli(config: dict, data: str, out: Path, env_extra: dict | None = None) -> subprocess.Popen:
+    config_file = out.parent / f"{out.name}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "adamllm_cli.main", "train", "--config", str(config_file),
+                             "--data", data, "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_zero2_training_lowers_loss_and_the_model_reloads(tiny_models, seed_dataset: str, tmp_path: Path) -> None:
+    out = tmp_path / "zero2"
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
+    process = train_cli({"preset": "tiny", "task": "synthesizer", "max_steps": 24, "deepspeed": "zero2",
+                         "global_batch_size": 4, "per_device_batch_size": 4}, seed_dataset, out, env)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output.decode()[-3000:]
+    assert (out / "checkpoint-24" / "global_step24").is_dir()  # a DeepSpeed checkpoint
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5 and metrics[-1]["tokens_per_s"] > 0
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert 0 <= summary["padding_fraction"] < 0.5
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(out / "final")
+    processor = AutoProcessor.from_pretrained(out / "final")
+    from PIL import Image
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
+                                         tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[Image.new("RGB", (20, 20))], return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > inputs["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_weights(tiny_models, seed_dataset: str, tmp_path: Path) -> None:
+    config = {"preset": "tiny", "task": "synthesizer", "max_steps": 30, "save_steps": 5,
+              "global_batch_size": 2, "per_device_batch_size": 2, "save_total_limit": 10}
+    reference = train_cli(config, seed_dataset, tmp_path / "reference")
+    assert reference.wait(timeout=600) == 0
+
+    out = tmp_path / "killed"
+    process = train_cli(config, seed_dataset, out)
+    import time
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+        if done:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, process.stdout.read().decode()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "final").exists()
+
+    resumed = train_cli(config, seed_dataset, out)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output.decode()[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from"] is not None and summary["steps"] == 30
+
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "reference" / "final" / "model.safetensors")
+    b = load_file(out / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
