@@ -16,8 +16,42 @@ from adamllm_core.ingest import IngestConfig
 from adamllm_core.pipeline import AssembleConfig, variant_outputs
 from adamllm_core.storage import join, normalise_uri
 from adamllm_core.synthesis import SynthConfig
+from adamllm_core.training.seed import SeedConfig
+from adamllm_core.training.trainer import load_train_config
 
 STAGES = ("pairs", "triplets", "filtered", "rejected", "mixture", "export")
+
+
+class TuneSynthesizer(BaseModel):
+    """Tune the synthesizer on seed data before synthesizing (paper 3.1.1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vision_flan: str
+    allava_caption: str
+    allava_instruct: str
+    image_root: str
+    seed: SeedConfig = Field(default_factory=SeedConfig)
+    train: dict[str, Any] = Field(description="TrainConfig keys (task: synthesizer), or a preset")
+
+    @model_validator(mode="after")
+    def _train_is_valid(self) -> "TuneSynthesizer":
+        load_train_config({**self.train, "task": "synthesizer"})
+        return self
+
+
+class PostTrain(BaseModel):
+    """Post-train the target model on the single-stage mixture (paper 3.2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: dict[str, Any] = Field(description="TrainConfig keys, or a preset")
+    deployment: str | None = Field(default=None, description="e.g. train/qwen2-vl-2b: run there; else in this flow")
+
+    @model_validator(mode="after")
+    def _train_is_valid(self) -> "PostTrain":
+        load_train_config(self.train)
+        return self
 
 
 class DomainConfig(BaseModel):
@@ -31,6 +65,8 @@ class DomainConfig(BaseModel):
     filter: FilterConfig
     assemble: AssembleConfig
     schedule: str | None = Field(default=None, description="cron schedule of the refresh deployment")
+    tune_synthesizer: TuneSynthesizer | None = None
+    post_train: PostTrain | None = None
 
     @model_validator(mode="after")
     def _ingest_is_valid(self) -> "DomainConfig":

@@ -1,12 +1,16 @@
 """Flow `synth`: ingest → synthesize → filter → assemble → export for one domain config."""
 
+import json
 from typing import Any
 
 from prefect import flow
+from prefect.deployments import run_deployment
 
 from adamllm_core.config import load_domain_config
+from adamllm_core.hashing import canonical_json, sha256_hex
 from tasks.ingest import ingest_pairs
 from tasks.synth import assemble_mixtures, export_mixture, filter_consistent, synthesize_triplets
+from tasks.train import build_seed_data, train_model
 
 
 @flow(name="synth", log_prints=True)
@@ -18,9 +22,19 @@ def synth_flow(config: str, source: str | None = None, out: str | None = None) -
     recomputes the changed stages, and the synthesizer only sees pairs it has not seen.
     """
     domain = load_domain_config(config, {"source": source, "out": out})
+    synth_config = domain.synthesize
+    extra: dict[str, Any] = {}
+    if domain.tune_synthesizer:  # paper 3.1.1: tune the synthesizer on seed data first
+        tune = domain.tune_synthesizer
+        seed = build_seed_data(tune.vision_flan, tune.allava_caption, tune.allava_instruct, tune.image_root,
+                               domain.uri("seed"), tune.seed)
+        tuned = train_model({**tune.train, "task": "synthesizer"}, seed.uri, domain.uri("synthesizer"))
+        tuned_path = tuned["final"]
+        synth_config = synth_config.model_copy(update={"engine": synth_config.engine.model_copy(update={"model": tuned_path})})
+        extra.update(seed=seed, synthesizer=tuned)
     # Outputs under OUT/<domain>/ belong to this flow: replace them when their inputs change.
     pairs = ingest_pairs(domain.source, domain.uri("pairs"), domain.ingest_config(), overwrite=True)
-    triplets = synthesize_triplets(pairs.uri, domain.uri("triplets"), domain.synthesize,
+    triplets = synthesize_triplets(pairs.uri, domain.uri("triplets"), synth_config,
                                    cache_uri=domain.uri("_cache/synthesize"), overwrite=True)
     kept, rejected = filter_consistent(triplets.uri, domain.uri("filtered"), domain.uri("rejected"), domain.filter,
                                        cache_uri=domain.uri("_cache/filter"), overwrite=True)
@@ -28,13 +42,29 @@ def synth_flow(config: str, source: str | None = None, out: str | None = None) -
     primary = next(iter(outs.values()))
     mixtures = assemble_mixtures(pairs.uri, kept.uri, outs, primary, domain.assemble, overwrite=True)
     export = export_mixture(mixtures[next(iter(outs))].uri, domain.uri("export"), f"adamllm_{domain.domain.replace('-', '_')}")
+    if triplets.rows + triplets.quarantined:
+        print(f"synthesizer outputs parsed into triplets: {triplets.rows} of {triplets.rows + triplets.quarantined} "
+              f"({triplets.rows / (triplets.rows + triplets.quarantined):.0%})")
+    mixture = mixtures[next(iter(outs))]
+    if domain.post_train:  # paper 3.2: single-stage post-training on the mixture
+        post = domain.post_train
+        if post.deployment:
+            # Same data and config never train twice: Prefect keeps one flow run per key.
+            key = f"{mixture.fingerprint}-{sha256_hex(canonical_json(post.train))[:16]}"
+            run = run_deployment(post.deployment, parameters={"config": post.train, "data": mixture.uri,
+                                 "out": domain.uri("model")}, idempotency_key=key, timeout=0)
+            extra["model"] = {"deployment": post.deployment, "flow_run": str(run.id), "state": run.state_name}
+        else:
+            extra["model"] = train_model(post.train, mixture.uri, domain.uri("model"))
     summary = {
-        "pairs": pairs, "triplets": triplets, "filtered": kept, "rejected": rejected,
+        **extra, "pairs": pairs, "triplets": triplets, "filtered": kept, "rejected": rejected,
         **{f"mixture:{name}": ref for name, ref in mixtures.items()}, "export": export,
     }
     for name, value in summary.items():
         if name == "export":
             print(f"{name:>24}: {value['records']} records, {value['images']} images → {value['uri']}")
+        elif isinstance(value, dict):
+            print(f"{name:>24}: {json.dumps({k: v for k, v in value.items() if k in ('steps', 'train_loss', 'final', 'flow_run', 'state')})}")
         else:
             print(f"{name:>24}: {value.rows} rows, {value.quarantined} quarantined → {value.uri}")
     return summary

@@ -17,8 +17,12 @@ def test_deployment_entrypoint_and_parameters(deployment: dict, monkeypatch: pyt
     validated = flow.validate_parameters(deployment.get("parameters", {}))
     assert set(validated) >= set(deployment.get("parameters", {}))
     for key in ("source", "config"):
-        if isinstance(deployment.get("parameters", {}).get(key), str):
+        if isinstance(deployment.get("parameters", {}).get(key), str) and not deployment["entrypoint"].startswith("flows/train"):
             assert (REPO / deployment["parameters"][key]).exists()
+    if deployment["entrypoint"].startswith("flows/train.py"):
+        from adamllm_core.training.trainer import load_train_config
+
+        assert load_train_config(deployment["parameters"]["config"]).model  # a valid preset or config
     if deployment["entrypoint"].startswith("flows/synth.py"):
         from adamllm_core.config import load_domain_config
 

@@ -24,6 +24,10 @@ def demo_config(tmp_path: Path) -> Path:
     config = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
     config.update(source=str(REPO / "samples" / "biomed_pairs"), out=str(tmp_path / "runs"))
     config["synthesize"]["max_new_tokens"] = 24
+    config["tune_synthesizer"]["train"]["max_steps"] = 6  # the code path, not the demo's quality
+    config["post_train"]["train"]["max_steps"] = 3
+    for key in ("vision_flan", "allava_caption", "allava_instruct", "image_root"):
+        config["tune_synthesizer"][key] = str(REPO / config["tune_synthesizer"][key])
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -46,11 +50,16 @@ def test_synth_flow_runs_then_serves_cached_stages(prefect_server: str, tiny_mod
     assert summary["pairs"].rows == 24 and summary["mixture:single_stage"].rows == 24
     assert (root / "export" / "dataset_info.json").exists()
     assert read_manifest(str(root / "triplets")).stats.rows_in == 24
+    assert summary["synthesizer"]["steps"] == 6 and summary["model"]["steps"] == 3
+    assert (root / "synthesizer" / "final" / "model.safetensors").exists()
+    assert (root / "model" / "loss_curve.png").exists() and (root / "model" / "metrics.jsonl").exists()
+    synthesizer = read_manifest(str(root / "triplets")).config["model_identity"]
+    assert synthesizer.startswith(str(root / "synthesizer" / "final"))  # the tuned model synthesized
 
     synth_flow(config=str(config))  # outputs exist now: their keys are stored
     state = synth_flow(config=str(config), return_state=True)
     states = asyncio.run(task_states(state.state_details.flow_run_id))
-    for name in ("ingest-pairs", "synthesize-triplets", "filter-consistent", "assemble-mixtures"):
+    for name in ("ingest-pairs", "synthesize-triplets", "filter-consistent", "assemble-mixtures", "train-model"):
         assert states[name] == "Cached", states
 
 

@@ -195,13 +195,20 @@ class TransformersEngine(HFEngine):
         images = [image for r in requests for image in decode_images(r)]
         inputs = self._inputs(texts, images).to(model.device)
         eos = None if sampling.ignore_eos else tokenizer.eos_token_id
+        if eos is None:
+            # Unset, generate() falls back to the model's end-of-turn token: end only at a
+            # single-token stop string, or (none) at an id the model never produces.
+            stop_ids = [tokenizer.convert_tokens_to_ids(s) for s in sampling.stop if s in tokenizer.get_vocab()]
+            end_ids: Any = stop_ids or [len(tokenizer) + 1]
+        else:
+            end_ids = eos
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
             do_sample=sampling.temperature > 0,
             temperature=sampling.temperature if sampling.temperature > 0 else None,
             top_p=sampling.top_p if sampling.temperature > 0 else None,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos,
+            eos_token_id=end_ids,
             stop_strings=list(sampling.stop) or None,
         )
         torch.manual_seed(sampling.seed)

@@ -216,7 +216,55 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
     plt.close(figure)
 
 
-def train(config: TrainConfig, data_uri: str, out_dir: str) -> dict[str, Any]:
+def train_identity(config: TrainConfig, data_uri: str) -> str:
+    """What a training run is made from: the data's fingerprint, the config, the code."""
+    from adamllm_core.hashing import canonical_json, sha256_hex
+    from adamllm_core.version import CODE_VERSION
+
+    return sha256_hex(canonical_json({"data": Dataset(data_uri).manifest.fingerprint,
+                                      "config": config.model_dump(mode="json"), "code": CODE_VERSION}))[:32]
+
+
+def finished_run(out_uri: str) -> dict[str, Any] | None:
+    """The summary of a finished run at `out_uri`, if any."""
+    from adamllm_core.storage import filesystem, join
+
+    fs, path = filesystem(out_uri)
+    summary = join(path, "train_summary.json")
+    return json.loads(fs.cat_file(summary)) if fs.exists(summary) else None
+
+
+def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]:
+    """Train into `out_uri` (local or object storage); a finished identical run is returned as is.
+
+    Object storage: the run trains in a local staging folder, which is synced to the URI
+    after every checkpoint and at the end, and restored from it to resume.
+    """
+    from adamllm_core.storage import filesystem, normalise_uri, protocol_of
+
+    identity = train_identity(config, data_uri)
+    done = finished_run(out_uri)
+    if done and done.get("identity") == identity:
+        return done
+    out_uri = normalise_uri(out_uri)
+    if protocol_of(out_uri) == "file":
+        return train(config, data_uri, out_uri, identity=identity)
+    fs, remote = filesystem(out_uri)
+    staging = Path(os.environ.get("ADAMLLM_TRAIN_STAGING", "~/.cache/adamllm/train")).expanduser() / identity
+    staging.mkdir(parents=True, exist_ok=True)
+    if fs.exists(remote) and not any(staging.glob("checkpoint-*")):
+        fs.get(remote + "/", str(staging) + "/", recursive=True)
+
+    def upload() -> None:
+        fs.put(str(staging) + "/", remote + "/", recursive=True)
+
+    summary = train(config, data_uri, str(staging), identity=identity, after_checkpoint=upload)
+    upload()
+    return summary
+
+
+def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | None = None,
+          after_checkpoint: Any = None) -> dict[str, Any]:
     """Train and save to `out_dir` (a local folder); resumes from its last checkpoint."""
     import torch
     from transformers import (
@@ -265,6 +313,10 @@ def train(config: TrainConfig, data_uri: str, out_dir: str) -> dict[str, Any]:
                    "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None}
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if after_checkpoint is not None and state.is_world_process_zero:
+                after_checkpoint()
 
     arguments = TrainingArguments(
         output_dir=str(out),
@@ -322,6 +374,7 @@ def train(config: TrainConfig, data_uri: str, out_dir: str) -> dict[str, Any]:
         "resumed_from": checkpoints[-1].name if checkpoints else None, "final": str(final),
         "trained_tokens": sum(e.trained_tokens for e in examples), "epochs": config.epochs,
         "steps_per_epoch": math.ceil(len(examples) / (config.per_device_batch_size * accumulation * world)),
+        "identity": identity or train_identity(config, data_uri),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
