@@ -5,7 +5,7 @@ A wrong key or value is an error naming it, e.g. `synthesize.engine.kind: Input 
 """
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -46,11 +46,15 @@ class PostTrain(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     train: dict[str, Any] = Field(description="TrainConfig keys, or a preset")
+    pipeline: Literal["single_stage", "two_stage"] = Field(
+        default="single_stage", description="two_stage (ablation): captions first, then synthetic tasks")
     deployment: str | None = Field(default=None, description="e.g. train/qwen2-vl-2b: run there; else in this flow")
 
     @model_validator(mode="after")
     def _train_is_valid(self) -> "PostTrain":
         load_train_config(self.train)
+        if self.pipeline == "two_stage" and self.deployment:
+            raise ValueError("two_stage runs in the synth flow; drop deployment or use single_stage")
         return self
 
 
@@ -71,6 +75,8 @@ class DomainConfig(BaseModel):
     @model_validator(mode="after")
     def _ingest_is_valid(self) -> "DomainConfig":
         self.ingest_config()  # raises with the failing key
+        if self.post_train and self.post_train.pipeline == "two_stage" and "two_stage" not in self.assemble.variants:
+            raise ValueError("post_train.pipeline two_stage needs assemble.variants to include two_stage")
         return self
 
     def ingest_config(self) -> IngestConfig:

@@ -8,6 +8,7 @@ from prefect.deployments import run_deployment
 
 from adamllm_core.config import load_domain_config
 from adamllm_core.hashing import canonical_json, sha256_hex
+from adamllm_core.training.trainer import load_train_config, stage1_overrides
 from tasks.ingest import ingest_pairs
 from tasks.synth import assemble_mixtures, export_mixture, filter_consistent, synthesize_triplets
 from tasks.train import build_seed_data, train_model
@@ -54,6 +55,16 @@ def synth_flow(config: str, source: str | None = None, out: str | None = None) -
             run = run_deployment(post.deployment, parameters={"config": post.train, "data": mixture.uri,
                                  "out": domain.uri("model")}, idempotency_key=key, timeout=0)
             extra["model"] = {"deployment": post.deployment, "flow_run": str(run.id), "state": run.state_name}
+        elif post.pipeline == "two_stage":  # Table 5's ablation: captions, then tasks
+            stage1_train = {**post.train, **stage1_overrides(load_train_config(post.train))}
+            stage1 = train_model(stage1_train, mixtures["two_stage_1"].uri, domain.uri("model-stage1"))
+            extra["model-stage1"] = stage1
+            if mixtures["two_stage_2"].rows:
+                extra["model"] = train_model({**post.train, "model": stage1["final"]}, mixtures["two_stage_2"].uri,
+                                             domain.uri("model"))
+            else:
+                print("two-stage: no synthetic task survived, so there is no stage 2; the model is stage 1's")
+                extra["model"] = stage1
         else:
             extra["model"] = train_model(post.train, mixture.uri, domain.uri("model"))
     summary = {

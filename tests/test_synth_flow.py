@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -26,6 +27,7 @@ def demo_config(tmp_path: Path) -> Path:
     config["synthesize"]["max_new_tokens"] = 24
     config["tune_synthesizer"]["train"]["max_steps"] = 6  # the code path, not the demo's quality
     config["post_train"]["train"]["max_steps"] = 3
+    config["post_train"]["pipeline"] = "two_stage"  # demo.yaml runs single-stage; this covers the ablation
     for key in ("vision_flan", "allava_caption", "allava_instruct", "image_root"):
         config["tune_synthesizer"][key] = str(REPO / config["tune_synthesizer"][key])
     path = tmp_path / "demo.yaml"
@@ -50,9 +52,19 @@ def test_synth_flow_runs_then_serves_cached_stages(prefect_server: str, tiny_mod
     assert summary["pairs"].rows == 24 and summary["mixture:single_stage"].rows == 24
     assert (root / "export" / "dataset_info.json").exists()
     assert read_manifest(str(root / "triplets")).stats.rows_in == 24
-    assert summary["synthesizer"]["steps"] == 6 and summary["model"]["steps"] == 3
+    assert summary["synthesizer"]["steps"] == 6 and summary["model-stage1"]["steps"] == 3
+    if summary["mixture:two_stage_2"].rows:
+        assert summary["model"]["steps"] == 3 and summary["model"]["final"] != summary["model-stage1"]["final"]
+    else:  # no synthetic task survived the 6-step synthesizer: stage 1 is the model
+        assert summary["model"] == summary["model-stage1"]
+    from safetensors.torch import load_file
+    before = load_file(Path(tiny_models["vlm"]) / "model.safetensors")
+    after = load_file(root / "model-stage1" / "final" / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("multi_modal_projector" in k for k in changed)  # LLaVA stage 1: projector only
     assert (root / "synthesizer" / "final" / "model.safetensors").exists()
-    assert (root / "model" / "loss_curve.png").exists() and (root / "model" / "metrics.jsonl").exists()
+    trained = Path(summary["model"]["final"]).parent
+    assert (trained / "loss_curve.png").exists() and (trained / "metrics.jsonl").exists()
     synthesizer = read_manifest(str(root / "triplets")).config["model_identity"]
     assert synthesizer.startswith(str(root / "synthesizer" / "final"))  # the tuned model synthesized
 

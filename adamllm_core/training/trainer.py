@@ -81,6 +81,18 @@ def load_train_config(data: dict[str, Any]) -> TrainConfig:
     return preset(name, **data) if name else TrainConfig.model_validate(data)
 
 
+LLAVA_FAMILY = ("llava", "llava_next", "llava_onevision")
+
+
+def stage1_overrides(config: TrainConfig) -> dict[str, Any]:
+    """Two-stage ablation (Appendix E), stage 1 on captions: only the projector for the
+    LLaVA family, at learning rate 2e-3; the full model, with the same settings, for others."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(resolve_model(config.model)).model_type
+    return {"trainable": "projector", "learning_rate": 2e-3} if model_type in LLAVA_FAMILY else {}
+
+
 def preset(name: str, **overrides: Any) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
@@ -282,7 +294,8 @@ def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | N
     renderer = HFRenderer(model_path)
     examples, too_long = encode_dataset(data_uri, renderer, config)
     if not examples:
-        raise ValueError(f"{data_uri}: no example fits max_seq_len {config.max_seq_len} ({too_long} too long)")
+        reason = f"all {too_long} are longer than max_seq_len {config.max_seq_len}" if too_long else "it has no rows"
+        raise ValueError(f"{data_uri}: nothing to train on: {reason}")
 
     # The Trainer writes trainer_state.json last: a checkpoint without it was cut short.
     checkpoints = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
