@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 
 from adamllm_core.dataset import read_manifest
@@ -41,6 +41,14 @@ async def task_states(flow_run_id) -> dict[str, str]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=50, sort=TaskRunSort.EXPECTED_START_TIME_ASC
         )
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+async def deployment_runs(name: str) -> list:
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(name)
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])), limit=20
+        )
 
 
 def test_synth_flow_runs_then_serves_cached_stages(prefect_server: str, tiny_models, tmp_path: Path) -> None:
@@ -111,6 +119,18 @@ def test_deployment_runs_on_a_worker(prefect_server: str, tiny_models, tmp_path:
     assert (out / "demo" / "mixture" / "manifest.json").exists()
     assert read_manifest(str(out / "demo" / "pairs")).rows == 24
 
+    # post-training on its own deployment: the same mixture and config make one flow run
+    config = yaml.safe_load(demo_config(tmp_path).read_text())
+    config["tune_synthesizer"] = None
+    config["post_train"] = {"train": {"preset": "tiny", "max_steps": 3}, "deployment": "train/tiny"}
+    config_file = tmp_path / "post.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    first = synth_flow(config=str(config_file))
+    second = synth_flow(config=str(config_file))
+    assert first["model"]["flow_run"] == second["model"]["flow_run"]
+    runs = asyncio.run(deployment_runs("train/tiny"))
+    assert len(runs) == 1 and runs[0].parameters["data"] == first["mixture:single_stage"].uri
+
     listed = run(*prefect, "deployment", "ls")
-    for name in ("synth/food", "synth/biomed", "synth/remote-sensing", "synth/demo"):
+    for name in ("synth/food", "synth/biomed", "synth/remote-sensing", "synth/demo", "train/qwen2-vl-2b", "train/tiny"):
         assert name in listed
