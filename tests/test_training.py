@@ -179,3 +179,25 @@ def test_killed_training_resumes_to_the_same_weights(tiny_models, seed_dataset: 
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.integration
+def test_training_output_on_object_storage(tiny_models, seed_dataset: str, s3_bucket: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3fs
+
+    from adamllm_core.training.trainer import preset, train_to
+
+    monkeypatch.setenv("ADAMLLM_TRAIN_STAGING", str(tmp_path / "staging"))
+    config = preset("tiny", task="synthesizer", max_steps=6, save_steps=3, global_batch_size=2, per_device_batch_size=2)
+    out = f"{s3_bucket}/runs/synthesizer"
+    summary = train_to(config, seed_dataset, out)
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    keys = {k.split("/synthesizer/", 1)[1] for k in fs.find(out.removeprefix("s3://"))}
+    for expected in ("metrics.jsonl", "loss_curve.png", "train_summary.json", "final/model.safetensors",
+                     "checkpoint-3/trainer_state.json", "checkpoint-6/trainer_state.json"):
+        assert expected in keys, expected
+    assert json.loads(fs.cat_file(f"{out}/train_summary.json"))["identity"] == summary["identity"]
+    # a finished identical run is not trained again, even from a new machine's empty staging area
+    monkeypatch.setenv("ADAMLLM_TRAIN_STAGING", str(tmp_path / "elsewhere"))
+    assert train_to(config, seed_dataset, out) == summary and not (tmp_path / "elsewhere").exists()
