@@ -19,8 +19,6 @@ from adamllm_core.synthesis import SynthConfig
 from adamllm_core.training.seed import SeedConfig
 from adamllm_core.training.trainer import load_train_config
 
-STAGES = ("pairs", "triplets", "filtered", "rejected", "mixture", "export")
-
 
 class TuneSynthesizer(BaseModel):
     """Tune the synthesizer on seed data before synthesizing (paper 3.1.1)."""

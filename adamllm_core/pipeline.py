@@ -33,14 +33,11 @@ from adamllm_core.stage import ProgressFn, ShardOutput, StageOutput, run_stage, 
 from adamllm_core.storage import filesystem, join, normalise_uri, write_bytes_atomic
 from adamllm_core.synthesis import (
     SynthConfig,
-    TurnDelimiters,
     parse_triplet,
-    special_token_pattern,
+    prompt_context,
     synth_request,
     triplet_id,
 )
-
-END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 
 
 def _engine_for(config: Any) -> Engine:
@@ -84,16 +81,7 @@ def synthesize(
     renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
     if config.template_model or not isinstance(renderer, HFRenderer):
         renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
-    delimiters = TurnDelimiters.from_renderer(
-        lambda messages: renderer.processor.apply_chat_template(messages, tokenize=False)
-    )
-    tokenizer = renderer.tokenizer
-    special = list(getattr(tokenizer, "all_special_tokens", [])) + list(tokenizer.get_added_vocab())
-    pattern = special_token_pattern(special)
-    delimiter_text = delimiters.user_to_assistant + delimiters.assistant_to_user
-    stop = tuple(config.stop) + tuple(
-        t for t in END_OF_TEXT_TOKENS if t in tokenizer.get_vocab() and t not in delimiter_text
-    )
+    delimiters, pattern, stop = prompt_context(renderer, config)
     cache = RequestCache(cache_uri)
     stats = EngineStats()
 

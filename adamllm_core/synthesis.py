@@ -19,6 +19,8 @@ from adamllm_core.errors import Rejected
 from adamllm_core.prompts import SYNTH_CAPTION_PROMPT, SYNTH_INFORMATIVE_HINT, SYNTH_PRECISE_HINT
 from adamllm_core.text import CONTROL_TOKEN_PATTERN
 
+# Tokens that end a whole text (not a turn) in common tokenizers: the synthesizer stops there.
+END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 _SENTINELS = ("\u2460USER-ONE\u2460", "\u2461ASSISTANT-ONE\u2461", "\u2462USER-TWO\u2462", "\u2463ASSISTANT-TWO\u2463")
 
 
@@ -69,6 +71,20 @@ def special_token_pattern(special_tokens: list[str]) -> re.Pattern[str]:
 def safe_text(text: str, pattern: re.Pattern[str]) -> str:
     """Text that cannot open or close a turn of this template (its special tokens removed)."""
     return re.sub(r"[ \t]{2,}", " ", pattern.sub(" ", text)).strip()
+
+
+def prompt_context(renderer: Any, config: SynthConfig) -> tuple[TurnDelimiters, re.Pattern[str], tuple[str, ...]]:
+    """From the synthesizer's processor: its turn delimiters, the pattern of its special
+    tokens (removed from captions) and the stop strings that end a synthesis."""
+    delimiters = TurnDelimiters.from_renderer(
+        lambda messages: renderer.processor.apply_chat_template(messages, tokenize=False)
+    )
+    tokenizer = renderer.tokenizer
+    pattern = special_token_pattern(list(getattr(tokenizer, "all_special_tokens", [])) + list(tokenizer.get_added_vocab()))
+    inside_turns = delimiters.user_to_assistant + delimiters.assistant_to_user
+    vocab = tokenizer.get_vocab()
+    stop = tuple(config.stop) + tuple(t for t in END_OF_TEXT_TOKENS if t in vocab and t not in inside_turns)
+    return delimiters, pattern, stop
 
 
 def synth_request(caption: str, image: bytes, config: SynthConfig, pattern: re.Pattern[str], stop: tuple[str, ...]) -> ChatRequest:

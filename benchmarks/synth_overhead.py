@@ -19,8 +19,8 @@ from adamllm_core.engines import EngineConfig, make_engine
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.ingest import IngestConfig, ingest
 from adamllm_core.models import resolve_model
-from adamllm_core.pipeline import END_OF_TEXT_TOKENS, synthesize
-from adamllm_core.synthesis import SynthConfig, TurnDelimiters, special_token_pattern, synth_request
+from adamllm_core.pipeline import synthesize
+from adamllm_core.synthesis import SynthConfig, prompt_context, synth_request
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,12 +40,7 @@ def main() -> None:
         pairs = f"{work}/pairs"
         ingest(args.source, pairs, IngestConfig(domain="bench"))
         rows = list(Dataset(pairs).iter_rows(["caption", "image"]))
-        renderer = HFRenderer(resolve_model(args.model))
-        tokenizer = renderer.tokenizer
-        delimiters = TurnDelimiters.from_renderer(lambda m: renderer.processor.apply_chat_template(m, tokenize=False))
-        pattern = special_token_pattern(list(tokenizer.all_special_tokens) + list(tokenizer.get_added_vocab()))
-        stop = tuple(t for t in END_OF_TEXT_TOKENS if t in tokenizer.get_vocab()
-                     and t not in delimiters.user_to_assistant + delimiters.assistant_to_user)
+        _, pattern, stop = prompt_context(HFRenderer(resolve_model(args.model)), config)
         requests = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
         engine.run(requests[: args.batch_size])  # load and warm up once, for both
 

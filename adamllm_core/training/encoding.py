@@ -20,9 +20,9 @@ from PIL import Image
 from adamllm_core.engines.base import Message
 from adamllm_core.engines.hf import HFRenderer, hf_messages
 from adamllm_core.prompts import SYNTH_CAPTION_PROMPT, SYNTH_INFORMATIVE_HINT, SYNTH_PRECISE_HINT
+from adamllm_core.synthesis import END_OF_TEXT_TOKENS
 
 IGNORE_INDEX = -100
-END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 
 
 @dataclass
