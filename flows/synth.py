@@ -7,8 +7,7 @@ from prefect import flow
 from prefect.deployments import run_deployment
 
 from adamllm_core.config import load_domain_config
-from adamllm_core.hashing import canonical_json, sha256_hex
-from adamllm_core.training.trainer import load_train_config, stage1_overrides
+from adamllm_core.training.trainer import idempotency_key, stage1_train_config
 from tasks.ingest import ingest_pairs
 from tasks.synth import assemble_mixtures, export_mixture, filter_consistent, synthesize_triplets
 from tasks.train import build_seed_data, train_model
@@ -51,13 +50,12 @@ def synth_flow(config: str, source: str | None = None, out: str | None = None) -
         post = domain.post_train
         if post.deployment:
             # Same data and config never train twice: Prefect keeps one flow run per key.
-            key = f"{mixture.fingerprint}-{sha256_hex(canonical_json(post.train))[:16]}"
             run = run_deployment(post.deployment, parameters={"config": post.train, "data": mixture.uri,
-                                 "out": domain.uri("model")}, idempotency_key=key, timeout=0)
+                                 "out": domain.uri("model")},
+                                 idempotency_key=idempotency_key(mixture.fingerprint, post.train), timeout=0)
             extra["model"] = {"deployment": post.deployment, "flow_run": str(run.id), "state": run.state_name}
         elif post.pipeline == "two_stage":  # Table 5's ablation: captions, then tasks
-            stage1_train = {**post.train, **stage1_overrides(load_train_config(post.train))}
-            stage1 = train_model(stage1_train, mixtures["two_stage_1"].uri, domain.uri("model-stage1"))
+            stage1 = train_model(stage1_train_config(post.train), mixtures["two_stage_1"].uri, domain.uri("model-stage1"))
             extra["model-stage1"] = stage1
             if mixtures["two_stage_2"].rows:
                 extra["model"] = train_model({**post.train, "model": stage1["final"]}, mixtures["two_stage_2"].uri,

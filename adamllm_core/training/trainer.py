@@ -93,6 +93,18 @@ def stage1_overrides(config: TrainConfig) -> dict[str, Any]:
     return {"trainable": "projector", "learning_rate": 2e-3} if model_type in LLAVA_FAMILY else {}
 
 
+def stage1_train_config(train: dict[str, Any]) -> dict[str, Any]:
+    """The two-stage ablation's stage-1 training mapping (see stage1_overrides)."""
+    return {**train, **stage1_overrides(load_train_config(train))}
+
+
+def idempotency_key(data_fingerprint: str, train: dict[str, Any]) -> str:
+    """One training run per (data, training config): the key Prefect deduplicates flow runs on."""
+    from adamllm_core.hashing import canonical_json, sha256_hex
+
+    return f"{data_fingerprint}-{sha256_hex(canonical_json(train))[:16]}"
+
+
 def preset(name: str, **overrides: Any) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
