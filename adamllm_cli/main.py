@@ -1,6 +1,7 @@
 """`adamllm`: ingest and inspect datasets (later: synth, train, eval)."""
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -21,6 +22,16 @@ from adamllm_core.inspection import summarise, work_status
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
 errors = Console(stderr=True)
+
+
+@app.callback()
+def launcher_options(
+    local_rank: Annotated[Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
+) -> None:
+    """Adapt domain MLLMs: ingest, synthesize, filter, assemble, train."""
+    # The deepspeed launcher passes --local_rank=N before the command (it also sets LOCAL_RANK).
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
 
 
 def fail(message: str) -> None:

@@ -146,6 +146,39 @@ def test_zero2_training_lowers_loss_and_the_model_reloads(tiny_models, seed_data
 
 
 @pytest.mark.slow
+def test_deepspeed_launcher_two_ranks_zero3(tiny_models, seed_dataset: str, tmp_path: Path) -> None:
+    """Two CPU processes under the `deepspeed` launcher (the multi-GPU path, gloo instead of NCCL)."""
+    import socket
+
+    from safetensors.torch import load_file
+
+    from adamllm_core.models import resolve_model
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "two-ranks"
+    config_file = tmp_path / "two-ranks.yaml"
+    config_file.write_text(yaml.safe_dump({"preset": "tiny", "task": "synthesizer", "max_steps": 4, "deepspeed": "zero3",
+                                           "global_batch_size": 4, "per_device_batch_size": 2}))
+    launcher = Path(sys.executable).parent / "deepspeed"
+    result = subprocess.run([str(launcher), "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                             "--module", "adamllm_cli.main", "train", "--config", str(config_file),
+                             "--data", seed_dataset, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    # per rank 2 examples, no accumulation: an epoch is examples / 4 steps
+    assert summary["steps_per_epoch"] == -(-summary["examples"] // 4)
+    # ZeRO-3 partitions every weight across ranks; the saved model must hold them whole
+    initial = load_file(Path(resolve_model("tiny:vlm")) / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+    assert final.keys() == initial.keys()
+    assert all(final[k].shape == initial[k].shape for k in initial)
+    assert any(not torch.equal(final[k], initial[k]) for k in initial)
+
+
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_weights(tiny_models, seed_dataset: str, tmp_path: Path) -> None:
     config = {"preset": "tiny", "task": "synthesizer", "max_steps": 30, "save_steps": 5,
               "global_batch_size": 2, "per_device_batch_size": 2, "save_total_limit": 10}

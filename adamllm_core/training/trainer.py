@@ -389,17 +389,31 @@ def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | N
     )
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     final = out / "final"
-    trainer.save_model(str(final))
-    renderer.processor.save_pretrained(str(final))
-    if metrics_path.exists():
-        plot_loss(metrics_path, out / "loss_curve.png")
+    trainer.save_model(str(final))  # rank 0 writes; ZeRO-3 gathers the shards first
+    padded_tokens, padded_slots = _sum_over_ranks([padding["tokens"], padding["slots"]], trainer.args.device)
     summary = {
         "examples": len(examples), "dropped_too_long": too_long, "steps": trainer.state.global_step,
-        "train_loss": result.training_loss, "padding_fraction": round(1 - padding["tokens"] / max(1, padding["slots"]), 4),
+        "train_loss": result.training_loss, "padding_fraction": round(1 - padded_tokens / max(1, padded_slots), 4), "world_size": world,
         "resumed_from": checkpoints[-1].name if checkpoints else None, "final": str(final),
         "trained_tokens": sum(e.trained_tokens for e in examples), "epochs": config.epochs,
         "steps_per_epoch": math.ceil(len(examples) / (config.per_device_batch_size * accumulation * world)),
         "identity": identity or train_identity(config, data_uri),
     }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if trainer.is_world_process_zero():  # one writer under the deepspeed launcher
+        renderer.processor.save_pretrained(str(final))
+        if metrics_path.exists():
+            plot_loss(metrics_path, out / "loss_curve.png")
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _sum_over_ranks(values: list[int], device: Any) -> list[int]:
+    """Per-rank counters summed over all ranks (the values themselves when not distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.long, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
