@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    the main job: the synthesis pipeline on the bundled sample with tiny local models
+#   make run    the main job: synthesis, post-training and evaluation on bundled samples, tiny local models
 #   make test   the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -33,6 +33,10 @@ $(VLLM_STAMP):
 run: $(STAMP)
 	$(BIN)/adamllm synth --config deployments/demo.yaml --out $(OUT)
 	$(BIN)/adamllm inspect $(OUT)/demo/mixture --rows 1
+	# evaluation: the tiny base model, then the post-trained one, reported side by side
+	$(BIN)/adamllm eval --config deployments/eval-demo.yaml --out $(OUT)/eval --name tiny-base
+	$(BIN)/adamllm eval --config deployments/eval-demo.yaml --out $(OUT)/eval --name tiny-adapted \
+	  --model $(OUT)/demo/model/final --compare-with $(OUT)/eval/tiny-base
 
 test: $(STAMP) $(VLLM_STAMP)
 	ADAMLLM_VLLM_CPU_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest

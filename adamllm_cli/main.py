@@ -215,6 +215,108 @@ def train(
     console.print_json(json.dumps(summary))
 
 
+@app.command("eval")
+def eval_command(
+    benchmark: Annotated[Optional[list[str]], typer.Option(help="benchmark name (repeat for several); see --help of score")] = None,
+    data: Annotated[Optional[list[str]], typer.Option(help="benchmark file or folder, one per --benchmark")] = None,
+    model: Annotated[Optional[str], typer.Option(help="HF id, local checkpoint or tiny:vlm")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="transformers, vllm or openai")] = None,
+    out: Annotated[Optional[str], typer.Option(help="output root: OUT/<name>/<benchmark>/")] = None,
+    name: Annotated[Optional[str], typer.Option(help="run name (default: the model folder or id's last part)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="evaluation suite YAML (deployments/eval-*.yaml)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="first N questions of each benchmark")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="requests per engine call")] = None,
+    compare_with: Annotated[Optional[list[str]], typer.Option(help="earlier run folders to put in the report")] = None,
+) -> None:
+    """Evaluate a model on benchmarks (flow `evaluate`, in-process): predictions, summary, report."""
+    from adamllm_core.evaluation.benchmarks import benchmark as spec_of
+    from adamllm_core.evaluation.suite import load_suite
+
+    benchmarks, data = benchmark or [], data or []
+    if len(benchmarks) != len(data):
+        fail(f"give one --data per --benchmark ({len(benchmarks)} benchmarks, {len(data)} data paths)")
+    settings: dict[str, Any] = {}
+    try:
+        if benchmarks:
+            settings["benchmarks"] = {spec_of(b).name: {"data": d} for b, d in zip(benchmarks, data)}
+            settings["domain"] = spec_of(benchmarks[0]).domain
+        engine_settings = {k: v for k, v in {"kind": engine, "model": model, "batch_size": batch_size}.items() if v}
+        if engine_settings:
+            base = yaml.safe_load(config.read_text()).get("engine", {}) if config else {}
+            settings["engine"] = {**base, **engine_settings}
+        if name is None and model and not config:
+            name = model.rstrip("/").rsplit("/", 1)[-1].replace(":", "-")
+        overrides = {**settings, "name": name, "out": out, "limit": limit, "compare_with": compare_with}
+        load_suite(config, overrides)  # fail here, clearly, before starting Prefect
+    except (ConfigError, OSError, ValueError, AttributeError) as error:
+        fail(str(error))
+
+    from flows.evaluate import evaluate_flow
+
+    try:
+        evaluate_flow(config=str(config) if config else None, settings={k: v for k, v in overrides.items() if v is not None})
+    except (ConfigError, DatasetError, ValueError) as error:
+        fail(str(error))
+
+
+@app.command()
+def score(
+    benchmark: Annotated[str, typer.Option(help="benchmark name, e.g. vqa_rad, food101, pmc_vqa")],
+    data: Annotated[str, typer.Option(help="benchmark file or folder")],
+    predictions: Annotated[Path, typer.Option(help="jsonl of {qid, prediction}")],
+    out: Annotated[Optional[Path], typer.Option(help="write per-question scores here (jsonl)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the random option fallback")] = 0,
+) -> None:
+    """Score another system's answers with the same rules (no model)."""
+    from adamllm_core.evaluation.run import score_predictions
+
+    answers: dict[str, str] = {}
+    try:
+        for number, line in enumerate(predictions.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{predictions}, line {number}: not JSON ({error.msg})") from None
+            if not isinstance(record, dict) or "qid" not in record or not isinstance(record.get("prediction"), str):
+                raise ValueError(f"{predictions}, line {number}: needs 'qid' and a string 'prediction'")
+            qid = str(record["qid"])
+            if qid in answers:
+                raise ValueError(f"{predictions}, line {number}: qid {qid!r} appears twice")
+            answers[qid] = record["prediction"]
+        rows, summary = score_predictions(benchmark, data, answers, seed=seed, limit=limit)
+    except (OSError, ValueError) as error:
+        fail(str(error))
+    if out is not None:
+        out.write_text("".join(json.dumps(r.model_dump(mode="json")) + "\n" for r in rows))
+    table = Table(title=f"{summary['title']}: {summary['questions']} questions, {summary['missing']} without a prediction")
+    for column in ("task", "metric", "score", "n", "fallbacks"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task in summary["tasks"]:
+        corrected = f" (corrected {task['score_corrected']})" if "score_corrected" in task else ""
+        table.add_row(task["task"], task["metric"], f"{task['score']}{corrected}", str(task["n"]), str(task["fallbacks"]))
+    console.print(table)
+    console.print_json(json.dumps(summary))
+
+
+@app.command()
+def report(
+    runs: Annotated[list[str], typer.Argument(help="evaluation run folders (OUT/<name>)")],
+    out: Annotated[Optional[str], typer.Option(help="where report.md and report.png go (default: the last run)")] = None,
+) -> None:
+    """Compare runs per task and per domain average: Markdown table + bar chart."""
+    from adamllm_core.evaluation.report import write_report
+
+    try:
+        written = write_report(runs, out or runs[-1])
+    except (OSError, ValueError) as error:
+        fail(str(error))
+    console.print(written["markdown"], highlight=False, markup=False)
+    console.print(f"written: {written['report_md']} and {written['report_png']}", highlight=False)
+
+
 @app.command()
 def inspect(
     uri: Annotated[str, typer.Argument(help="dataset URI")],

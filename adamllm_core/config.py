@@ -88,8 +88,8 @@ class DomainConfig(BaseModel):
         return {name: self.uri("mixture" if name == "single_stage" else f"mixture-{name.replace('_', '-')}") for name in names}
 
 
-def load_domain_config(path: str | Path, overrides: dict[str, Any] | None = None) -> DomainConfig:
-    """Read and validate a domain config file; errors name the file and the key."""
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file; errors name the file."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -99,9 +99,19 @@ def load_domain_config(path: str | Path, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
+    return data
+
+
+def validation_problems(error: ValidationError) -> str:
+    """Each invalid setting as `dotted.key: message`."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors())
+
+
+def load_domain_config(path: str | Path, overrides: dict[str, Any] | None = None) -> DomainConfig:
+    """Read and validate a domain config file; errors name the file and the key."""
+    data = read_settings_file(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return DomainConfig.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {validation_problems(error)}") from None

@@ -264,3 +264,30 @@ TRIPLETS = register_schema(RecordSchema("triplets", 1, TaskTriplet, "synthesized
 JUDGED = register_schema(RecordSchema("judged", 1, JudgedTriplet, "triplets with consistency labels"))
 CONVERSATIONS = register_schema(RecordSchema("conversations", 1, Conversation, "training conversations"))
 SEED = register_schema(RecordSchema("seed", 1, SeedExample, "synthesizer tuning examples"))
+
+
+class Prediction(Record):
+    """One benchmark question, the model's answer and its score (paper Appendix H)."""
+
+    id: str = Field(description="sha256 of benchmark, qid and model identity (hex, 32)")
+    benchmark: str
+    domain: str
+    qid: str
+    model: str = Field(description="model identity (id@revision or path@content hash), or 'external'")
+    prompt: str = Field(description="Table 14's instruction for this question")
+    raw_output: str
+    parsed: str = Field(description="the answer read from the output (option, class, labels)")
+    gold: str = Field(description="gold answer (labels joined by '; ')")
+    answer_type: str | None
+    group: str = Field(description="open / closed for VQA benchmarks, else the metric")
+    score: float = Field(description="in [0, 1]; CLOSED: the paper-compatible rule")
+    score_corrected: float | None = Field(description="CLOSED only: the corrected rule")
+    fallback: bool = Field(description="the option was drawn at random: nothing in the output parsed")
+    prompt_tokens: int
+    completion_tokens: int
+    source: str = Field(description="benchmark file and line the question came from")
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("qid",)
+
+
+PREDICTIONS = register_schema(RecordSchema("predictions", 1, Prediction, "benchmark predictions with scores"))

@@ -1,0 +1,199 @@
+"""Evaluate a model on one benchmark: Table 14's prompt per question, greedy generation,
+the answer parsed and scored, every question kept as a row of a `predictions` dataset.
+
+Layout under the run's output URI: `<benchmark>/predictions/` (dataset: shards written as
+they finish, manifest last, so an interrupted run resumes), `<benchmark>/_cache/` (every
+engine result, so resumed shards recompute nothing) and `<benchmark>/summary.json`.
+A question whose image cannot be decoded is quarantined with its reason and counted.
+"""
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from itertools import islice
+from typing import Any
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from adamllm_core.dataset import Dataset, DatasetWriter, ParentRef
+from adamllm_core.engines import ChatRequest, EngineConfig, Message, SamplingConfig, make_engine
+from adamllm_core.engines.base import Engine
+from adamllm_core.engines.cache import RequestCache, run_cached
+from adamllm_core.evaluation.adapters import read_items
+from adamllm_core.evaluation.benchmarks import BenchmarkSpec, benchmark, render_prompt
+from adamllm_core.evaluation.items import EvalItem
+from adamllm_core.evaluation.scoring import ItemScore, gold_text, score_item, summarise
+from adamllm_core.hashing import config_hash
+from adamllm_core.models import resolve_model
+from adamllm_core.schemas import PREDICTIONS, QUARANTINE, Prediction, QuarantineRow
+from adamllm_core.storage import filesystem, join, listing_fingerprint, normalise_uri, redact, write_bytes_atomic
+
+ProgressFn = Callable[[int, int], None]
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    benchmark: str
+    data: str = Field(description="benchmark file or folder (release or generic jsonl/Parquet form)")
+    engine: EngineConfig
+    limit: int | None = Field(default=None, gt=0, description="evaluate the first N questions only")
+    max_new_tokens: int | None = Field(default=None, gt=0, description="default: the benchmark's own limit")
+    system_prompt: str | None = None
+    seed: int = Field(default=0, description="seeds the random option fallback (per question)")
+    rows_per_shard: int = Field(default=256, gt=0)
+
+
+def prediction_id(benchmark_name: str, qid: str, model: str) -> str:
+    return hashlib.sha256(f"{benchmark_name}\0{qid}\0{model}".encode()).hexdigest()[:32]
+
+
+def eval_request(spec: BenchmarkSpec, item: EvalItem, config: EvalConfig) -> ChatRequest:
+    messages = [Message(role="system", content=config.system_prompt)] if config.system_prompt else []
+    messages.append(Message(role="user", content=render_prompt(spec, item.question, item.choices), images=1))
+    return ChatRequest(
+        messages=tuple(messages), images=(item.image,),
+        sampling=SamplingConfig(max_new_tokens=config.max_new_tokens or spec.max_new_tokens, temperature=0.0,
+                                seed=config.seed),
+    )
+
+
+def image_problem(data: bytes) -> str | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as error:  # noqa: BLE001 (any decoder failure is the image's problem)
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def prediction_row(spec: BenchmarkSpec, item: EvalItem, output: str, model: str, prompt: str, seed: int,
+                   prompt_tokens: int = 0, completion_tokens: int = 0) -> Prediction:
+    scored = score_item(spec, item, output, seed)
+    return Prediction(
+        id=prediction_id(spec.name, item.qid, model), benchmark=spec.name, domain=spec.domain, qid=item.qid,
+        model=model, prompt=prompt, raw_output=output, parsed=scored.parsed, gold=gold_text(item),
+        answer_type=item.answer_type, group=scored.group, score=scored.score,
+        score_corrected=scored.score_corrected, fallback=scored.fallback, prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens, source=item.source,
+    )
+
+
+def _chunks(items: Iterator[EvalItem], size: int) -> Iterator[list[EvalItem]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+def predictions_uri(config: EvalConfig, run_uri: str) -> str:
+    return join(normalise_uri(run_uri), benchmark(config.benchmark).name, "predictions")
+
+
+def _engine_for(config: EvalConfig) -> Engine:
+    return make_engine(config.engine.model_copy(update={"model": resolve_model(config.engine.model)}))
+
+
+def _writer(config: EvalConfig, run_uri: str, model: str, overwrite: bool = False) -> DatasetWriter:
+    spec = benchmark(config.benchmark)
+    settings = config.model_dump(mode="json", exclude={"data", "rows_per_shard"})
+    settings["engine"] = config.engine.identity_dump()
+    settings.update(model_identity=model, spec=spec.model_dump(mode="json"))
+    return DatasetWriter(
+        predictions_uri(config, run_uri), schema=PREDICTIONS, stage="evaluate",
+        parents=[ParentRef(uri=redact(config.data), fingerprint=listing_fingerprint(config.data), kind="source")],
+        config=settings, config_hash=config_hash(settings), overwrite=overwrite,
+    )
+
+
+def evaluation_identity(config: EvalConfig) -> str:
+    """What the predictions dataset is made from (benchmark files, settings, model, code)."""
+    return _writer(config, "", _engine_for(config).model_identity).identity
+
+
+def evaluate(config: EvalConfig, out_uri: str, *, engine: Engine | None = None, overwrite: bool = False,
+             progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Predictions dataset + summary for one benchmark; returns the summary."""
+    spec = benchmark(config.benchmark)
+    root = join(normalise_uri(out_uri), spec.name)
+    engine = engine or _engine_for(config)
+    model = engine.model_identity
+    writer = _writer(config, out_uri, model, overwrite)
+    manifest = writer.existing()
+    if manifest is None:
+        cache = RequestCache(join(root, "_cache"))
+        started = time.monotonic()
+        total = config.limit or 0
+        shards = 0
+        done_items = 0
+        for index, chunk in enumerate(_chunks(read_items(spec.name, config.data, limit=config.limit),
+                                              config.rows_per_shard)):
+            shards = index + 1
+            done_items += len(chunk)
+            if writer.is_done(index):
+                continue
+            valid, quarantined = [], []
+            for position, item in enumerate(chunk):
+                problem = image_problem(item.image)
+                if problem:
+                    quarantined.append(QuarantineRow(
+                        stage="evaluate", input_index=index * config.rows_per_shard + position,
+                        source_ref=item.source, reason="bad_image", detail=problem[:2000], record_id=item.qid))
+                else:
+                    valid.append(item)
+            requests = [eval_request(spec, item, config) for item in valid]
+            results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
+            rows = [
+                prediction_row(spec, item, result.text, model, request.messages[-1].content, config.seed,
+                               result.prompt_tokens, result.completion_tokens)
+                for item, request, result in zip(valid, requests, results)
+            ]
+            writer.write_shard(index, PREDICTIONS.to_table(rows), QUARANTINE.to_table(quarantined),
+                               rows_in=len(chunk), counters={"fallbacks": sum(r.fallback for r in rows)})
+            if progress:
+                progress(done_items, max(total, done_items))
+        if shards == 0:
+            raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
+        manifest = writer.commit(shards, seconds=time.monotonic() - started)
+    summary = summary_of(spec, writer.uri, model)
+    fs, path = filesystem(join(root, "summary.json"))
+    write_bytes_atomic(fs, path, (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def summary_of(spec: BenchmarkSpec, predictions_uri: str, model: str) -> dict[str, Any]:
+    dataset = Dataset(predictions_uri)
+    manifest = dataset.manifest
+    scores = [ItemScore(r["group"], r["parsed"], r["score"], r["score_corrected"], r["fallback"])
+              for r in dataset.iter_rows(["group", "parsed", "score", "score_corrected", "fallback"])]
+    quarantined = manifest.quarantine.rows if manifest.quarantine else 0
+    return {"benchmark": spec.name, "title": spec.title, "domain": spec.domain, "model": model,
+            "predictions": redact(predictions_uri), "questions": len(scores) + quarantined, "unreadable": quarantined,
+            "paper_test_size": spec.paper_test_size, "tasks": summarise(spec, scores)}
+
+
+def score_predictions(benchmark_name: str, data: str, predictions: dict[str, str], *, seed: int = 0,
+                      limit: int | None = None) -> tuple[list[Prediction], dict[str, Any]]:
+    """Score another system's answers ({qid: prediction}) with the same rules; no model.
+    A question without a prediction scores as an empty answer and is counted as missing."""
+    spec = benchmark(benchmark_name)
+    items = list(read_items(spec.name, data, limit=limit))
+    known = {item.qid for item in items}
+    unknown = sorted(set(predictions) - known)
+    if unknown:
+        raise ValueError(f"{len(unknown)} predictions name questions not in {redact(data)}, e.g. qid {unknown[0]!r}")
+    rows = [prediction_row(spec, item, predictions.get(item.qid, ""), "external",
+                           render_prompt(spec, item.question, item.choices), seed) for item in items]
+    scores = [ItemScore(r.group, r.parsed, r.score, r.score_corrected, r.fallback) for r in rows]
+    summary = {"benchmark": spec.name, "title": spec.title, "domain": spec.domain, "model": "external",
+               "questions": len(items), "missing": len(known - set(predictions)),
+               "paper_test_size": spec.paper_test_size, "tasks": summarise(spec, scores)}
+    return rows, summary
+
+
+def read_summary(uri: str) -> dict[str, Any]:
+    fs, path = filesystem(uri)
+    return json.loads(fs.cat_file(path))
+
+

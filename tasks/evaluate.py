@@ -1,0 +1,51 @@
+"""Tasks of the evaluation suite: one benchmark, and the comparison report."""
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from adamllm_core.evaluation.report import write_report
+from adamllm_core.dataset import existing_identity
+from adamllm_core.evaluation.run import EvalConfig, evaluate, evaluation_identity, predictions_uri
+from adamllm_core.hashing import sha256_hex
+from tasks.reporting import stage_progress
+
+
+class FinishedPredictionsPolicy(CachePolicy):
+    """Key = (predictions URI, expected identity) while that finished dataset is there."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+        try:
+            uri = predictions_uri(inputs["config"], inputs["run_uri"])
+            identity = evaluation_identity(inputs["config"])
+        except Exception:  # a bad input: the task runs and raises its own clear error
+            return None
+        if existing_identity(uri) != identity:
+            return None
+        return sha256_hex(f"evaluate\0{uri}\0{identity}")
+
+
+@task(name="evaluate-benchmark", cache_policy=FinishedPredictionsPolicy(), persist_result=True)
+def evaluate_benchmark(config: EvalConfig, run_uri: str) -> dict[str, Any]:
+    """Predictions + summary for one benchmark. A finished, identical predictions dataset is
+    served from storage; an interrupted one resumes (finished shards kept, requests cached)."""
+    with stage_progress(f"evaluate {config.benchmark}") as progress:
+        summary = evaluate(config, run_uri, progress=progress)
+    create_table_artifact(
+        table=[{**task, "questions": summary["questions"], "unreadable": summary["unreadable"]}
+               for task in summary["tasks"]],
+        key=f"eval-{summary['benchmark'].replace('_', '-')}",
+        description=f"**{summary['title']}** with `{summary['model']}` → `{summary['predictions']}`",
+    )
+    return summary
+
+
+@task(name="evaluation-report", persist_result=True)
+def evaluation_report(run_uris: list[str], out: str) -> dict[str, str]:
+    """Markdown table + bar chart comparing runs; also a Prefect Markdown artifact."""
+    report = write_report(run_uris, out)
+    create_markdown_artifact(markdown=report["markdown"] + f"\n![chart]({report['report_png']})\n",
+                             key="eval-report", description=f"report → {report['report_md']}")
+    return report
