@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from adamllm_core.config import load_domain_config
+from adamllm_core.config import load_domain_config, read_settings_file
 from adamllm_core.dataset import DatasetError
 from adamllm_core.errors import ConfigError
 from adamllm_core.importers import open_source
@@ -226,6 +226,7 @@ def eval_command(
     config: Annotated[Optional[Path], typer.Option(help="evaluation suite YAML (deployments/eval-*.yaml)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="first N questions of each benchmark")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="requests per engine call")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="generation limit (default: each benchmark's)")] = None,
     compare_with: Annotated[Optional[list[str]], typer.Option(help="earlier run folders to put in the report")] = None,
 ) -> None:
     """Evaluate a model on benchmarks (flow `evaluate`, in-process): predictions, summary, report."""
@@ -242,11 +243,12 @@ def eval_command(
             settings["domain"] = spec_of(benchmarks[0]).domain
         engine_settings = {k: v for k, v in {"kind": engine, "model": model, "batch_size": batch_size}.items() if v}
         if engine_settings:
-            base = yaml.safe_load(config.read_text()).get("engine", {}) if config else {}
+            base = read_settings_file(config).get("engine", {}) if config else {}
             settings["engine"] = {**base, **engine_settings}
         if name is None and model and not config:
             name = model.rstrip("/").rsplit("/", 1)[-1].replace(":", "-")
-        overrides = {**settings, "name": name, "out": out, "limit": limit, "compare_with": compare_with}
+        overrides = {**settings, "name": name, "out": out, "limit": limit, "compare_with": compare_with,
+                     "max_new_tokens": max_new_tokens}
         load_suite(config, overrides)  # fail here, clearly, before starting Prefect
     except (ConfigError, OSError, ValueError, AttributeError) as error:
         fail(str(error))

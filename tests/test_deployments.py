@@ -30,6 +30,26 @@ def test_deployment_entrypoint_and_parameters(deployment: dict, monkeypatch: pyt
         assert deployment["name"] == domain.domain  # synth/<domain>
         crons = [schedule["cron"] for schedule in deployment.get("schedules", [])]
         assert crons == ([domain.schedule] if domain.schedule else [])  # one refresh schedule, the config's
+    if deployment["entrypoint"].startswith("flows/evaluate.py"):
+        from adamllm_core.evaluation.suite import load_suite
+
+        suite = load_suite(REPO / deployment["parameters"]["config"])
+        assert deployment["name"] == suite.domain  # evaluate/<domain>
+        if suite.domain != "demo":  # the demo mixes a biomedical and a food sample
+            assert all(spec == suite.domain for spec in _domains_of(suite.benchmarks))
+
+
+def _domains_of(benchmarks: dict) -> list[str]:
+    from adamllm_core.evaluation.benchmarks import benchmark
+
+    return [benchmark(name).domain for name in benchmarks]
+
+
+def test_every_eval_config_validates() -> None:
+    from adamllm_core.evaluation.suite import load_suite
+
+    for path in sorted((REPO / "deployments").glob("eval-*.yaml")):
+        assert load_suite(path).benchmarks, path
 
 
 def test_bad_deployment_parameters_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 run by a real worker (`prefect deploy`, `adamllm run synth-demo`, `prefect worker start`)."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -131,6 +132,15 @@ def test_deployment_runs_on_a_worker(prefect_server: str, tiny_models, tmp_path:
     runs = asyncio.run(deployment_runs("train/tiny"))
     assert len(runs) == 1 and runs[0].parameters["data"] == first["mixture:single_stage"].uri
 
+    # evaluation as a deployment: evaluate/demo (a name the synth flow also uses) on the cpu pool
+    evaluated = tmp_path / "evaluated"
+    triggered = run(sys.executable, "-m", "adamllm_cli.main", "run", "evaluate-demo", "--param", f"out={evaluated}")
+    assert "evaluate/demo" in triggered
+    run(*prefect, "worker", "start", "--pool", "cpu", "--run-once", timeout=400)
+    assert json.loads((evaluated / "tiny-base" / "food101" / "summary.json").read_text())["questions"] == 24
+    assert (evaluated / "tiny-base" / "report.md").exists()
+
     listed = run(*prefect, "deployment", "ls")
-    for name in ("synth/food", "synth/biomed", "synth/remote-sensing", "synth/demo", "train/qwen2-vl-2b", "train/tiny"):
+    for name in ("synth/food", "synth/biomed", "synth/remote-sensing", "synth/demo", "train/qwen2-vl-2b", "train/tiny",
+                 "evaluate/biomed", "evaluate/food", "evaluate/remote-sensing", "evaluate/demo"):
         assert name in listed

@@ -1,0 +1,139 @@
+"""`adamllm eval` / flow `evaluate` with the tiny model through the transformers engine on
+the shared VQA-RAD and Food-101 bundles (Prefect test server), resume, bad images, S3."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from adamllm_core.dataset import read_manifest
+from adamllm_core.engines import EngineConfig
+from adamllm_core.engines.base import Engine
+from adamllm_core.evaluation.run import EvalConfig, _engine_for, evaluate
+
+pytestmark = [pytest.mark.integration]
+
+
+def eval_cli(prefect_server: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    return subprocess.run([sys.executable, "-m", "adamllm_cli.main", "eval", *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+@pytest.mark.slow
+def test_eval_end_to_end_with_report(prefect_server: str, tiny_models, shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    common = ["--benchmark", "vqa_rad", "--data", str(shared_data / "vqa_rad_train"),
+              "--benchmark", "food101", "--data", str(shared_data / "food101_mini"),
+              "--limit", "40", "--max-new-tokens", "12", "--out", str(out)]
+    first = eval_cli(prefect_server, tmp_path, *common, "--model", "tiny:vlm", "--name", "base")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    for name in ("vqa_rad", "food101"):
+        predictions = pl.scan_parquet(str(out / "base" / name / "predictions" / "*.parquet")).collect()
+        assert predictions.height == 40
+        assert set(predictions.columns) >= {"qid", "prompt", "raw_output", "parsed", "score", "fallback"}
+        summary = json.loads((out / "base" / name / "summary.json").read_text())
+        assert summary["questions"] == 40 and summary["model"].startswith(tiny_models["vlm"])
+    food = pl.read_parquet(str(out / "base" / "food101" / "predictions" / "*.parquet"))
+    assert food["prompt"][0].startswith("What type of food is shown in this image? Choose one type from the "
+                                        "following options: apple pie, baby back ribs")
+    vqa = json.loads((out / "base" / "vqa_rad" / "summary.json").read_text())
+    assert [t["task"] for t in vqa["tasks"]] == ["VQA-RAD open", "VQA-RAD closed"]
+    assert sum(t["n"] for t in vqa["tasks"]) == 40
+
+    # re-run: the finished predictions are served, nothing is regenerated
+    stamps = {n: read_manifest(str(out / "base" / n / "predictions")).created_at for n in ("vqa_rad", "food101")}
+    again = eval_cli(prefect_server, tmp_path, *common, "--model", "tiny:vlm", "--name", "base")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {n: read_manifest(str(out / "base" / n / "predictions")).created_at for n in stamps} == stamps
+
+    # a second "model" (same weights, another run name) compared with the first
+    second = eval_cli(prefect_server, tmp_path, *common, "--model", "tiny:vlm", "--name", "other",
+                      "--compare-with", str(out / "base"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = (out / "other" / "report.md").read_text()
+    assert "| task | domain | metric | n | base | other |" in report
+    assert "| **biomed average** |" in report and "VQA-RAD closed (corrected)" in report
+    assert (out / "other" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    standalone = subprocess.run([sys.executable, "-m", "adamllm_cli.main", "report", str(out / "base"),
+                                 str(out / "other"), "--out", str(tmp_path / "report")], capture_output=True, text=True)
+    assert standalone.returncode == 0, standalone.stderr
+    assert (tmp_path / "report" / "report.md").read_text() == report
+
+
+def test_eval_cli_errors_are_clear(prefect_server: str, tmp_path: Path) -> None:
+    result = eval_cli(prefect_server, tmp_path, "--benchmark", "vqa-rad", "--model", "tiny:vlm", "--out", str(tmp_path))
+    assert result.returncode == 2 and "one --data per --benchmark" in result.stderr
+    result = eval_cli(prefect_server, tmp_path, "--benchmark", "slakee", "--data", str(tmp_path), "--model", "tiny:vlm",
+                      "--out", str(tmp_path))
+    assert result.returncode == 2 and "unknown benchmark 'slakee'" in result.stderr
+
+
+class StopsAfter(Engine):
+    """The real tiny engine, interrupted after `calls` engine calls (a crash mid-run)."""
+
+    kind = "transformers"
+
+    def __init__(self, engine: Engine, calls: int | None):
+        self.engine, self.calls_left, self.requests = engine, calls, 0
+
+    @property
+    def model_identity(self) -> str:
+        return self.engine.model_identity
+
+    def render(self, request):
+        return self.engine.render(request)
+
+    def run(self, requests):
+        if self.calls_left is not None:
+            if self.calls_left == 0:
+                raise RuntimeError("interrupted")
+            self.calls_left -= 1
+        self.requests += len(requests)
+        return self.engine.run(requests)
+
+
+def test_interrupted_eval_resumes_and_bad_images_are_quarantined(tiny_models, shared_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "bench"
+    shutil.copytree(shared_data / "food101_mini", data)
+    lines = (data / "data.jsonl").read_text().splitlines()[:12]
+    (data / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    lines.append(json.dumps({"image": "images/broken.jpg", "label": "paella"}))
+    (data / "data.jsonl").write_text("\n".join(lines) + "\n")
+    config = EvalConfig(benchmark="food101", data=str(data), engine=EngineConfig(model="tiny:vlm", batch_size=4),
+                        max_new_tokens=8, rows_per_shard=4)
+    real = _engine_for(config)
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        evaluate(config, str(tmp_path / "run"), engine=StopsAfter(real, calls=2))  # two shards of 4
+    assert not (tmp_path / "run" / "food101" / "predictions" / "manifest.json").exists()
+
+    resumed = StopsAfter(real, calls=None)
+    summary = evaluate(config, str(tmp_path / "run"), engine=resumed)
+    assert resumed.requests == 12 - 8  # the two finished shards were not recomputed
+    assert summary["questions"] == 13 and summary["unreadable"] == 1
+    quarantine = pl.read_parquet(str(tmp_path / "run" / "food101" / "predictions" / "_quarantine" / "*.parquet"))
+    assert quarantine["reason"].to_list() == ["bad_image"] and quarantine["source_ref"][0].endswith(":13")
+
+
+def test_eval_on_object_storage(tiny_models, shared_data: Path, s3_bucket: str) -> None:
+    import s3fs
+
+    config = EvalConfig(benchmark="vqa_rad", data=str(shared_data / "vqa_rad_train"),
+                        engine=EngineConfig(model="tiny:vlm", batch_size=8), limit=8, max_new_tokens=8)
+    summary = evaluate(config, f"{s3_bucket}/eval/base")
+    assert summary["questions"] == 8
+    assert pl.scan_parquet(f"{s3_bucket}/eval/base/vqa_rad/predictions/*.parquet",
+                           storage_options={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}).collect().height == 8
+    from adamllm_core.evaluation.report import write_report
+
+    written = write_report([f"{s3_bucket}/eval/base"], f"{s3_bucket}/eval/base")
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    assert fs.exists(written["report_png"]) and "VQA-RAD open" in fs.cat_file(written["report_md"]).decode()
