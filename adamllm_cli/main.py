@@ -308,14 +308,18 @@ def report(
     runs: Annotated[list[str], typer.Argument(help="evaluation run folders (OUT/<name>)")],
     out: Annotated[Optional[str], typer.Option(help="where report.md and report.png go (default: the last run)")] = None,
 ) -> None:
-    """Compare runs per task and per domain average: Markdown table + bar chart."""
-    from adamllm_core.evaluation.report import write_report
+    """Compare runs per task and per domain average: Markdown table + bar chart (flow `report`)."""
+    from adamllm_core.evaluation.report import load_run
 
     try:
-        written = write_report(runs, out or runs[-1])
+        for run in runs:
+            load_run(run)  # fail here, clearly, before starting Prefect
     except (OSError, ValueError) as error:
         fail(str(error))
-    console.print(written["markdown"], highlight=False, markup=False)
+
+    from flows.evaluate import report_flow
+
+    written = report_flow(runs=runs, out=out or runs[-1])
     console.print(f"written: {written['report_md']} and {written['report_png']}", highlight=False)
 
 

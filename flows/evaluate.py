@@ -26,3 +26,12 @@ def evaluate_flow(config: str | None = None, settings: dict[str, Any] | None = N
     report = evaluation_report([*suite.compare_with, run], run)
     print(f"report: {report['report_md']} and {report['report_png']}")
     return {"run": run, "summaries": summaries, "report": report["report_md"]}
+
+
+@flow(name="report", log_prints=True)
+def report_flow(runs: list[str], out: str) -> dict[str, str]:
+    """Compare evaluation runs (OUT/<name> folders): report.md + report.png at `out`, and a
+    Markdown artifact."""
+    report = evaluation_report(runs, out)
+    print(report["markdown"])
+    return report

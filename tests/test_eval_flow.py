@@ -1,6 +1,7 @@
 """`adamllm eval` / flow `evaluate` with the tiny model through the transformers engine on
 the shared VQA-RAD and Food-101 bundles (Prefect test server), resume, bad images, S3."""
 
+import asyncio
 import json
 import os
 import shutil
@@ -63,9 +64,22 @@ def test_eval_end_to_end_with_report(prefect_server: str, tiny_models, shared_da
     assert (out / "other" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     standalone = subprocess.run([sys.executable, "-m", "adamllm_cli.main", "report", str(out / "base"),
-                                 str(out / "other"), "--out", str(tmp_path / "report")], capture_output=True, text=True)
+                                 str(out / "other"), "--out", str(tmp_path / "report")], capture_output=True, text=True,
+                                env={**os.environ, "PREFECT_API_URL": prefect_server}, timeout=300)
     assert standalone.returncode == 0, standalone.stderr
     assert (tmp_path / "report" / "report.md").read_text() == report
+    artifacts = asyncio.run(artifacts_with_key("eval-report"))
+    assert any(str(tmp_path / "report") in (a.description or "") and "| base | other |" in a.data for a in artifacts)
+    summaries = asyncio.run(artifacts_with_key("eval-vqa-rad"))
+    assert summaries and summaries[0].type == "table"
+
+
+async def artifacts_with_key(key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=50)
 
 
 def test_eval_cli_errors_are_clear(prefect_server: str, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
+from adamllm_core.evaluation.benchmarks import BENCHMARKS as REGISTRY
 from adamllm_core.evaluation.classes import (
     CLRS,
     FOOD101,
@@ -67,20 +68,7 @@ from adamllm_core.storage import filesystem, protocol_of, redact
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS: tuple[str, ...] = (
-    "slake",
-    "pathvqa",
-    "vqa_rad",
-    "pmc_vqa",
-    "recipe1m",
-    "nutrition5k",
-    "food101",
-    "foodseg103",
-    "clrs",
-    "ucmerced",
-    "floodnet",
-    "nwpu_captions",
-)
+BENCHMARKS: tuple[str, ...] = tuple(REGISTRY)  # the names of benchmarks.py, one registry
 ANSWER_TYPES = ("OPEN", "CLOSED")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 PMC_LETTERS = ("A", "B", "C", "D")
