@@ -227,6 +227,8 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option(help="first N questions of each benchmark")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="requests per engine call")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="generation limit (default: each benchmark's)")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="server URL for --engine openai (e.g. a vllm serve)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace earlier predictions made with other settings or code")] = False,
     compare_with: Annotated[Optional[list[str]], typer.Option(help="earlier run folders to put in the report")] = None,
 ) -> None:
     """Evaluate a model on benchmarks (flow `evaluate`, in-process): predictions, summary, report."""
@@ -241,12 +243,16 @@ def eval_command(
         if benchmarks:
             settings["benchmarks"] = {spec_of(b).name: {"data": d} for b, d in zip(benchmarks, data)}
             settings["domain"] = spec_of(benchmarks[0]).domain
-        engine_settings = {k: v for k, v in {"kind": engine, "model": model, "batch_size": batch_size}.items() if v}
+        file_settings = read_settings_file(config) if config else {}
+        engine_settings = {k: v for k, v in {"kind": engine, "model": model, "batch_size": batch_size,
+                                             "base_url": base_url}.items() if v}
         if engine_settings:
-            base = read_settings_file(config).get("engine", {}) if config else {}
-            settings["engine"] = {**base, **engine_settings}
-        if name is None and model and not config:
-            name = model.rstrip("/").rsplit("/", 1)[-1].replace(":", "-")
+            settings["engine"] = {**file_settings.get("engine", {}), **engine_settings}
+        if limit is not None and not benchmarks and isinstance(file_settings.get("benchmarks"), dict):
+            # the command line's limit wins over the file's per-benchmark ones
+            settings["benchmarks"] = {k: {**(v or {}), "limit": limit} for k, v in file_settings["benchmarks"].items()}
+        if name is None and model:  # results of another model never land under the file's run name
+            name = model.rstrip("/").removesuffix("/final").rsplit("/", 1)[-1].replace(":", "-")
         overrides = {**settings, "name": name, "out": out, "limit": limit, "compare_with": compare_with,
                      "max_new_tokens": max_new_tokens}
         load_suite(config, overrides)  # fail here, clearly, before starting Prefect
@@ -256,7 +262,8 @@ def eval_command(
     from flows.evaluate import evaluate_flow
 
     try:
-        evaluate_flow(config=str(config) if config else None, settings={k: v for k, v in overrides.items() if v is not None})
+        evaluate_flow(config=str(config) if config else None, settings={k: v for k, v in overrides.items() if v is not None},
+                      overwrite=overwrite)
     except (ConfigError, DatasetError, ValueError) as error:
         fail(str(error))
 

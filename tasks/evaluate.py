@@ -28,11 +28,11 @@ class FinishedPredictionsPolicy(CachePolicy):
 
 
 @task(name="evaluate-benchmark", cache_policy=FinishedPredictionsPolicy(), persist_result=True)
-def evaluate_benchmark(config: EvalConfig, run_uri: str) -> dict[str, Any]:
+def evaluate_benchmark(config: EvalConfig, run_uri: str, overwrite: bool = False) -> dict[str, Any]:
     """Predictions + summary for one benchmark. A finished, identical predictions dataset is
     served from storage; an interrupted one resumes (finished shards kept, requests cached)."""
     with stage_progress(f"evaluate {config.benchmark}") as progress:
-        summary = evaluate(config, run_uri, progress=progress)
+        summary = evaluate(config, run_uri, overwrite=overwrite, progress=progress)
     create_table_artifact(
         table=[{**task, "questions": summary["questions"], "unreadable": summary["unreadable"]}
                for task in summary["tasks"]],

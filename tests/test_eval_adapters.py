@@ -45,7 +45,7 @@ def read(benchmark: str, path: Path | str, **kwargs: Any) -> list[EvalItem]:
 
 
 def fails(
-    benchmark: str, path: Path | str, *, line: int | None, field: str | None
+    benchmark: str, path: Path | str, *, line: int | None, field: str | None, unit: str | None = None
 ) -> BenchmarkFormatError:
     with pytest.raises(BenchmarkFormatError) as caught:
         read(benchmark, path)
@@ -53,8 +53,9 @@ def fails(
     assert (error.line, error.field) == (line, field), str(error)
     message = str(error)
     assert error.file in message and Path(error.file).name in message
-    if line is not None:
-        assert f"line {line}" in message
+    if line is not None:  # 1-based lines of text files, 0-based rows of JSON documents and Parquet
+        unit = unit or ("row" if error.file.endswith((".json", ".parquet")) else "line")
+        assert f"{unit} {line}" in message
     if field is not None:
         assert repr(field) in message
     return error
@@ -192,7 +193,7 @@ def test_slake_release_keeps_english(tmp_path: Path) -> None:
     assert items[0].question == "What modality is used to take this image?"
     assert items[0].image == png(1) and items[1].image == png(2)
     assert items[0].metadata["location"] == "Abdomen" and items[0].metadata["q_lang"] == "en"
-    assert items[1].source.endswith("test.json:2")  # the row index in the file
+    assert items[1].source.endswith("test.json#row2")  # the entry index in the JSON list
 
 
 def _hf_image(data: bytes, name: str) -> dict[str, Any]:
@@ -228,7 +229,7 @@ def test_pathvqa_hf_parquet_picks_test_and_derives_answer_type(tmp_path: Path) -
     ]
     assert [i.image for i in items] == [png(1), png(2), png(3)]
     assert all(i.metadata == {"answer_type_derived": True} for i in items)
-    assert items[1].source.endswith("test-00000-of-00001.parquet:1")
+    assert items[1].source.endswith("test-00000-of-00001.parquet#row1")
 
 
 def test_vqa_rad_official_json_selects_test_rows(tmp_path: Path) -> None:
@@ -577,7 +578,7 @@ def test_nwpu_captions_json(tmp_path: Path) -> None:
         f"caption {k} of airplane_002.jpg." for k in range(1, 5)
     ]
     assert items[0].metadata["class"] == "airplane" and items[0].metadata["split"] == "test"
-    assert items[1].source.endswith("dataset_nwpu.json:2")
+    assert items[1].source.endswith("dataset_nwpu.json#row2")
 
 
 # -- generic form details ---------------------------------------------------------------------
@@ -684,7 +685,7 @@ def test_rows_before_the_bad_one_are_yielded(vqa_dir: Path) -> None:
 
 def test_malformed_release_files(tmp_path: Path) -> None:
     put(tmp_path / "slake" / "test.json", '[{"img_name": "a.jpg",\n "question": }]')
-    fails("slake", tmp_path / "slake", line=2, field=None)
+    fails("slake", tmp_path / "slake", line=2, field=None, unit="line")  # a JSON syntax error: the text line
 
     put(tmp_path / "rad" / "images" / "a.jpg", png(1))
     put(
@@ -766,3 +767,24 @@ def test_unrecognised_inputs(tmp_path: Path) -> None:
     jsonl(tmp_path / "food" / "data.jsonl", [{"image": "a.png", "label": "sandwich"}])
     put(tmp_path / "food" / "a.png", png(1))
     assert "not one of the 101" in str(fails("food101", tmp_path / "food", line=1, field="label"))
+
+
+def test_adaptllm_release_rows_keep_their_templated_input(tmp_path: Path) -> None:
+    """AdaMLLM's own benchmark release (`input` already templated, `label`): sent unchanged."""
+    folder = tmp_path / "adaptllm"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "a.png").write_bytes(png(1))
+    rows = [
+        {"image": "images/a.png", "input": "Is there a fracture?", "label": "no", "answer_type": "CLOSED"},
+        {"image": "images/a.png", "input": "Question: What is shown? The choices are: A:CT B:MRI", "label": "B",
+         "A": "CT", "B": "MRI"},
+    ]
+    (folder / "slake.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (folder / "pmc.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    (slake,) = read("slake", folder / "slake.jsonl")
+    assert (slake.prompt, slake.question, slake.answer, slake.answer_type) == ("Is there a fracture?", "", "no", "CLOSED")
+    (pmc,) = read("pmc_vqa", folder / "pmc.jsonl")
+    assert pmc.prompt == rows[1]["input"] and pmc.choices == ["CT", "MRI"] and pmc.answer == "B"
+
+    (folder / "recipe.jsonl").write_text(json.dumps({"image": "images/a.png", "answer": "Pasta"}) + "\n")
+    fails("recipe1m", folder / "recipe.jsonl", line=1, field="question")  # no invented question for generic rows

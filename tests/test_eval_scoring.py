@@ -110,9 +110,22 @@ def test_score_item_per_metric() -> None:
     flood = benchmark("floodnet")
     assert score_item(flood, item("3"), "There are three buildings.").score == 1.0  # number words normalised
     assert score_item(flood, item("3"), "I see 4 buildings, 3 flooded").score == 0.0  # first number written
-    assert score_item(flood, item("flooded"), "The road is non flooded").score == 1.0
+    assert score_item(flood, item("flooded"), "The road is flooded.").score == 1.0
+    assert score_item(flood, item("flooded"), "The road is non-flooded").score == 0.0  # not inside the negation
+    assert score_item(flood, item("non flooded"), "The road is non-flooded").score == 1.0
+    assert score_item(flood, item("flooded"), "It is not flooded").score == 0.0
     assert score_item(flood, item("yes"), "Yes, the road is flooded.").score == 1.0
     assert score_item(flood, item("no"), "It is normal").score == 0.0  # corrected rule: no substring hits
+
+    clrs = benchmark("clrs")
+    classes = ["airport", "park", "parking", "port", "railway", "railway station", "storage tank"]
+    for answer, output in [("airport", "The answer is airport."), ("parking", "parking"),
+                           ("railway station", "A railway station."), ("storage tank", "storagetanks"),
+                           ("park", "Not a port but a park")]:
+        scored = score_item(clrs, item(answer, choices=classes), output)
+        assert (scored.parsed, scored.score, scored.fallback) == (answer, 1.0, False), output
+    unparsed = score_item(clrs, item("port", choices=classes), "There are 2 ships")  # no option numbers here
+    assert unparsed.fallback and unparsed.parsed in classes
 
     vqa = benchmark("slake")
     closed = score_item(vqa, item("MRI", answer_type="CLOSED"), "MRI")
@@ -149,3 +162,42 @@ def test_score_command(shared_data: Path, tmp_path: Path) -> None:
     unknown.write_text('{"qid": "no-such-question", "prediction": "paella"}\n')
     result = score_cli("--benchmark", "food101", "--data", data, "--predictions", str(unknown))
     assert result.returncode == 2 and "no-such-question" in result.stderr
+    # --limit scores the first N; predictions for later questions are not "unknown"
+    full = tmp_path / "full.jsonl"
+    full.write_text("".join(json.dumps({"qid": i.qid, "prediction": i.answer}) + "\n" for i in items))
+    result = score_cli("--benchmark", "food101", "--data", data, "--predictions", str(full), "--limit", "10")
+    assert result.returncode == 0, result.stderr
+    assert '"questions": 10' in result.stdout and '"score": 100.0' in result.stdout
+
+
+def test_missing_predictions_score_zero_without_fallback(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "pmc"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "images" / "a.png")
+    rows = [{"image": "images/a.png", "qid": str(n), "question": "Which?", "choices": ["a", "b", "c", "d", "e"],
+             "answer": "e"} for n in range(50)]
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "images" / "a.png").unlink()  # scoring text reads no image
+    scored, summary = score_predictions("pmc_vqa", str(folder), {"0": "(E)"})
+    assert summary["missing"] == 49 and summary["tasks"][0]["score"] == 2.0  # 1 of 50; no lucky guesses
+    assert not any(r.fallback for r in scored) and scored[0].prompt.endswith("D:d E:e")
+
+
+def test_report_averages_only_comparable_runs() -> None:
+    from adamllm_core.evaluation.report import comparison, markdown
+
+    def run(n_open: int, score: float) -> list[dict]:
+        return [{"benchmark": "vqa_rad", "questions": n_open + 10, "unreadable": 1, "model": "m", "tasks": [
+            {"task": "VQA-RAD open", "domain": "biomed", "metric": "recall", "score": score, "n": n_open, "fallbacks": 0},
+            {"task": "VQA-RAD closed", "domain": "biomed", "metric": "accuracy", "score": 50.0, "n": 10,
+             "fallbacks": 0, "score_corrected": 60.0}]}]
+
+    rows, averages = comparison({"a": run(20, 30.0), "b": run(20, 40.0)})
+    assert averages["biomed"] == {"a": 40.0, "b": 45.0}  # corrected rows stay out of the average
+    _, averages = comparison({"a": run(20, 30.0), "b": run(8, 40.0)})
+    assert averages["biomed"] == {"a": None, "b": None}  # different question sets: no average
+    text = markdown({"a": run(20, 30.0), "b": run(8, 40.0)}, {"a": "m", "b": "m"})
+    assert "| VQA-RAD open | biomed | recall | 20 / 8 | 30.0 | 40.0 |" in text
+    assert "| a | `m` | 30 | 1 | 0 |" in text

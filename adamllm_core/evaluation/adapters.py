@@ -1,6 +1,6 @@
 """Benchmark files become `EvalItem`s: one generic form and each benchmark's release form.
 
-`read_items(benchmark, path, limit=...)` takes a file or a folder (local path or any fsspec URI,
+`read_items(benchmark, path, limit=..., images=...)` takes a file or a folder (local path or any fsspec URI,
 `s3://` included) and yields items lazily; each item's image bytes are read when it is yielded
 and kept as they are (no decoding).
 
@@ -36,8 +36,8 @@ Details marked [M] below are unverified guesses about a release; the generic for
 fallback for any release that does not match.
 
 Errors: every malformed input raises `BenchmarkFormatError(file, line, field, message)`.
-`line` is the 1-based line for JSONL and CSV files, and the 0-based row index for Parquet and
-JSON documents; items carry the same place in `source` (`file:line`).
+Errors say `line N` (1-based) for JSONL and CSV files and `row N` (0-based entry) for Parquet
+files and JSON documents; items carry the same place in `source` (`file:line` / `file#rowN`).
 """
 
 import ast
@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from adamllm_core.evaluation.benchmarks import BENCHMARKS as REGISTRY
+from adamllm_core.evaluation.benchmarks import option_letters
 from adamllm_core.evaluation.classes import (
     CLRS,
     FOOD101,
@@ -82,7 +83,7 @@ _SPLIT_TOKENS = {"train", "training", "validation", "valid", "val", "dev", "test
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def read_items(benchmark: str, path: str, *, limit: int | None = None) -> Iterator[EvalItem]:
+def read_items(benchmark: str, path: str, *, limit: int | None = None, images: bool = True) -> Iterator[EvalItem]:
     """The benchmark's items from `path` (a file or folder, local or any fsspec URI), in file order.
 
     Raises ValueError for an unknown benchmark name, and `BenchmarkFormatError` (naming the file,
@@ -95,7 +96,7 @@ def read_items(benchmark: str, path: str, *, limit: int | None = None) -> Iterat
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     fs, root = filesystem(path)
-    reader = _Reader(benchmark, _SPECS[benchmark], fs, shown_root=redact(path))
+    reader = _Reader(benchmark, _SPECS[benchmark], fs, shown_root=redact(path), images=images)
     items = reader.items(root.rstrip("/") or "/")
     return islice(items, limit) if limit is not None else items
 
@@ -131,7 +132,7 @@ _SPECS: dict[str, _Spec] = {
         question_fields=("question", "Question"),
         image_fields=(("image", ("",)), ("Figure_path", ("images", "figures", ""))),
     ),
-    "recipe1m": _Spec(question_required=False, default_question=RECIPE1M_QUESTION),
+    "recipe1m": _Spec(),  # generic rows name their question (or AdaptLLM's `input`)
     "nutrition5k": _Spec(
         kind="multi", question_required=False, answer_fields=("answer", "label", "ingredients")
     ),
@@ -174,13 +175,16 @@ def _is_yes_no(answer: str) -> bool:
 class _Where:
     file: str  # shown form of the file (redacted URI or local path)
     line: int | None
+    unit: str = "line"  # "line": 1-based line of a text file; "row": 0-based entry of a JSON list or Parquet file
 
     @property
     def source(self) -> str:
-        return self.file if self.line is None else f"{self.file}:{self.line}"
+        if self.line is None:
+            return self.file
+        return f"{self.file}:{self.line}" if self.unit == "line" else f"{self.file}#row{self.line}"
 
     def error(self, field: str | None, message: str) -> BenchmarkFormatError:
-        return BenchmarkFormatError(self.file, self.line, field, message)
+        return BenchmarkFormatError(self.file, self.line, field, message, unit=self.unit)
 
 
 @dataclass
@@ -200,8 +204,9 @@ def _type_name(value: Any) -> str:
 
 
 class _Reader:
-    def __init__(self, benchmark: str, spec: _Spec, fs: AbstractFileSystem, shown_root: str):
+    def __init__(self, benchmark: str, spec: _Spec, fs: AbstractFileSystem, shown_root: str, images: bool = True):
         self.benchmark, self.spec, self.fs = benchmark, spec, fs
+        self.images = images  # False: items carry no image bytes (scoring text needs none)
         self.local = protocol_of(shown_root) == "file"
         self.seen: dict[str, str] = {}  # qid -> source, to reject duplicates
         self._search_index: dict[str, dict[str, list[str]]] = {}
@@ -213,6 +218,9 @@ class _Reader:
 
     def where(self, path: str, line: int | None) -> _Where:
         return _Where(self.show(path), line)
+
+    def row(self, path: str, index: int) -> _Where:
+        return _Where(self.show(path), index, unit="row")
 
     @staticmethod
     def join(*parts: str) -> str:
@@ -392,7 +400,7 @@ class _Reader:
         for path in paths:
             base = self.parent(path)
             for position, row in enumerate(self.parquet_rows(path)):
-                where = self.where(path, position)
+                where = self.row(path, position)
                 if self.keep(row):
                     yield self.item(
                         where, index, row, self.image_of(where, row, base), vocabulary=vocabulary
@@ -433,7 +441,7 @@ class _Reader:
         vocabulary = self.generic_vocabulary(path, lambda: (r for r in data if isinstance(r, dict)))
         base, skipped = self.parent(path), 0
         for index, row in enumerate(data):
-            where = self.where(path, index)
+            where = self.row(path, index)
             if not isinstance(row, dict):
                 raise where.error(None, f"a row must be a JSON object, not {_type_name(row)}")
             if not self.keep(row) or (
@@ -525,6 +533,8 @@ class _Reader:
     def read_image(self, where: _Where, image: _Image) -> bytes:
         if image.data is not None:
             return image.data
+        if not self.images:
+            return b""
         for fs, path in image.paths:
             try:
                 return fs.cat_file(path)
@@ -572,15 +582,19 @@ class _Reader:
                 qid_field or "qid", f"duplicate qid {qid!r} (first at {self.seen[qid]})"
             )
 
+        prompt = None
+        if row.get("input") is not None:  # AdaptLLM's benchmark release: Table 14 already applied
+            used.add("input")
+            prompt = _string(where, "input", row["input"]).strip() or None
         question_field = next((f for f in spec.question_fields if row.get(f) is not None), None)
         if question_field is None:
-            if spec.question_required:
+            if spec.question_required and prompt is None:
                 raise where.error(spec.question_fields[0], "missing required field")
             question = spec.default_question
         else:
             used.add(question_field)
             question = _string(where, question_field, row[question_field]).strip()
-            if spec.question_required and not question:
+            if spec.question_required and not question and prompt is None:
                 raise where.error(question_field, "empty question")
 
         if spec.kind == "choice":
@@ -631,6 +645,7 @@ class _Reader:
             answer=answer,
             answer_type=answer_type,
             choices=choices,
+            prompt=prompt,
             source=where.source,
             metadata=meta,
         )
@@ -739,7 +754,7 @@ class _Reader:
             used.add(field_name)
             text = _string(where, field_name, row[field_name]).strip()
             label = text.upper() if text.upper() in PMC_LETTERS else ""
-        letters = PMC_LETTERS[: len(choices)]
+        letters = option_letters(len(choices))
         by_text = (
             [letters[i] for i, c in enumerate(choices) if c.lower() == text.lower()] if text else []
         )
@@ -776,6 +791,9 @@ class _Reader:
         from_file = self.vocabulary_file(self.parent(path))
         if from_file is not None:
             return from_file
+        # Without the official list, longest-first matching only knows the gold names.
+        log.warning("nutrition5k: no ingredients.txt/.json or nutrition5k_ingredients.py beside %s: "
+                    "matching against the union of the gold ingredients", self.show(path))
         names: set[str] = set()
         for row in rows():
             for f in self.spec.answer_fields:
@@ -987,7 +1005,7 @@ class _Reader:
             )
         base = self.parent(path)
         for index, (key, row) in enumerate(entries):
-            where = self.where(path, index)
+            where = self.row(path, index)
             if not isinstance(row, dict):
                 raise where.error(key, f"an entry must be a JSON object, not {_type_name(row)}")
             if "Image_ID" in row:  # the release's fields (else generic ones)
@@ -1003,12 +1021,12 @@ class _Reader:
         base, position = self.parent(path), -1
         for class_name, entries in data.items():
             if not isinstance(entries, list):
-                raise self.where(path, position + 1).error(
+                raise self.row(path, position + 1).error(
                     class_name, f"expected a list of images, not {_type_name(entries)}"
                 )
             for entry in entries:
                 position += 1
-                where = self.where(path, position)
+                where = self.row(path, position)
                 if not isinstance(entry, dict):
                     raise where.error(
                         class_name, f"an entry must be a JSON object, not {_type_name(entry)}"
@@ -1055,7 +1073,7 @@ class _Reader:
             )
         images: dict[str, str] = {}
         for index, entry in enumerate(self.load_json(layer2)):
-            where = self.where(layer2, index)
+            where = self.row(layer2, index)
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
                 raise where.error("id", "expected an object with a string id")
             listed = entry.get("images") or []
@@ -1067,7 +1085,7 @@ class _Reader:
                 images[entry["id"]] = listed[0]["id"]
         skipped = 0
         for index, recipe in enumerate(recipes):
-            where = self.where(path, index)
+            where = self.row(path, index)
             if not isinstance(recipe, dict):
                 raise where.error(None, f"a recipe must be a JSON object, not {_type_name(recipe)}")
             if recipe.get("partition") != partition:
@@ -1091,6 +1109,7 @@ class _Reader:
                 ],
             )
             row = {
+                "question": RECIPE1M_QUESTION,
                 "answer": answer,
                 "title": title,
                 "url": recipe.get("url"),

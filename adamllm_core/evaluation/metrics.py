@@ -26,7 +26,7 @@ import functools
 import random
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -425,3 +425,30 @@ def rouge_l(prediction: str, reference: str) -> float:
         return 0.0
     score = _rouge_l_scorer().score(reference, prediction)["rougeL"]
     return float(score.fmeasure)
+
+
+def _words(text: str) -> str:
+    return " " + " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split()) + " "
+
+
+def parse_class(response: str, names: Sequence[str]) -> str | None:
+    """The class a free-text answer names, for scene classification (CLRS, UC Merced), where
+    no official parser exists: whole-word matches, longest name first (so "airport" is not
+    "port", "parking lot" not "park"), and when several classes are named the one mentioned
+    last; failing that, a name written together ("storagetanks"), longest first. None when
+    no class is named."""
+    text = _words(response)
+    found: list[tuple[int, str]] = []  # (last position, name)
+    for name in sorted(names, key=len, reverse=True):
+        phrase = _words(name)
+        if phrase.strip() and phrase in text:
+            found.append((text.rfind(phrase), name))
+            text = text.replace(phrase, " " * len(phrase))  # consumed: shorter names cannot reuse it
+    if found:
+        return max(found)[1]
+    squashed = text.replace(" ", "")
+    for name in sorted(names, key=len, reverse=True):
+        key = _words(name).replace(" ", "")
+        if key and key in squashed:
+            return name
+    return None

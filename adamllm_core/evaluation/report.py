@@ -37,22 +37,28 @@ def comparison(runs: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, An
         for summary in summaries:
             for task in summary["tasks"]:
                 row = rows.setdefault(task["task"], {"task": task["task"], "domain": task["domain"],
-                                                     "metric": task["metric"], "scores": {}, "n": task["n"]})
+                                                     "metric": task["metric"], "scores": {}, "n": {}})
                 row["scores"][label] = task["score"]
+                row["n"][label] = task["n"]
                 if "score_corrected" in task:
                     extra = rows.setdefault(task["task"] + " (corrected)", {
                         "task": task["task"] + " (corrected)", "domain": task["domain"], "metric": "accuracy",
-                        "scores": {}, "n": task["n"], "corrected": True})
+                        "scores": {}, "n": {}, "corrected": True})
                     extra["scores"][label] = task["score_corrected"]
+                    extra["n"][label] = task["n"]
     ordered = list(rows.values())
     averages: dict[str, dict[str, float | None]] = {}
     for domain in sorted({r["domain"] for r in ordered}):
         averages[domain] = {}
         for label in runs:
-            values = [r["scores"].get(label) for r in ordered if r["domain"] == domain and not r.get("corrected")]
+            domain_rows = [r for r in ordered if r["domain"] == domain and not r.get("corrected")]
+            values = [r["scores"].get(label) for r in domain_rows]
             present = [v for v in values if v is not None]
-            # an average over a different task set would not compare: only when the run has them all
-            averages[domain][label] = round(sum(present) / len(present), 2) if present and len(present) == len(values) else None
+            # averages over other tasks or other question sets would not compare: only when
+            # the run has every task, each over as many questions as the other runs
+            comparable = all(len(set(r["n"].values())) == 1 for r in domain_rows)
+            complete = present and len(present) == len(values)
+            averages[domain][label] = round(sum(present) / len(present), 2) if complete and comparable else None
     return ordered, averages
 
 
@@ -63,19 +69,28 @@ def _cell(value: float | None) -> str:
 def markdown(runs: dict[str, list[dict[str, Any]]], models: dict[str, str]) -> str:
     rows, averages = comparison(runs)
     labels = list(runs)
-    lines = ["# Evaluation report", "", "| run | model |", "| --- | --- |"]
-    lines += [f"| {label} | `{models[label]}` |" for label in labels]
+    lines = ["# Evaluation report", "", "| run | model | questions | unreadable images | random fallbacks |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for label in labels:
+        summaries = runs[label]
+        lines.append(f"| {label} | `{models[label]}` | {sum(s['questions'] for s in summaries)} | "
+                     f"{sum(s.get('unreadable', 0) for s in summaries)} | "
+                     f"{sum(t['fallbacks'] for s in summaries for t in s['tasks'])} |")
     lines += ["", "| task | domain | metric | n | " + " | ".join(labels) + " |",
               "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in labels) + " |"]
     for row in rows:
-        lines.append(f"| {row['task']} | {row['domain']} | {row['metric']} | {row['n']} | "
+        counts = [row["n"].get(label) for label in labels]
+        n = str(counts[0]) if len(set(counts)) == 1 else " / ".join("–" if c is None else str(c) for c in counts)
+        lines.append(f"| {row['task']} | {row['domain']} | {row['metric']} | {n} | "
                      + " | ".join(_cell(row["scores"].get(label)) for label in labels) + " |")
     for domain, by_run in averages.items():
         lines.append(f"| **{domain} average** | {domain} | | | "
                      + " | ".join(f"**{_cell(by_run[label])}**" for label in labels) + " |")
     lines += ["", "Scores x100. CLOSED rows use LLaVA-Med's rule as AdaMLLM runs it (a hit needs yes/no in the "
               "prediction, so non-yes/no gold answers score 0); the (corrected) rows score those by normalised "
-              "match and are left out of the domain averages."]
+              "match and are left out of the domain averages. n lists each run's question count where they "
+              "differ; a domain average is given only where every run has every task over the same count. "
+              "Questions with unreadable images are not scored."]
     return "\n".join(lines) + "\n"
 
 

@@ -53,7 +53,8 @@ def prediction_id(benchmark_name: str, qid: str, model: str) -> str:
 
 def eval_request(spec: BenchmarkSpec, item: EvalItem, config: EvalConfig) -> ChatRequest:
     messages = [Message(role="system", content=config.system_prompt)] if config.system_prompt else []
-    messages.append(Message(role="user", content=render_prompt(spec, item.question, item.choices), images=1))
+    prompt = item.prompt or render_prompt(spec, item.question, item.choices)
+    messages.append(Message(role="user", content=prompt, images=1))
     return ChatRequest(
         messages=tuple(messages), images=(item.image,),
         sampling=SamplingConfig(max_new_tokens=config.max_new_tokens or spec.max_new_tokens, temperature=0.0,
@@ -97,7 +98,7 @@ def _engine_for(config: EvalConfig) -> Engine:
 
 def _writer(config: EvalConfig, run_uri: str, model: str, overwrite: bool = False) -> DatasetWriter:
     spec = benchmark(config.benchmark)
-    settings = config.model_dump(mode="json", exclude={"data", "rows_per_shard"})
+    settings = config.model_dump(mode="json", exclude={"data"})  # rows_per_shard decides what a shard holds
     settings["engine"] = config.engine.identity_dump()
     settings.update(model_identity=model, spec=spec.model_dump(mode="json"))
     return DatasetWriter(
@@ -175,21 +176,38 @@ def summary_of(spec: BenchmarkSpec, predictions_uri: str, model: str) -> dict[st
 
 def score_predictions(benchmark_name: str, data: str, predictions: dict[str, str], *, seed: int = 0,
                       limit: int | None = None) -> tuple[list[Prediction], dict[str, Any]]:
-    """Score another system's answers ({qid: prediction}) with the same rules; no model.
-    A question without a prediction scores as an empty answer and is counted as missing."""
+    """Score another system's answers ({qid: prediction}) with the same rules; no model, no
+    images read. A question without a prediction scores 0 (no random fallback) and is
+    counted as missing; a prediction for a question not in the file is an error."""
     spec = benchmark(benchmark_name)
-    items = list(read_items(spec.name, data, limit=limit))
-    known = {item.qid for item in items}
-    unknown = sorted(set(predictions) - known)
+    every = list(read_items(spec.name, data, images=False))
+    unknown = sorted(set(predictions) - {item.qid for item in every})
     if unknown:
         raise ValueError(f"{len(unknown)} predictions name questions not in {redact(data)}, e.g. qid {unknown[0]!r}")
-    rows = [prediction_row(spec, item, predictions.get(item.qid, ""), "external",
-                           render_prompt(spec, item.question, item.choices), seed) for item in items]
+    items = every[:limit] if limit is not None else every
+    rows = []
+    for item in items:
+        prompt = item.prompt or render_prompt(spec, item.question, item.choices)
+        if item.qid in predictions:
+            rows.append(prediction_row(spec, item, predictions[item.qid], "external", prompt, seed))
+        else:
+            rows.append(missing_row(spec, item, prompt))
     scores = [ItemScore(r.group, r.parsed, r.score, r.score_corrected, r.fallback) for r in rows]
     summary = {"benchmark": spec.name, "title": spec.title, "domain": spec.domain, "model": "external",
-               "questions": len(items), "missing": len(known - set(predictions)),
+               "questions": len(items), "missing": sum(item.qid not in predictions for item in items),
                "paper_test_size": spec.paper_test_size, "tasks": summarise(spec, scores)}
     return rows, summary
+
+
+def missing_row(spec: BenchmarkSpec, item: EvalItem, prompt: str) -> Prediction:
+    scored = score_item(spec, item, "", 0)  # for the group and the corrected-score slot only
+    return Prediction(
+        id=prediction_id(spec.name, item.qid, "external"), benchmark=spec.name, domain=spec.domain, qid=item.qid,
+        model="external", prompt=prompt, raw_output="", parsed="", gold=gold_text(item),
+        answer_type=item.answer_type, group=scored.group, score=0.0,
+        score_corrected=0.0 if scored.score_corrected is not None else None, fallback=False,
+        prompt_tokens=0, completion_tokens=0, source=item.source,
+    )
 
 
 def read_summary(uri: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ answer. That rule scores 0 on CLOSED questions whose answer is not yes/no (e.g. 
 however right the prediction, so a corrected CLOSED accuracy is reported beside it.
 """
 
+import random
 import re
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from adamllm_core.evaluation.metrics import (
     normalize_answer,
     open_recall,
     parse_choice,
+    parse_class,
     parse_labels,
     rouge_l,
     set_f1,
@@ -66,8 +68,13 @@ def score_item(spec: BenchmarkSpec, item: EvalItem, prediction: str, seed: int =
         return ItemScore("choice", key, float(key == _gold_letter(item)), None, fallback)
     if spec.metric == "classification":
         names = list(item.choices or [])
-        key, fallback = parse_choice(prediction, {str(i): name for i, name in enumerate(names)}, rng_key)
-        parsed = names[int(key)]
+        if spec.name == "food101":  # the official parser: option indices, then names, last mention wins
+            key, fallback = parse_choice(prediction, {str(i): name for i, name in enumerate(names)}, rng_key)
+            parsed = names[int(key)]
+        else:  # scene classes: no official parser, and their prompts number no options
+            named = parse_class(prediction, names)
+            fallback = named is None
+            parsed = named if named is not None else random.Random(rng_key).choice(names)
         return ItemScore("classification", parsed, float(parsed.lower() == str(item.answer).lower()), None, fallback)
     if spec.metric in ("multilabel_f1", "multilabel_recall"):
         names = list(item.choices or [])
@@ -95,7 +102,8 @@ def _floodnet(item: EvalItem, prediction: str) -> ItemScore:
         number = _NUMBER.search(normalised)
         parsed = number.group() if number else ""
         return ItemScore("floodnet", parsed, float(parsed == gold), None, False)
-    hit = re.search(rf"(?<!\w){re.escape(gold)}(?!\w)", normalised) is not None and bool(gold)
+    # "flooded" must not hit inside "non flooded" / "not flooded"
+    hit = bool(gold) and re.search(rf"(?<!\w)(?<!non )(?<!not ){re.escape(gold)}(?!\w)", normalised) is not None
     return ItemScore("floodnet", normalised, float(hit), None, False)
 
 
