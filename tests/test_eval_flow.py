@@ -117,7 +117,13 @@ class StopsAfter(Engine):
 def test_interrupted_eval_resumes_and_bad_images_are_quarantined(tiny_models, shared_data: Path, tmp_path: Path) -> None:
     data = tmp_path / "bench"
     shutil.copytree(shared_data / "food101_mini", data)
-    lines = (data / "data.jsonl").read_text().splitlines()[:12]
+    lines = (data / "data.jsonl").read_text().splitlines()[:11]
+    # a 16-bit TIFF (UC Merced ships TIFFs): normalised and evaluated, not rejected
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(data / "images" / "deep.tif")
+    lines.append(json.dumps({"image": "images/deep.tif", "label": "waffles"}))
     (data / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     lines.append(json.dumps({"image": "images/broken.jpg", "label": "paella"}))
     (data / "data.jsonl").write_text("\n".join(lines) + "\n")
@@ -134,7 +140,9 @@ def test_interrupted_eval_resumes_and_bad_images_are_quarantined(tiny_models, sh
     assert resumed.requests == 12 - 8  # the two finished shards were not recomputed
     assert summary["questions"] == 13 and summary["unreadable"] == 1
     quarantine = pl.read_parquet(str(tmp_path / "run" / "food101" / "predictions" / "_quarantine" / "*.parquet"))
-    assert quarantine["reason"].to_list() == ["bad_image"] and quarantine["source_ref"][0].endswith(":13")
+    assert quarantine["reason"].to_list() == ["undecodable"] and quarantine["source_ref"][0].endswith(":13")
+    predictions = pl.read_parquet(str(tmp_path / "run" / "food101" / "predictions" / "*.parquet"))
+    assert predictions.height == 12 and "11" in predictions["qid"].to_list()  # the TIFF row was scored
 
 
 def test_eval_on_object_storage(tiny_models, shared_data: Path, s3_bucket: str) -> None:

@@ -4,18 +4,17 @@ the answer parsed and scored, every question kept as a row of a `predictions` da
 Layout under the run's output URI: `<benchmark>/predictions/` (dataset: shards written as
 they finish, manifest last, so an interrupted run resumes), `<benchmark>/_cache/` (every
 engine result, so resumed shards recompute nothing) and `<benchmark>/summary.json`.
-A question whose image cannot be decoded is quarantined with its reason and counted.
+Images are normalised as ingest does (decoded in full, pixel-limited, 8-bit RGB or L, first
+frame); a question whose image is rejected is quarantined with the reason and counted.
 """
 
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import Dataset, DatasetWriter, ParentRef
@@ -26,7 +25,9 @@ from adamllm_core.evaluation.adapters import read_items
 from adamllm_core.evaluation.benchmarks import BenchmarkSpec, benchmark, render_prompt
 from adamllm_core.evaluation.items import EvalItem
 from adamllm_core.evaluation.scoring import ItemScore, gold_text, score_item, summarise
+from adamllm_core.errors import Rejected
 from adamllm_core.hashing import config_hash
+from adamllm_core.images import ImagePolicy, normalise_image
 from adamllm_core.models import resolve_model
 from adamllm_core.schemas import PREDICTIONS, QUARANTINE, Prediction, QuarantineRow
 from adamllm_core.storage import filesystem, join, listing_fingerprint, normalise_uri, redact, write_bytes_atomic
@@ -45,6 +46,7 @@ class EvalConfig(BaseModel):
     system_prompt: str | None = None
     seed: int = Field(default=0, description="seeds the random option fallback (per question)")
     rows_per_shard: int = Field(default=256, gt=0)
+    images: ImagePolicy = Field(default_factory=ImagePolicy, description="limits on benchmark images, as for ingest")
 
 
 def prediction_id(benchmark_name: str, qid: str, model: str) -> str:
@@ -60,15 +62,6 @@ def eval_request(spec: BenchmarkSpec, item: EvalItem, config: EvalConfig) -> Cha
         sampling=SamplingConfig(max_new_tokens=config.max_new_tokens or spec.max_new_tokens, temperature=0.0,
                                 seed=config.seed),
     )
-
-
-def image_problem(data: bytes) -> str | None:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except Exception as error:  # noqa: BLE001 (any decoder failure is the image's problem)
-        return f"{type(error).__name__}: {error}"
-    return None
 
 
 def prediction_row(spec: BenchmarkSpec, item: EvalItem, output: str, model: str, prompt: str, seed: int,
@@ -136,13 +129,15 @@ def evaluate(config: EvalConfig, out_uri: str, *, engine: Engine | None = None, 
                 continue
             valid, quarantined = [], []
             for position, item in enumerate(chunk):
-                problem = image_problem(item.image)
-                if problem:
+                try:  # as ingest does: decoded in full, pixel-limited, 8-bit RGB/L, one frame
+                    image = normalise_image(item.image, config.images)
+                except Rejected as problem:
                     quarantined.append(QuarantineRow(
                         stage="evaluate", input_index=index * config.rows_per_shard + position,
-                        source_ref=item.source, reason="bad_image", detail=problem[:2000], record_id=item.qid))
+                        source_ref=item.source, reason=problem.reason, detail=problem.detail[:2000],
+                        record_id=item.qid))
                 else:
-                    valid.append(item)
+                    valid.append(item.model_copy(update={"image": image.data}))
             requests = [eval_request(spec, item, config) for item in valid]
             results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
             rows = [
