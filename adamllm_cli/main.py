@@ -10,6 +10,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from adamllm_core.config import load_domain_config, read_settings_file
@@ -35,7 +36,7 @@ def launcher_options(
 
 
 def fail(message: str) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -139,6 +140,10 @@ def synth(
     try:
         domain = load_domain_config(config, {"source": source, "out": out})
         open_source(domain.source, domain.ingest_config().source)
+        from adamllm_core.engines import make_engine
+
+        for engine in (domain.synthesize.engine, domain.filter.engine):
+            make_engine(engine)  # engines load lazily: this only checks the kind can run here
     except (ConfigError, OSError) as error:
         fail(str(error))
 
@@ -232,6 +237,7 @@ def eval_command(
     compare_with: Annotated[Optional[list[str]], typer.Option(help="earlier run folders to put in the report")] = None,
 ) -> None:
     """Evaluate a model on benchmarks (flow `evaluate`, in-process): predictions, summary, report."""
+    from adamllm_core.engines import make_engine
     from adamllm_core.evaluation.benchmarks import benchmark as spec_of
     from adamllm_core.evaluation.suite import load_suite
 
@@ -255,7 +261,8 @@ def eval_command(
             name = model.rstrip("/").removesuffix("/final").rsplit("/", 1)[-1].replace(":", "-")
         overrides = {**settings, "name": name, "out": out, "limit": limit, "compare_with": compare_with,
                      "max_new_tokens": max_new_tokens}
-        load_suite(config, overrides)  # fail here, clearly, before starting Prefect
+        suite = load_suite(config, overrides)  # fail here, clearly, before starting Prefect
+        make_engine(suite.engine)  # engines load lazily: this only checks the kind can run here
     except (ConfigError, OSError, ValueError, AttributeError) as error:
         fail(str(error))
 

@@ -2,6 +2,7 @@
 the shared VQA-RAD and Food-101 bundles (Prefect test server), resume, bad images, S3."""
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -88,6 +89,11 @@ def test_eval_cli_errors_are_clear(prefect_server: str, tmp_path: Path) -> None:
     result = eval_cli(prefect_server, tmp_path, "--benchmark", "slakee", "--data", str(tmp_path), "--model", "tiny:vlm",
                       "--out", str(tmp_path))
     assert result.returncode == 2 and "unknown benchmark 'slakee'" in result.stderr
+    if importlib.util.find_spec("vllm") is None:  # a CPU machine: said before any work starts
+        result = eval_cli(prefect_server, tmp_path, "--benchmark", "food101", "--data", str(tmp_path),
+                          "--model", "tiny:vlm", "--engine", "vllm", "--out", str(tmp_path))
+        assert result.returncode == 2 and "needs the vllm package" in result.stderr and "'.[gpu]'" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 class StopsAfter(Engine):

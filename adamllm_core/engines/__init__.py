@@ -1,5 +1,6 @@
 """Inference engines behind one interface; the config picks one."""
 
+import importlib.util
 import os
 from typing import Literal
 
@@ -7,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adamllm_core.engines.base import ChatRequest, ChatResult, Engine, Message, SamplingConfig
 from adamllm_core.engines.cache import EngineStats, RequestCache, run_cached
+from adamllm_core.errors import ConfigError
 
 
 class EngineConfig(BaseModel):
@@ -63,6 +65,11 @@ def make_engine(config: EngineConfig) -> Engine:
             config.model, base_url=config.base_url or "", api_key=os.environ.get(config.api_key_env),
             revision=config.revision, max_concurrency=config.max_concurrency,
             timeout_s=config.timeout_s, max_retries=config.max_retries,
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "engine kind 'vllm' needs the vllm package, which runs on GPUs only: install the gpu extra "
+            "(pip install '.[gpu]') on a GPU machine, or use kind 'transformers', or 'openai' with a vllm serve"
         )
     from adamllm_core.engines.vllm_engine import VLLMEngine
 
