@@ -83,7 +83,9 @@ _SPLIT_TOKENS = {"train", "training", "validation", "valid", "val", "dev", "test
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def read_items(benchmark: str, path: str, *, limit: int | None = None, images: bool = True) -> Iterator[EvalItem]:
+def read_items(
+    benchmark: str, path: str, *, limit: int | None = None, images: bool | Callable[[int], bool] = True
+) -> Iterator[EvalItem]:
     """The benchmark's items from `path` (a file or folder, local or any fsspec URI), in file order.
 
     Raises ValueError for an unknown benchmark name, and `BenchmarkFormatError` (naming the file,
@@ -204,9 +206,12 @@ def _type_name(value: Any) -> str:
 
 
 class _Reader:
-    def __init__(self, benchmark: str, spec: _Spec, fs: AbstractFileSystem, shown_root: str, images: bool = True):
+    def __init__(self, benchmark: str, spec: _Spec, fs: AbstractFileSystem, shown_root: str,
+                 images: bool | Callable[[int], bool] = True):
         self.benchmark, self.spec, self.fs = benchmark, spec, fs
-        self.images = images  # False: items carry no image bytes (scoring text needs none)
+        # False: items carry no image bytes (scoring text needs none); a predicate on the
+        # item's position decides per item (a resumed evaluation skips finished shards')
+        self.images = images
         self.local = protocol_of(shown_root) == "file"
         self.seen: dict[str, str] = {}  # qid -> source, to reject duplicates
         self._search_index: dict[str, dict[str, list[str]]] = {}
@@ -533,7 +538,7 @@ class _Reader:
     def read_image(self, where: _Where, image: _Image) -> bytes:
         if image.data is not None:
             return image.data
-        if not self.images:
+        if not (self.images(len(self.seen)) if callable(self.images) else self.images):
             return b""
         for fs, path in image.paths:
             try:

@@ -121,8 +121,10 @@ def evaluate(config: EvalConfig, out_uri: str, *, engine: Engine | None = None, 
         total = config.limit or 0
         shards = 0
         done_items = 0
-        for index, chunk in enumerate(_chunks(read_items(spec.name, config.data, limit=config.limit),
-                                              config.rows_per_shard)):
+        done = set(writer.done_shards)
+        items = read_items(spec.name, config.data, limit=config.limit,
+                           images=lambda position: position // config.rows_per_shard not in done)
+        for index, chunk in enumerate(_chunks(items, config.rows_per_shard)):
             shards = index + 1
             done_items += len(chunk)
             if writer.is_done(index):
