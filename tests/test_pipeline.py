@@ -91,14 +91,14 @@ def test_synth_killed_mid_shard_resumes_without_recomputing(pairs: str, tiny_mod
     cache = tmp_path / "runs" / "demo" / "_cache" / "synthesize"
     process = subprocess.Popen([sys.executable, "-m", "adamllm_cli.main", "synth", "--config", str(config_file)],
                                env={**os.environ, "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         if cache.is_dir() and len(list(cache.glob("batch-*.json"))) >= 3:
             break
         time.sleep(0.01)
     assert process.poll() is None, process.stdout.read().decode()[-3000:]
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)  # the group: its ephemeral Prefect server must not outlive it
     process.wait()
     finished = {key for f in cache.glob("batch-*.json") for key in json.loads(f.read_text())}
     assert 6 <= len(finished) < 24
