@@ -40,10 +40,6 @@ from adamllm_core.synthesis import (
 )
 
 
-def _engine_for(config: Any) -> Engine:
-    return make_engine(config.engine.model_copy(update={"model": resolve_model(config.engine.model)}))
-
-
 def _quarantine(stage: str, index: int, ref: str, error: Rejected, record_id: str | None, raw: str | None) -> QuarantineRow:
     return QuarantineRow(
         stage=stage, input_index=index, source_ref=ref, reason=error.reason, detail=error.detail[:2000],
@@ -77,7 +73,7 @@ def synthesize(
 
     With `world` > 1, writes the shards of `rank` only and returns None (see run_parallel).
     """
-    engine = engine or _engine_for(config)
+    engine = engine or make_engine(config.engine)
     renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
     if config.template_model or not isinstance(renderer, HFRenderer):
         renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
@@ -133,7 +129,7 @@ def filter_triplets(
     world: int = 1,
 ) -> tuple[Manifest, Manifest] | None:
     """Triplets → `filtered` (label in keep, with chain-of-thought response) and `rejected`."""
-    engine = engine or _engine_for(config)
+    engine = engine or make_engine(config.engine)
     cache = RequestCache(cache_uri)
 
     def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
@@ -292,11 +288,11 @@ def _assemble_config(config: AssembleConfig) -> dict[str, Any]:
 # --- identities, for cache keys -------------------------------------------------------------
 
 def synthesize_identity(pairs_uri: str, config: SynthConfig) -> str:
-    return stage_identity([pairs_uri], StageOutput("", TRIPLETS), _stage_config(config, _engine_for(config)))
+    return stage_identity([pairs_uri], StageOutput("", TRIPLETS), _stage_config(config, make_engine(config.engine)))
 
 
 def filter_identity(triplets_uri: str, config: FilterConfig) -> str:
-    return stage_identity([triplets_uri], StageOutput("", JUDGED), _stage_config(config, _engine_for(config)))
+    return stage_identity([triplets_uri], StageOutput("", JUDGED), _stage_config(config, make_engine(config.engine)))
 
 
 def assemble_identity(pairs_uri: str, filtered_uri: str, config: AssembleConfig) -> str:

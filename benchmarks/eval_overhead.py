@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from adamllm_core.engines import EngineConfig
+from adamllm_core.engines import EngineConfig, make_engine
 from adamllm_core.evaluation.adapters import read_items
 from adamllm_core.evaluation.benchmarks import benchmark
-from adamllm_core.evaluation.run import EvalConfig, _engine_for, eval_request, evaluate
+from adamllm_core.evaluation.run import EvalConfig, eval_request, evaluate
 from adamllm_core.images import normalise_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def main() -> None:
 
     config = EvalConfig(benchmark=args.benchmark, data=args.data, max_new_tokens=args.max_new_tokens,
                         engine=EngineConfig(model=args.model, batch_size=args.batch_size))
-    engine = _engine_for(config)
+    engine = make_engine(config.engine)
     spec = benchmark(args.benchmark)
     # the engine gets the images the stage sends it: normalised (the stage's own work is timed)
     items = [i.model_copy(update={"image": normalise_image(i.image, config.images).data})

@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = SynthConfig(engine=EngineConfig(model=args.model, batch_size=args.batch_size), max_new_tokens=args.max_new_tokens)
-    engine = make_engine(config.engine.model_copy(update={"model": resolve_model(args.model)}))
+    engine = make_engine(config.engine)
     with tempfile.TemporaryDirectory() as work:
         pairs = f"{work}/pairs"
         ingest(args.source, pairs, IngestConfig(domain="bench"))

@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 
 from adamllm_core.dataset import read_manifest
-from adamllm_core.engines import EngineConfig
+from adamllm_core.engines import EngineConfig, make_engine
 from adamllm_core.engines.base import Engine
-from adamllm_core.evaluation.run import EvalConfig, _engine_for, evaluate
+from adamllm_core.evaluation.run import EvalConfig, evaluate
 
 pytestmark = [pytest.mark.integration]
 
@@ -135,7 +135,7 @@ def test_interrupted_eval_resumes_and_bad_images_are_quarantined(tiny_models, sh
     (data / "data.jsonl").write_text("\n".join(lines) + "\n")
     config = EvalConfig(benchmark="food101", data=str(data), engine=EngineConfig(model="tiny:vlm", batch_size=4),
                         max_new_tokens=8, rows_per_shard=4)
-    real = _engine_for(config)
+    real = make_engine(config.engine)
 
     with pytest.raises(RuntimeError, match="interrupted"):
         evaluate(config, str(tmp_path / "run"), engine=StopsAfter(real, calls=2))  # two shards of 4

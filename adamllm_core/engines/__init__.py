@@ -51,6 +51,11 @@ class EngineConfig(BaseModel):
 
 
 def make_engine(config: EngineConfig) -> Engine:
+    """The configured engine (heavy state loads on first use); `tiny:*` names resolve here."""
+    from adamllm_core.models import resolve_model
+
+    if config.model != (resolved := resolve_model(config.model)):
+        config = config.model_copy(update={"model": resolved})
     if config.kind == "transformers":
         from adamllm_core.engines.hf import TransformersEngine
 

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from adamllm_core.evaluation.items import EvalItem
+
 Metric = Literal["vqa", "choice", "classification", "multilabel_f1", "multilabel_recall", "rouge_l", "floodnet"]
 
 
@@ -77,6 +79,11 @@ def benchmark(name: str) -> BenchmarkSpec:
 
 def option_letters(count: int) -> list[str]:
     return [chr(ord("A") + i) for i in range(count)]
+
+
+def item_prompt(spec: BenchmarkSpec, item: EvalItem) -> str:
+    """The instruction the model sees: a release's pre-templated one as is, else Table 14's."""
+    return item.prompt or render_prompt(spec, item.question, item.choices)
 
 
 def render_prompt(spec: BenchmarkSpec, question: str, choices: list[str] | None) -> str:

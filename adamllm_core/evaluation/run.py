@@ -22,13 +22,12 @@ from adamllm_core.engines import ChatRequest, EngineConfig, Message, SamplingCon
 from adamllm_core.engines.base import Engine
 from adamllm_core.engines.cache import RequestCache, run_cached
 from adamllm_core.evaluation.adapters import read_items
-from adamllm_core.evaluation.benchmarks import BenchmarkSpec, benchmark, render_prompt
+from adamllm_core.evaluation.benchmarks import BenchmarkSpec, benchmark, item_prompt
 from adamllm_core.evaluation.items import EvalItem
-from adamllm_core.evaluation.scoring import ItemScore, gold_text, score_item, summarise
+from adamllm_core.evaluation.scoring import ItemScore, gold_text, score_item, stored_score, summarise
 from adamllm_core.errors import Rejected
 from adamllm_core.hashing import config_hash
 from adamllm_core.images import ImagePolicy, normalise_image
-from adamllm_core.models import resolve_model
 from adamllm_core.schemas import PREDICTIONS, QUARANTINE, Prediction, QuarantineRow
 from adamllm_core.storage import filesystem, join, listing_fingerprint, normalise_uri, redact, write_bytes_atomic
 
@@ -55,8 +54,7 @@ def prediction_id(benchmark_name: str, qid: str, model: str) -> str:
 
 def eval_request(spec: BenchmarkSpec, item: EvalItem, config: EvalConfig) -> ChatRequest:
     messages = [Message(role="system", content=config.system_prompt)] if config.system_prompt else []
-    prompt = item.prompt or render_prompt(spec, item.question, item.choices)
-    messages.append(Message(role="user", content=prompt, images=1))
+    messages.append(Message(role="user", content=item_prompt(spec, item), images=1))
     return ChatRequest(
         messages=tuple(messages), images=(item.image,),
         sampling=SamplingConfig(max_new_tokens=config.max_new_tokens or spec.max_new_tokens, temperature=0.0,
@@ -64,12 +62,16 @@ def eval_request(spec: BenchmarkSpec, item: EvalItem, config: EvalConfig) -> Cha
     )
 
 
-def prediction_row(spec: BenchmarkSpec, item: EvalItem, output: str, model: str, prompt: str, seed: int,
+def prediction_row(spec: BenchmarkSpec, item: EvalItem, output: str | None, model: str, prompt: str, seed: int,
                    prompt_tokens: int = 0, completion_tokens: int = 0) -> Prediction:
-    scored = score_item(spec, item, output, seed)
+    """The scored row; `output` None is a missing answer: score 0, no random fallback."""
+    scored = score_item(spec, item, output or "", seed)
+    if output is None:
+        corrected = None if scored.score_corrected is None else 0.0
+        scored = ItemScore(scored.group, "", 0.0, corrected, False)
     return Prediction(
         id=prediction_id(spec.name, item.qid, model), benchmark=spec.name, domain=spec.domain, qid=item.qid,
-        model=model, prompt=prompt, raw_output=output, parsed=scored.parsed, gold=gold_text(item),
+        model=model, prompt=prompt, raw_output=output or "", parsed=scored.parsed, gold=gold_text(item),
         answer_type=item.answer_type, group=scored.group, score=scored.score,
         score_corrected=scored.score_corrected, fallback=scored.fallback, prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens, source=item.source,
@@ -83,10 +85,6 @@ def _chunks(items: Iterator[EvalItem], size: int) -> Iterator[list[EvalItem]]:
 
 def predictions_uri(config: EvalConfig, run_uri: str) -> str:
     return join(normalise_uri(run_uri), benchmark(config.benchmark).name, "predictions")
-
-
-def _engine_for(config: EvalConfig) -> Engine:
-    return make_engine(config.engine.model_copy(update={"model": resolve_model(config.engine.model)}))
 
 
 def _writer(config: EvalConfig, run_uri: str, model: str, overwrite: bool = False) -> DatasetWriter:
@@ -103,7 +101,7 @@ def _writer(config: EvalConfig, run_uri: str, model: str, overwrite: bool = Fals
 
 def evaluation_identity(config: EvalConfig) -> str:
     """What the predictions dataset is made from (benchmark files, settings, model, code)."""
-    return _writer(config, "", _engine_for(config).model_identity).identity
+    return _writer(config, "", make_engine(config.engine).model_identity).identity
 
 
 def evaluate(config: EvalConfig, out_uri: str, *, engine: Engine | None = None, overwrite: bool = False,
@@ -111,11 +109,10 @@ def evaluate(config: EvalConfig, out_uri: str, *, engine: Engine | None = None, 
     """Predictions dataset + summary for one benchmark; returns the summary."""
     spec = benchmark(config.benchmark)
     root = join(normalise_uri(out_uri), spec.name)
-    engine = engine or _engine_for(config)
+    engine = engine or make_engine(config.engine)
     model = engine.model_identity
     writer = _writer(config, out_uri, model, overwrite)
-    manifest = writer.existing()
-    if manifest is None:
+    if writer.existing() is None:  # else an identical finished dataset is there
         cache = RequestCache(join(root, "_cache"))
         started = time.monotonic()
         total = config.limit or 0
@@ -153,22 +150,23 @@ def evaluate(config: EvalConfig, out_uri: str, *, engine: Engine | None = None, 
                 progress(done_items, max(total, done_items))
         if shards == 0:
             raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
-        manifest = writer.commit(shards, seconds=time.monotonic() - started)
-    summary = summary_of(spec, writer.uri, model)
+        writer.commit(shards, seconds=time.monotonic() - started)
+    dataset = Dataset(writer.uri)
+    summary = _summary(spec, model, [stored_score(r) for r in dataset.iter_rows(["group", "parsed", "score",
+                                                                                 "score_corrected", "fallback"])],
+                       predictions=redact(writer.uri),
+                       unreadable=dataset.manifest.quarantine.rows if dataset.manifest.quarantine else 0)
     fs, path = filesystem(join(root, "summary.json"))
     write_bytes_atomic(fs, path, (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
 
-def summary_of(spec: BenchmarkSpec, predictions_uri: str, model: str) -> dict[str, Any]:
-    dataset = Dataset(predictions_uri)
-    manifest = dataset.manifest
-    scores = [ItemScore(r["group"], r["parsed"], r["score"], r["score_corrected"], r["fallback"])
-              for r in dataset.iter_rows(["group", "parsed", "score", "score_corrected", "fallback"])]
-    quarantined = manifest.quarantine.rows if manifest.quarantine else 0
+def _summary(spec: BenchmarkSpec, model: str, scores: list[ItemScore], **counts: Any) -> dict[str, Any]:
+    """summary.json: the benchmark, the model, per-task scores (x100) and the counts given."""
+    questions = len(scores) + counts.get("unreadable", 0)
     return {"benchmark": spec.name, "title": spec.title, "domain": spec.domain, "model": model,
-            "predictions": redact(predictions_uri), "questions": len(scores) + quarantined, "unreadable": quarantined,
-            "paper_test_size": spec.paper_test_size, "tasks": summarise(spec, scores)}
+            "questions": questions, **counts, "paper_test_size": spec.paper_test_size,
+            "tasks": summarise(spec, scores)}
 
 
 def score_predictions(benchmark_name: str, data: str, predictions: dict[str, str], *, seed: int = 0,
@@ -182,29 +180,11 @@ def score_predictions(benchmark_name: str, data: str, predictions: dict[str, str
     if unknown:
         raise ValueError(f"{len(unknown)} predictions name questions not in {redact(data)}, e.g. qid {unknown[0]!r}")
     items = every[:limit] if limit is not None else every
-    rows = []
-    for item in items:
-        prompt = item.prompt or render_prompt(spec, item.question, item.choices)
-        if item.qid in predictions:
-            rows.append(prediction_row(spec, item, predictions[item.qid], "external", prompt, seed))
-        else:
-            rows.append(missing_row(spec, item, prompt))
-    scores = [ItemScore(r.group, r.parsed, r.score, r.score_corrected, r.fallback) for r in rows]
-    summary = {"benchmark": spec.name, "title": spec.title, "domain": spec.domain, "model": "external",
-               "questions": len(items), "missing": sum(item.qid not in predictions for item in items),
-               "paper_test_size": spec.paper_test_size, "tasks": summarise(spec, scores)}
+    rows = [prediction_row(spec, item, predictions.get(item.qid), "external", item_prompt(spec, item), seed)
+            for item in items]
+    summary = _summary(spec, "external", [stored_score(r.model_dump()) for r in rows],
+                       missing=sum(item.qid not in predictions for item in items))
     return rows, summary
-
-
-def missing_row(spec: BenchmarkSpec, item: EvalItem, prompt: str) -> Prediction:
-    scored = score_item(spec, item, "", 0)  # for the group and the corrected-score slot only
-    return Prediction(
-        id=prediction_id(spec.name, item.qid, "external"), benchmark=spec.name, domain=spec.domain, qid=item.qid,
-        model="external", prompt=prompt, raw_output="", parsed="", gold=gold_text(item),
-        answer_type=item.answer_type, group=scored.group, score=0.0,
-        score_corrected=0.0 if scored.score_corrected is not None else None, fallback=False,
-        prompt_tokens=0, completion_tokens=0, source=item.source,
-    )
 
 
 def read_summary(uri: str) -> dict[str, Any]:

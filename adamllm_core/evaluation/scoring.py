@@ -35,6 +35,11 @@ class ItemScore:
     fallback: bool  # the option was drawn at random (nothing parseable)
 
 
+def stored_score(row: dict) -> ItemScore:
+    """An ItemScore back from a predictions row (dict or Prediction fields)."""
+    return ItemScore(row["group"], row["parsed"], row["score"], row["score_corrected"], row["fallback"])
+
+
 def gold_text(item: EvalItem) -> str:
     return "; ".join(item.answer) if isinstance(item.answer, list) else item.answer
 
