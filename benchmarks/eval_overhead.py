@@ -9,9 +9,7 @@ the same requests in the same batches. Goal: under 1.05x.
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from adamllm_core.engines import EngineConfig, make_engine
@@ -19,6 +17,7 @@ from adamllm_core.evaluation.adapters import read_items
 from adamllm_core.evaluation.benchmarks import benchmark
 from adamllm_core.evaluation.run import EvalConfig, eval_request, evaluate
 from adamllm_core.images import normalise_image
+from overhead import bare_engine, compare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,28 +42,11 @@ def main() -> None:
     requests = [eval_request(spec, item, config) for item in items]
     engine.run(requests[: args.batch_size])  # load and warm up once, for both
 
-    def bare() -> float:
-        start = time.perf_counter()
-        for i in range(0, len(requests), args.batch_size):
-            engine.run(requests[i : i + args.batch_size])
-        return time.perf_counter() - start
-
-    with tempfile.TemporaryDirectory() as work:
-        def stage(n: int) -> float:
-            start = time.perf_counter()
-            evaluate(config, f"{work}/run-{n}", engine=engine)
-            return time.perf_counter() - start
-
-        bare_times, stage_times = [], []
-        for n in range(args.repeats):  # interleaved, so drift hits both alike
-            bare_times.append(bare())
-            stage_times.append(stage(n))
-    b, s = statistics.median(bare_times), statistics.median(stage_times)
     print(f"{len(requests)} questions ({spec.title}), {args.model}, max_new_tokens={args.max_new_tokens}, "
           f"batch {args.batch_size}")
-    print(f"bare engine:     {b:.3f} s")
-    print(f"evaluate stage:  {s:.3f} s")
-    print(f"overhead ratio:  {s / b:.3f}x  (goal < 1.05x)")
+    with tempfile.TemporaryDirectory() as work:
+        compare(bare_engine(engine, requests, args.batch_size),
+                lambda n: evaluate(config, f"{work}/run-{n}", engine=engine), args.repeats, "evaluate")
 
 
 if __name__ == "__main__":

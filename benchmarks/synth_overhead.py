@@ -9,9 +9,7 @@ Goal: under 1.05x.
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from adamllm_core.dataset import Dataset
@@ -21,6 +19,7 @@ from adamllm_core.ingest import IngestConfig, ingest
 from adamllm_core.models import resolve_model
 from adamllm_core.pipeline import synthesize
 from adamllm_core.synthesis import SynthConfig, prompt_context, synth_request
+from overhead import bare_engine, compare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,27 +43,10 @@ def main() -> None:
         requests = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
         engine.run(requests[: args.batch_size])  # load and warm up once, for both
 
-        def bare() -> float:
-            start = time.perf_counter()
-            for i in range(0, len(requests), args.batch_size):
-                engine.run(requests[i : i + args.batch_size])
-            return time.perf_counter() - start
-
-        def pipeline(n: int) -> float:
-            start = time.perf_counter()
-            synthesize(pairs, f"{work}/triplets-{n}", config, cache_uri=f"{work}/cache-{n}", engine=engine)
-            return time.perf_counter() - start
-
-        bare_times, stage_times = [], []
-        for n in range(args.repeats):  # interleaved, so drift hits both alike
-            bare_times.append(bare())
-            stage_times.append(pipeline(n))
-    b, s = statistics.median(bare_times), statistics.median(stage_times)
-    print(f"{len(requests)} requests, {args.model}, max_new_tokens={args.max_new_tokens}, batch {args.batch_size}")
-    print(f"bare engine:       {b:.3f} s")
-    print(f"synthesize stage:  {s:.3f} s")
-    print(f"overhead ratio:    {s / b:.3f}x  (goal < 1.05x)")
-
+        print(f"{len(requests)} requests, {args.model}, max_new_tokens={args.max_new_tokens}, batch {args.batch_size}")
+        compare(bare_engine(engine, requests, args.batch_size),
+                lambda n: synthesize(pairs, f"{work}/triplets-{n}", config, cache_uri=f"{work}/cache-{n}", engine=engine),
+                args.repeats, "synthesize")
 
 if __name__ == "__main__":
     main()
