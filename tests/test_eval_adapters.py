@@ -425,6 +425,8 @@ def test_nutrition5k_release(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     assert items[0].metadata["total_calories"] == 300.5
     assert items[0].metadata["ingredient_ids"] == ["ingr_0000000508", "ingr_0000000002"]
     assert "skipped 1 dishes" in caplog.text
+    # without images (scoring, resumed shards) the same dishes, in the same positions
+    assert [i.qid for i in read("nutrition5k", tmp_path, images=False)] == ["dish_1", "dish_4"]
 
 
 def test_nutrition5k_vocabulary_file(tmp_path: Path) -> None:

@@ -113,7 +113,6 @@ class _Spec:
     vqa: bool = False  # OPEN/CLOSED answer types; derived from yes/no when a row has none
     question_fields: tuple[str, ...] = ("question",)
     question_required: bool = True
-    default_question: str = ""
     answer_fields: tuple[str, ...] = ("answer", "label")
     classes: tuple[str, ...] | None = None
     # (field, folders relative to the row file's folder to look in, in order)
@@ -564,9 +563,8 @@ class _Reader:
         qid: str | None = None,
         vocabulary: tuple[str, ...] | None = None,
         metadata: dict[str, Any] | None = None,
-        consumed: Iterable[str] = (),
     ) -> EvalItem:
-        spec, used = self.spec, {image.key, *consumed}
+        spec, used = self.spec, {image.key}
         meta: dict[str, Any] = {}
 
         qid_field = None
@@ -595,7 +593,7 @@ class _Reader:
         if question_field is None:
             if spec.question_required and prompt is None:
                 raise where.error(spec.question_fields[0], "missing required field")
-            question = spec.default_question
+            question = ""
         else:
             used.add(question_field)
             question = _string(where, question_field, row[question_field]).strip()
@@ -922,20 +920,17 @@ class _Reader:
     ) -> Iterator[EvalItem]:
         totals_names = ("total_calories", "total_mass", "total_fat", "total_carb", "total_protein")
         produced = skipped = 0
+        # One listing decides which dishes have an overhead image (whether or not images are
+        # read, so the items and their positions never depend on that).
+        overhead = self.join(root, "imagery", "realsense_overhead")
+        with_image = {p.rstrip("/").rsplit("/", 2)[-2] for p in self.fs.glob(self.join(overhead, "*", "rgb.png"))}
         for index, (where, dish_id, totals, ingredients) in enumerate(dishes):
             if wanted is not None and dish_id not in wanted:
                 continue
-            image = _Image(
-                "dish_id",
-                paths=[
-                    (self.fs, self.join(root, "imagery", "realsense_overhead", dish_id, "rgb.png"))
-                ],
-            )
-            try:
-                image.data = self.read_image(where, image)
-            except BenchmarkFormatError:
+            if dish_id not in with_image:
                 skipped += 1  # the release has no overhead image for many dishes
                 continue
+            image = _Image("dish_id", paths=[(self.fs, self.join(overhead, dish_id, "rgb.png"))])
             meta: dict[str, Any] = {"ingredient_ids": [i for i, _ in ingredients]}
             for name, cell in zip(totals_names, totals, strict=True):
                 try:
@@ -970,7 +965,7 @@ class _Reader:
                 raise where.error(None, f"expected <class>/<image id>, got {entry!r}")
             label = entry.split("/", 1)[0]
             image = _Image("image", paths=[(self.fs, self.join(root, "images", entry + ".jpg"))])
-            yield self.item(where, index, {"label": label}, image, qid=entry, consumed=("label",))
+            yield self.item(where, index, {"label": label}, image, qid=entry)
             index += 1
 
     def class_folders(self, root: str, images: list[str]) -> Iterator[EvalItem]:
@@ -1060,7 +1055,7 @@ class _Reader:
                 )
                 meta = {"class": class_name, "references": references}
                 yield self.item(
-                    where, position, row, image, qid=filename, metadata=meta, consumed=("filename",)
+                    where, position, row, image, qid=filename, metadata=meta
                 )
 
     def recipe1m(self, path: str, partition: str = "test") -> Iterator[EvalItem]:

@@ -36,6 +36,7 @@ __all__ = [
     "closed_hit_corrected",
     "parse_choice",
     "parse_labels",
+    "parse_class",
     "set_recall",
     "set_f1",
     "rouge_l",
@@ -438,17 +439,13 @@ def parse_class(response: str, names: Sequence[str]) -> str | None:
     last; failing that, a name written together ("storagetanks"), longest first. None when
     no class is named."""
     text = _words(response)
+    phrases = [(name, _words(name)) for name in sorted(names, key=len, reverse=True)]
     found: list[tuple[int, str]] = []  # (last position, name)
-    for name in sorted(names, key=len, reverse=True):
-        phrase = _words(name)
+    for name, phrase in phrases:
         if phrase.strip() and phrase in text:
             found.append((text.rfind(phrase), name))
             text = text.replace(phrase, " " * len(phrase))  # consumed: shorter names cannot reuse it
     if found:
         return max(found)[1]
     squashed = text.replace(" ", "")
-    for name in sorted(names, key=len, reverse=True):
-        key = _words(name).replace(" ", "")
-        if key and key in squashed:
-            return name
-    return None
+    return next((name for name, phrase in phrases if phrase.strip() and phrase.replace(" ", "") in squashed), None)
