@@ -5,6 +5,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import absl.logging
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -12,6 +13,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+# rouge-score imports absl, whose log handler keeps the stream it was created with (here a
+# pytest capture file). Prefect's logging setup (dictConfig) closes every handler, and absl
+# closes its stream unless it is a standard one: that closed pytest's capture. Give it one.
+absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 sys.path.insert(0, str(Path(__file__).parent))  # tests' own helpers (corpus.py)
 
 REPO = Path(__file__).resolve().parents[1]
