@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from adamllm_core.config import load_domain_config, read_settings_file
+from adamllm_core.config import load_domain_config, read_settings_file, validation_problems
 from adamllm_core.dataset import DatasetError
 from adamllm_core.errors import ConfigError
 from adamllm_core.importers import open_source
@@ -61,11 +61,7 @@ def build_ingest_config(config_file: Path | None, overrides: dict[str, Any]) -> 
 
 
 def format_validation_error(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "config"
-        lines.append(f"{where}: {item['msg']}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return "invalid configuration:\n  " + validation_problems(error, "\n  ")
 
 
 @app.command()
@@ -210,11 +206,10 @@ def train(
     from adamllm_core.training.trainer import train as run_training
 
     try:
-        loaded = yaml.safe_load(config.read_text())
-        train_config = load_train_config(loaded if isinstance(loaded, dict) else {})
+        train_config = load_train_config(read_settings_file(config))
     except ValidationError as error:
         fail(format_validation_error(error))
-    except (OSError, ValueError, yaml.YAMLError) as error:
+    except (OSError, ValueError) as error:  # ConfigError included
         fail(str(error))
     summary = run_training(train_config, data, out)
     console.print_json(json.dumps(summary))
@@ -279,30 +274,16 @@ def eval_command(
 def score(
     benchmark: Annotated[str, typer.Option(help="benchmark name, e.g. vqa_rad, food101, pmc_vqa")],
     data: Annotated[str, typer.Option(help="benchmark file or folder")],
-    predictions: Annotated[Path, typer.Option(help="jsonl of {qid, prediction}")],
+    predictions: Annotated[str, typer.Option(help="jsonl of {qid, prediction} (local or s3://)")],
     out: Annotated[Optional[Path], typer.Option(help="write per-question scores here (jsonl)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
     seed: Annotated[int, typer.Option(help="seed of the random option fallback")] = 0,
 ) -> None:
     """Score another system's answers with the same rules (no model)."""
-    from adamllm_core.evaluation.run import score_predictions
+    from adamllm_core.evaluation.run import read_predictions, score_predictions
 
-    answers: dict[str, str] = {}
     try:
-        for number, line in enumerate(predictions.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{predictions}, line {number}: not JSON ({error.msg})") from None
-            if not isinstance(record, dict) or "qid" not in record or not isinstance(record.get("prediction"), str):
-                raise ValueError(f"{predictions}, line {number}: needs 'qid' and a string 'prediction'")
-            qid = str(record["qid"])
-            if qid in answers:
-                raise ValueError(f"{predictions}, line {number}: qid {qid!r} appears twice")
-            answers[qid] = record["prediction"]
-        rows, summary = score_predictions(benchmark, data, answers, seed=seed, limit=limit)
+        rows, summary = score_predictions(benchmark, data, read_predictions(predictions), seed=seed, limit=limit)
     except (OSError, ValueError) as error:
         fail(str(error))
     if out is not None:

@@ -102,9 +102,9 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def validation_problems(error: ValidationError) -> str:
+def validation_problems(error: ValidationError, separator: str = "; ") -> str:
     """Each invalid setting as `dotted.key: message`."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors())
+    return separator.join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors())
 
 
 def load_domain_config(path: str | Path, overrides: dict[str, Any] | None = None) -> DomainConfig:

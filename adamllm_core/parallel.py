@@ -49,15 +49,20 @@ def run_parallel(stage: str, args: list[str], config: Any, **kwargs: Any) -> Any
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
     processes = []
+    # Logs go to files, not pipes: a rank that fills a pipe nobody reads yet would stall.
+    logs = [tempfile.TemporaryFile() for _ in devices]
     for rank, device in enumerate(devices):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "adamllm_core.parallel", handle.name, str(rank), str(world)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env, stdout=logs[rank], stderr=subprocess.STDOUT,
         ))
     failures = []
     for rank, process in enumerate(processes):
-        output, _ = process.communicate()
+        process.wait()
+        logs[rank].seek(0)
+        output = logs[rank].read()
+        logs[rank].close()
         if process.returncode != 0:
             failures.append(f"rank {rank} (device {devices[rank]}) exited {process.returncode}:\n"
                             f"{output.decode(errors='replace')[-2000:]}")

@@ -23,6 +23,9 @@ class OutputDatasetPolicy(CachePolicy):
 
     expected_identity: Callable[[dict[str, Any]], str] = lambda inputs: ""
     output_parameter: str = "out"
+    # where the output is when no parameter names it, and what is finished there
+    output: Callable[[dict[str, Any]], str] | None = None
+    stored_identity: Callable[[str], str | None] = existing_identity
 
     def compute_key(
         self,
@@ -31,12 +34,13 @@ class OutputDatasetPolicy(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        out = inputs[self.output_parameter]
         try:
+            out = self.output(inputs) if self.output else inputs[self.output_parameter]
             identity = self.expected_identity(inputs)
+            stored = self.stored_identity(out)
         except Exception:  # a bad input: let the task run and raise its own clear error
             return None
-        if existing_identity(out) != identity:
+        if stored != identity:
             return None
         task_name = task_ctx.task.name if task_ctx else "task"
         return sha256_hex(f"{task_name}\0{out}\0{identity}")

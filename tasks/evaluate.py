@@ -3,31 +3,20 @@
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import CachePolicy
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from adamllm_core.evaluation.report import write_report
-from adamllm_core.dataset import existing_identity
 from adamllm_core.evaluation.run import EvalConfig, evaluate, evaluation_identity, predictions_uri
-from adamllm_core.hashing import sha256_hex
+from tasks.caching import OutputDatasetPolicy
 from tasks.reporting import stage_progress
 
 
-class FinishedPredictionsPolicy(CachePolicy):
-    """Key = (predictions URI, expected identity) while that finished dataset is there."""
-
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        try:
-            uri = predictions_uri(inputs["config"], inputs["run_uri"])
-            identity = evaluation_identity(inputs["config"])
-        except Exception:  # a bad input: the task runs and raises its own clear error
-            return None
-        if existing_identity(uri) != identity:
-            return None
-        return sha256_hex(f"evaluate\0{uri}\0{identity}")
-
-
-@task(name="evaluate-benchmark", cache_policy=FinishedPredictionsPolicy(), persist_result=True)
+@task(
+    name="evaluate-benchmark",
+    cache_policy=OutputDatasetPolicy(expected_identity=lambda i: evaluation_identity(i["config"]),
+                                     output=lambda i: predictions_uri(i["config"], i["run_uri"])),
+    persist_result=True,
+)
 def evaluate_benchmark(config: EvalConfig, run_uri: str, overwrite: bool = False) -> dict[str, Any]:
     """Predictions + summary for one benchmark. A finished, identical predictions dataset is
     served from storage; an interrupted one resumes (finished shards kept, requests cached)."""

@@ -3,27 +3,12 @@
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import CachePolicy
 
 from adamllm_core.dataset import DatasetRef
-from adamllm_core.hashing import sha256_hex
 from adamllm_core.training.seed import SeedConfig, build_seed
 from adamllm_core.training.trainer import finished_run, load_train_config, train_identity, train_to
+from tasks.caching import OutputDatasetPolicy
 from tasks.reporting import publish_stats
-
-
-class FinishedRunPolicy(CachePolicy):
-    """Key = (output, data fingerprint, config, code) while that run's summary is at the output."""
-
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        try:
-            identity = train_identity(load_train_config(inputs["config"]), inputs["data"])
-            done = finished_run(inputs["out"])
-        except Exception:
-            return None
-        if not done or done.get("identity") != identity:
-            return None
-        return sha256_hex(f"train\0{inputs['out']}\0{identity}")
 
 
 @task(name="build-seed", persist_result=True)
@@ -35,7 +20,15 @@ def build_seed_data(vision_flan: str, allava_caption: str, allava_instruct: str,
     return DatasetRef.of(out, manifest)
 
 
-@task(name="train-model", cache_policy=FinishedRunPolicy(), persist_result=True)
+@task(
+    name="train-model",
+    # key = (output, data fingerprint, config, code) while that run's summary is at the output
+    cache_policy=OutputDatasetPolicy(
+        expected_identity=lambda i: train_identity(load_train_config(i["config"]), i["data"]),
+        stored_identity=lambda out: (finished_run(out) or {}).get("identity"),
+    ),
+    persist_result=True,
+)
 def train_model(config: dict[str, Any], data: str, out: str) -> dict[str, Any]:
     """Train (or tune the synthesizer) on a dataset; resumes from the output's last checkpoint."""
     return train_to(load_train_config(config), data, out)

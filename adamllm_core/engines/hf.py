@@ -198,7 +198,8 @@ class TransformersEngine(HFEngine):
         if eos is None:
             # Unset, generate() falls back to the model's end-of-turn token: end only at a
             # single-token stop string, or (none) at an id the model never produces.
-            stop_ids = [tokenizer.convert_tokens_to_ids(s) for s in sampling.stop if s in tokenizer.get_vocab()]
+            vocab = tokenizer.get_vocab()  # a fresh dict per call (150k entries for Llama-3): once
+            stop_ids = [tokenizer.convert_tokens_to_ids(s) for s in sampling.stop if s in vocab]
             end_ids: Any = stop_ids or [len(tokenizer) + 1]
         else:
             end_ids = eos

@@ -187,6 +187,26 @@ def score_predictions(benchmark_name: str, data: str, predictions: dict[str, str
     return rows, summary
 
 
+def read_predictions(uri: str) -> dict[str, str]:
+    """{qid: prediction} from a jsonl of {"qid", "prediction"}; errors name the line."""
+    fs, path = filesystem(uri)
+    answers: dict[str, str] = {}
+    for number, line in enumerate(fs.cat_file(path).decode("utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{redact(uri)}, line {number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict) or "qid" not in record or not isinstance(record.get("prediction"), str):
+            raise ValueError(f"{redact(uri)}, line {number}: needs 'qid' and a string 'prediction'")
+        qid = str(record["qid"])
+        if qid in answers:
+            raise ValueError(f"{redact(uri)}, line {number}: qid {qid!r} appears twice")
+        answers[qid] = record["prediction"]
+    return answers
+
+
 def read_summary(uri: str) -> dict[str, Any]:
     fs, path = filesystem(uri)
     return json.loads(fs.cat_file(path))

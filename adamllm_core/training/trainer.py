@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import Dataset
+from adamllm_core.hashing import config_hash
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.models import resolve_model
 from adamllm_core.training.encoding import (
@@ -100,9 +101,7 @@ def stage1_train_config(train: dict[str, Any]) -> dict[str, Any]:
 
 def idempotency_key(data_fingerprint: str, train: dict[str, Any]) -> str:
     """One training run per (data, training config): the key Prefect deduplicates flow runs on."""
-    from adamllm_core.hashing import canonical_json, sha256_hex
-
-    return f"{data_fingerprint}-{sha256_hex(canonical_json(train))[:16]}"
+    return f"{data_fingerprint}-{config_hash(train)}"
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
