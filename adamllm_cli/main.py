@@ -199,11 +199,11 @@ def run_deployment_command(
 def train(
     config: Annotated[Path, typer.Option(help="training YAML: TrainConfig keys, optionally `preset: NAME`")],
     data: Annotated[str, typer.Option(help="a seed dataset (task: synthesizer) or a mixture dataset")],
-    out: Annotated[str, typer.Option(help="output folder for checkpoints, metrics.jsonl, loss_curve.png")],
+    out: Annotated[str, typer.Option(help="output folder (local or s3://) for checkpoints, metrics.jsonl, loss_curve.png")],
 ) -> None:
-    """Train in-process (resumes from the last checkpoint in --out)."""
+    """Train in-process (resumes from the last checkpoint in --out; s3:// works)."""
     from adamllm_core.training.trainer import load_train_config
-    from adamllm_core.training.trainer import train as run_training
+    from adamllm_core.training.trainer import train_to
 
     try:
         train_config = load_train_config(read_settings_file(config))
@@ -211,7 +211,7 @@ def train(
         fail(format_validation_error(error))
     except (OSError, ValueError) as error:  # ConfigError included
         fail(str(error))
-    summary = run_training(train_config, data, out)
+    summary = train_to(train_config, data, out)  # object storage too; a finished identical run is kept
     console.print_json(json.dumps(summary))
 
 

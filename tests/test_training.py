@@ -110,8 +110,9 @@ def test_post_training_loss_only_on_assistant_turns(tiny_models) -> None:
     assert trained == "A CT.<|im_end|>\nThe liver.<|im_end|>\n"
 
 
-def train_cli(config: dict, data: str, out: Path, env_extra: dict | None = None) -> subprocess.Popen:
-    config_file = out.parent / f"{out.name}.yaml"
+def train_cli(config: dict, data: str, out: Path | str, env_extra: dict | None = None,
+              config_dir: Path | None = None) -> subprocess.Popen:
+    config_file = (config_dir or Path(out).parent) / f"{Path(str(out)).name}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = {**os.environ, **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "adamllm_cli.main", "train", "--config", str(config_file),
@@ -234,3 +235,18 @@ def test_training_output_on_object_storage(tiny_models, seed_dataset: str, s3_bu
     # a finished identical run is not trained again, even from a new machine's empty staging area
     monkeypatch.setenv("ADAMLLM_TRAIN_STAGING", str(tmp_path / "elsewhere"))
     assert train_to(config, seed_dataset, out) == summary and not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.integration
+def test_train_command_writes_to_object_storage(tiny_models, seed_dataset: str, s3_bucket: str, tmp_path: Path) -> None:
+    import s3fs
+
+    out = f"{s3_bucket}/runs/cli"
+    config = {"preset": "tiny", "task": "synthesizer", "max_steps": 2, "global_batch_size": 2, "per_device_batch_size": 2}
+    env = {"ADAMLLM_TRAIN_STAGING": str(tmp_path / "staging")}
+    first = train_cli(config, seed_dataset, out, env, config_dir=tmp_path)
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output.decode()[-3000:]
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    summary = json.loads(fs.cat_file(f"{out}/train_summary.json"))
+    assert summary["steps"] == 2 and fs.exists(f"{out}/final/model.safetensors")
