@@ -151,6 +151,23 @@ def synth(
         fail(str(error))
 
 
+@app.command()
+def prove(
+    seed: Annotated[int, typer.Option(help="world seed: the world, its models and every split follow it")] = 0,
+    out: Annotated[str, typer.Option(help="output folder (report.md, report.png, report.json, datasets)")] = "runs/prove",
+    scale: Annotated[str, typer.Option(help="full, or ci (a reduced run for tests)")] = "full",
+) -> None:
+    """The proving ground: the AdaMLLM pipeline's gains on a generated world, on CPU."""
+    if scale not in ("full", "ci"):
+        fail(f"--scale {scale!r}: use full or ci")
+    from flows.prove import prove_flow
+
+    try:
+        prove_flow(seed=seed, out=out, scale=scale)
+    except (ConfigError, DatasetError, ValueError) as error:
+        fail(str(error))
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Local models.")
 app.add_typer(models_app, name="models")
 

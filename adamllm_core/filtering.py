@@ -9,11 +9,12 @@ scores stay on every row. Only Yes is kept.
 import hashlib
 import random
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.engines import ChatRequest, EngineConfig
-from adamllm_core.prompts import CONSISTENCY_LABELS, consistency_prompt
+from adamllm_core.prompts import CONSISTENCY_LABELS, consistency_prompt, judge_prompt_short
 
 # Scored continuations of "## Consistent:", in label order.
 LABEL_CHOICES = tuple(f" {label}" for label in CONSISTENCY_LABELS)
@@ -41,10 +42,13 @@ class FilterConfig(BaseModel):
     engine: EngineConfig
     keep: tuple[str, ...] = Field(default=("Yes",), description="labels whose triplets are kept")
     seed: int = Field(default=0, description="seeds the choice of chain-of-thought pattern per triplet")
+    template: Literal["figures_6_7", "short"] = Field(
+        default="figures_6_7", description="the paper's few-shot prompt, or its fields alone (small judges)")
 
 
-def judge_request(instruction: str, informative: str, precise: str) -> ChatRequest:
-    return ChatRequest(prompt=consistency_prompt(instruction, informative, precise), choices=LABEL_CHOICES)
+def judge_request(instruction: str, informative: str, precise: str, template: str = "figures_6_7") -> ChatRequest:
+    render = judge_prompt_short if template == "short" else consistency_prompt
+    return ChatRequest(prompt=render(instruction, informative, precise), choices=LABEL_CHOICES)
 
 
 def label_of(scores: dict[str, float]) -> tuple[str, dict[str, float]]:

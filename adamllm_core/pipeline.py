@@ -133,7 +133,7 @@ def filter_triplets(
     cache = RequestCache(cache_uri)
 
     def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
-        requests = [judge_request(r["instruction"], r["informative"], r["precise"]) for r in rows]
+        requests = [judge_request(r["instruction"], r["informative"], r["precise"], config.template) for r in rows]
         results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
         output = ShardOutput(rows={"filtered": [], "rejected": []})
         for row, result in zip(rows, results):

@@ -66,3 +66,19 @@ def consistency_prompt(instruction: str, informative: str, precise: str) -> str:
         .replace("{Informative Response}", informative)
         .replace("{Precise Response}", precise)
     )
+
+
+# A short template for small judges (the proving ground's): Figure 7's fields and label
+# without the few-shot examples. The Figures 6-7 template stays the default for real runs.
+CONSISTENCY_SHORT = """## Question: {Instruction}
+## Informative Answer: {Informative Response}
+## Precise Answer: {Precise Response}
+## Consistent:"""
+
+
+def judge_prompt_short(instruction: str, informative: str, precise: str) -> str:
+    return (
+        CONSISTENCY_SHORT.replace("{Instruction}", instruction)
+        .replace("{Informative Response}", informative)
+        .replace("{Precise Response}", precise)
+    )

@@ -266,6 +266,18 @@ CONVERSATIONS = register_schema(RecordSchema("conversations", 1, Conversation, "
 SEED = register_schema(RecordSchema("seed", 1, SeedExample, "synthesizer tuning examples"))
 
 
+class Completion(Record):
+    """A text-only training example: a prompt (masked) and the completion trained after it."""
+
+    id: str
+    task: str = Field(description="what the completion teaches, e.g. consistency")
+    prompt: str
+    completion: str
+
+
+COMPLETIONS = register_schema(RecordSchema("completions", 1, Completion, "text prompts with trained completions"))
+
+
 class Prediction(Record):
     """One benchmark question, the model's answer and its score (paper Appendix H)."""
 

@@ -160,6 +160,7 @@ _SPECS: dict[str, _Spec] = {
         image_fields=(("image", ("",)), ("Image_ID", ())),  # () = search the folder by name
     ),
     "nwpu_captions": _Spec(question_required=False, answer_fields=("answer", "label", "raw")),
+    "proving_ground": _Spec(),  # generic rows with `choices` (the skill's answers) and `skill`
 }
 
 

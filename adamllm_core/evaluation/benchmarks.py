@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict
 
 from adamllm_core.evaluation.items import EvalItem
 
-Metric = Literal["vqa", "choice", "classification", "multilabel_f1", "multilabel_recall", "rouge_l", "floodnet"]
+Metric = Literal["vqa", "choice", "classification", "multilabel_f1", "multilabel_recall", "rouge_l", "floodnet",
+                 "short_answer"]
 
 
 class BenchmarkSpec(BaseModel):
@@ -61,6 +62,10 @@ _SPECS = [
     BenchmarkSpec(name="nwpu_captions", title="NWPU-Captions", domain="remote-sensing", task="Image captioning",
                   template="Please provide an one-sentence caption for the provided remote sensing image in details.",
                   metric="rouge_l", max_new_tokens=1024, paper_test_size=31500),
+    # Not the paper's: the proving ground's generated domain (adamllm_core/proving), one-word
+    # answers by skill; a chain-of-thought answer counts by the last option it names.
+    BenchmarkSpec(name="proving_ground", title="Proving ground", domain="proving", task="Short-answer VQA by skill",
+                  template="{question}", metric="short_answer", max_new_tokens=64, paper_test_size=0),
 ]
 BENCHMARKS: dict[str, BenchmarkSpec] = {}
 for _spec in _SPECS:

@@ -432,12 +432,12 @@ def _words(text: str) -> str:
     return " " + " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split()) + " "
 
 
-def parse_class(response: str, names: Sequence[str]) -> str | None:
+def parse_class(response: str, names: Sequence[str], *, joined: bool = True) -> str | None:
     """The class a free-text answer names, for scene classification (CLRS, UC Merced), where
     no official parser exists: whole-word matches, longest name first (so "airport" is not
     "port", "parking lot" not "park"), and when several classes are named the one mentioned
     last; failing that, a name written together ("storagetanks"), longest first. None when
-    no class is named."""
+    no class is named. `joined=False` skips the written-together pass (whole words only)."""
     text = _words(response)
     phrases = [(name, _words(name)) for name in sorted(names, key=len, reverse=True)]
     found: list[tuple[int, str]] = []  # (last position, name)
@@ -447,5 +447,7 @@ def parse_class(response: str, names: Sequence[str]) -> str | None:
             text = text.replace(phrase, " " * len(phrase))  # consumed: shorter names cannot reuse it
     if found:
         return max(found)[1]
+    if not joined:
+        return None
     squashed = text.replace(" ", "")
     return next((name for name, phrase in phrases if phrase.strip() and phrase.replace(" ", "") in squashed), None)

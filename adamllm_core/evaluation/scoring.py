@@ -92,6 +92,11 @@ def score_item(spec: BenchmarkSpec, item: EvalItem, prediction: str, seed: int =
         return ItemScore("rouge_l", prediction, rouge_l(prediction, gold_text(item)), None, False)
     if spec.metric == "floodnet":
         return _floodnet(item, prediction)
+    if spec.metric == "short_answer":  # the last option named, whole words; none named scores 0
+        named = parse_class(prediction, list(item.choices or [str(item.answer)]), joined=False)
+        skill = str(item.metadata.get("skill", "all"))
+        return ItemScore(skill, named or "", float(named is not None and named.lower() == str(item.answer).lower()),
+                         None, False)
     raise ValueError(f"no scorer for metric {spec.metric!r}")
 
 
@@ -114,7 +119,7 @@ def _floodnet(item: EvalItem, prediction: str) -> ItemScore:
 
 HEADLINE = {
     "choice": "accuracy", "classification": "accuracy", "multilabel_f1": "F1", "multilabel_recall": "recall",
-    "rouge_l": "Rouge-L", "floodnet": "accuracy",
+    "rouge_l": "Rouge-L", "floodnet": "accuracy", "short_answer": "accuracy",
 }
 
 
@@ -135,5 +140,10 @@ def summarise(spec: BenchmarkSpec, scores: list[ItemScore]) -> list[dict[str, ob
              "score": mean([s.score for s in closed]), "n": len(closed), "fallbacks": 0,
              "score_corrected": mean([s.score_corrected or 0.0 for s in closed])},
         ]
-    return [{"benchmark": spec.name, "task": spec.title, "domain": spec.domain, "metric": HEADLINE[spec.metric],
-             "score": mean([s.score for s in scores]), "n": len(scores), "fallbacks": fallbacks}]
+    row: dict[str, object] = {"benchmark": spec.name, "task": spec.title, "domain": spec.domain,
+                              "metric": HEADLINE[spec.metric], "score": mean([s.score for s in scores]),
+                              "n": len(scores), "fallbacks": fallbacks}
+    if spec.metric == "short_answer":  # accuracy per skill (the group), beside the overall one
+        row["per_skill"] = {group: mean([s.score for s in scores if s.group == group])
+                            for group in sorted({s.group for s in scores})}
+    return [row]

@@ -65,16 +65,16 @@ def build_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 1024)
     )
 
 
-def _text_config(tokenizer, hidden_size: int = 64):
+def _text_config(tokenizer, hidden_size: int = 64, layers: int = 2, heads: int = 2):
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
@@ -83,7 +83,11 @@ def _text_config(tokenizer, hidden_size: int = 64):
     )
 
 
-def build_tiny_vlm(out: Path, tokenizer, seed: int = 0) -> Path:
+def build_tiny_vlm(out: Path, tokenizer, seed: int = 0, *, image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE,
+                   vision_hidden: int = 16, vision_layers: int = 1, text_hidden: int = 64, text_layers: int = 2,
+                   heads: int = 2, image_mean: tuple[float, float, float] | None = None,
+                   image_std: tuple[float, float, float] | None = None, feature_strategy: str = "full") -> Path:
+    """A LLaVA-architecture model with random weights (sizes default to the tiny demo model)."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -95,29 +99,30 @@ def build_tiny_vlm(out: Path, tokenizer, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=16,
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden,
     )
     config = LlavaConfig(
         vision_config=vision,
-        text_config=_text_config(tokenizer),
+        text_config=_text_config(tokenizer, text_hidden, text_layers, heads),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="full",
+        vision_feature_select_strategy=feature_strategy,
         vision_feature_layer=-1,
     )
     model = LlavaForConditionalGeneration(config)
+    normalisation = {"image_mean": list(image_mean), "image_std": list(image_std)} if image_mean and image_std else {}
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **normalisation
         ),
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="full",
+        patch_size=patch_size,
+        vision_feature_select_strategy=feature_strategy,
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
         image_token="<image>",
@@ -129,12 +134,13 @@ def build_tiny_vlm(out: Path, tokenizer, seed: int = 0) -> Path:
     return out
 
 
-def build_tiny_lm(out: Path, tokenizer, seed: int = 0) -> Path:
+def build_tiny_lm(out: Path, tokenizer, seed: int = 0, *, hidden: int = 64, layers: int = 2, heads: int = 2) -> Path:
+    """A Llama-architecture text model with random weights."""
     import torch
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(_text_config(tokenizer))
+    model = LlamaForCausalLM(_text_config(tokenizer, hidden, layers, heads))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)

@@ -35,7 +35,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    task: Literal["synthesizer", "post_train"] = "post_train"
+    task: Literal["synthesizer", "post_train", "completion"] = Field(
+        default="post_train", description="seed → synthesizer; mixture → post_train; completions (text LM) → completion")
     trainable: Literal["full", "projector"] = "full"
     learning_rate: float = Field(default=1e-5, gt=0)
     vision_learning_rate: float | None = Field(default=None, gt=0, description="default: learning_rate")
@@ -134,9 +135,11 @@ def encode_dataset(data_uri: str, renderer: HFRenderer, config: TrainConfig) -> 
     for row in Dataset(data_uri).iter_rows():
         if config.task == "synthesizer":
             segments = synthesizer_segments(renderer, row["caption"], row["instruction"], row["precise"], row["informative"])
+        elif config.task == "completion":
+            segments = [(row["prompt"], False), (row["completion"], True)]
         else:
             segments = conversation_segments(renderer, row["messages"])
-        encoded = encode_segments(renderer, segments, row["image"])
+        encoded = encode_segments(renderer, segments, row.get("image"))
         if len(encoded.input_ids) > config.max_seq_len:
             too_long += 1
             continue
@@ -291,6 +294,7 @@ def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | N
     """Train and save to `out_dir` (a local folder); resumes from its last checkpoint."""
     import torch
     from transformers import (
+        AutoModelForCausalLM,
         AutoModelForImageTextToText,
         Trainer,
         TrainerCallback,
@@ -314,7 +318,8 @@ def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | N
     # Weights come from the checkpoint itself: the Trainer's own reload of a LLaVA checkpoint
     # left the freshly initialised weights in place (seen with transformers 5.24).
     start = str(checkpoints[-1]) if checkpoints and (checkpoints[-1] / "model.safetensors").exists() else model_path
-    model = AutoModelForImageTextToText.from_pretrained(start, dtype=torch.bfloat16 if config.bf16 else torch.float32)
+    auto = AutoModelForImageTextToText if renderer.multimodal else AutoModelForCausalLM
+    model = auto.from_pretrained(start, dtype=torch.bfloat16 if config.bf16 else torch.float32)
     _freeze_for(model, config.trainable)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = max(1, config.global_batch_size // (config.per_device_batch_size * world))
@@ -397,6 +402,8 @@ def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | N
         "trained_tokens": sum(e.trained_tokens for e in examples), "epochs": config.epochs,
         "steps_per_epoch": math.ceil(len(examples) / (config.per_device_batch_size * accumulation * world)),
         "identity": identity or train_identity(config, data_uri),
+        "seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+        "samples_per_s": round(result.metrics.get("train_samples_per_second", 0.0), 1),
     }
     if trainer.is_world_process_zero():  # one writer under the deepspeed launcher
         renderer.processor.save_pretrained(str(final))

@@ -1,0 +1,353 @@
+"""The proving ground's data, written as the bundles the real pipeline reads.
+
+`write_world(out, seed, sizes)` writes, under `out/`:
+
+- `general/seed/`: synthesizer tuning data in the releases' formats (`vision_flan.json`,
+  `allava_caption.json`, `allava_instruct.json` + `images/`), read by `build_seed`;
+- `general/pretrain-perception/`, `general/pretrain/`: `conversations` datasets the base model
+  is pretrained on, in that order (colour, shape and count questions; then captions and
+  short-answer questions of every skill);
+- `general/judge/`: a `completions` dataset teaching an LM the consistency labels on
+  general-world triplets (Yes: the precise answer follows; No: it does not; Open);
+- `domain/pairs/`: `data.jsonl` + `images/`, image-caption pairs only (what `adamllm ingest`
+  reads); each record keeps its scene under `world_scene` (metadata, for measurement);
+- `domain/benchmark/`: `data.jsonl` + `images/` in the evaluation's generic form: held-out
+  domain images, one question per skill, with `skill` and the skill's `choices`;
+- `general/benchmark/`: the same on held-out general images (what the base model knows).
+
+Everything is a function of (seed, sizes): the same call writes the same bytes.
+"""
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adamllm_core.dataset import DatasetWriter, Manifest
+from adamllm_core.hashing import canonical_json, config_hash
+from adamllm_core.pipeline import CAPTION_PROMPTS
+from adamllm_core.prompts import judge_prompt_short
+from adamllm_core.proving.world import (
+    OPEN_QUESTIONS,
+    SKILL_ANSWERS,
+    Palette,
+    Question,
+    Scene,
+    WorldConfig,
+    caption,
+    questions,
+    render,
+    sample_scene,
+)
+from adamllm_core.schemas import (
+    COMPLETIONS,
+    CONVERSATIONS,
+    QUARANTINE,
+    ChatTurn,
+    Completion,
+    Conversation,
+)
+
+
+class WorldSizes(BaseModel):
+    """How much of each bundle to generate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed_images: int = Field(
+        default=3000, gt=0, description="general images for synthesizer tuning"
+    )
+    pretrain_images: int = Field(
+        default=12000, gt=0, description="general images for base pretraining"
+    )
+    judge_examples: int = Field(default=6000, gt=0)
+    domain_pairs: int = Field(default=2000, gt=0)
+    benchmark_images: int = Field(
+        default=300, gt=0, description="held-out domain images; one question per skill each"
+    )
+
+
+def _rng(seed: int, *parts: str) -> random.Random:
+    digest = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _scenes(seed: int, name: str, palette: Palette, world: WorldConfig, count: int):
+    """(index, scene, image bytes, rng) for `count` scenes of one bundle, each seeded by (seed, name, index)."""
+    for index in range(count):
+        rng = _rng(seed, name, str(index))
+        scene = sample_scene(rng, palette, world)
+        yield index, scene, render(scene, world.image_size, rng), rng
+
+
+def _write_image(folder: Path, name: str, data: bytes) -> str:
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "images" / name).write_bytes(data)
+    return f"images/{name}"
+
+
+def write_seed(out: Path, seed: int, world: WorldConfig, count: int) -> dict[str, int]:
+    """Vision-Flan / ALLaVA-Caption-VFLAN / ALLaVA-Instruct-VFLAN files for general images."""
+    flan, captions, instructs = [], [], []
+    for index, scene, image, rng in _scenes(seed, "seed", world.general, world, count):
+        path = _write_image(out, f"general-{index:06d}.png", image)
+        text = caption(scene, rng)
+        for question in rng.sample(questions(scene, rng), 2):  # two tasks per image
+            record_id = f"{question.skill}+world+{index}"
+            flan.append(
+                {
+                    "id": record_id,
+                    "image": path,
+                    "task_name": question.skill,
+                    "conversations": [
+                        {"from": "human", "value": question.question},
+                        {"from": "gpt", "value": question.answer},
+                    ],
+                }
+            )
+            captions.append(
+                {
+                    "id": record_id,
+                    "image": path,
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nPlease depict the image in words."},
+                        {"from": "gpt", "value": text},
+                    ],
+                }
+            )
+            instructs.append(
+                {
+                    "id": record_id,
+                    "image": path,
+                    "conversations": [
+                        {"from": "human", "value": f"<image>\n{question.question}"},
+                        {"from": "gpt", "value": question.informative},
+                    ],
+                }
+            )
+    for name, records in (
+        ("vision_flan", flan),
+        ("allava_caption", captions),
+        ("allava_instruct", instructs),
+    ):
+        (out / f"{name}.json").write_text(json.dumps(records, indent=0))
+    return {"images": count, "records": len(flan)}
+
+
+def _dataset_writer(uri: str, schema: Any, stage: str, settings: dict[str, Any]) -> DatasetWriter:
+    return DatasetWriter(
+        uri,
+        schema=schema,
+        stage=stage,
+        parents=[],
+        config=settings,
+        config_hash=config_hash(settings),
+        overwrite=True,
+    )
+
+
+def _commit_rows(
+    writer: DatasetWriter, schema: Any, rows: list[Any], per_shard: int = 2000
+) -> Manifest:
+    shards = max(1, -(-len(rows) // per_shard))
+    for k in range(shards):
+        part = rows[k * per_shard : (k + 1) * per_shard]
+        writer.write_shard(k, schema.to_table(part), QUARANTINE.to_table([]), rows_in=len(part))
+    return writer.commit(shards)
+
+
+# Pretraining's first phase: questions whose answers only the image holds. Measured here:
+# trained on every task from the start (with or without captions), the model fit the text
+# priors and never used the image in 700-1,000 steps; 300 steps of these first, then every
+# task, and it does.
+PERCEPTION_SKILLS = ("colour", "shape", "count")
+
+
+def write_pretrain(
+    uri: str,
+    seed: int,
+    world: WorldConfig,
+    count: int,
+    caption_share: float = 0.3,
+    skills: tuple[str, ...] | None = None,
+) -> Manifest:
+    """Base-model pretraining: one task per image, a caption (`caption_share`) or one short-answer
+    question (of `skills`, default all). One task each keeps sequences short, so the answer
+    tokens that need the image are not drowned by caption text in the loss."""
+    rows = []
+    stream = "pretrain" if skills is None else "pretrain-" + "-".join(skills)
+    for index, scene, image, rng in _scenes(seed, stream, world.general, world, count):
+        asked = [q for q in questions(scene, rng) if skills is None or q.skill in skills]
+        if rng.random() < caption_share or not asked:
+            prompt, answer = rng.choice(CAPTION_PROMPTS), caption(scene, rng)
+        else:
+            question = rng.choice(asked)
+            prompt, answer = question.question, question.answer
+        messages = [
+            ChatTurn(role="user", content="<image>" + prompt),
+            ChatTurn(role="assistant", content=answer),
+        ]
+        identifier = f"pretrain-{seed}-{index}"
+        rows.append(
+            Conversation(
+                id=hashlib.sha256(identifier.encode()).hexdigest()[:32],
+                pair_id=identifier,
+                triplet_id=None,
+                domain="general",
+                variant="pretrain",
+                kind="caption+questions",
+                image=image,
+                image_format="png",
+                messages=messages,
+                tokens=0,
+            )
+        )
+    settings = {
+        "seed": seed,
+        "count": count,
+        "caption_share": caption_share,
+        "skills": skills,
+        "world": world.model_dump(mode="json"),
+    }
+    return _commit_rows(
+        _dataset_writer(uri, CONVERSATIONS, "world-pretrain", settings), CONVERSATIONS, rows
+    )
+
+
+def _wrong_answer(question: Question, rng: random.Random) -> str:
+    return rng.choice([a for a in SKILL_ANSWERS[question.skill] if a != question.answer])
+
+
+def judge_example(scene: Scene, rng: random.Random) -> tuple[str, str, str, str]:
+    """(instruction, informative, precise, label) for the consistency judge, from a general scene.
+
+    Yes: the precise answer is the informative answer's conclusion. No: either answer was
+    swapped for another of the skill's answers (the informative one rewritten throughout).
+    Open: a description question answered by two different captions.
+    """
+    draw = rng.random()
+    if draw < 0.1:
+        return rng.choice(OPEN_QUESTIONS), caption(scene, rng), caption(scene, rng), "Open"
+    question = rng.choice(questions(scene, rng))
+    if draw < 0.55:
+        return question.question, question.informative, question.answer, "Yes"
+    wrong = _wrong_answer(question, rng)
+    if rng.random() < 0.5:
+        return question.question, question.informative, wrong, "No"
+    informative = question.informative.replace(f"is {question.answer}.", f"is {wrong}.")
+    return question.question, informative, question.answer, "No"
+
+
+def write_judge(uri: str, seed: int, world: WorldConfig, count: int) -> Manifest:
+    rows = []
+    for index in range(count):
+        rng = _rng(seed, "judge", str(index))
+        scene = sample_scene(rng, world.general, world)
+        instruction, informative, precise, label = judge_example(scene, rng)
+        prompt = judge_prompt_short(instruction, informative, precise)
+        rows.append(
+            Completion(
+                id=hashlib.sha256(f"judge-{seed}-{index}".encode()).hexdigest()[:32],
+                prompt=prompt,
+                completion=f" {label}",
+                task="consistency",
+            )
+        )
+    settings = {"seed": seed, "count": count, "world": world.model_dump(mode="json")}
+    return _commit_rows(
+        _dataset_writer(uri, COMPLETIONS, "world-judge", settings), COMPLETIONS, rows
+    )
+
+
+def write_domain_pairs(out: Path, seed: int, world: WorldConfig, count: int) -> int:
+    lines = []
+    for index, scene, image, rng in _scenes(seed, "domain", world.domain, world, count):
+        path = _write_image(out, f"domain-{index:06d}.png", image)
+        lines.append(
+            canonical_json(
+                {"image": path, "caption": caption(scene, rng), "world_scene": scene.to_json()}
+            )
+        )
+    (out / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return count
+
+
+def write_benchmark(
+    out: Path,
+    seed: int,
+    world: WorldConfig,
+    count: int,
+    palette: Palette | None = None,
+    stream: str = "benchmark",
+) -> dict[str, int]:
+    """Held-out images (another seed stream than any training data), every skill the scene allows."""
+    lines = []
+    per_skill: dict[str, int] = {}
+    for index, scene, image, rng in _scenes(seed, stream, palette or world.domain, world, count):
+        path = _write_image(out, f"bench-{index:06d}.png", image)
+        for question in questions(scene, rng):
+            per_skill[question.skill] = per_skill.get(question.skill, 0) + 1
+            lines.append(
+                canonical_json(
+                    {
+                        "qid": f"{index}-{question.skill}",
+                        "image": path,
+                        "question": question.question,
+                        "answer": question.answer,
+                        "skill": question.skill,
+                        "choices": list(SKILL_ANSWERS[question.skill]),
+                    }
+                )
+            )
+    (out / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return per_skill
+
+
+def write_world(
+    out: str | Path, seed: int, sizes: WorldSizes, world: WorldConfig | None = None
+) -> dict[str, Any]:
+    """Every bundle of one world seed under `out` (see the module docstring); returns counts."""
+    world = world or WorldConfig()
+    out = Path(out)
+    for folder in ("general/seed", "general/benchmark", "domain/pairs", "domain/benchmark"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    summary = {
+        "seed": write_seed(out / "general/seed", seed, world, sizes.seed_images),
+        "pretrain_perception": write_pretrain(
+            str(out / "general/pretrain-perception"),
+            seed,
+            world,
+            sizes.pretrain_images // 4,
+            0.0,
+            PERCEPTION_SKILLS,
+        ).rows,
+        "pretrain": write_pretrain(
+            str(out / "general/pretrain"), seed, world, sizes.pretrain_images
+        ).rows,
+        "judge": write_judge(str(out / "general/judge"), seed, world, sizes.judge_examples).rows,
+        "domain_pairs": write_domain_pairs(out / "domain/pairs", seed, world, sizes.domain_pairs),
+        "benchmark": write_benchmark(out / "domain/benchmark", seed, world, sizes.benchmark_images),
+        "general_benchmark": write_benchmark(
+            out / "general/benchmark",
+            seed,
+            world,
+            sizes.benchmark_images,
+            world.general,
+            "general-benchmark",
+        ),
+    }
+    (out / "world.json").write_text(
+        json.dumps(
+            {
+                "seed": seed,
+                "sizes": sizes.model_dump(),
+                "world": world.model_dump(mode="json"),
+                "counts": summary,
+            },
+            indent=2,
+        )
+    )
+    return summary

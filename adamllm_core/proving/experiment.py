@@ -1,0 +1,359 @@
+"""The proving ground's experiment: settings, the domain config the real synth flow runs,
+measurement of synthetic data against the world's truth, and the report.
+
+Variants (the paper's Table 5 names): `base` (no post-training), `caption_only`,
+`single_stage` (ours), `synthetic_only`, `two_stage` (captions, then synthetic tasks) and
+`no_filter` (single-stage with every parsed triplet, the consistency filter off).
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adamllm_core.dataset import Dataset
+from adamllm_core.evaluation.metrics import parse_class
+from adamllm_core.proving.bundles import WorldSizes
+from adamllm_core.proving.models import ModelSizes
+from adamllm_core.proving.world import (
+    SKILL_ANSWERS,
+    Scene,
+    WorldConfig,
+    answer_question,
+    parse_question,
+)
+from adamllm_core.storage import filesystem, join, normalise_uri, write_bytes_atomic
+
+VARIANTS = ("base", "caption_only", "single_stage", "synthetic_only", "two_stage", "no_filter")
+DOMAIN = "proving"
+
+
+def _train(**values: Any) -> dict[str, Any]:
+    common = {
+        "weight_decay": 0.0,
+        "warmup_ratio": 0.05,
+        "global_batch_size": 32,
+        "per_device_batch_size": 32,
+        "max_seq_len": 512,
+        "save_steps": 100,
+        "logging_steps": 10,
+    }
+    return {**common, **values}
+
+
+class ProveConfig(BaseModel):
+    """Sizes and steps of one proving run. `scale: ci` is a reduced run for the test suite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    scale: Literal["full", "ci"] = "full"
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    sizes: WorldSizes = Field(default_factory=WorldSizes)
+    models: ModelSizes = Field(default_factory=ModelSizes)
+    perception: dict[str, Any] = Field(
+        default_factory=lambda: _train(learning_rate=1e-3, max_steps=300)
+    )
+    pretrain: dict[str, Any] = Field(
+        default_factory=lambda: _train(learning_rate=1e-3, max_steps=1200)
+    )
+    judge: dict[str, Any] = Field(
+        default_factory=lambda: _train(task="completion", learning_rate=2e-3, max_steps=800)
+    )
+    synthesizer: dict[str, Any] = Field(
+        default_factory=lambda: _train(learning_rate=2e-3, max_steps=1000)
+    )
+    post_train: dict[str, Any] = Field(default_factory=lambda: _train(learning_rate=5e-4, epochs=3))
+    synth_temperature: float = Field(default=0.0, ge=0)
+    eval_batch_size: int = 64
+
+    @classmethod
+    def for_scale(cls, scale: str, seed: int = 0) -> "ProveConfig":
+        if scale == "ci":
+            return cls(
+                seed=seed,
+                scale="ci",
+                sizes=WorldSizes(
+                    seed_images=1200,
+                    pretrain_images=6000,
+                    judge_examples=2000,
+                    domain_pairs=600,
+                    benchmark_images=120,
+                ),
+                perception=_train(learning_rate=1e-3, max_steps=300),
+                pretrain=_train(learning_rate=1e-3, max_steps=600),
+                judge=_train(task="completion", learning_rate=2e-3, max_steps=600),
+                synthesizer=_train(learning_rate=2e-3, max_steps=800),
+                post_train=_train(learning_rate=5e-4, epochs=3),
+            )
+        return cls(seed=seed)
+
+    def base_identity(self) -> dict[str, Any]:
+        """What the cached base model and judge are made of (not the domain or post-training)."""
+        return {
+            "seed": self.seed,
+            "world": self.world.model_dump(mode="json"),
+            "models": self.models.model_dump(),
+            "pretrain_images": self.sizes.pretrain_images,
+            "judge_examples": self.sizes.judge_examples,
+            "perception": self.perception,
+            "pretrain": self.pretrain,
+            "judge": self.judge,
+        }
+
+
+def domain_config(
+    config: ProveConfig, world_dir: str, out: str, base: str, judge: str
+) -> dict[str, Any]:
+    """The domain config (deployments/<domain>.yaml keys) the synth flow runs for the proving ground."""
+    seed_dir = f"{world_dir}/general/seed"
+    return {
+        "domain": DOMAIN,
+        "source": f"{world_dir}/domain/pairs",
+        "out": out,
+        "ingest": {"rows_per_shard": 256},
+        "synthesize": {
+            "engine": {"kind": "transformers", "model": base, "batch_size": 64},
+            "max_new_tokens": 96,
+            "temperature": config.synth_temperature,
+            "seed": config.seed,
+        },
+        "filter": {
+            "engine": {"kind": "transformers", "model": judge, "batch_size": 64},
+            "template": "short",
+        },
+        "assemble": {
+            "target_model": base,
+            "max_seq_len": 512,
+            "variants": ["single_stage", "two_stage", "caption_only", "synthetic_only"],
+        },
+        "tune_synthesizer": {
+            "vision_flan": f"{seed_dir}/vision_flan.json",
+            "allava_caption": f"{seed_dir}/allava_caption.json",
+            "allava_instruct": f"{seed_dir}/allava_instruct.json",
+            "image_root": seed_dir,
+            "seed": {"seed": config.seed},
+            "train": {**config.synthesizer, "model": base},
+        },
+    }
+
+
+def _scenes_by_pair(pairs_uri: str) -> dict[str, Scene]:
+    scenes = {}
+    for row in Dataset(pairs_uri).iter_rows(["id", "metadata"]):
+        metadata = (
+            json.loads(row["metadata"]) if isinstance(row["metadata"], str) else row["metadata"]
+        )
+        scenes[row["id"]] = Scene.from_json(metadata["world_scene"])
+    return scenes
+
+
+def final_answer(text: str, skill: str | None) -> str | None:
+    """The answer a response commits to: the last of the skill's options it names (as scored)."""
+    if skill is None:
+        return None
+    return parse_class(text, list(SKILL_ANSWERS[skill]), joined=False)
+
+
+def _pct(hits: int, total: int) -> float | None:
+    return round(100 * hits / total, 2) if total else None
+
+
+def measure_synthesis(
+    pairs_uri: str, triplets_uri: str, judged_uris: list[str], kept_uri: str
+) -> dict[str, Any]:
+    """Synthetic data against the world's truth (the paper's Table 7, measured, not annotated).
+
+    - parsed: pairs whose synthesizer output parsed into a triplet;
+    - answer accuracy before the filter: precise answers equal to the true answer, over all
+      parsed triplets (a question outside the world's grammar, or without one true answer in
+      its scene, counts as wrong and is counted in `off_grammar`); informative likewise;
+    - after the filter: the kept chain-of-thought response's conclusion, over kept triplets;
+    - filter agreement: the judge keeps a triplet exactly when its precise answer is true.
+    """
+    scenes = _scenes_by_pair(pairs_uri)
+    pairs = len(scenes)
+    truth: dict[str, str | None] = {}
+    skills: dict[str, str | None] = {}
+    precise_hits = informative_hits = off_grammar = consistent = 0
+    by_skill: dict[str, list[int]] = {}
+    for row in Dataset(triplets_uri).iter_rows(
+        ["id", "pair_id", "instruction", "precise", "informative"]
+    ):
+        parsed = parse_question(row["instruction"])
+        skill = parsed[0] if parsed else None
+        answer = answer_question(scenes[row["pair_id"]], row["instruction"])
+        truth[row["id"]], skills[row["id"]] = answer, skill
+        off_grammar += answer is None
+        precise = final_answer(row["precise"], skill)
+        informative = final_answer(row["informative"], skill)
+        hit = answer is not None and precise == answer
+        precise_hits += hit
+        informative_hits += answer is not None and informative == answer
+        consistent += precise is not None and precise == informative
+        counts = by_skill.setdefault(skill or "off_grammar", [0, 0])
+        counts[0] += hit
+        counts[1] += 1
+    parsed_count = len(truth)
+    kept_hits = kept = 0
+    for row in Dataset(kept_uri).iter_rows(["triplet_id", "response"]):
+        kept += 1
+        answer = truth.get(row["triplet_id"])
+        kept_hits += (
+            answer is not None
+            and final_answer(row["response"] or "", skills[row["triplet_id"]]) == answer
+        )
+    agree = judged = 0
+    labels: dict[str, int] = {}
+    for uri in judged_uris:
+        for row in Dataset(uri).iter_rows(["triplet_id", "label", "precise"]):
+            judged += 1
+            labels[row["label"]] = labels.get(row["label"], 0) + 1
+            answer = truth.get(row["triplet_id"])
+            correct = (
+                answer is not None
+                and final_answer(row["precise"], skills[row["triplet_id"]]) == answer
+            )
+            agree += (row["label"] == "Yes") == correct
+    return {
+        "pairs": pairs,
+        "parsed": parsed_count,
+        "kept": kept,
+        "off_grammar": off_grammar,
+        "parse_rate": _pct(parsed_count, pairs),
+        "answer_accuracy_before_filter": _pct(precise_hits, parsed_count),
+        "informative_accuracy_before_filter": _pct(informative_hits, parsed_count),
+        "consistency_before_filter": _pct(consistent, parsed_count),
+        "answer_accuracy_after_filter": _pct(kept_hits, kept),
+        "filter_agreement_with_truth": _pct(agree, judged),
+        "labels": labels,
+        "precise_accuracy_by_skill": {k: _pct(h, n) for k, (h, n) in sorted(by_skill.items())},
+    }
+
+
+def summary_of(evaluation: dict[str, Any]) -> tuple[float | None, dict[str, float | None]]:
+    row = evaluation["tasks"][0]
+    return row["score"], dict(row.get("per_skill", {}))
+
+
+def write_report(out: str, report: dict[str, Any]) -> dict[str, str]:
+    """report.json, report.md and report.png (accuracy by variant and skill) under `out`."""
+    out = normalise_uri(out)
+    fs, root = filesystem(out)
+    write_bytes_atomic(
+        fs, join(root, "report.json"), (json.dumps(report, indent=2) + "\n").encode()
+    )
+    write_bytes_atomic(fs, join(root, "report.md"), render_markdown(report).encode())
+    write_bytes_atomic(fs, join(root, "report.png"), render_chart(report))
+    return {name: join(out, name) for name in ("report.json", "report.md", "report.png")}
+
+
+def gains_table(report: dict[str, Any]) -> str:
+    """The accuracy of each variant and its gain over caption-only and base, as Markdown."""
+    accuracy = report["adamllm"]["accuracy"]
+    base, caption = accuracy.get("base"), accuracy.get("caption_only")
+    lines = [
+        "| variant | domain accuracy | vs base | vs caption-only |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for variant in VARIANTS:
+        value = accuracy.get(variant)
+        if value is None:
+            continue
+        vs_base = f"{value - base:+.1f}" if base is not None else ""
+        vs_caption = f"{value - caption:+.1f}" if caption is not None else ""
+        lines.append(f"| {variant} | {value:.1f} | {vs_base} | {vs_caption} |")
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    adamllm = report["adamllm"]
+    skills = sorted({s for per in adamllm["per_skill"].values() for s in per})
+    lines = [
+        f"# Proving ground, world seed {report['seed']} ({report['scale']} scale)",
+        "",
+        "Domain-benchmark accuracy (0-100) of the base model and of each post-training variant.",
+        "",
+        gains_table(report),
+        "",
+        "## By skill",
+        "",
+        "| variant | " + " | ".join(skills) + " |",
+        "| --- |" + " ---: |" * len(skills),
+    ]
+    for variant, per in adamllm["per_skill"].items():
+        lines.append(
+            f"| {variant} | " + " | ".join(f"{per.get(s, 0) or 0:.1f}" for s in skills) + " |"
+        )
+    synthesis = adamllm["synthesis"]
+    lines += [
+        "",
+        "## Synthetic data against the world's truth",
+        "",
+        "| measure | value |",
+        "| --- | ---: |",
+    ]
+    lines += [
+        f"| {key} | {value} |" for key, value in synthesis.items() if not isinstance(value, dict)
+    ]
+    lines += [
+        f"| labels | {json.dumps(synthesis.get('labels', {}))} |",
+        f"| precise accuracy by skill | {json.dumps(synthesis.get('precise_accuracy_by_skill', {}))} |",
+    ]
+    if report.get("general_accuracy"):
+        lines += ["", f"Base model on held-out general images: {report['general_accuracy']:.1f}."]
+    if report.get("seconds"):
+        lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "| --- | ---: |"]
+        lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in report["seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_chart(report: dict[str, Any]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_skill = report["adamllm"]["per_skill"]
+    skills = sorted({s for per in per_skill.values() for s in per}) + ["all"]
+    variants = list(per_skill)
+    figure, axis = plt.subplots(figsize=(11, 4), dpi=100)
+    width = 0.8 / max(1, len(variants))
+    for i, variant in enumerate(variants):
+        values = [per_skill[variant].get(s) or 0 for s in skills[:-1]] + [
+            report["adamllm"]["accuracy"][variant] or 0
+        ]
+        axis.bar([k + i * width for k in range(len(skills))], values, width, label=variant)
+    axis.set_xticks([k + 0.4 - width / 2 for k in range(len(skills))], skills)
+    axis.set_ylabel("accuracy")
+    axis.set_ylim(0, 100)
+    axis.legend(fontsize=8, ncol=3)
+    axis.set_title(
+        f"Proving ground, world seed {report['seed']}: domain accuracy by variant and skill"
+    )
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+class StageClock:
+    """Seconds per named stage, for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.monotonic()
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = round(self.seconds.get(stage, 0) + now - self._start, 1)
+        self._start = now
+
+
+def world_dir(out: str) -> str:
+    return str(Path(out) / "world")

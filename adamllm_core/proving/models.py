@@ -1,0 +1,103 @@
+"""The proving ground's models, built here from random weights (no download).
+
+- a tokenizer trained with `tokenizers` on the method's prompts and the world's text, so
+  every world word is one token;
+- `vlm-init/`: a LLaVA-architecture model (CLIP vision tower, Llama text model) sized to
+  learn 64x64 scenes on CPU; pretrained on the general world it becomes the *base* MLLM;
+- `lm-init/`: a Llama text model; tuned on general-world triplets it becomes the judge.
+
+Pretraining and judge tuning go through the platform's own trainer (`train_to`), and their
+outputs are cached by the hash of what makes them, so each is built once per machine.
+"""
+
+import os
+import random
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adamllm_core.hashing import canonical_json, sha256_hex
+from adamllm_core.models.tiny import build_tiny_lm, build_tiny_vlm, build_tokenizer
+from adamllm_core.proving.world import (
+    DOMAIN,
+    GENERAL,
+    WorldConfig,
+    caption,
+    questions,
+    sample_scene,
+    vocabulary,
+)
+
+
+class ModelSizes(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 48
+    vision_layers: int = 2
+    text_hidden: int = 96
+    text_layers: int = 2
+    heads: int = 4
+    judge_hidden: int = 96
+    judge_layers: int = 2
+    vocab_size: int = Field(default=700, description="BPE vocabulary: every world word stays whole")
+
+
+def proving_cache() -> Path:
+    return Path(os.environ.get("ADAMLLM_PROVING_CACHE", "~/.cache/adamllm/proving")).expanduser()
+
+
+def _tokenizer_text(world: WorldConfig) -> list[str]:
+    """World text from both palettes: the tokenizer must know every word, not the scenes."""
+    rng = random.Random(0)
+    text = [" ".join(vocabulary())] * 20
+    for palette in (GENERAL, DOMAIN, world.general, world.domain):
+        for _ in range(200):
+            scene = sample_scene(rng, palette, world)
+            text.append(caption(scene, rng))
+            text += [f"{q.question} {q.answer} {q.informative}" for q in questions(scene, rng)]
+    return text
+
+
+def build_initial_models(
+    out: Path, sizes: ModelSizes, world: WorldConfig, seed: int = 0
+) -> dict[str, Path]:
+    """Random-weight `vlm-init/` and `lm-init/` sharing one tokenizer; returns their paths."""
+    tokenizer = build_tokenizer(_tokenizer_text(world), vocab_size=sizes.vocab_size)
+    # White maps to zero: empty background patches embed to nothing but their position, so the
+    # few object pixels carry the image tokens (with CLIP's mean/std, image tokens barely differed
+    # between images). Measured on colour questions alone, 300 steps: 53% against 44% with
+    # CLIP's normalisation and 37% without the CLS token (chance 25%).
+    vlm = build_tiny_vlm(
+        out / "vlm-init",
+        tokenizer,
+        seed,
+        image_size=sizes.image_size,
+        patch_size=sizes.patch_size,
+        vision_hidden=sizes.vision_hidden,
+        vision_layers=sizes.vision_layers,
+        text_hidden=sizes.text_hidden,
+        text_layers=sizes.text_layers,
+        heads=sizes.heads,
+        image_mean=(1.0, 1.0, 1.0),
+        image_std=(0.5, 0.5, 0.5),
+        feature_strategy="full",
+    )
+    lm = build_tiny_lm(
+        out / "lm-init",
+        tokenizer,
+        seed,
+        hidden=sizes.judge_hidden,
+        layers=sizes.judge_layers,
+        heads=sizes.heads,
+    )
+    return {"vlm": vlm, "lm": lm}
+
+
+def cache_key(*parts: object) -> str:
+    return sha256_hex(
+        canonical_json(
+            [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+        )
+    )[:16]

@@ -1,0 +1,162 @@
+"""Flow `prove`: the AdaMLLM pipeline measured on a generated world, through the real flows.
+
+World → base MLLM and judge (built once per machine) → flow `synth` on the domain pairs
+(synthesizer tuned on the general seed data → triplets → filter → mixtures) → one
+training run per variant → flow-`evaluate`'s task on the domain benchmark → report.
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from prefect import flow
+
+from adamllm_core.config import load_domain_config
+from adamllm_core.dataset import Dataset
+from adamllm_core.engines import EngineConfig
+from adamllm_core.evaluation.run import EvalConfig
+from adamllm_core.proving.experiment import (
+    VARIANTS,
+    ProveConfig,
+    StageClock,
+    domain_config,
+    gains_table,
+    summary_of,
+)
+from adamllm_core.training.trainer import stage1_train_config
+from flows.synth import synth_flow
+from tasks.evaluate import evaluate_benchmark
+from tasks.prove import build_base_models, make_world, measure_synthetic_data, prove_report
+from tasks.synth import assemble_mixtures, filter_consistent
+from tasks.train import train_model
+
+BENCHMARK = "proving_ground"
+
+
+@flow(name="prove", log_prints=True)
+def prove_flow(
+    seed: int = 0, out: str = "runs/prove", scale: Literal["full", "ci"] = "full"
+) -> dict[str, Any]:
+    """Run the proving ground for one world seed; writes OUT/report.{md,png,json}."""
+    config = ProveConfig.for_scale(scale, seed)
+    out = str(Path(out).resolve())
+    clock = StageClock()
+    world = f"{out}/world"
+    make_world(config, world)
+    clock.lap("world")
+    models = build_base_models(config, world)
+    clock.lap("base and judge (cached per machine)")
+    config_path = Path(out) / "proving.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            domain_config(config, world, out, models["base"], models["judge"]), sort_keys=False
+        )
+    )
+    synth = synth_flow(str(config_path))
+    clock.lap("synth flow")
+    domain = load_domain_config(config_path)
+    # Without the consistency filter: every parsed triplet, each with its joined response.
+    keep_all = domain.filter.model_copy(update={"keep": ("Yes", "No", "Open")})
+    kept_all, _ = filter_consistent(
+        synth["triplets"].uri,
+        domain.uri("filtered-all"),
+        domain.uri("rejected-none"),
+        keep_all,
+        cache_uri=domain.uri("_cache/filter"),
+        overwrite=True,
+    )
+    no_filter = assemble_mixtures(
+        synth["pairs"].uri,
+        kept_all.uri,
+        {"single_stage": domain.uri("mixture-no-filter")},
+        domain.uri("mixture-no-filter"),
+        domain.assemble.model_copy(update={"variants": ("single_stage",)}),
+        overwrite=True,
+    )
+    clock.lap("no-filter mixture")
+    post = {**config.post_train, "model": models["base"]}
+    data = {
+        "caption_only": synth["mixture:caption_only"].uri,
+        "single_stage": synth["mixture:single_stage"].uri,
+        "synthetic_only": synth["mixture:synthetic_only"].uri,
+        "no_filter": no_filter["single_stage"].uri,
+    }
+    untrained = {
+        "final": models["base"],
+        "steps": 0,
+    }  # an empty mixture leaves the base model as it is
+    trained: dict[str, dict[str, Any]] = {"base": untrained}
+    for variant, mixture in data.items():
+        if Dataset(mixture).manifest.rows:
+            trained[variant] = train_model(
+                post, mixture, domain.uri(f"model-{variant.replace('_', '-')}")
+            )
+        else:
+            print(f"{variant}: the mixture is empty, so the model is the base model")
+            trained[variant] = untrained
+        clock.lap(f"train {variant}")
+    stage1 = train_model(
+        stage1_train_config(post), synth["mixture:two_stage_1"].uri, domain.uri("model-two-stage-1")
+    )
+    trained["two_stage"] = (
+        train_model(
+            {**post, "model": stage1["final"]},
+            synth["mixture:two_stage_2"].uri,
+            domain.uri("model-two-stage"),
+        )
+        if synth["mixture:two_stage_2"].rows
+        else stage1
+    )
+    clock.lap("train two_stage")
+    accuracy: dict[str, float | None] = {}
+    per_skill: dict[str, dict[str, float | None]] = {}
+    for variant in VARIANTS:
+        engine = EngineConfig(model=trained[variant]["final"], batch_size=config.eval_batch_size)
+        summary = evaluate_benchmark(
+            EvalConfig(benchmark=BENCHMARK, data=f"{world}/domain/benchmark", engine=engine),
+            f"{out}/eval/{variant}",
+            overwrite=True,
+        )
+        accuracy[variant], per_skill[variant] = summary_of(summary)
+    general = evaluate_benchmark(
+        EvalConfig(
+            benchmark=BENCHMARK,
+            data=f"{world}/general/benchmark",
+            engine=EngineConfig(model=models["base"], batch_size=config.eval_batch_size),
+        ),
+        f"{out}/eval/base-general",
+        overwrite=True,
+    )
+    clock.lap("evaluate")
+    synthesis = measure_synthetic_data(
+        synth["pairs"].uri,
+        synth["triplets"].uri,
+        [synth["filtered"].uri, synth["rejected"].uri],
+        synth["filtered"].uri,
+    )
+    report = {
+        "seed": seed,
+        "scale": scale,
+        "adamllm": {"accuracy": accuracy, "per_skill": per_skill, "synthesis": synthesis},
+        "general_accuracy": summary_of(general)[0],
+        "training": {
+            variant: {
+                k: v
+                for k, v in run.items()
+                if k in ("steps", "examples", "train_loss", "seconds", "samples_per_s")
+            }
+            for variant, run in trained.items()
+            if variant != "base"
+        },
+        "seconds": clock.seconds,
+        "config": config.model_dump(mode="json"),
+    }
+    written = prove_report(out, report)
+    print(gains_table(report))
+    print(
+        f"synthesizer parsed {synthesis['parsed']} of {synthesis['pairs']} pairs; answer accuracy "
+        f"{synthesis['answer_accuracy_before_filter']} before the filter, {synthesis['answer_accuracy_after_filter']} "
+        f"after ({synthesis['kept']} kept)"
+    )
+    print(f"report: {written['report.md']}")
+    return report

@@ -1,0 +1,225 @@
+"""The proving ground's generated world: deterministic per seed, gold answers true of the
+pixels, captions that state only true facts, bundles the real importers read."""
+
+import io
+import json
+import random
+import re
+
+import pytest
+from PIL import Image
+
+from adamllm_core.proving.bundles import WorldSizes, judge_example, write_world
+from adamllm_core.proving.world import (
+    COLOURS,
+    COLUMNS,
+    DOMAIN,
+    GENERAL,
+    NUMBERS,
+    ROWS,
+    SHAPES,
+    WorldConfig,
+    answer_question,
+    caption,
+    parse_question,
+    questions,
+    render,
+    sample_scene,
+)
+
+WORLD = WorldConfig()
+
+
+def _scenes(count: int, palette=GENERAL, seed: int = 3):
+    rng = random.Random(seed)
+    for _ in range(count):
+        scene = sample_scene(rng, palette, WORLD)
+        yield scene, render(scene, WORLD.image_size, rng), rng
+
+
+def _nearest_colour(pixel: tuple[int, int, int]) -> str:
+    return min(COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(COLOURS[name], pixel)))
+
+
+def _object_mask(image: Image.Image, background: tuple[int, int, int]) -> list[list[bool]]:
+    size = image.size[0]
+    pixels = image.load()
+    return [
+        [sum(abs(a - b) for a, b in zip(pixels[x, y], background)) > 60 for x in range(size)]
+        for y in range(size)
+    ]
+
+
+def _components(mask: list[list[bool]]) -> int:
+    size, seen, count = len(mask), set(), 0
+    for y in range(size):
+        for x in range(size):
+            if mask[y][x] and (x, y) not in seen:
+                count += 1
+                stack = [(x, y)]
+                seen.add((x, y))
+                while stack:
+                    cx, cy = stack.pop()
+                    for nx, ny in ((cx + 1, cy), (cx - 1, cy), (cx, cy + 1), (cx, cy - 1)):
+                        if (
+                            0 <= nx < size
+                            and 0 <= ny < size
+                            and mask[ny][nx]
+                            and (nx, ny) not in seen
+                        ):
+                            seen.add((nx, ny))
+                            stack.append((nx, ny))
+    return count
+
+
+def _cell_colour(image: Image.Image, row: int, column: int, background) -> str:
+    """The palette colour most of the cell's object pixels are nearest to."""
+    cell = image.size[0] / 3
+    pixels = image.load()
+    votes: dict[str, int] = {}
+    for y in range(int(row * cell), int((row + 1) * cell)):
+        for x in range(int(column * cell), int((column + 1) * cell)):
+            if sum(abs(a - b) for a, b in zip(pixels[x, y], background)) > 60:
+                name = _nearest_colour(pixels[x, y])
+                votes[name] = votes.get(name, 0) + 1
+    return max(votes, key=votes.get)
+
+
+def test_same_seed_same_world_other_seed_other_world(tmp_path) -> None:
+    sizes = WorldSizes(
+        seed_images=6, pretrain_images=8, judge_examples=8, domain_pairs=6, benchmark_images=4
+    )
+    write_world(tmp_path / "a", 7, sizes)
+    write_world(tmp_path / "b", 7, sizes)
+    write_world(tmp_path / "c", 8, sizes)
+    files = sorted(
+        p.relative_to(tmp_path / "a")
+        for p in (tmp_path / "a").rglob("*")
+        if p.is_file() and "pretrain" not in p.parts and "judge" not in p.parts
+    )
+    assert files and all(
+        (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files
+    )
+    assert (tmp_path / "a/domain/pairs/data.jsonl").read_bytes() != (
+        tmp_path / "c/domain/pairs/data.jsonl"
+    ).read_bytes()
+    for name in ("pretrain", "judge"):  # datasets: equal content, equal fingerprint
+        a = json.loads((tmp_path / f"a/general/{name}/manifest.json").read_text())
+        b = json.loads((tmp_path / f"b/general/{name}/manifest.json").read_text())
+        assert a["fingerprint"] == b["fingerprint"] and [s["sha256"] for s in a["shards"]] == [
+            s["sha256"] for s in b["shards"]
+        ]
+
+
+@pytest.mark.parametrize("palette", [GENERAL, DOMAIN], ids=["general", "domain"])
+def test_gold_colour_and_count_are_true_of_the_pixels(palette) -> None:
+    checked = {"colour": 0, "count": 0, "relation": 0}
+    for scene, png, rng in _scenes(60, palette):
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        assert _components(_object_mask(image, scene.background)) == len(scene.things)
+        for question in questions(scene, rng):
+            assert answer_question(scene, question.question) == question.answer
+            if question.skill == "count":
+                assert NUMBERS.index(question.answer) == _components(
+                    _object_mask(image, scene.background)
+                )
+                checked["count"] += 1
+            if question.skill in ("colour", "relation"):
+                shape = parse_question(question.question)[1][0]
+                target = next(t for t in scene.things if t.shape == shape)
+                if question.skill == "relation":  # the nearest object left of the target, same row
+                    target = max(
+                        (
+                            t
+                            for t in scene.things
+                            if t.row == target.row and t.column < target.column
+                        ),
+                        key=lambda t: t.column,
+                    )
+                assert (
+                    _cell_colour(image, target.row, target.column, scene.background)
+                    == question.answer
+                )
+                checked[question.skill] += 1
+    assert checked["colour"] > 30 and checked["count"] == 60 and checked["relation"] > 5
+
+
+_FACT = re.compile(
+    r"(?:(small|large) )?(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")"
+    r"(?: \((small|large), )?(?:(?: is)? at the )?("
+    + "|".join(ROWS)
+    + ") ("
+    + "|".join(COLUMNS)
+    + ")"
+)
+
+
+def test_captions_state_only_true_facts() -> None:
+    styles = set()
+    for scene, _, rng in _scenes(200, DOMAIN):
+        text = caption(scene, rng)
+        facts = {(m[0] or m[3], m[1], m[2], m[4], m[5]) for m in _FACT.findall(text)}
+        truth = {(t.size, t.colour, t.shape, ROWS[t.row], COLUMNS[t.column]) for t in scene.things}
+        assert facts == truth, text
+        assert (
+            NUMBERS[len(scene.things)] in text.lower().split(" ")[:4]
+            or NUMBERS[len(scene.things)].capitalize() in text
+        )
+        styles.add(
+            "there"
+            if text.startswith("There")
+            else "shows"
+            if text.startswith("This image")
+            else "list"
+        )
+    assert len(styles) == 3  # three caption styles
+
+
+def test_answer_question_rejects_questions_outside_the_grammar() -> None:
+    scene = next(_scenes(1))[0]
+    assert answer_question(scene, "What is the meaning of this image?") is None
+    assert (
+        answer_question(scene, "What colour is the hexagon?") is None
+    )  # no such object: no single answer
+    assert parse_question("  WHAT COLOR is the circle? ") == ("colour", ("circle",))
+
+
+def test_judge_examples_cover_every_label_and_no_contradicts_yes() -> None:
+    labels: dict[str, int] = {}
+    for scene, _, rng in _scenes(300):
+        _instruction, informative, precise, label = judge_example(scene, rng)
+        labels[label] = labels.get(label, 0) + 1
+        if label == "Yes":
+            assert informative.endswith(f"So the answer is {precise}.")
+        if label == "No":
+            assert not informative.endswith(f"So the answer is {precise}.")
+    assert set(labels) == {"Yes", "No", "Open"} and labels["Open"] < labels["Yes"]
+
+
+def test_bundles_are_read_by_the_real_importers(tmp_path) -> None:
+    from adamllm_core.evaluation.adapters import read_items
+    from adamllm_core.importers import open_source
+    from adamllm_core.ingest import IngestConfig
+    from adamllm_core.training.seed import SeedConfig, build_seed
+
+    sizes = WorldSizes(
+        seed_images=20, pretrain_images=8, judge_examples=8, domain_pairs=12, benchmark_images=10
+    )
+    counts = write_world(tmp_path, 1, sizes)
+    items = list(read_items("proving_ground", str(tmp_path / "domain/benchmark")))
+    assert len(items) == sum(counts["benchmark"].values())
+    assert all(
+        item.choices and item.answer in item.choices and item.metadata["skill"] for item in items
+    )
+    seed = build_seed(
+        *(
+            str(tmp_path / f"general/seed/{n}.json")
+            for n in ("vision_flan", "allava_caption", "allava_instruct")
+        ),
+        str(tmp_path / "general/seed"),
+        str(tmp_path / "seed-ds"),
+        SeedConfig(),
+    )
+    assert seed.rows == 40 and not seed.quarantine
+    source = open_source(str(tmp_path / "domain/pairs"), IngestConfig(domain="proving").source)
+    assert source is not None
