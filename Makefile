@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    the main job: the proving ground (AdaMLLM's gains on a generated world, CPU)
+#   make run    the main job: synthesis, post-training and evaluation on bundled samples, tiny local models
 #   make test   the test suite
-# Also: make demo (the pipeline on real MedPix pairs with tiny random models).
+# Also: make prove (the proving ground: the method on a generated world; its gains are not met yet).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +15,7 @@ SEED ?= 0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run demo test lock clean
+.PHONY: run prove test lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -32,10 +32,10 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
-run: $(STAMP)
+prove: $(STAMP)
 	$(BIN)/adamllm prove --seed $(SEED) --out $(OUT)/prove
 
-demo: $(STAMP)
+run: $(STAMP)
 	$(BIN)/adamllm synth --config deployments/demo.yaml --out $(OUT)
 	$(BIN)/adamllm inspect $(OUT)/demo/mixture --rows 1
 	# evaluation: the tiny base model, then the post-trained one, reported side by side

@@ -60,10 +60,10 @@ class ProveConfig(BaseModel):
         default_factory=lambda: _train(learning_rate=1e-3, max_steps=1200)
     )
     judge: dict[str, Any] = Field(
-        default_factory=lambda: _train(task="completion", learning_rate=2e-3, max_steps=800)
+        default_factory=lambda: _train(task="completion", learning_rate=2e-3, max_steps=2500)
     )
     synthesizer: dict[str, Any] = Field(
-        default_factory=lambda: _train(learning_rate=2e-3, max_steps=1000)
+        default_factory=lambda: _train(learning_rate=2e-3, max_steps=400)
     )
     post_train: dict[str, Any] = Field(default_factory=lambda: _train(learning_rate=5e-4, epochs=3))
     synth_temperature: float = Field(default=0.0, ge=0)
@@ -84,8 +84,8 @@ class ProveConfig(BaseModel):
                 ),
                 perception=_train(learning_rate=1e-3, max_steps=300),
                 pretrain=_train(learning_rate=1e-3, max_steps=600),
-                judge=_train(task="completion", learning_rate=2e-3, max_steps=600),
-                synthesizer=_train(learning_rate=2e-3, max_steps=800),
+                judge=_train(task="completion", learning_rate=2e-3, max_steps=1000),
+                synthesizer=_train(learning_rate=2e-3, max_steps=400),
                 post_train=_train(learning_rate=5e-4, epochs=3),
             )
         return cls(seed=seed)
