@@ -11,6 +11,10 @@ import pytest
 
 from adamllm_core.proving.experiment import VARIANTS
 
+# The first test builds the world, trains the base model and judge from scratch and runs
+# every stage: about 7 minutes on 2 idle cores, more than the suite's default limit.
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1800)]
+
 
 @pytest.fixture(scope="module")
 def proving_run(
