@@ -40,10 +40,17 @@ from adamllm_core.synthesis import (
 )
 
 
-def _quarantine(stage: str, index: int, ref: str, error: Rejected, record_id: str | None, raw: str | None) -> QuarantineRow:
+def _quarantine(
+    stage: str, index: int, ref: str, error: Rejected, record_id: str | None, raw: str | None
+) -> QuarantineRow:
     return QuarantineRow(
-        stage=stage, input_index=index, source_ref=ref, reason=error.reason, detail=error.detail[:2000],
-        record_id=record_id, record=raw[:20_000] if raw is not None else None,
+        stage=stage,
+        input_index=index,
+        source_ref=ref,
+        reason=error.reason,
+        detail=error.detail[:2000],
+        record_id=record_id,
+        record=raw[:20_000] if raw is not None else None,
     )
 
 
@@ -56,6 +63,7 @@ def _stage_config(config: BaseModel, engine: Engine) -> dict[str, Any]:
 
 
 # --- synthesize ---------------------------------------------------------------------------
+
 
 def synthesize(
     pairs_uri: str,
@@ -83,7 +91,9 @@ def synthesize(
 
     def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
         requests = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
-        results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size, stats=stats)
+        results = run_cached(
+            engine, requests, cache, batch_size=config.engine.batch_size, stats=stats
+        )
         output = ShardOutput(rows={"triplets": []})
         output.counters.update(requests_cached=stats.cached, requests_computed=stats.computed)
         stats.cached = stats.computed = 0
@@ -92,28 +102,46 @@ def synthesize(
                 parsed = parse_triplet(result.text, delimiters)
             except Rejected as error:
                 output.quarantine.append(
-                    _quarantine("synthesize", offset + position, row["id"], error, row["id"], result.text)
+                    _quarantine(
+                        "synthesize", offset + position, row["id"], error, row["id"], result.text
+                    )
                 )
                 continue
-            output.rows["triplets"].append(TaskTriplet(
-                id=triplet_id(row["id"], parsed.instruction), pair_id=row["id"], domain=row["domain"],
-                instruction=parsed.instruction, precise=parsed.precise, informative=parsed.informative,
-                synthesizer=engine.model_identity, turns=parsed.turns, raw_output=result.text,
-                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-            ))
+            output.rows["triplets"].append(
+                TaskTriplet(
+                    id=triplet_id(row["id"], parsed.instruction),
+                    pair_id=row["id"],
+                    domain=row["domain"],
+                    instruction=parsed.instruction,
+                    precise=parsed.precise,
+                    informative=parsed.informative,
+                    synthesizer=engine.model_identity,
+                    turns=parsed.turns,
+                    raw_output=result.text,
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                )
+            )
         output.counters["completion_tokens"] += sum(r.completion_tokens for r in results)
         return output
 
     manifests = run_stage(
-        stage="synthesize", input_uri=pairs_uri, outputs={"triplets": StageOutput(out, TRIPLETS)},
-        config=_stage_config(config, engine), process=process,
-        columns=["id", "image", "caption", "domain"], overwrite=overwrite, progress=progress,
-        rank=rank, world=world,
+        stage="synthesize",
+        input_uri=pairs_uri,
+        outputs={"triplets": StageOutput(out, TRIPLETS)},
+        config=_stage_config(config, engine),
+        process=process,
+        columns=["id", "image", "caption", "domain"],
+        overwrite=overwrite,
+        progress=progress,
+        rank=rank,
+        world=world,
     )
     return manifests.get("triplets")
 
 
 # --- filter -------------------------------------------------------------------------------
+
 
 def filter_triplets(
     triplets_uri: str,
@@ -133,29 +161,56 @@ def filter_triplets(
     cache = RequestCache(cache_uri)
 
     def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
-        requests = [judge_request(r["instruction"], r["informative"], r["precise"], config.template) for r in rows]
+        requests = [
+            judge_request(r["instruction"], r["informative"], r["precise"], config.template)
+            for r in rows
+        ]
         results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
         output = ShardOutput(rows={"filtered": [], "rejected": []})
         for row, result in zip(rows, results):
             label, scores = label_of(result.choice_scores or {})
             kept = label in config.keep
-            response, rule = chain_of_thought(row["informative"], row["precise"], seed=config.seed, key=row["id"]) if kept else (None, None)
+            response, rule = (
+                chain_of_thought(
+                    row["informative"], row["precise"], seed=config.seed, key=row["id"]
+                )
+                if kept
+                else (None, None)
+            )
             judged = JudgedTriplet(
-                id=row["id"], pair_id=row["pair_id"], triplet_id=row["id"], domain=row["domain"],
-                instruction=row["instruction"], precise=row["precise"], informative=row["informative"],
-                label=label, score_yes=scores["Yes"], score_no=scores["No"], score_open=scores["Open"],
-                judge=engine.model_identity, response=response, response_rule=rule,
+                id=row["id"],
+                pair_id=row["pair_id"],
+                triplet_id=row["id"],
+                domain=row["domain"],
+                instruction=row["instruction"],
+                precise=row["precise"],
+                informative=row["informative"],
+                label=label,
+                score_yes=scores["Yes"],
+                score_no=scores["No"],
+                score_open=scores["Open"],
+                judge=engine.model_identity,
+                response=response,
+                response_rule=rule,
             )
             output.rows["filtered" if kept else "rejected"].append(judged)
             output.counters[f"label_{label.lower()}"] += 1
         return output
 
     manifests = run_stage(
-        stage="filter", input_uri=triplets_uri,
-        outputs={"filtered": StageOutput(out_kept, JUDGED), "rejected": StageOutput(out_rejected, JUDGED)},
-        config=_stage_config(config, engine), process=process,
+        stage="filter",
+        input_uri=triplets_uri,
+        outputs={
+            "filtered": StageOutput(out_kept, JUDGED),
+            "rejected": StageOutput(out_rejected, JUDGED),
+        },
+        config=_stage_config(config, engine),
+        process=process,
         columns=["id", "pair_id", "domain", "instruction", "precise", "informative"],
-        overwrite=overwrite, progress=progress, rank=rank, world=world,
+        overwrite=overwrite,
+        progress=progress,
+        rank=rank,
+        world=world,
     )
     return (manifests["filtered"], manifests["rejected"]) if manifests else None
 
@@ -185,18 +240,25 @@ class AssembleConfig(BaseModel):
 
     target_model: str = Field(description="the MLLM to post-train: its processor counts tokens")
     max_seq_len: int = Field(default=6144, gt=0)
-    over_length: Literal["drop", "keep"] = Field(default="drop", description="records over max_seq_len")
+    over_length: Literal["drop", "keep"] = Field(
+        default="drop", description="records over max_seq_len"
+    )
     seed: int = 0
-    variants: tuple[Literal["single_stage", "two_stage", "caption_only", "synthetic_only"], ...] = ("single_stage",)
+    variants: tuple[Literal["single_stage", "two_stage", "caption_only", "synthetic_only"], ...] = (
+        "single_stage",
+    )
 
 
-def _rng(seed: int, *parts: str) -> random.Random:
+def seeded_rng(seed: int, *parts: str) -> random.Random:
+    """A generator seeded by (seed, parts): the same draws for the same key, on any machine."""
     digest = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def _record_turns(variant: str, pair: dict[str, Any], task: dict[str, Any] | None, seed: int) -> tuple[str, list[tuple[str, str]]] | None:
-    caption = (_rng(seed, "prompt", pair["id"]).choice(CAPTION_PROMPTS), pair["caption"])
+def _record_turns(
+    variant: str, pair: dict[str, Any], task: dict[str, Any] | None, seed: int
+) -> tuple[str, list[tuple[str, str]]] | None:
+    caption = (seeded_rng(seed, "prompt", pair["id"]).choice(CAPTION_PROMPTS), pair["caption"])
     synthetic = (task["instruction"], task["response"]) if task else None
     if variant in ("caption_only", "two_stage_1"):
         return "caption", [caption]
@@ -204,7 +266,7 @@ def _record_turns(variant: str, pair: dict[str, Any], task: dict[str, Any] | Non
         return ("task", [synthetic]) if synthetic else None
     if synthetic is None:
         return "caption", [caption]
-    if _rng(seed, "order", pair["id"]).random() < 0.5:
+    if seeded_rng(seed, "order", pair["id"]).random() < 0.5:
         return "caption+task", [caption, synthetic]
     return "task+caption", [synthetic, caption]
 
@@ -231,10 +293,18 @@ def assemble(
     def count_tokens(turns: list[tuple[str, str]], image: bytes) -> int:
         messages = []
         for i, (question, answer) in enumerate(turns):
-            messages.append({"role": "user", "content": [{"type": "image"}] * (i == 0) + [{"type": "text", "text": question}]})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}] * (i == 0)
+                    + [{"type": "text", "text": question}],
+                }
+            )
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         text = renderer.processor.apply_chat_template(messages, tokenize=False)
-        encoded = renderer.processor(text=[text], images=[Image.open(io.BytesIO(image)).convert("RGB")])
+        encoded = renderer.processor(
+            text=[text], images=[Image.open(io.BytesIO(image)).convert("RGB")]
+        )
         return len(encoded["input_ids"][0])
 
     def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
@@ -252,30 +322,53 @@ def assemble(
                     output.counters[f"over_max_len_{variant}"] += 1
                     if config.over_length == "drop":
                         if variant == next(iter(outs)):
-                            output.quarantine.append(_quarantine(
-                                "assemble", offset + position, pair["id"],
-                                Rejected("too_long", f"{tokens} tokens > max_seq_len {config.max_seq_len}"),
-                                pair["id"], None,
-                            ))
+                            output.quarantine.append(
+                                _quarantine(
+                                    "assemble",
+                                    offset + position,
+                                    pair["id"],
+                                    Rejected(
+                                        "too_long",
+                                        f"{tokens} tokens > max_seq_len {config.max_seq_len}",
+                                    ),
+                                    pair["id"],
+                                    None,
+                                )
+                            )
                         continue
                 messages = []
                 for i, (question, answer) in enumerate(turns):
-                    messages.append(ChatTurn(role="user", content=("<image>" if i == 0 else "") + question))
+                    messages.append(
+                        ChatTurn(role="user", content=("<image>" if i == 0 else "") + question)
+                    )
                     messages.append(ChatTurn(role="assistant", content=answer))
-                output.rows[variant].append(Conversation(
-                    id=hashlib.sha256(f"{variant}\0{pair['id']}".encode()).hexdigest()[:32],
-                    pair_id=pair["id"], triplet_id=task["id"] if task and "task" in kind else None,
-                    domain=pair["domain"], variant=variant, kind=kind, image=pair["image"],
-                    image_format=pair["image_format"], messages=messages, tokens=tokens,
-                ))
+                output.rows[variant].append(
+                    Conversation(
+                        id=hashlib.sha256(f"{variant}\0{pair['id']}".encode()).hexdigest()[:32],
+                        pair_id=pair["id"],
+                        triplet_id=task["id"] if task and "task" in kind else None,
+                        domain=pair["domain"],
+                        variant=variant,
+                        kind=kind,
+                        image=pair["image"],
+                        image_format=pair["image_format"],
+                        messages=messages,
+                        tokens=tokens,
+                    )
+                )
                 output.counters[f"{variant}_{kind}"] += 1
         return output
 
     return run_stage(
-        stage="assemble", input_uri=pairs_uri,
+        stage="assemble",
+        input_uri=pairs_uri,
         outputs={name: StageOutput(uri, CONVERSATIONS) for name, uri in outs.items()},
-        config=_assemble_config(config), process=process, columns=["id", "image", "image_format", "caption", "domain"],
-        extra_inputs=[filtered_uri], overwrite=overwrite, progress=progress,
+        config=_assemble_config(config),
+        process=process,
+        columns=["id", "image", "image_format", "caption", "domain"],
+        extra_inputs=[filtered_uri],
+        overwrite=overwrite,
+        progress=progress,
     )
 
 
@@ -287,16 +380,23 @@ def _assemble_config(config: AssembleConfig) -> dict[str, Any]:
 
 # --- identities, for cache keys -------------------------------------------------------------
 
+
 def synthesize_identity(pairs_uri: str, config: SynthConfig) -> str:
-    return stage_identity([pairs_uri], StageOutput("", TRIPLETS), _stage_config(config, make_engine(config.engine)))
+    return stage_identity(
+        [pairs_uri], StageOutput("", TRIPLETS), _stage_config(config, make_engine(config.engine))
+    )
 
 
 def filter_identity(triplets_uri: str, config: FilterConfig) -> str:
-    return stage_identity([triplets_uri], StageOutput("", JUDGED), _stage_config(config, make_engine(config.engine)))
+    return stage_identity(
+        [triplets_uri], StageOutput("", JUDGED), _stage_config(config, make_engine(config.engine))
+    )
 
 
 def assemble_identity(pairs_uri: str, filtered_uri: str, config: AssembleConfig) -> str:
-    return stage_identity([pairs_uri, filtered_uri], StageOutput("", CONVERSATIONS), _assemble_config(config))
+    return stage_identity(
+        [pairs_uri, filtered_uri], StageOutput("", CONVERSATIONS), _assemble_config(config)
+    )
 
 
 def variant_outputs(config: AssembleConfig) -> list[str]:
@@ -308,6 +408,7 @@ def variant_outputs(config: AssembleConfig) -> list[str]:
 
 # --- export -------------------------------------------------------------------------------
 
+
 def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[str, Any]:
     """A mixture as LLaMA-Factory sharegpt JSON with its images and dataset_info.json (written last)."""
     dataset = Dataset(mixture_uri)
@@ -316,7 +417,10 @@ def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[s
     marker = join(root, "export.json")
     if fs.exists(marker) and fs.exists(join(root, "dataset_info.json")):
         previous = json.loads(fs.cat_file(marker))
-        if previous.get("mixture_fingerprint") == dataset.manifest.fingerprint and previous.get("name") == dataset_name:
+        if (
+            previous.get("mixture_fingerprint") == dataset.manifest.fingerprint
+            and previous.get("name") == dataset_name
+        ):
             return previous
     records = []
     written: set[str] = set()
@@ -329,20 +433,30 @@ def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[s
         records.append({"messages": row["messages"], "images": [name]})
         counts["records"] += 1
     file_name = f"{dataset_name}.json"
-    write_bytes_atomic(fs, join(root, file_name), json.dumps(records, ensure_ascii=False, indent=1).encode())
+    write_bytes_atomic(
+        fs, join(root, file_name), json.dumps(records, ensure_ascii=False, indent=1).encode()
+    )
     info = {
         dataset_name: {
             "file_name": file_name,
             "formatting": "sharegpt",
             "columns": {"messages": "messages", "images": "images"},
-            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+            },
         }
     }
     write_bytes_atomic(fs, join(root, "dataset_info.json"), json.dumps(info, indent=2).encode())
     summary = {
-        "uri": out, "name": dataset_name, "records": counts["records"], "images": len(written),
-        "mixture_fingerprint": dataset.manifest.fingerprint, "dataset_info": info,
+        "uri": out,
+        "name": dataset_name,
+        "records": counts["records"],
+        "images": len(written),
+        "mixture_fingerprint": dataset.manifest.fingerprint,
+        "dataset_info": info,
     }
     write_bytes_atomic(fs, marker, json.dumps(summary, indent=2).encode())
     return summary
-

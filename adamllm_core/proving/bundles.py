@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import DatasetWriter, Manifest
 from adamllm_core.hashing import canonical_json, config_hash
-from adamllm_core.pipeline import CAPTION_PROMPTS
+from adamllm_core.pipeline import CAPTION_PROMPTS, seeded_rng
 from adamllm_core.prompts import judge_prompt_short
 from adamllm_core.proving.world import (
     OPEN_QUESTIONS,
@@ -70,15 +70,10 @@ class WorldSizes(BaseModel):
     )
 
 
-def _rng(seed: int, *parts: str) -> random.Random:
-    digest = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
-
-
 def _scenes(seed: int, name: str, palette: Palette, world: WorldConfig, count: int):
     """(index, scene, image bytes, rng) for `count` scenes of one bundle, each seeded by (seed, name, index)."""
     for index in range(count):
-        rng = _rng(seed, name, str(index))
+        rng = seeded_rng(seed, name, str(index))
         scene = sample_scene(rng, palette, world)
         yield index, scene, render(scene, world.image_size, rng), rng
 
@@ -244,7 +239,7 @@ def judge_example(scene: Scene, rng: random.Random) -> tuple[str, str, str, str]
 def write_judge(uri: str, seed: int, world: WorldConfig, count: int) -> Manifest:
     rows = []
     for index in range(count):
-        rng = _rng(seed, "judge", str(index))
+        rng = seeded_rng(seed, "judge", str(index))
         scene = sample_scene(rng, world.general, world)
         instruction, informative, precise, label = judge_example(scene, rng)
         prompt = judge_prompt_short(instruction, informative, precise)

@@ -7,6 +7,8 @@ Variants (the paper's Table 5 names): `base` (no post-training), `caption_only`,
 """
 
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -15,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import Dataset
 from adamllm_core.evaluation.metrics import parse_class
-from adamllm_core.proving.bundles import WorldSizes
-from adamllm_core.proving.models import ModelSizes
+from adamllm_core.hashing import canonical_json
+from adamllm_core.proving.bundles import WorldSizes, write_world
+from adamllm_core.proving.models import ModelSizes, build_initial_models, cache_key, proving_cache
 from adamllm_core.proving.world import (
     SKILL_ANSWERS,
     Scene,
@@ -25,6 +28,7 @@ from adamllm_core.proving.world import (
     parse_question,
 )
 from adamllm_core.storage import filesystem, join, normalise_uri, write_bytes_atomic
+from adamllm_core.training.trainer import load_train_config, train_to
 
 VARIANTS = ("base", "caption_only", "single_stage", "synthetic_only", "two_stage", "no_filter")
 DOMAIN = "proving"
@@ -355,5 +359,57 @@ class StageClock:
         self._start = now
 
 
-def world_dir(out: str) -> str:
-    return str(Path(out) / "world")
+def ensure_world(config: ProveConfig, out: str) -> dict[str, Any]:
+    """The world's bundles under `out`: kept when the same seed, sizes and world are there,
+    else written anew. Returns the counts."""
+    marker = Path(out) / "world.json"
+    wanted = {
+        "seed": config.seed,
+        "sizes": config.sizes.model_dump(),
+        "world": config.world.model_dump(mode="json"),
+    }
+    if marker.exists():
+        written = json.loads(marker.read_text())
+        if canonical_json({k: written.get(k) for k in wanted}) == canonical_json(wanted):
+            return written["counts"]
+        shutil.rmtree(out)
+    return write_world(out, config.seed, config.sizes, config.world)
+
+
+def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
+    """The base MLLM (perception phase, then every task, on the general world) and the judge
+    LM (general triplets), built once per machine under the proving cache, keyed by the hash
+    of what makes them; a killed build resumes from the trainers' checkpoints."""
+    root = proving_cache() / cache_key(config.base_identity())
+    if not (root / "models.json").exists():
+        if not (root / "vlm-init").exists() or not (root / "lm-init").exists():
+            root.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".init-", dir=root.parent))
+            initial = build_initial_models(staging, config.models, config.world, seed=config.seed)
+            root.mkdir(exist_ok=True)
+            for path in initial.values():
+                if not (root / path.name).exists():
+                    path.rename(root / path.name)
+            shutil.rmtree(staging, ignore_errors=True)
+
+        def run(settings: dict[str, Any], model: str, data: str, name: str) -> dict[str, Any]:
+            config_ = load_train_config({**settings, "model": model})
+            return train_to(config_, f"{world}/{data}", str(root / name))
+
+        perception = run(
+            config.perception,
+            str(root / "vlm-init"),
+            "general/pretrain-perception",
+            "base-perception",
+        )
+        base = run(config.pretrain, perception["final"], "general/pretrain", "base")
+        judge = run(config.judge, str(root / "lm-init"), "general/judge", "judge")
+        models = {
+            "base": base["final"],
+            "judge": judge["final"],
+            "root": str(root),
+            "pretrain_seconds": (perception.get("seconds") or 0) + (base.get("seconds") or 0),
+            "judge_seconds": judge.get("seconds"),
+        }
+        (root / "models.json").write_text(json.dumps(models, indent=2))
+    return json.loads((root / "models.json").read_text())
