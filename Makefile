@@ -44,6 +44,8 @@ run: $(STAMP)
 	  --model $(OUT)/demo/model/final --compare-with $(OUT)/eval/tiny-base
 
 test: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	ADAMLLM_VLLM_CPU_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest
 
 lock: $(STAMP)

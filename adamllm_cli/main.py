@@ -4,7 +4,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -27,7 +27,9 @@ errors = Console(stderr=True)
 
 @app.callback()
 def launcher_options(
-    local_rank: Annotated[Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
+    local_rank: Annotated[
+        int | None, typer.Option("--local_rank", "--local-rank", hidden=True)
+    ] = None,
 ) -> None:
     """Adapt domain MLLMs: ingest, synthesize, filter, assemble, train."""
     # The deepspeed launcher passes --local_rank=N before the command (it also sets LOCAL_RANK).
@@ -66,23 +68,46 @@ def format_validation_error(error: ValidationError) -> str:
 
 @app.command()
 def ingest(
-    source: Annotated[str, typer.Argument(help="folder, annotation file (.jsonl/.json/.csv), ShareGPT JSON, or Parquet; local or s3://")],
-    domain: Annotated[Optional[str], typer.Option(help="domain name, e.g. biomed, food, remote-sensing")] = None,
-    out: Annotated[str, typer.Option(help="output dataset URI (local path or s3://bucket/prefix)")] = ...,
-    config: Annotated[Optional[Path], typer.Option(help="YAML file of ingest settings (flags override it)")] = None,
-    format: Annotated[Optional[str], typer.Option(help="auto | folder | sharegpt | parquet")] = None,
-    image_field: Annotated[Optional[str], typer.Option(help="record field naming the image")] = None,
-    caption_field: Annotated[Optional[str], typer.Option(help="record field holding the caption(s)")] = None,
-    caption_template: Annotated[Optional[str], typer.Option(help="caption built from fields, e.g. 'A photo of {label}.'")] = None,
-    captions: Annotated[Optional[str], typer.Option(help="first | all: one pair per record, or per caption")] = None,
-    image_root: Annotated[Optional[str], typer.Option(help="folder that relative image paths start from")] = None,
-    max_pixels: Annotated[Optional[int], typer.Option(help="reject images with more pixels")] = None,
-    min_side: Annotated[Optional[int], typer.Option(help="reject images with a shorter side")] = None,
-    multi_frame: Annotated[Optional[str], typer.Option(help="first | reject")] = None,
-    control_tokens: Annotated[Optional[str], typer.Option(help="neutralise | quarantine")] = None,
-    rows_per_shard: Annotated[Optional[int], typer.Option(help="input records per Parquet shard")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="decoding processes")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace a different dataset already at --out")] = False,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="folder, annotation file (.jsonl/.json/.csv), ShareGPT JSON, or Parquet; local or s3://"
+        ),
+    ],
+    domain: Annotated[
+        str | None, typer.Option(help="domain name, e.g. biomed, food, remote-sensing")
+    ] = None,
+    out: Annotated[
+        str, typer.Option(help="output dataset URI (local path or s3://bucket/prefix)")
+    ] = ...,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of ingest settings (flags override it)")
+    ] = None,
+    format: Annotated[str | None, typer.Option(help="auto | folder | sharegpt | parquet")] = None,
+    image_field: Annotated[str | None, typer.Option(help="record field naming the image")] = None,
+    caption_field: Annotated[
+        str | None, typer.Option(help="record field holding the caption(s)")
+    ] = None,
+    caption_template: Annotated[
+        str | None, typer.Option(help="caption built from fields, e.g. 'A photo of {label}.'")
+    ] = None,
+    captions: Annotated[
+        str | None, typer.Option(help="first | all: one pair per record, or per caption")
+    ] = None,
+    image_root: Annotated[
+        str | None, typer.Option(help="folder that relative image paths start from")
+    ] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="reject images with more pixels")] = None,
+    min_side: Annotated[int | None, typer.Option(help="reject images with a shorter side")] = None,
+    multi_frame: Annotated[str | None, typer.Option(help="first | reject")] = None,
+    control_tokens: Annotated[str | None, typer.Option(help="neutralise | quarantine")] = None,
+    rows_per_shard: Annotated[
+        int | None, typer.Option(help="input records per Parquet shard")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="decoding processes")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace a different dataset already at --out")
+    ] = False,
 ) -> None:
     """Ingest image-caption pairs into a Parquet dataset (runs the Prefect flow `ingest`)."""
     overrides = {
@@ -129,8 +154,8 @@ def ingest(
 @app.command()
 def synth(
     config: Annotated[Path, typer.Option(help="domain config YAML, e.g. deployments/food.yaml")],
-    source: Annotated[Optional[str], typer.Option(help="override the config's source")] = None,
-    out: Annotated[Optional[str], typer.Option(help="override the config's output root")] = None,
+    source: Annotated[str | None, typer.Option(help="override the config's source")] = None,
+    out: Annotated[str | None, typer.Option(help="override the config's output root")] = None,
 ) -> None:
     """Run the synthesis pipeline (ingest → synthesize → filter → assemble → export) in-process."""
     try:
@@ -153,8 +178,12 @@ def synth(
 
 @app.command()
 def prove(
-    seed: Annotated[int, typer.Option(help="world seed: the world, its models and every split follow it")] = 0,
-    out: Annotated[str, typer.Option(help="output folder (report.md, report.png, report.json, datasets)")] = "runs/prove",
+    seed: Annotated[
+        int, typer.Option(help="world seed: the world, its models and every split follow it")
+    ] = 0,
+    out: Annotated[
+        str, typer.Option(help="output folder (report.md, report.png, report.json, datasets)")
+    ] = "runs/prove",
     scale: Annotated[str, typer.Option(help="full, or ci (a reduced run for tests)")] = "full",
 ) -> None:
     """The proving ground: the AdaMLLM pipeline's gains on a generated world, on CPU."""
@@ -187,8 +216,12 @@ def models_tiny(
 
 @app.command("run")
 def run_deployment_command(
-    name: Annotated[str, typer.Argument(help="FLOW-DEPLOYMENT (synth-food) or FLOW/DEPLOYMENT (synth/food)")],
-    param: Annotated[Optional[list[str]], typer.Option("--param", help="KEY=VALUE flow parameter overrides")] = None,
+    name: Annotated[
+        str, typer.Argument(help="FLOW-DEPLOYMENT (synth-food) or FLOW/DEPLOYMENT (synth/food)")
+    ],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="KEY=VALUE flow parameter overrides")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="wait for the flow run to finish")] = False,
 ) -> None:
     """Trigger a deployment on the Prefect server (the same as `prefect deployment run`)."""
@@ -205,22 +238,35 @@ def run_deployment_command(
     from prefect.deployments import run_deployment
 
     try:
-        flow_run = run_deployment(deployment, parameters=parameters or None, timeout=None if wait else 0)
-    except Exception as error:  # Prefect raises its own types for unknown deployments
+        flow_run = run_deployment(
+            deployment, parameters=parameters or None, timeout=None if wait else 0
+        )
+    except Exception as error:  # noqa: BLE001 (Prefect raises its own types for unknown deployments)
         fail(f"cannot run deployment {deployment}: {error}")
-    console.print(f"flow run {flow_run.name} ({flow_run.id}) of {deployment}: {flow_run.state_name}",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"flow run {flow_run.name} ({flow_run.id}) of {deployment}: {flow_run.state_name}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option(help="training YAML: TrainConfig keys, optionally `preset: NAME`")],
-    data: Annotated[str, typer.Option(help="a seed dataset (task: synthesizer) or a mixture dataset")],
-    out: Annotated[str, typer.Option(help="output folder (local or s3://) for checkpoints, metrics.jsonl, loss_curve.png")],
+    config: Annotated[
+        Path, typer.Option(help="training YAML: TrainConfig keys, optionally `preset: NAME`")
+    ],
+    data: Annotated[
+        str, typer.Option(help="a seed dataset (task: synthesizer) or a mixture dataset")
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            help="output folder (local or s3://) for checkpoints, metrics.jsonl, loss_curve.png"
+        ),
+    ],
 ) -> None:
     """Train in-process (resumes from the last checkpoint in --out; s3:// works)."""
-    from adamllm_core.training.trainer import load_train_config
-    from adamllm_core.training.trainer import train_to
+    from adamllm_core.training.trainer import load_train_config, train_to
 
     try:
         train_config = load_train_config(read_settings_file(config))
@@ -228,25 +274,44 @@ def train(
         fail(format_validation_error(error))
     except (OSError, ValueError) as error:  # ConfigError included
         fail(str(error))
-    summary = train_to(train_config, data, out)  # object storage too; a finished identical run is kept
+    summary = train_to(
+        train_config, data, out
+    )  # object storage too; a finished identical run is kept
     console.print_json(json.dumps(summary))
 
 
 @app.command("eval")
 def eval_command(
-    benchmark: Annotated[Optional[list[str]], typer.Option(help="benchmark name (repeat for several); see --help of score")] = None,
-    data: Annotated[Optional[list[str]], typer.Option(help="benchmark file or folder, one per --benchmark")] = None,
-    model: Annotated[Optional[str], typer.Option(help="HF id, local checkpoint or tiny:vlm")] = None,
-    engine: Annotated[Optional[str], typer.Option(help="transformers, vllm or openai")] = None,
-    out: Annotated[Optional[str], typer.Option(help="output root: OUT/<name>/<benchmark>/")] = None,
-    name: Annotated[Optional[str], typer.Option(help="run name (default: the model folder or id's last part)")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="evaluation suite YAML (deployments/eval-*.yaml)")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="first N questions of each benchmark")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="requests per engine call")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="generation limit (default: each benchmark's)")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="server URL for --engine openai (e.g. a vllm serve)")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace earlier predictions made with other settings or code")] = False,
-    compare_with: Annotated[Optional[list[str]], typer.Option(help="earlier run folders to put in the report")] = None,
+    benchmark: Annotated[
+        list[str] | None,
+        typer.Option(help="benchmark name (repeat for several); see --help of score"),
+    ] = None,
+    data: Annotated[
+        list[str] | None, typer.Option(help="benchmark file or folder, one per --benchmark")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="HF id, local checkpoint or tiny:vlm")] = None,
+    engine: Annotated[str | None, typer.Option(help="transformers, vllm or openai")] = None,
+    out: Annotated[str | None, typer.Option(help="output root: OUT/<name>/<benchmark>/")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="run name (default: the model folder or id's last part)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="evaluation suite YAML (deployments/eval-*.yaml)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="first N questions of each benchmark")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="requests per engine call")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="generation limit (default: each benchmark's)")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="server URL for --engine openai (e.g. a vllm serve)")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace earlier predictions made with other settings or code")
+    ] = False,
+    compare_with: Annotated[
+        list[str] | None, typer.Option(help="earlier run folders to put in the report")
+    ] = None,
 ) -> None:
     """Evaluate a model on benchmarks (flow `evaluate`, in-process): predictions, summary, report."""
     from adamllm_core.engines import make_engine
@@ -255,24 +320,48 @@ def eval_command(
 
     benchmarks, data = benchmark or [], data or []
     if len(benchmarks) != len(data):
-        fail(f"give one --data per --benchmark ({len(benchmarks)} benchmarks, {len(data)} data paths)")
+        fail(
+            f"give one --data per --benchmark ({len(benchmarks)} benchmarks, {len(data)} data paths)"
+        )
     settings: dict[str, Any] = {}
     try:
         if benchmarks:
-            settings["benchmarks"] = {spec_of(b).name: {"data": d} for b, d in zip(benchmarks, data)}
+            settings["benchmarks"] = {
+                spec_of(b).name: {"data": d} for b, d in zip(benchmarks, data)
+            }
             settings["domain"] = spec_of(benchmarks[0]).domain
         file_settings = read_settings_file(config) if config else {}
-        engine_settings = {k: v for k, v in {"kind": engine, "model": model, "batch_size": batch_size,
-                                             "base_url": base_url}.items() if v}
+        engine_settings = {
+            k: v
+            for k, v in {
+                "kind": engine,
+                "model": model,
+                "batch_size": batch_size,
+                "base_url": base_url,
+            }.items()
+            if v
+        }
         if engine_settings:
             settings["engine"] = {**file_settings.get("engine", {}), **engine_settings}
-        if limit is not None and not benchmarks and isinstance(file_settings.get("benchmarks"), dict):
+        if (
+            limit is not None
+            and not benchmarks
+            and isinstance(file_settings.get("benchmarks"), dict)
+        ):
             # the command line's limit wins over the file's per-benchmark ones
-            settings["benchmarks"] = {k: {**(v or {}), "limit": limit} for k, v in file_settings["benchmarks"].items()}
+            settings["benchmarks"] = {
+                k: {**(v or {}), "limit": limit} for k, v in file_settings["benchmarks"].items()
+            }
         if name is None and model:  # results of another model never land under the file's run name
             name = model.rstrip("/").removesuffix("/final").rsplit("/", 1)[-1].replace(":", "-")
-        overrides = {**settings, "name": name, "out": out, "limit": limit, "compare_with": compare_with,
-                     "max_new_tokens": max_new_tokens}
+        overrides = {
+            **settings,
+            "name": name,
+            "out": out,
+            "limit": limit,
+            "compare_with": compare_with,
+            "max_new_tokens": max_new_tokens,
+        }
         suite = load_suite(config, overrides)  # fail here, clearly, before starting Prefect
         make_engine(suite.engine)  # engines load lazily: this only checks the kind can run here
     except (ConfigError, OSError, ValueError, AttributeError) as error:
@@ -281,8 +370,11 @@ def eval_command(
     from flows.evaluate import evaluate_flow
 
     try:
-        evaluate_flow(config=str(config) if config else None, settings={k: v for k, v in overrides.items() if v is not None},
-                      overwrite=overwrite)
+        evaluate_flow(
+            config=str(config) if config else None,
+            settings={k: v for k, v in overrides.items() if v is not None},
+            overwrite=overwrite,
+        )
     except (ConfigError, DatasetError, ValueError) as error:
         fail(str(error))
 
@@ -292,25 +384,35 @@ def score(
     benchmark: Annotated[str, typer.Option(help="benchmark name, e.g. vqa_rad, food101, pmc_vqa")],
     data: Annotated[str, typer.Option(help="benchmark file or folder")],
     predictions: Annotated[str, typer.Option(help="jsonl of {qid, prediction} (local or s3://)")],
-    out: Annotated[Optional[Path], typer.Option(help="write per-question scores here (jsonl)")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
+    out: Annotated[Path | None, typer.Option(help="write per-question scores here (jsonl)")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N questions only")] = None,
     seed: Annotated[int, typer.Option(help="seed of the random option fallback")] = 0,
 ) -> None:
     """Score another system's answers with the same rules (no model)."""
     from adamllm_core.evaluation.run import read_predictions, score_predictions
 
     try:
-        rows, summary = score_predictions(benchmark, data, read_predictions(predictions), seed=seed, limit=limit)
+        rows, summary = score_predictions(
+            benchmark, data, read_predictions(predictions), seed=seed, limit=limit
+        )
     except (OSError, ValueError) as error:
         fail(str(error))
     if out is not None:
         out.write_text("".join(json.dumps(r.model_dump(mode="json")) + "\n" for r in rows))
-    table = Table(title=f"{summary['title']}: {summary['questions']} questions, {summary['missing']} without a prediction")
+    table = Table(
+        title=f"{summary['title']}: {summary['questions']} questions, {summary['missing']} without a prediction"
+    )
     for column in ("task", "metric", "score", "n", "fallbacks"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for task in summary["tasks"]:
         corrected = f" (corrected {task['score_corrected']})" if "score_corrected" in task else ""
-        table.add_row(task["task"], task["metric"], f"{task['score']}{corrected}", str(task["n"]), str(task["fallbacks"]))
+        table.add_row(
+            task["task"],
+            task["metric"],
+            f"{task['score']}{corrected}",
+            str(task["n"]),
+            str(task["fallbacks"]),
+        )
     console.print(table)
     console.print_json(json.dumps(summary))
 
@@ -318,7 +420,10 @@ def score(
 @app.command()
 def report(
     runs: Annotated[list[str], typer.Argument(help="evaluation run folders (OUT/<name>)")],
-    out: Annotated[Optional[str], typer.Option(help="where report.md and report.png go (default: the last run)")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="where report.md and report.png go (default: the last run)"),
+    ] = None,
 ) -> None:
     """Compare runs per task and per domain average: Markdown table + bar chart (flow `report`)."""
     from adamllm_core.evaluation.report import load_run
@@ -368,10 +473,16 @@ def render_summary(summary: Any) -> None:
     facts.add_column()
     facts.add_row("dataset", summary.uri)
     facts.add_row("schema", f"{manifest['schema']['name']} v{manifest['schema']['version']}")
-    facts.add_row("rows", f"{manifest['rows']} in {len(manifest['shards'])} shards "
-                  f"({sum(s['bytes'] for s in manifest['shards']) / 1e6:.1f} MB)")
-    facts.add_row("stage", f"{stats['stage']}: {stats['rows_in']} in, {stats['rows_out']} out, "
-                  f"{sum(stats['quarantined'].values())} quarantined, {stats['seconds']} s")
+    facts.add_row(
+        "rows",
+        f"{manifest['rows']} in {len(manifest['shards'])} shards "
+        f"({sum(s['bytes'] for s in manifest['shards']) / 1e6:.1f} MB)",
+    )
+    facts.add_row(
+        "stage",
+        f"{stats['stage']}: {stats['rows_in']} in, {stats['rows_out']} out, "
+        f"{sum(stats['quarantined'].values())} quarantined, {stats['seconds']} s",
+    )
     for name, value in stats["counters"].items():
         facts.add_row("", f"{name.replace('_', ' ')}: {value}")
     for parent in manifest["parents"]:

@@ -45,14 +45,20 @@ class PostTrain(BaseModel):
 
     train: dict[str, Any] = Field(description="TrainConfig keys, or a preset")
     pipeline: Literal["single_stage", "two_stage"] = Field(
-        default="single_stage", description="two_stage (ablation): captions first, then synthetic tasks")
-    deployment: str | None = Field(default=None, description="e.g. train/qwen2-vl-2b: run there; else in this flow")
+        default="single_stage",
+        description="two_stage (ablation): captions first, then synthetic tasks",
+    )
+    deployment: str | None = Field(
+        default=None, description="e.g. train/qwen2-vl-2b: run there; else in this flow"
+    )
 
     @model_validator(mode="after")
     def _train_is_valid(self) -> "PostTrain":
         load_train_config(self.train)
         if self.pipeline == "two_stage" and self.deployment:
-            raise ValueError("two_stage runs in the synth flow; drop deployment or use single_stage")
+            raise ValueError(
+                "two_stage runs in the synth flow; drop deployment or use single_stage"
+            )
         return self
 
 
@@ -62,19 +68,29 @@ class DomainConfig(BaseModel):
     domain: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     source: str = Field(description="image-caption source to ingest (see `adamllm ingest`)")
     out: str = Field(default="runs", description="outputs land under OUT/<domain>/<stage>/")
-    ingest: dict[str, Any] = Field(default_factory=dict, description="ingest settings (IngestConfig without domain)")
+    ingest: dict[str, Any] = Field(
+        default_factory=dict, description="ingest settings (IngestConfig without domain)"
+    )
     synthesize: SynthConfig
     filter: FilterConfig
     assemble: AssembleConfig
-    schedule: str | None = Field(default=None, description="cron schedule of the refresh deployment")
+    schedule: str | None = Field(
+        default=None, description="cron schedule of the refresh deployment"
+    )
     tune_synthesizer: TuneSynthesizer | None = None
     post_train: PostTrain | None = None
 
     @model_validator(mode="after")
     def _ingest_is_valid(self) -> "DomainConfig":
         self.ingest_config()  # raises with the failing key
-        if self.post_train and self.post_train.pipeline == "two_stage" and "two_stage" not in self.assemble.variants:
-            raise ValueError("post_train.pipeline two_stage needs assemble.variants to include two_stage")
+        if (
+            self.post_train
+            and self.post_train.pipeline == "two_stage"
+            and "two_stage" not in self.assemble.variants
+        ):
+            raise ValueError(
+                "post_train.pipeline two_stage needs assemble.variants to include two_stage"
+            )
         return self
 
     def ingest_config(self) -> IngestConfig:
@@ -85,7 +101,12 @@ class DomainConfig(BaseModel):
 
     def mixture_uris(self) -> dict[str, str]:
         names = variant_outputs(self.assemble)
-        return {name: self.uri("mixture" if name == "single_stage" else f"mixture-{name.replace('_', '-')}") for name in names}
+        return {
+            name: self.uri(
+                "mixture" if name == "single_stage" else f"mixture-{name.replace('_', '-')}"
+            )
+            for name in names
+        }
 
 
 def read_settings_file(path: str | Path) -> dict[str, Any]:
@@ -104,7 +125,9 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
 
 def validation_problems(error: ValidationError, separator: str = "; ") -> str:
     """Each invalid setting as `dotted.key: message`."""
-    return separator.join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors())
+    return separator.join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors()
+    )
 
 
 def load_domain_config(path: str | Path, overrides: dict[str, Any] | None = None) -> DomainConfig:

@@ -57,7 +57,9 @@ class ShardInfo(BaseModel):
 
 class ParentRef(BaseModel):
     uri: str
-    fingerprint: str = Field(description="the parent manifest's fingerprint, or a source listing hash")
+    fingerprint: str = Field(
+        description="the parent manifest's fingerprint, or a source listing hash"
+    )
     kind: Literal["dataset", "source"] = "dataset"
 
 
@@ -215,7 +217,9 @@ def read_manifest(uri: str) -> Manifest:
     try:
         return Manifest.model_validate_json(fs.cat_file(manifest_path))
     except ValueError as error:
-        raise DatasetError(f"{redact(uri)}/{MANIFEST_NAME} is not a valid manifest: {error}") from error
+        raise DatasetError(
+            f"{redact(uri)}/{MANIFEST_NAME} is not a valid manifest: {error}"
+        ) from error
 
 
 class Dataset:
@@ -351,7 +355,8 @@ class DatasetWriter:
             self._fs.rm(self._work, recursive=True)
         if self._fs.exists(self._path) and not self.overwrite:
             leftovers = [
-                p for p in self._fs.ls(self._path, detail=False)
+                p
+                for p in self._fs.ls(self._path, detail=False)
                 if not p.rstrip("/").endswith(("/" + WORK_DIR, "/" + QUARANTINE_DIR))
             ]
             if leftovers:
@@ -438,11 +443,15 @@ class DatasetWriter:
         """Publish shards 0..n_shards-1 and write the manifest last."""
         missing = [k for k in range(n_shards) if k not in self._markers]
         if missing:
-            raise DatasetError(f"cannot commit {redact(self.uri)}: shards {missing[:5]} not written")
+            raise DatasetError(
+                f"cannot commit {redact(self.uri)}: shards {missing[:5]} not written"
+            )
         markers = [self._markers[k] for k in range(n_shards)]
         shards = [self._publish("shards", m.rows, "") for m in markers]
         quarantine_shards = [
-            self._publish("quarantine", m.quarantine, QUARANTINE_DIR) for m in markers if m.quarantine
+            self._publish("quarantine", m.quarantine, QUARANTINE_DIR)
+            for m in markers
+            if m.quarantine
         ]
         reasons: Counter[str] = Counter()
         counters: Counter[str] = Counter()
@@ -462,7 +471,9 @@ class DatasetWriter:
                 QUARANTINE,
                 quarantine_shards,
                 None,
-                StageStats(stage=self.stage, rows_in=quarantine_info.rows, rows_out=quarantine_info.rows),
+                StageStats(
+                    stage=self.stage, rows_in=quarantine_info.rows, rows_out=quarantine_info.rows
+                ),
             )
         stats = StageStats(
             stage=self.stage,
@@ -478,7 +489,9 @@ class DatasetWriter:
 
     def _publish(self, kind: str, info: ShardInfo, target_dir: str) -> ShardInfo:
         source = join(self._work, kind, info.path)
-        target = join(self._path, target_dir, info.path) if target_dir else join(self._path, info.path)
+        target = (
+            join(self._path, target_dir, info.path) if target_dir else join(self._path, info.path)
+        )
         # A commit interrupted halfway left some shards moved already: keep those.
         if self._fs.exists(source):
             move(self._fs, source, target)

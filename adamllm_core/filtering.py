@@ -41,12 +41,18 @@ class FilterConfig(BaseModel):
 
     engine: EngineConfig
     keep: tuple[str, ...] = Field(default=("Yes",), description="labels whose triplets are kept")
-    seed: int = Field(default=0, description="seeds the choice of chain-of-thought pattern per triplet")
+    seed: int = Field(
+        default=0, description="seeds the choice of chain-of-thought pattern per triplet"
+    )
     template: Literal["figures_6_7", "short"] = Field(
-        default="figures_6_7", description="the paper's few-shot prompt, or its fields alone (small judges)")
+        default="figures_6_7",
+        description="the paper's few-shot prompt, or its fields alone (small judges)",
+    )
 
 
-def judge_request(instruction: str, informative: str, precise: str, template: str = "figures_6_7") -> ChatRequest:
+def judge_request(
+    instruction: str, informative: str, precise: str, template: str = "figures_6_7"
+) -> ChatRequest:
     render = judge_prompt_short if template == "short" else consistency_prompt
     return ChatRequest(prompt=render(instruction, informative, precise), choices=LABEL_CHOICES)
 

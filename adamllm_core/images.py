@@ -28,9 +28,13 @@ class ImagePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_pixels: int = Field(
-        default=50_000_000, gt=0, description="width*height above this is rejected (decompression bombs)"
+        default=50_000_000,
+        gt=0,
+        description="width*height above this is rejected (decompression bombs)",
     )
-    min_side: int = Field(default=8, ge=1, description="images with a side shorter than this are rejected")
+    min_side: int = Field(
+        default=8, ge=1, description="images with a side shorter than this are rejected"
+    )
     multi_frame: str = Field(
         default="first",
         pattern="^(first|reject)$",
@@ -65,10 +69,12 @@ def normalise_image(data: bytes, policy: ImagePolicy) -> NormalisedImage:
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
-            raise ImageRejected("not_an_image", "Pillow cannot identify this file as an image") from None
+            raise ImageRejected(
+                "not_an_image", "Pillow cannot identify this file as an image"
+            ) from None
         except Image.DecompressionBombError as error:
             raise ImageRejected("too_many_pixels", str(error)) from None
-        except Exception as error:  # Pillow raises many types on corrupt headers
+        except Exception as error:  # noqa: BLE001 (Pillow raises many types on corrupt headers)
             raise ImageRejected("undecodable", f"{type(error).__name__}: {error}") from None
         with image:
             return _checked_and_normalised(image, data, source_sha256, policy)
@@ -81,10 +87,13 @@ def _checked_and_normalised(
     width, height = image.size
     if width * height > policy.max_pixels:
         raise ImageRejected(
-            "too_many_pixels", f"{width}x{height} = {width * height} pixels > max_pixels {policy.max_pixels}"
+            "too_many_pixels",
+            f"{width}x{height} = {width * height} pixels > max_pixels {policy.max_pixels}",
         )
     if min(width, height) < policy.min_side:
-        raise ImageRejected("too_small", f"{width}x{height}: a side is under min_side {policy.min_side}")
+        raise ImageRejected(
+            "too_small", f"{width}x{height}: a side is under min_side {policy.min_side}"
+        )
     frames = getattr(image, "n_frames", 1)
     if frames > 1 and policy.multi_frame == "reject":
         raise ImageRejected("multi_frame", f"{source_format} with {frames} frames")
@@ -94,7 +103,7 @@ def _checked_and_normalised(
     except OSError as error:
         reason = "truncated" if "truncated" in str(error).lower() else "undecodable"
         raise ImageRejected(reason, f"{type(error).__name__}: {error}") from None
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 (any decoder error: the image is undecodable)
         raise ImageRejected("undecodable", f"{type(error).__name__}: {error}") from None
 
     changes: list[str] = []
@@ -146,7 +155,9 @@ def _checked_and_normalised(
 
 def _is_gray(image: Image.Image) -> bool:
     pixels = np.asarray(image)
-    return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+    return bool(
+        (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    )
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

@@ -37,12 +37,16 @@ class IngestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    domain: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="e.g. biomed, food, remote-sensing")
+    domain: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]*$", description="e.g. biomed, food, remote-sensing"
+    )
     source: SourceOptions = Field(default_factory=SourceOptions)
     image: ImagePolicy = Field(default_factory=ImagePolicy)
     caption: CaptionPolicy = Field(default_factory=CaptionPolicy)
     rows_per_shard: int = Field(default=256, gt=0, description="input records per Parquet shard")
-    workers: int = Field(default=1, ge=1, description="decoding processes; does not change the output")
+    workers: int = Field(
+        default=1, ge=1, description="decoding processes; does not change the output"
+    )
 
     def output_config(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"workers"})
@@ -75,7 +79,11 @@ def process_record(record: RawRecord, config: IngestConfig, source: str) -> list
         return [Outcome(rejection=record.error)]
     caption_hint = record.captions[0] if record.captions else None
     try:
-        data = record.image_bytes if record.image_bytes is not None else _read_image(record.image_uri or "")
+        data = (
+            record.image_bytes
+            if record.image_bytes is not None
+            else _read_image(record.image_uri or "")
+        )
         image = normalise_image(data, config.image)
     except Rejected as rejected:
         return [Outcome(rejection=rejected, caption=caption_hint)]
@@ -112,7 +120,11 @@ def process_record(record: RawRecord, config: IngestConfig, source: str) -> list
             cleaned = clean_caption(raw_caption, config.caption)
         except Rejected as rejected:
             if config.source.captions == "all":
-                outcomes.append(Outcome(rejection=rejected, caption=raw_caption, image_sha256=image.source_sha256))
+                outcomes.append(
+                    Outcome(
+                        rejection=rejected, caption=raw_caption, image_sha256=image.source_sha256
+                    )
+                )
             first_rejection = first_rejection or rejected
             continue
         extra: dict[str, Any] = {}
@@ -121,9 +133,13 @@ def process_record(record: RawRecord, config: IngestConfig, source: str) -> list
         if len(record.captions) > 1:
             extra["caption_index"] = position
             if config.source.captions == "first":
-                extra["other_captions"] = [c for i, c in enumerate(record.captions) if i != position]
+                extra["other_captions"] = [
+                    c for i, c in enumerate(record.captions) if i != position
+                ]
         pair = make_pair(cleaned.text, extra)
-        outcome = Outcome(pair=pair, caption=raw_caption, image_sha256=image.source_sha256, record_id=pair.id)
+        outcome = Outcome(
+            pair=pair, caption=raw_caption, image_sha256=image.source_sha256, record_id=pair.id
+        )
         outcome.counters.update(counters)
         if cleaned.removed_tokens:
             outcome.counters["captions_neutralised"] += 1
@@ -132,7 +148,11 @@ def process_record(record: RawRecord, config: IngestConfig, source: str) -> list
             return outcomes
     if not outcomes:
         assert first_rejection is not None  # captions is never empty: importers reject that
-        return [Outcome(rejection=first_rejection, caption=caption_hint, image_sha256=image.source_sha256)]
+        return [
+            Outcome(
+                rejection=first_rejection, caption=caption_hint, image_sha256=image.source_sha256
+            )
+        ]
     return outcomes
 
 
@@ -150,8 +170,12 @@ def _read_image(uri: str) -> bytes:
         raise Rejected("unreadable_image", f"{redact(uri)}: {error}") from None
 
 
-def _quarantine_row(record: RawRecord, outcome: Outcome, duplicate_of: str | None = None) -> QuarantineRow:
-    rejection = outcome.rejection or Rejected("duplicate", f"same image and caption as row {duplicate_of}")
+def _quarantine_row(
+    record: RawRecord, outcome: Outcome, duplicate_of: str | None = None
+) -> QuarantineRow:
+    rejection = outcome.rejection or Rejected(
+        "duplicate", f"same image and caption as row {duplicate_of}"
+    )
     caption = outcome.caption if isinstance(outcome.caption, str) else None
     return QuarantineRow(
         stage=STAGE,
@@ -185,7 +209,9 @@ def _mapper(workers: int) -> Iterator[Callable[..., Iterable[Any]]]:
 
 def _open(source_uri: str, config: IngestConfig) -> tuple[Importer, ParentRef]:
     importer = open_source(source_uri, config.source)
-    return importer, ParentRef(uri=redact(source_uri), fingerprint=importer.fingerprint(), kind="source")
+    return importer, ParentRef(
+        uri=redact(source_uri), fingerprint=importer.fingerprint(), kind="source"
+    )
 
 
 def ingest_identity(source: str, config: IngestConfig) -> str:
@@ -229,7 +255,9 @@ def ingest(
     with _mapper(config.workers) as mapper:
         for index, chunk in enumerate(shards):
             if index >= n_shards:
-                raise RuntimeError(f"{redact(source_uri)} changed while it was read: more records than counted")
+                raise RuntimeError(
+                    f"{redact(source_uri)} changed while it was read: more records than counted"
+                )
             if writer.is_done(index):
                 continue
             shard_clock = Stopwatch()
@@ -243,7 +271,9 @@ def ingest(
                         quarantine.append(_quarantine_row(record, outcome))
                     elif outcome.pair.id in seen:
                         counters["duplicates"] += 1
-                        quarantine.append(_quarantine_row(record, outcome, duplicate_of=outcome.pair.id))
+                        quarantine.append(
+                            _quarantine_row(record, outcome, duplicate_of=outcome.pair.id)
+                        )
                     else:
                         seen.add(outcome.pair.id)
                         pairs.append(outcome.pair)

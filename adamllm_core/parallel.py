@@ -43,20 +43,30 @@ def run_parallel(stage: str, args: list[str], config: Any, **kwargs: Any) -> Any
         return function(*args, config, **kwargs)
     devices = engine.devices or tuple(str(i) for i in range(world))
     if len(devices) != world:
-        raise ValueError(f"engine.devices names {len(devices)} devices for data_parallel_size {world}")
-    spec = {"stage": stage, "args": args, "config": config.model_dump(mode="json"),
-            "kwargs": {k: v for k, v in kwargs.items() if k in ("cache_uri", "overwrite")}}
+        raise ValueError(
+            f"engine.devices names {len(devices)} devices for data_parallel_size {world}"
+        )
+    spec = {
+        "stage": stage,
+        "args": args,
+        "config": config.model_dump(mode="json"),
+        "kwargs": {k: v for k, v in kwargs.items() if k in ("cache_uri", "overwrite")},
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
     processes = []
     # Logs go to files, not pipes: a rank that fills a pipe nobody reads yet would stall.
-    logs = [tempfile.TemporaryFile() for _ in devices]
+    logs = [tempfile.TemporaryFile() for _ in devices]  # noqa: SIM115 (closed after the ranks finish)
     for rank, device in enumerate(devices):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "adamllm_core.parallel", handle.name, str(rank), str(world)],
-            env=env, stdout=logs[rank], stderr=subprocess.STDOUT,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "adamllm_core.parallel", handle.name, str(rank), str(world)],
+                env=env,
+                stdout=logs[rank],
+                stderr=subprocess.STDOUT,
+            )
+        )
     failures = []
     for rank, process in enumerate(processes):
         process.wait()
@@ -64,11 +74,15 @@ def run_parallel(stage: str, args: list[str], config: Any, **kwargs: Any) -> Any
         output = logs[rank].read()
         logs[rank].close()
         if process.returncode != 0:
-            failures.append(f"rank {rank} (device {devices[rank]}) exited {process.returncode}:\n"
-                            f"{output.decode(errors='replace')[-2000:]}")
+            failures.append(
+                f"rank {rank} (device {devices[rank]}) exited {process.returncode}:\n"
+                f"{output.decode(errors='replace')[-2000:]}"
+            )
     os.unlink(handle.name)
     if failures:
-        raise RuntimeError(f"{stage} failed on {len(failures)} of {world} processes:\n" + "\n".join(failures))
+        raise RuntimeError(
+            f"{stage} failed on {len(failures)} of {world} processes:\n" + "\n".join(failures)
+        )
     return function(*args, config, **kwargs)  # every shard is done: this commits
 
 

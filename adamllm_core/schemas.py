@@ -99,13 +99,19 @@ class RecordSchema:
         for row in rows:
             if not isinstance(row, self.model):
                 raise TypeError(f"{self.name} rows must be {self.model.__name__}, got {type(row)}")
-            for name in columns:
+            for name, values in columns.items():
                 value = getattr(row, name)
                 if name in json_fields and value is not None:
                     value = canonical_json(value)
-                elif isinstance(value, BaseModel) or (isinstance(value, list) and value and isinstance(value[0], BaseModel)):
-                    value = [v.model_dump() for v in value] if isinstance(value, list) else value.model_dump()
-                columns[name].append(value)
+                elif isinstance(value, BaseModel) or (
+                    isinstance(value, list) and value and isinstance(value[0], BaseModel)
+                ):
+                    value = (
+                        [v.model_dump() for v in value]
+                        if isinstance(value, list)
+                        else value.model_dump()
+                    )
+                values.append(value)
         return pa.Table.from_pydict(columns, schema=self.arrow)
 
     def from_arrow_row(self, row: dict[str, Any]) -> Record:
@@ -141,8 +147,12 @@ def get_schema(name: str) -> RecordSchema:
 class ImageCaptionPair(Record):
     """A domain image with its caption: the input of synthesis (paper section 3.1)."""
 
-    id: str = Field(description="sha256 of the original image bytes, a NUL, and the caption (hex, 32)")
-    image: bytes = Field(description="image bytes as the models take them (JPEG, PNG or WebP; RGB or L)")
+    id: str = Field(
+        description="sha256 of the original image bytes, a NUL, and the caption (hex, 32)"
+    )
+    image: bytes = Field(
+        description="image bytes as the models take them (JPEG, PNG or WebP; RGB or L)"
+    )
     image_format: str = Field(description="format of `image`: jpeg, png or webp")
     width: int
     height: int
@@ -150,7 +160,9 @@ class ImageCaptionPair(Record):
     caption: str
     domain: str
     source: str = Field(description="URI of the source the pair was ingested from")
-    source_ref: str = Field(description="where in the source: annotation file and line, or file and row")
+    source_ref: str = Field(
+        description="where in the source: annotation file and line, or file and row"
+    )
     metadata: dict[str, Any] = Field(default_factory=dict, description="free metadata (JSON)")
 
     lineage_fields: ClassVar[tuple[str, ...]] = ("source_ref",)
@@ -164,11 +176,17 @@ class QuarantineRow(Record):
     source_ref: str
     reason: str = Field(description="machine-readable reason, e.g. truncated, duplicate")
     detail: str = Field(description="human-readable explanation")
-    record_id: str | None = Field(default=None, description="id of the rejected row, when it has one")
+    record_id: str | None = Field(
+        default=None, description="id of the rejected row, when it has one"
+    )
     duplicate_of: str | None = None
     image_sha256: str | None = None
-    caption: str | None = Field(default=None, description="the raw caption, cut to 2,000 characters")
-    record: str | None = Field(default=None, description="the raw input record as JSON, image bytes left out")
+    caption: str | None = Field(
+        default=None, description="the raw caption, cut to 2,000 characters"
+    )
+    record: str | None = Field(
+        default=None, description="the raw input record as JSON, image bytes left out"
+    )
 
 
 PAIRS = register_schema(
@@ -212,7 +230,9 @@ class JudgedTriplet(Record):
     score_no: float
     score_open: float
     judge: str = Field(description="filter model identity")
-    response: str | None = Field(default=None, description="chain-of-thought response, for kept triplets")
+    response: str | None = Field(
+        default=None, description="chain-of-thought response, for kept triplets"
+    )
     response_rule: str | None = None
 
     lineage_fields: ClassVar[tuple[str, ...]] = ("pair_id", "triplet_id")
@@ -232,12 +252,18 @@ class Conversation(Record):
     pair_id: str
     triplet_id: str | None
     domain: str
-    variant: str = Field(description="single_stage, caption_only, synthetic_only, two_stage_1, two_stage_2")
+    variant: str = Field(
+        description="single_stage, caption_only, synthetic_only, two_stage_1, two_stage_2"
+    )
     kind: str = Field(description="caption+task, task+caption, caption, task")
     image: bytes
     image_format: str
-    messages: list[ChatTurn] = Field(description="role/content turns; <image> opens the first user turn")
-    tokens: int = Field(description="tokens with the target model's processor, image tokens included")
+    messages: list[ChatTurn] = Field(
+        description="role/content turns; <image> opens the first user turn"
+    )
+    tokens: int = Field(
+        description="tokens with the target model's processor, image tokens included"
+    )
 
     lineage_fields: ClassVar[tuple[str, ...]] = ("pair_id", "triplet_id")
 
@@ -250,7 +276,9 @@ class SeedExample(Record):
     split: str = Field(description="train or dev (a per-task split)")
     image: bytes
     image_format: str
-    blank_image: bool = Field(description="the image was replaced by a blank one (modality balancing)")
+    blank_image: bool = Field(
+        description="the image was replaced by a blank one (modality balancing)"
+    )
     caption: str
     instruction: str
     precise: str
@@ -261,8 +289,12 @@ class SeedExample(Record):
 
 
 TRIPLETS = register_schema(RecordSchema("triplets", 1, TaskTriplet, "synthesized task triplets"))
-JUDGED = register_schema(RecordSchema("judged", 1, JudgedTriplet, "triplets with consistency labels"))
-CONVERSATIONS = register_schema(RecordSchema("conversations", 1, Conversation, "training conversations"))
+JUDGED = register_schema(
+    RecordSchema("judged", 1, JudgedTriplet, "triplets with consistency labels")
+)
+CONVERSATIONS = register_schema(
+    RecordSchema("conversations", 1, Conversation, "training conversations")
+)
 SEED = register_schema(RecordSchema("seed", 1, SeedExample, "synthesizer tuning examples"))
 
 
@@ -275,7 +307,9 @@ class Completion(Record):
     completion: str
 
 
-COMPLETIONS = register_schema(RecordSchema("completions", 1, Completion, "text prompts with trained completions"))
+COMPLETIONS = register_schema(
+    RecordSchema("completions", 1, Completion, "text prompts with trained completions")
+)
 
 
 class Prediction(Record):
@@ -285,7 +319,9 @@ class Prediction(Record):
     benchmark: str
     domain: str
     qid: str
-    model: str = Field(description="model identity (id@revision or path@content hash), or 'external'")
+    model: str = Field(
+        description="model identity (id@revision or path@content hash), or 'external'"
+    )
     prompt: str = Field(description="Table 14's instruction for this question")
     raw_output: str
     parsed: str = Field(description="the answer read from the output (option, class, labels)")
@@ -294,7 +330,9 @@ class Prediction(Record):
     group: str = Field(description="open / closed for VQA benchmarks, else the metric")
     score: float = Field(description="in [0, 1]; CLOSED: the paper-compatible rule")
     score_corrected: float | None = Field(description="CLOSED only: the corrected rule")
-    fallback: bool = Field(description="the option was drawn at random: nothing in the output parsed")
+    fallback: bool = Field(
+        description="the option was drawn at random: nothing in the output parsed"
+    )
     prompt_tokens: int
     completion_tokens: int
     source: str = Field(description="benchmark file and line the question came from")
@@ -302,4 +340,6 @@ class Prediction(Record):
     lineage_fields: ClassVar[tuple[str, ...]] = ("qid",)
 
 
-PREDICTIONS = register_schema(RecordSchema("predictions", 1, Prediction, "benchmark predictions with scores"))
+PREDICTIONS = register_schema(
+    RecordSchema("predictions", 1, Prediction, "benchmark predictions with scores")
+)

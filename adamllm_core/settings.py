@@ -86,7 +86,9 @@ class StorageSettings(BaseSettings):
 
 
 @lru_cache(maxsize=1)
-def _cached_settings(environment_key: tuple[tuple[str, str], ...], file_key: str) -> StorageSettings:
+def _cached_settings(
+    environment_key: tuple[tuple[str, str], ...], file_key: str
+) -> StorageSettings:
     return StorageSettings()
 
 

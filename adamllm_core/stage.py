@@ -43,7 +43,9 @@ def stage_parents(inputs: list[str]) -> list[ParentRef]:
     return [ParentRef(uri=uri, fingerprint=Dataset(uri).manifest.fingerprint) for uri in inputs]
 
 
-def stage_identity(inputs: list[str], output: StageOutput, config: BaseModel | dict[str, Any]) -> str:
+def stage_identity(
+    inputs: list[str], output: StageOutput, config: BaseModel | dict[str, Any]
+) -> str:
     return identity_hash(output.schema, stage_parents(inputs), config_hash(config), CODE_VERSION)
 
 
@@ -73,8 +75,13 @@ def run_stage(
     dumped = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     writers = {
         name: DatasetWriter(
-            out.uri, schema=out.schema, stage=stage, parents=parents, config=dumped,
-            config_hash=config_hash(dumped), overwrite=overwrite,
+            out.uri,
+            schema=out.schema,
+            stage=stage,
+            parents=parents,
+            config=dumped,
+            config_hash=config_hash(dumped),
+            overwrite=overwrite,
         )
         for name, out in outputs.items()
     }
@@ -85,8 +92,13 @@ def run_stage(
         # Some outputs finished, some not: only a commit was interrupted; redo the rest.
         writers = {
             name: DatasetWriter(
-                out.uri, schema=out.schema, stage=stage, parents=parents, config=dumped,
-                config_hash=config_hash(dumped), overwrite=True,
+                out.uri,
+                schema=out.schema,
+                stage=stage,
+                parents=parents,
+                config=dumped,
+                config_hash=config_hash(dumped),
+                overwrite=True,
             )
             for name, out in outputs.items()
         }
@@ -124,7 +136,9 @@ def run_stage(
     if not source.manifest.shards:
         for name, writer in writers.items():
             if not writer.is_done(0):
-                writer.write_shard(0, outputs[name].schema.to_table([]), QUARANTINE.to_table([]), rows_in=0)
+                writer.write_shard(
+                    0, outputs[name].schema.to_table([]), QUARANTINE.to_table([]), rows_in=0
+                )
     committed = {name: writers[name].commit(n_shards) for name in outputs if name != primary}
     committed[primary] = writers[primary].commit(n_shards)
     return {name: committed[name] for name in outputs}

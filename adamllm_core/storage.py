@@ -34,8 +34,7 @@ def normalise_uri(uri: str) -> str:
     """Absolute local paths, and no trailing slash, so URIs compare and join cleanly."""
     uri = uri.rstrip("/") or "/"
     if protocol_of(uri) == "file":
-        if uri.startswith("file://"):
-            uri = uri[len("file://") :]
+        uri = uri.removeprefix("file://")
         return os.path.abspath(os.path.expanduser(uri))
     return uri
 
@@ -95,6 +94,8 @@ def listing_fingerprint(root: str, *extra: bytes) -> str:
     entries = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
     for name in sorted(entries):
         info = entries[name]
-        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
-        digest.update(f"{name[len(path):]}\0{info.get('size')}\0{stamp}\n".encode())
+        stamp = (
+            info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+        )
+        digest.update(f"{name[len(path) :]}\0{info.get('size')}\0{stamp}\n".encode())
     return digest.hexdigest()[:32]

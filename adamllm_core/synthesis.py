@@ -21,7 +21,12 @@ from adamllm_core.text import CONTROL_TOKEN_PATTERN
 
 # Tokens that end a whole text (not a turn) in common tokenizers: the synthesizer stops there.
 END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
-_SENTINELS = ("\u2460USER-ONE\u2460", "\u2461ASSISTANT-ONE\u2461", "\u2462USER-TWO\u2462", "\u2463ASSISTANT-TWO\u2463")
+_SENTINELS = (
+    "\u2460USER-ONE\u2460",
+    "\u2461ASSISTANT-ONE\u2461",
+    "\u2462USER-TWO\u2462",
+    "\u2463ASSISTANT-TWO\u2463",
+)
 
 
 class SynthConfig(BaseModel):
@@ -29,13 +34,16 @@ class SynthConfig(BaseModel):
 
     engine: EngineConfig
     template_model: str | None = Field(
-        default=None, description="model whose chat template defines the turns (default: engine.model)"
+        default=None,
+        description="model whose chat template defines the turns (default: engine.model)",
     )
     system_prompt: str | None = None
     max_new_tokens: int = Field(default=512, gt=0)
     temperature: float = Field(default=0.0, ge=0)
     seed: int = 0
-    stop: tuple[str, ...] = Field(default=(), description="extra stop strings, e.g. the template's end-of-text")
+    stop: tuple[str, ...] = Field(
+        default=(), description="extra stop strings, e.g. the template's end-of-text"
+    )
 
 
 @dataclass(frozen=True)
@@ -50,8 +58,12 @@ class TurnDelimiters:
     def from_renderer(cls, render: Any) -> "TurnDelimiters":
         u1, a1, u2, a2 = _SENTINELS
         text = render(
-            [{"role": "user", "content": u1}, {"role": "assistant", "content": a1},
-             {"role": "user", "content": u2}, {"role": "assistant", "content": a2}]
+            [
+                {"role": "user", "content": u1},
+                {"role": "assistant", "content": a1},
+                {"role": "user", "content": u2},
+                {"role": "assistant", "content": a2},
+            ]
         )
         one_round = render([{"role": "user", "content": u1}, {"role": "assistant", "content": a1}])
         positions = [text.index(s) for s in _SENTINELS]
@@ -73,21 +85,29 @@ def safe_text(text: str, pattern: re.Pattern[str]) -> str:
     return re.sub(r"[ \t]{2,}", " ", pattern.sub(" ", text)).strip()
 
 
-def prompt_context(renderer: Any, config: SynthConfig) -> tuple[TurnDelimiters, re.Pattern[str], tuple[str, ...]]:
+def prompt_context(
+    renderer: Any, config: SynthConfig
+) -> tuple[TurnDelimiters, re.Pattern[str], tuple[str, ...]]:
     """From the synthesizer's processor: its turn delimiters, the pattern of its special
     tokens (removed from captions) and the stop strings that end a synthesis."""
     delimiters = TurnDelimiters.from_renderer(
         lambda messages: renderer.processor.apply_chat_template(messages, tokenize=False)
     )
     tokenizer = renderer.tokenizer
-    pattern = special_token_pattern(list(getattr(tokenizer, "all_special_tokens", [])) + list(tokenizer.get_added_vocab()))
+    pattern = special_token_pattern(
+        list(getattr(tokenizer, "all_special_tokens", [])) + list(tokenizer.get_added_vocab())
+    )
     inside_turns = delimiters.user_to_assistant + delimiters.assistant_to_user
     vocab = tokenizer.get_vocab()
-    stop = tuple(config.stop) + tuple(t for t in END_OF_TEXT_TOKENS if t in vocab and t not in inside_turns)
+    stop = tuple(config.stop) + tuple(
+        t for t in END_OF_TEXT_TOKENS if t in vocab and t not in inside_turns
+    )
     return delimiters, pattern, stop
 
 
-def synth_request(caption: str, image: bytes, config: SynthConfig, pattern: re.Pattern[str], stop: tuple[str, ...]) -> ChatRequest:
+def synth_request(
+    caption: str, image: bytes, config: SynthConfig, pattern: re.Pattern[str], stop: tuple[str, ...]
+) -> ChatRequest:
     messages = []
     if config.system_prompt:
         messages.append(Message(role="system", content=config.system_prompt))
@@ -181,9 +201,13 @@ def parse_triplet(continuation: str, delimiters: TurnDelimiters) -> ParsedTriple
                 raise Rejected("empty_response", f"an answer to {question[:80]!r} is empty")
             return ParsedTriplet(question, pair["precise"], pair["informative"], len(turns))
     if truncated:
-        raise Rejected("truncated", "the output ended inside a task turn before a triplet was complete")
+        raise Rejected(
+            "truncated", "the output ended inside a task turn before a triplet was complete"
+        )
     if order:
-        raise Rejected("missing_hint", f"no question appears under both hints ({len(order)} questions)")
+        raise Rejected(
+            "missing_hint", f"no question appears under both hints ({len(order)} questions)"
+        )
     raise Rejected("unparseable", "no turn opens with a precise or informative hint")
 
 

@@ -74,5 +74,7 @@ def clean_caption(value: object, policy: CaptionPolicy) -> CleanCaption:
         detail = "caption is empty" + (" once control tokens are removed" if removed else "")
         raise CaptionRejected("empty_caption", detail)
     if len(text) > policy.max_chars:
-        raise CaptionRejected("caption_too_long", f"{len(text)} characters > max_chars {policy.max_chars}")
+        raise CaptionRejected(
+            "caption_too_long", f"{len(text)} characters > max_chars {policy.max_chars}"
+        )
     return CleanCaption(text=text, removed_tokens=removed)

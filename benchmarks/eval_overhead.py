@@ -12,18 +12,21 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from overhead import bare_engine, compare
+
 from adamllm_core.engines import EngineConfig, make_engine
 from adamllm_core.evaluation.adapters import read_items
 from adamllm_core.evaluation.benchmarks import benchmark
 from adamllm_core.evaluation.run import EvalConfig, eval_request, evaluate
 from adamllm_core.images import normalise_image
-from overhead import bare_engine, compare
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--benchmark", default="vqa_rad")
     parser.add_argument("--data", default=str(REPO / "samples" / "eval_demo" / "vqa_rad"))
     parser.add_argument("--model", default="tiny:vlm")
@@ -32,21 +35,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    config = EvalConfig(benchmark=args.benchmark, data=args.data, max_new_tokens=args.max_new_tokens,
-                        engine=EngineConfig(model=args.model, batch_size=args.batch_size))
+    config = EvalConfig(
+        benchmark=args.benchmark,
+        data=args.data,
+        max_new_tokens=args.max_new_tokens,
+        engine=EngineConfig(model=args.model, batch_size=args.batch_size),
+    )
     engine = make_engine(config.engine)
     spec = benchmark(args.benchmark)
     # the engine gets the images the stage sends it: normalised (the stage's own work is timed)
-    items = [i.model_copy(update={"image": normalise_image(i.image, config.images).data})
-             for i in read_items(spec.name, args.data)]
+    items = [
+        i.model_copy(update={"image": normalise_image(i.image, config.images).data})
+        for i in read_items(spec.name, args.data)
+    ]
     requests = [eval_request(spec, item, config) for item in items]
     engine.run(requests[: args.batch_size])  # load and warm up once, for both
 
-    print(f"{len(requests)} questions ({spec.title}), {args.model}, max_new_tokens={args.max_new_tokens}, "
-          f"batch {args.batch_size}")
+    print(
+        f"{len(requests)} questions ({spec.title}), {args.model}, max_new_tokens={args.max_new_tokens}, "
+        f"batch {args.batch_size}"
+    )
     with tempfile.TemporaryDirectory() as work:
-        compare(bare_engine(engine, requests, args.batch_size),
-                lambda n: evaluate(config, f"{work}/run-{n}", engine=engine), args.repeats, "evaluate")
+        compare(
+            bare_engine(engine, requests, args.batch_size),
+            lambda n: evaluate(config, f"{work}/run-{n}", engine=engine),
+            args.repeats,
+            "evaluate",
+        )
 
 
 if __name__ == "__main__":

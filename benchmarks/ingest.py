@@ -25,7 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 DEFAULT_SOURCES = [SHARED / "medpix_captions", SHARED / "rsicd_captions", SHARED / "vqa_rad_train"]
 # Bundles without a `caption` field, and the options that make captions of them.
-SOURCE_OPTIONS = {"vqa_rad_train": {"caption_template": "Q: {question} A: {answer}"}, "food101_mini": {"caption_field": "label"}}
+SOURCE_OPTIONS = {
+    "vqa_rad_train": {"caption_template": "Q: {question} A: {answer}"},
+    "food101_mini": {"caption_field": "label"},
+}
 
 
 def image_files(source: Path) -> list[Path]:
@@ -54,11 +57,17 @@ def ingest_run(sources: list[Path], workers: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sources", nargs="*", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    sources = args.sources or [s for s in DEFAULT_SOURCES if s.is_dir()] or [REPO / "samples" / "biomed_pairs"]
+    sources = (
+        args.sources
+        or [s for s in DEFAULT_SOURCES if s.is_dir()]
+        or [REPO / "samples" / "biomed_pairs"]
+    )
     files = [f for s in sources for f in image_files(s)]
     megabytes = sum(f.stat().st_size for f in files) / 1e6
     print(f"{len(files)} images, {megabytes:.1f} MB, from {', '.join(s.name for s in sources)}")

@@ -22,12 +22,14 @@ def bare_engine(engine: Any, requests: list, batch_size: int) -> Callable[[], No
     return run
 
 
-def compare(bare: Callable[[], None], stage: Callable[[int], Any], repeats: int, stage_name: str) -> None:
+def compare(
+    bare: Callable[[], None], stage: Callable[[int], Any], repeats: int, stage_name: str
+) -> None:
     """Median times over `repeats` interleaved runs (drift hits both alike) and their ratio."""
     bare_times, stage_times = [], []
     for n in range(repeats):
         bare_times.append(timed(bare))
-        stage_times.append(timed(lambda: stage(n)))
+        stage_times.append(timed(lambda n=n: stage(n)))
     b, s = statistics.median(bare_times), statistics.median(stage_times)
     print(f"bare engine:  {b:.3f} s")
     print(f"{stage_name} stage:  {s:.3f} s")

@@ -12,6 +12,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from overhead import bare_engine, compare
+
 from adamllm_core.dataset import Dataset
 from adamllm_core.engines import EngineConfig, make_engine
 from adamllm_core.engines.hf import HFRenderer
@@ -19,13 +21,14 @@ from adamllm_core.ingest import IngestConfig, ingest
 from adamllm_core.models import resolve_model
 from adamllm_core.pipeline import synthesize
 from adamllm_core.synthesis import SynthConfig, prompt_context, synth_request
-from overhead import bare_engine, compare
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--source", default=str(REPO / "samples" / "biomed_pairs"))
     parser.add_argument("--model", default="tiny:vlm")
     parser.add_argument("--max-new-tokens", type=int, default=512)  # the paper's synthesis limit
@@ -33,7 +36,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    config = SynthConfig(engine=EngineConfig(model=args.model, batch_size=args.batch_size), max_new_tokens=args.max_new_tokens)
+    config = SynthConfig(
+        engine=EngineConfig(model=args.model, batch_size=args.batch_size),
+        max_new_tokens=args.max_new_tokens,
+    )
     engine = make_engine(config.engine)
     with tempfile.TemporaryDirectory() as work:
         pairs = f"{work}/pairs"
@@ -43,10 +49,18 @@ def main() -> None:
         requests = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
         engine.run(requests[: args.batch_size])  # load and warm up once, for both
 
-        print(f"{len(requests)} requests, {args.model}, max_new_tokens={args.max_new_tokens}, batch {args.batch_size}")
-        compare(bare_engine(engine, requests, args.batch_size),
-                lambda n: synthesize(pairs, f"{work}/triplets-{n}", config, cache_uri=f"{work}/cache-{n}", engine=engine),
-                args.repeats, "synthesize")
+        print(
+            f"{len(requests)} requests, {args.model}, max_new_tokens={args.max_new_tokens}, batch {args.batch_size}"
+        )
+        compare(
+            bare_engine(engine, requests, args.batch_size),
+            lambda n: synthesize(
+                pairs, f"{work}/triplets-{n}", config, cache_uri=f"{work}/cache-{n}", engine=engine
+            ),
+            args.repeats,
+            "synthesize",
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -26,54 +26,108 @@ def synth_flow(config: str, source: str | None = None, out: str | None = None) -
     extra: dict[str, Any] = {}
     if domain.tune_synthesizer:  # paper 3.1.1: tune the synthesizer on seed data first
         tune = domain.tune_synthesizer
-        seed = build_seed_data(tune.vision_flan, tune.allava_caption, tune.allava_instruct, tune.image_root,
-                               domain.uri("seed"), tune.seed)
-        tuned = train_model({**tune.train, "task": "synthesizer"}, seed.uri, domain.uri("synthesizer"))
+        seed = build_seed_data(
+            tune.vision_flan,
+            tune.allava_caption,
+            tune.allava_instruct,
+            tune.image_root,
+            domain.uri("seed"),
+            tune.seed,
+        )
+        tuned = train_model(
+            {**tune.train, "task": "synthesizer"}, seed.uri, domain.uri("synthesizer")
+        )
         tuned_path = tuned["final"]
-        synth_config = synth_config.model_copy(update={"engine": synth_config.engine.model_copy(update={"model": tuned_path})})
+        synth_config = synth_config.model_copy(
+            update={"engine": synth_config.engine.model_copy(update={"model": tuned_path})}
+        )
         extra.update(seed=seed, synthesizer=tuned)
     # Outputs under OUT/<domain>/ belong to this flow: replace them when their inputs change.
     pairs = ingest_pairs(domain.source, domain.uri("pairs"), domain.ingest_config(), overwrite=True)
-    triplets = synthesize_triplets(pairs.uri, domain.uri("triplets"), synth_config,
-                                   cache_uri=domain.uri("_cache/synthesize"), overwrite=True)
-    kept, rejected = filter_consistent(triplets.uri, domain.uri("filtered"), domain.uri("rejected"), domain.filter,
-                                       cache_uri=domain.uri("_cache/filter"), overwrite=True)
+    triplets = synthesize_triplets(
+        pairs.uri,
+        domain.uri("triplets"),
+        synth_config,
+        cache_uri=domain.uri("_cache/synthesize"),
+        overwrite=True,
+    )
+    kept, rejected = filter_consistent(
+        triplets.uri,
+        domain.uri("filtered"),
+        domain.uri("rejected"),
+        domain.filter,
+        cache_uri=domain.uri("_cache/filter"),
+        overwrite=True,
+    )
     outs = domain.mixture_uris()
     primary = next(iter(outs.values()))
-    mixtures = assemble_mixtures(pairs.uri, kept.uri, outs, primary, domain.assemble, overwrite=True)
-    export = export_mixture(mixtures[next(iter(outs))].uri, domain.uri("export"), f"adamllm_{domain.domain.replace('-', '_')}")
+    mixtures = assemble_mixtures(
+        pairs.uri, kept.uri, outs, primary, domain.assemble, overwrite=True
+    )
+    export = export_mixture(
+        mixtures[next(iter(outs))].uri,
+        domain.uri("export"),
+        f"adamllm_{domain.domain.replace('-', '_')}",
+    )
     if triplets.rows + triplets.quarantined:
-        print(f"synthesizer outputs parsed into triplets: {triplets.rows} of {triplets.rows + triplets.quarantined} "
-              f"({triplets.rows / (triplets.rows + triplets.quarantined):.0%})")
+        print(
+            f"synthesizer outputs parsed into triplets: {triplets.rows} of {triplets.rows + triplets.quarantined} "
+            f"({triplets.rows / (triplets.rows + triplets.quarantined):.0%})"
+        )
     mixture = mixtures[next(iter(outs))]
     if domain.post_train:  # paper 3.2: single-stage post-training on the mixture
         post = domain.post_train
         if post.deployment:
             # Same data and config never train twice: Prefect keeps one flow run per key.
-            run = run_deployment(post.deployment, parameters={"config": post.train, "data": mixture.uri,
-                                 "out": domain.uri("model")},
-                                 idempotency_key=idempotency_key(mixture.fingerprint, post.train), timeout=0)
-            extra["model"] = {"deployment": post.deployment, "flow_run": str(run.id), "state": run.state_name}
+            run = run_deployment(
+                post.deployment,
+                parameters={"config": post.train, "data": mixture.uri, "out": domain.uri("model")},
+                idempotency_key=idempotency_key(mixture.fingerprint, post.train),
+                timeout=0,
+            )
+            extra["model"] = {
+                "deployment": post.deployment,
+                "flow_run": str(run.id),
+                "state": run.state_name,
+            }
         elif post.pipeline == "two_stage":  # Table 5's ablation: captions, then tasks
-            stage1 = train_model(stage1_train_config(post.train), mixtures["two_stage_1"].uri, domain.uri("model-stage1"))
+            stage1 = train_model(
+                stage1_train_config(post.train),
+                mixtures["two_stage_1"].uri,
+                domain.uri("model-stage1"),
+            )
             extra["model-stage1"] = stage1
             if mixtures["two_stage_2"].rows:
-                extra["model"] = train_model({**post.train, "model": stage1["final"]}, mixtures["two_stage_2"].uri,
-                                             domain.uri("model"))
+                extra["model"] = train_model(
+                    {**post.train, "model": stage1["final"]},
+                    mixtures["two_stage_2"].uri,
+                    domain.uri("model"),
+                )
             else:
-                print("two-stage: no synthetic task survived, so there is no stage 2; the model is stage 1's")
+                print(
+                    "two-stage: no synthetic task survived, so there is no stage 2; the model is stage 1's"
+                )
                 extra["model"] = stage1
         else:
             extra["model"] = train_model(post.train, mixture.uri, domain.uri("model"))
     summary = {
-        **extra, "pairs": pairs, "triplets": triplets, "filtered": kept, "rejected": rejected,
-        **{f"mixture:{name}": ref for name, ref in mixtures.items()}, "export": export,
+        **extra,
+        "pairs": pairs,
+        "triplets": triplets,
+        "filtered": kept,
+        "rejected": rejected,
+        **{f"mixture:{name}": ref for name, ref in mixtures.items()},
+        "export": export,
     }
     for name, value in summary.items():
         if name == "export":
-            print(f"{name:>24}: {value['records']} records, {value['images']} images → {value['uri']}")
+            print(
+                f"{name:>24}: {value['records']} records, {value['images']} images → {value['uri']}"
+            )
         elif isinstance(value, dict):
-            print(f"{name:>24}: {json.dumps({k: v for k, v in value.items() if k in ('steps', 'train_loss', 'final', 'flow_run', 'state')})}")
+            print(
+                f"{name:>24}: {json.dumps({k: v for k, v in value.items() if k in ('steps', 'train_loss', 'final', 'flow_run', 'state')})}"
+            )
         else:
             print(f"{name:>24}: {value.rows} rows, {value.quarantined} quarantined → {value.uri}")
     return summary

@@ -11,6 +11,8 @@ from tasks.train import train_model
 def train_flow(config: dict[str, Any], data: str, out: str) -> dict[str, Any]:
     """Train on `data` (a seed or mixture dataset) into `out` with `config` (TrainConfig keys or a preset)."""
     summary = train_model(config, data, out)
-    print(f"trained {summary['steps']} steps, loss {summary['train_loss']:.3f}, "
-          f"padding {summary['padding_fraction']:.1%} → {out}")
+    print(
+        f"trained {summary['steps']} steps, loss {summary['train_loss']:.3f}, "
+        f"padding {summary['padding_fraction']:.1%} → {out}"
+    )
     return summary

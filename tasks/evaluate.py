@@ -13,8 +13,10 @@ from tasks.reporting import stage_progress
 
 @task(
     name="evaluate-benchmark",
-    cache_policy=OutputDatasetPolicy(expected_identity=lambda i: evaluation_identity(i["config"]),
-                                     output=lambda i: predictions_uri(i["config"], i["run_uri"])),
+    cache_policy=OutputDatasetPolicy(
+        expected_identity=lambda i: evaluation_identity(i["config"]),
+        output=lambda i: predictions_uri(i["config"], i["run_uri"]),
+    ),
     persist_result=True,
 )
 def evaluate_benchmark(config: EvalConfig, run_uri: str, overwrite: bool = False) -> dict[str, Any]:
@@ -23,8 +25,10 @@ def evaluate_benchmark(config: EvalConfig, run_uri: str, overwrite: bool = False
     with stage_progress(f"evaluate {config.benchmark}") as progress:
         summary = evaluate(config, run_uri, overwrite=overwrite, progress=progress)
     create_table_artifact(
-        table=[{**task, "questions": summary["questions"], "unreadable": summary["unreadable"]}
-               for task in summary["tasks"]],
+        table=[
+            {**task, "questions": summary["questions"], "unreadable": summary["unreadable"]}
+            for task in summary["tasks"]
+        ],
         key=f"eval-{summary['benchmark'].replace('_', '-')}",
         description=f"**{summary['title']}** with `{summary['model']}` → `{summary['predictions']}`",
     )
@@ -35,6 +39,9 @@ def evaluate_benchmark(config: EvalConfig, run_uri: str, overwrite: bool = False
 def evaluation_report(run_uris: list[str], out: str) -> dict[str, str]:
     """Markdown table + bar chart comparing runs; also a Prefect Markdown artifact."""
     report = write_report(run_uris, out)
-    create_markdown_artifact(markdown=report["markdown"] + f"\n![chart]({report['report_png']})\n",
-                             key="eval-report", description=f"report → {report['report_md']}")
+    create_markdown_artifact(
+        markdown=report["markdown"] + f"\n![chart]({report['report_png']})\n",
+        key="eval-report",
+        description=f"report → {report['report_md']}",
+    )
     return report

@@ -15,7 +15,9 @@ from tasks.reporting import publish_stats, stage_progress
     ),
     persist_result=True,
 )
-def ingest_pairs(source: str, out: str, config: IngestConfig, overwrite: bool = False) -> DatasetRef:
+def ingest_pairs(
+    source: str, out: str, config: IngestConfig, overwrite: bool = False
+) -> DatasetRef:
     """Ingest image-caption pairs from a source into a dataset, resuming unfinished shards."""
     with stage_progress("ingest") as progress:
         manifest = ingest(source, out, config, overwrite=overwrite, progress=progress)

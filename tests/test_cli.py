@@ -24,7 +24,14 @@ def test_ingest_then_inspect(prefect_server: str, broken_corpus, tmp_path: Path)
 
     shown = runner.invoke(app, ["inspect", str(out), "--rows", "1"])
     assert shown.exit_code == 0, shown.output
-    for text in ("pairs v1", "quarantine", "truncated", "duplicate", "sample rows [0]", "scan_parquet"):
+    for text in (
+        "pairs v1",
+        "quarantine",
+        "truncated",
+        "duplicate",
+        "sample rows [0]",
+        "scan_parquet",
+    ):
         assert text in shown.output
     assert "<jpeg 64x48" in shown.output  # image bytes summarised, not dumped
 
@@ -36,30 +43,63 @@ def test_ingest_then_inspect(prefect_server: str, broken_corpus, tmp_path: Path)
 def test_config_file_errors_name_the_key(tmp_path: Path) -> None:
     config = tmp_path / "ingest.yaml"
     config.write_text("domain: food\nimage:\n  max_pixel: 10\n")
-    result = runner.invoke(app, ["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(config)])
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(config)]
+    )
     assert result.exit_code == 2
     assert "image.max_pixel" in result.output
 
 
 def test_bad_flag_values_are_clear(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["ingest", str(tmp_path), "--domain", "Food!", "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path), "--domain", "Food!", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "domain" in result.output
-    result = runner.invoke(app, ["ingest", str(tmp_path), "--domain", "food", "--out", str(tmp_path / "o"),
-                                 "--multi-frame", "all"])
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(tmp_path),
+            "--domain",
+            "food",
+            "--out",
+            str(tmp_path / "o"),
+            "--multi-frame",
+            "all",
+        ],
+    )
     assert result.exit_code == 2 and "image.multi_frame" in result.output
 
 
 def test_source_problems_fail_before_any_flow_runs(shared_data: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["ingest", str(shared_data / "food101_mini"), "--domain", "food", "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(shared_data / "food101_mini"),
+            "--domain",
+            "food",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 2
     assert "--caption-field" in result.output and "Traceback" not in result.output
-    result = runner.invoke(app, ["ingest", str(tmp_path / "absent"), "--domain", "food", "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path / "absent"), "--domain", "food", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
 def test_inspect_unfinished_and_missing(tmp_path: Path) -> None:
-    writer = DatasetWriter(str(tmp_path / "half"), schema=PAIRS, stage="ingest",
-                           parents=[ParentRef(uri="x", fingerprint="y")], config={}, config_hash="c")
+    writer = DatasetWriter(
+        str(tmp_path / "half"),
+        schema=PAIRS,
+        stage="ingest",
+        parents=[ParentRef(uri="x", fingerprint="y")],
+        config={},
+        config_hash="c",
+    )
     writer.existing()
     writer.write_shard(0, PAIRS.to_table([]), QUARANTINE.to_table([]), rows_in=0)
     result = runner.invoke(app, ["inspect", str(tmp_path / "half")])

@@ -28,20 +28,35 @@ from adamllm_core.schemas import (
 
 def pair(n: int) -> ImageCaptionPair:
     return ImageCaptionPair(
-        id=f"id{n:03d}", image=b"\xff\xd8" + bytes([n]), image_format="jpeg", width=8, height=8,
-        image_sha256=f"sha{n}", caption=f"caption {n}", domain="test", source="mem",
-        source_ref=f"row {n}", metadata={"n": n, "nested": {"k": [1, 2]}},
+        id=f"id{n:03d}",
+        image=b"\xff\xd8" + bytes([n]),
+        image_format="jpeg",
+        width=8,
+        height=8,
+        image_sha256=f"sha{n}",
+        caption=f"caption {n}",
+        domain="test",
+        source="mem",
+        source_ref=f"row {n}",
+        metadata={"n": n, "nested": {"k": [1, 2]}},
     )
 
 
 def quarantined(n: int) -> QuarantineRow:
-    return QuarantineRow(stage="test", input_index=n, source_ref=f"row {n}", reason="bad", detail="why")
+    return QuarantineRow(
+        stage="test", input_index=n, source_ref=f"row {n}", reason="bad", detail="why"
+    )
 
 
 def writer(uri: str, config: dict | None = None, overwrite: bool = False) -> DatasetWriter:
     return DatasetWriter(
-        uri, schema=PAIRS, stage="test", parents=[ParentRef(uri="mem://source", fingerprint="f1", kind="source")],
-        config=config or {"a": 1}, config_hash=json.dumps(config or {"a": 1}), overwrite=overwrite,
+        uri,
+        schema=PAIRS,
+        stage="test",
+        parents=[ParentRef(uri="mem://source", fingerprint="f1", kind="source")],
+        config=config or {"a": 1},
+        config_hash=json.dumps(config or {"a": 1}),
+        overwrite=overwrite,
     )
 
 
@@ -49,8 +64,12 @@ def write_all(uri: str, shards: int = 3, **kwargs) -> None:
     w = writer(uri, **kwargs)
     assert w.existing() is None
     for k in range(shards):
-        w.write_shard(k, PAIRS.to_table([pair(2 * k), pair(2 * k + 1)]),
-                      QUARANTINE.to_table([quarantined(k)] if k == 1 else []), rows_in=3 if k == 1 else 2)
+        w.write_shard(
+            k,
+            PAIRS.to_table([pair(2 * k), pair(2 * k + 1)]),
+            QUARANTINE.to_table([quarantined(k)] if k == 1 else []),
+            rows_in=3 if k == 1 else 2,
+        )
     w.commit(shards)
 
 
@@ -59,7 +78,16 @@ def test_manifest_fields_and_readers(tmp_path: Path) -> None:
     write_all(uri)
     manifest = read_manifest(uri)
     raw = json.loads((tmp_path / "ds" / "manifest.json").read_text())
-    for key in ("rows", "shards", "schema", "parents", "config_hash", "code_version", "created_at", "quarantine"):
+    for key in (
+        "rows",
+        "shards",
+        "schema",
+        "parents",
+        "config_hash",
+        "code_version",
+        "created_at",
+        "quarantine",
+    ):
         assert key in raw
     assert raw["schema"] == {"name": "pairs", "version": 1}
     assert manifest.rows == 6 and [s.rows for s in manifest.shards] == [2, 2, 2]
@@ -143,7 +171,9 @@ def test_equal_content_gives_equal_fingerprint_and_bytes(tmp_path: Path) -> None
     write_all(str(tmp_path / "b"))
     a, b = read_manifest(str(tmp_path / "a")), read_manifest(str(tmp_path / "b"))
     assert a.fingerprint == b.fingerprint and a.shards == b.shards
-    assert (tmp_path / "a" / "part-00001.parquet").read_bytes() == (tmp_path / "b" / "part-00001.parquet").read_bytes()
+    assert (tmp_path / "a" / "part-00001.parquet").read_bytes() == (
+        tmp_path / "b" / "part-00001.parquet"
+    ).read_bytes()
 
 
 def test_commit_refuses_missing_shards(tmp_path: Path) -> None:

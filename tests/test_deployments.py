@@ -11,25 +11,33 @@ SPEC = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
 
 
 @pytest.mark.parametrize("deployment", SPEC["deployments"], ids=lambda d: d["name"])
-def test_deployment_entrypoint_and_parameters(deployment: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deployment_entrypoint_and_parameters(
+    deployment: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(REPO)
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     validated = flow.validate_parameters(deployment.get("parameters", {}))
     assert set(validated) >= set(deployment.get("parameters", {}))
     for key in ("source", "config"):
-        if isinstance(deployment.get("parameters", {}).get(key), str) and not deployment["entrypoint"].startswith("flows/train"):
+        if isinstance(deployment.get("parameters", {}).get(key), str) and not deployment[
+            "entrypoint"
+        ].startswith("flows/train"):
             assert (REPO / deployment["parameters"][key]).exists()
     if deployment["entrypoint"].startswith("flows/train.py"):
         from adamllm_core.training.trainer import load_train_config
 
-        assert load_train_config(deployment["parameters"]["config"]).model  # a valid preset or config
+        assert load_train_config(
+            deployment["parameters"]["config"]
+        ).model  # a valid preset or config
     if deployment["entrypoint"].startswith("flows/synth.py"):
         from adamllm_core.config import load_domain_config
 
         domain = load_domain_config(REPO / deployment["parameters"]["config"])
         assert deployment["name"] == domain.domain  # synth/<domain>
         crons = [schedule["cron"] for schedule in deployment.get("schedules", [])]
-        assert crons == ([domain.schedule] if domain.schedule else [])  # one refresh schedule, the config's
+        assert crons == (
+            [domain.schedule] if domain.schedule else []
+        )  # one refresh schedule, the config's
     if deployment["entrypoint"].startswith("flows/evaluate.py"):
         from adamllm_core.evaluation.suite import load_suite
 

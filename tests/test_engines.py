@@ -31,22 +31,32 @@ def png(color: tuple[int, int, int]) -> bytes:
 
 def vision_request(color: tuple[int, int, int], tokens: int = 6) -> ChatRequest:
     return ChatRequest(
-        messages=(Message(role="user", content="Describe the image.", images=1), Message(role="assistant", content="A square."),
-                  Message(role="user", content="Answer with a precise response.")),
-        images=(png(color),), continue_final_message=True,
+        messages=(
+            Message(role="user", content="Describe the image.", images=1),
+            Message(role="assistant", content="A square."),
+            Message(role="user", content="Answer with a precise response."),
+        ),
+        images=(png(color),),
+        continue_final_message=True,
         sampling=SamplingConfig(max_new_tokens=tokens, ignore_eos=True, skip_special_tokens=False),
     )
 
 
 def test_transformers_generates_in_order_with_token_counts(tiny_models) -> None:
     engine = make_engine(EngineConfig(model=tiny_models["vlm"], batch_size=2))
-    requests = [vision_request((255, 0, 0)), vision_request((0, 0, 255), tokens=3), vision_request((255, 0, 0))]
+    requests = [
+        vision_request((255, 0, 0)),
+        vision_request((0, 0, 255), tokens=3),
+        vision_request((255, 0, 0)),
+    ]
     results = engine.run(requests)
     assert [r.completion_tokens for r in results] == [6, 3, 6]
     assert results[0].text == results[2].text  # same request, same greedy output
     assert all(r.prompt_tokens > 10 and r.finish_reason == "length" for r in results)
     rendered = engine.render(requests[0])
-    assert rendered.endswith("<|im_start|>user\nAnswer with a precise response.")  # the last turn stays open
+    assert rendered.endswith(
+        "<|im_start|>user\nAnswer with a precise response."
+    )  # the last turn stays open
 
 
 def test_choice_scores_are_sums_of_token_logprobs(tiny_models) -> None:
@@ -72,7 +82,9 @@ def test_request_cache_resumes_without_recomputing(tiny_models, tmp_path: Path) 
     engine = make_engine(EngineConfig(model=tiny_models["vlm"]))
     calls = []
     original = engine.run
-    engine.run = lambda requests: calls.append(len(requests)) or original(requests)  # count engine calls
+    engine.run = lambda requests: (
+        calls.append(len(requests)) or original(requests)
+    )  # count engine calls
     requests = [vision_request((i * 40, 0, 0)) for i in range(5)]
     first = run_cached(engine, requests, RequestCache(str(tmp_path / "cache")), batch_size=2)
     assert calls == [2, 2, 1]
@@ -85,20 +97,37 @@ def test_request_cache_resumes_without_recomputing(tiny_models, tmp_path: Path) 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_openai_engine_against_vllm_serve_matches_transformers(tiny_models, vllm_server: str) -> None:
-    served = make_engine(EngineConfig(kind="openai", model=tiny_models["lm"], base_url=vllm_server, max_concurrency=4))
+def test_openai_engine_against_vllm_serve_matches_transformers(
+    tiny_models, vllm_server: str
+) -> None:
+    served = make_engine(
+        EngineConfig(
+            kind="openai", model=tiny_models["lm"], base_url=vllm_server, max_concurrency=4
+        )
+    )
     local = make_engine(EngineConfig(model=tiny_models["lm"]))
-    judge = [judge_request(f"Question {i}?", "The informative answer.", "precise") for i in range(3)]
+    judge = [
+        judge_request(f"Question {i}?", "The informative answer.", "precise") for i in range(3)
+    ]
     for remote, here in zip(served.run(judge), local.run(judge)):
         assert remote.text == here.text
         for choice in LABEL_CHOICES:
-            assert remote.choice_scores[choice] == pytest.approx(here.choice_scores[choice], abs=2e-3)
+            assert remote.choice_scores[choice] == pytest.approx(
+                here.choice_scores[choice], abs=2e-3
+            )
     text = [ChatRequest(prompt="## Consistent:", sampling=SamplingConfig(max_new_tokens=8))]
     assert served.run(text)[0].text == local.run(text)[0].text
-    chat = [ChatRequest(messages=(Message(role="user", content="Describe the image."), Message(role="assistant", content="A square."),
-                                  Message(role="user", content="Answer with a precise response.")),
-                        continue_final_message=True,
-                        sampling=SamplingConfig(max_new_tokens=6, ignore_eos=True, skip_special_tokens=False))]
+    chat = [
+        ChatRequest(
+            messages=(
+                Message(role="user", content="Describe the image."),
+                Message(role="assistant", content="A square."),
+                Message(role="user", content="Answer with a precise response."),
+            ),
+            continue_final_message=True,
+            sampling=SamplingConfig(max_new_tokens=6, ignore_eos=True, skip_special_tokens=False),
+        )
+    ]
     remote, here = served.run(chat)[0], local.run(chat)[0]
     assert remote.text == here.text and remote.completion_tokens == here.completion_tokens == 6
 
@@ -108,7 +137,7 @@ class FlakyHandler(http.server.BaseHTTPRequestHandler):
 
     failures = 0
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if "bad" in body.get("prompt", ""):
             self.send_response(400)
@@ -123,8 +152,14 @@ class FlakyHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
-        self.wfile.write(json.dumps({"choices": [{"text": "ok", "finish_reason": "stop"}],
-                                     "usage": {"prompt_tokens": 2, "completion_tokens": 1}}).encode())
+        self.wfile.write(
+            json.dumps(
+                {
+                    "choices": [{"text": "ok", "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+                }
+            ).encode()
+        )
 
     def log_message(self, *args) -> None:
         pass
@@ -134,8 +169,12 @@ def test_openai_engine_retries_transient_errors_and_reports_others() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        engine = OpenAIEngine("m", base_url=f"http://127.0.0.1:{server.server_address[1]}", max_retries=4, timeout_s=5)
-        result = engine.run([ChatRequest(prompt="hello", sampling=SamplingConfig(max_new_tokens=1))])[0]
+        engine = OpenAIEngine(
+            "m", base_url=f"http://127.0.0.1:{server.server_address[1]}", max_retries=4, timeout_s=5
+        )
+        result = engine.run(
+            [ChatRequest(prompt="hello", sampling=SamplingConfig(max_new_tokens=1))]
+        )[0]
         assert result.text == "ok" and FlakyHandler.failures == 2
         with pytest.raises(EngineRequestError, match="400"):
             engine.run([ChatRequest(prompt="bad prompt")])

@@ -46,7 +46,12 @@ def read(benchmark: str, path: Path | str, **kwargs: Any) -> list[EvalItem]:
 
 
 def fails(
-    benchmark: str, path: Path | str, *, line: int | None, field: str | None, unit: str | None = None
+    benchmark: str,
+    path: Path | str,
+    *,
+    line: int | None,
+    field: str | None,
+    unit: str | None = None,
 ) -> BenchmarkFormatError:
     with pytest.raises(BenchmarkFormatError) as caught:
         read(benchmark, path)
@@ -98,7 +103,9 @@ def test_unknown_benchmark_lists_the_valid_names(tmp_path: Path) -> None:
         read_items("vqarad", str(tmp_path))
     for name in BENCHMARKS:
         assert name in str(caught.value)
-    assert sum(spec.paper for spec in REGISTRY.values()) == 12  # the paper's (the proving ground's is not)
+    assert (
+        sum(spec.paper for spec in REGISTRY.values()) == 12
+    )  # the paper's (the proving ground's is not)
 
 
 # -- generic form on the shared samples -------------------------------------------------------
@@ -688,7 +695,9 @@ def test_rows_before_the_bad_one_are_yielded(vqa_dir: Path) -> None:
 
 def test_malformed_release_files(tmp_path: Path) -> None:
     put(tmp_path / "slake" / "test.json", '[{"img_name": "a.jpg",\n "question": }]')
-    fails("slake", tmp_path / "slake", line=2, field=None, unit="line")  # a JSON syntax error: the text line
+    fails(
+        "slake", tmp_path / "slake", line=2, field=None, unit="line"
+    )  # a JSON syntax error: the text line
 
     put(tmp_path / "rad" / "images" / "a.jpg", png(1))
     put(
@@ -778,19 +787,38 @@ def test_adaptllm_release_rows_keep_their_templated_input(tmp_path: Path) -> Non
     (folder / "images").mkdir(parents=True)
     (folder / "images" / "a.png").write_bytes(png(1))
     rows = [
-        {"image": "images/a.png", "input": "Is there a fracture?", "label": "no", "answer_type": "CLOSED"},
-        {"image": "images/a.png", "input": "Question: What is shown? The choices are: A:CT B:MRI", "label": "B",
-         "A": "CT", "B": "MRI"},
+        {
+            "image": "images/a.png",
+            "input": "Is there a fracture?",
+            "label": "no",
+            "answer_type": "CLOSED",
+        },
+        {
+            "image": "images/a.png",
+            "input": "Question: What is shown? The choices are: A:CT B:MRI",
+            "label": "B",
+            "A": "CT",
+            "B": "MRI",
+        },
     ]
     (folder / "slake.jsonl").write_text(json.dumps(rows[0]) + "\n")
     (folder / "pmc.jsonl").write_text(json.dumps(rows[1]) + "\n")
     (slake,) = read("slake", folder / "slake.jsonl")
-    assert (slake.prompt, slake.question, slake.answer, slake.answer_type) == ("Is there a fracture?", "", "no", "CLOSED")
+    assert (slake.prompt, slake.question, slake.answer, slake.answer_type) == (
+        "Is there a fracture?",
+        "",
+        "no",
+        "CLOSED",
+    )
     (pmc,) = read("pmc_vqa", folder / "pmc.jsonl")
     assert pmc.prompt == rows[1]["input"] and pmc.choices == ["CT", "MRI"] and pmc.answer == "B"
 
-    (folder / "recipe.jsonl").write_text(json.dumps({"image": "images/a.png", "answer": "Pasta"}) + "\n")
-    fails("recipe1m", folder / "recipe.jsonl", line=1, field="question")  # no invented question for generic rows
+    (folder / "recipe.jsonl").write_text(
+        json.dumps({"image": "images/a.png", "answer": "Pasta"}) + "\n"
+    )
+    fails(
+        "recipe1m", folder / "recipe.jsonl", line=1, field="question"
+    )  # no invented question for generic rows
 
 
 def test_images_can_be_skipped_per_item(shared_data: Path) -> None:

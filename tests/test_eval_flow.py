@@ -23,54 +23,117 @@ pytestmark = [pytest.mark.integration]
 
 def eval_cli(prefect_server: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    return subprocess.run([sys.executable, "-m", "adamllm_cli.main", "eval", *args], capture_output=True, text=True,
-                          env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "adamllm_cli.main", "eval", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
 
 
 @pytest.mark.slow
-def test_eval_end_to_end_with_report(prefect_server: str, tiny_models, shared_data: Path, tmp_path: Path) -> None:
+def test_eval_end_to_end_with_report(
+    prefect_server: str, tiny_models, shared_data: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "eval"
-    common = ["--benchmark", "vqa_rad", "--data", str(shared_data / "vqa_rad_train"),
-              "--benchmark", "food101", "--data", str(shared_data / "food101_mini"),
-              "--limit", "40", "--max-new-tokens", "12", "--out", str(out)]
+    common = [
+        "--benchmark",
+        "vqa_rad",
+        "--data",
+        str(shared_data / "vqa_rad_train"),
+        "--benchmark",
+        "food101",
+        "--data",
+        str(shared_data / "food101_mini"),
+        "--limit",
+        "40",
+        "--max-new-tokens",
+        "12",
+        "--out",
+        str(out),
+    ]
     first = eval_cli(prefect_server, tmp_path, *common, "--model", "tiny:vlm", "--name", "base")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     for name in ("vqa_rad", "food101"):
-        predictions = pl.scan_parquet(str(out / "base" / name / "predictions" / "*.parquet")).collect()
+        predictions = pl.scan_parquet(
+            str(out / "base" / name / "predictions" / "*.parquet")
+        ).collect()
         assert predictions.height == 40
-        assert set(predictions.columns) >= {"qid", "prompt", "raw_output", "parsed", "score", "fallback"}
+        assert set(predictions.columns) >= {
+            "qid",
+            "prompt",
+            "raw_output",
+            "parsed",
+            "score",
+            "fallback",
+        }
         summary = json.loads((out / "base" / name / "summary.json").read_text())
         assert summary["questions"] == 40 and summary["model"].startswith(tiny_models["vlm"])
     food = pl.read_parquet(str(out / "base" / "food101" / "predictions" / "*.parquet"))
-    assert food["prompt"][0].startswith("What type of food is shown in this image? Choose one type from the "
-                                        "following options: apple pie, baby back ribs")
+    assert food["prompt"][0].startswith(
+        "What type of food is shown in this image? Choose one type from the "
+        "following options: apple pie, baby back ribs"
+    )
     vqa = json.loads((out / "base" / "vqa_rad" / "summary.json").read_text())
     assert [t["task"] for t in vqa["tasks"]] == ["VQA-RAD open", "VQA-RAD closed"]
     assert sum(t["n"] for t in vqa["tasks"]) == 40
 
     # re-run: the finished predictions are served, nothing is regenerated
-    stamps = {n: read_manifest(str(out / "base" / n / "predictions")).created_at for n in ("vqa_rad", "food101")}
+    stamps = {
+        n: read_manifest(str(out / "base" / n / "predictions")).created_at
+        for n in ("vqa_rad", "food101")
+    }
     again = eval_cli(prefect_server, tmp_path, *common, "--model", "tiny:vlm", "--name", "base")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert {n: read_manifest(str(out / "base" / n / "predictions")).created_at for n in stamps} == stamps
+    assert {
+        n: read_manifest(str(out / "base" / n / "predictions")).created_at for n in stamps
+    } == stamps
 
     # a second "model" (same weights, another run name) compared with the first
-    second = eval_cli(prefect_server, tmp_path, *common, "--model", "tiny:vlm", "--name", "other",
-                      "--compare-with", str(out / "base"))
+    second = eval_cli(
+        prefect_server,
+        tmp_path,
+        *common,
+        "--model",
+        "tiny:vlm",
+        "--name",
+        "other",
+        "--compare-with",
+        str(out / "base"),
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     report = (out / "other" / "report.md").read_text()
     assert "| task | domain | metric | n | base | other |" in report
     assert "| **biomed average** |" in report and "VQA-RAD closed (corrected)" in report
     assert (out / "other" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    standalone = subprocess.run([sys.executable, "-m", "adamllm_cli.main", "report", str(out / "base"),
-                                 str(out / "other"), "--out", str(tmp_path / "report")], capture_output=True, text=True,
-                                env={**os.environ, "PREFECT_API_URL": prefect_server}, timeout=300)
+    standalone = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adamllm_cli.main",
+            "report",
+            str(out / "base"),
+            str(out / "other"),
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
+        timeout=300,
+    )
     assert standalone.returncode == 0, standalone.stderr
     assert (tmp_path / "report" / "report.md").read_text() == report
     artifacts = asyncio.run(artifacts_with_key("eval-report"))
-    assert any(str(tmp_path / "report") in (a.description or "") and "| base | other |" in a.data for a in artifacts)
+    assert any(
+        str(tmp_path / "report") in (a.description or "") and "| base | other |" in a.data
+        for a in artifacts
+    )
     summaries = asyncio.run(artifacts_with_key("eval-vqa-rad"))
     assert summaries and summaries[0].type == "table"
 
@@ -80,19 +143,56 @@ async def artifacts_with_key(key: str) -> list:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     async with get_client() as client:
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=50)
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=50
+        )
 
 
 def test_eval_cli_errors_are_clear(prefect_server: str, tmp_path: Path) -> None:
-    result = eval_cli(prefect_server, tmp_path, "--benchmark", "vqa-rad", "--model", "tiny:vlm", "--out", str(tmp_path))
+    result = eval_cli(
+        prefect_server,
+        tmp_path,
+        "--benchmark",
+        "vqa-rad",
+        "--model",
+        "tiny:vlm",
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 2 and "one --data per --benchmark" in result.stderr
-    result = eval_cli(prefect_server, tmp_path, "--benchmark", "slakee", "--data", str(tmp_path), "--model", "tiny:vlm",
-                      "--out", str(tmp_path))
+    result = eval_cli(
+        prefect_server,
+        tmp_path,
+        "--benchmark",
+        "slakee",
+        "--data",
+        str(tmp_path),
+        "--model",
+        "tiny:vlm",
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 2 and "unknown benchmark 'slakee'" in result.stderr
     if importlib.util.find_spec("vllm") is None:  # a CPU machine: said before any work starts
-        result = eval_cli(prefect_server, tmp_path, "--benchmark", "food101", "--data", str(tmp_path),
-                          "--model", "tiny:vlm", "--engine", "vllm", "--out", str(tmp_path))
-        assert result.returncode == 2 and "needs the vllm package" in result.stderr and "'.[gpu]'" in result.stderr
+        result = eval_cli(
+            prefect_server,
+            tmp_path,
+            "--benchmark",
+            "food101",
+            "--data",
+            str(tmp_path),
+            "--model",
+            "tiny:vlm",
+            "--engine",
+            "vllm",
+            "--out",
+            str(tmp_path),
+        )
+        assert (
+            result.returncode == 2
+            and "needs the vllm package" in result.stderr
+            and "'.[gpu]'" in result.stderr
+        )
         assert "Traceback" not in result.stderr
 
 
@@ -120,7 +220,9 @@ class StopsAfter(Engine):
         return self.engine.run(requests)
 
 
-def test_interrupted_eval_resumes_and_bad_images_are_quarantined(tiny_models, shared_data: Path, tmp_path: Path) -> None:
+def test_interrupted_eval_resumes_and_bad_images_are_quarantined(
+    tiny_models, shared_data: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "bench"
     shutil.copytree(shared_data / "food101_mini", data)
     lines = (data / "data.jsonl").read_text().splitlines()[:11]
@@ -128,13 +230,20 @@ def test_interrupted_eval_resumes_and_bad_images_are_quarantined(tiny_models, sh
     import numpy as np
     from PIL import Image
 
-    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(data / "images" / "deep.tif")
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(
+        data / "images" / "deep.tif"
+    )
     lines.append(json.dumps({"image": "images/deep.tif", "label": "waffles"}))
     (data / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     lines.append(json.dumps({"image": "images/broken.jpg", "label": "paella"}))
     (data / "data.jsonl").write_text("\n".join(lines) + "\n")
-    config = EvalConfig(benchmark="food101", data=str(data), engine=EngineConfig(model="tiny:vlm", batch_size=4),
-                        max_new_tokens=8, rows_per_shard=4)
+    config = EvalConfig(
+        benchmark="food101",
+        data=str(data),
+        engine=EngineConfig(model="tiny:vlm", batch_size=4),
+        max_new_tokens=8,
+        rows_per_shard=4,
+    )
     real = make_engine(config.engine)
 
     with pytest.raises(RuntimeError, match="interrupted"):
@@ -145,23 +254,44 @@ def test_interrupted_eval_resumes_and_bad_images_are_quarantined(tiny_models, sh
     summary = evaluate(config, str(tmp_path / "run"), engine=resumed)
     assert resumed.requests == 12 - 8  # the two finished shards were not recomputed
     assert summary["questions"] == 13 and summary["unreadable"] == 1
-    quarantine = pl.read_parquet(str(tmp_path / "run" / "food101" / "predictions" / "_quarantine" / "*.parquet"))
-    assert quarantine["reason"].to_list() == ["undecodable"] and quarantine["source_ref"][0].endswith(":13")
+    quarantine = pl.read_parquet(
+        str(tmp_path / "run" / "food101" / "predictions" / "_quarantine" / "*.parquet")
+    )
+    assert quarantine["reason"].to_list() == ["undecodable"] and quarantine["source_ref"][
+        0
+    ].endswith(":13")
     predictions = pl.read_parquet(str(tmp_path / "run" / "food101" / "predictions" / "*.parquet"))
-    assert predictions.height == 12 and "11" in predictions["qid"].to_list()  # the TIFF row was scored
+    assert (
+        predictions.height == 12 and "11" in predictions["qid"].to_list()
+    )  # the TIFF row was scored
 
 
 def test_eval_on_object_storage(tiny_models, shared_data: Path, s3_bucket: str) -> None:
     import s3fs
 
-    config = EvalConfig(benchmark="vqa_rad", data=str(shared_data / "vqa_rad_train"),
-                        engine=EngineConfig(model="tiny:vlm", batch_size=8), limit=8, max_new_tokens=8)
+    config = EvalConfig(
+        benchmark="vqa_rad",
+        data=str(shared_data / "vqa_rad_train"),
+        engine=EngineConfig(model="tiny:vlm", batch_size=8),
+        limit=8,
+        max_new_tokens=8,
+    )
     summary = evaluate(config, f"{s3_bucket}/eval/base")
     assert summary["questions"] == 8
-    assert pl.scan_parquet(f"{s3_bucket}/eval/base/vqa_rad/predictions/*.parquet",
-                           storage_options={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}).collect().height == 8
+    assert (
+        pl.scan_parquet(
+            f"{s3_bucket}/eval/base/vqa_rad/predictions/*.parquet",
+            storage_options={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]},
+        )
+        .collect()
+        .height
+        == 8
+    )
     from adamllm_core.evaluation.report import write_report
 
     written = write_report([f"{s3_bucket}/eval/base"], f"{s3_bucket}/eval/base")
     fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    assert fs.exists(written["report_png"]) and "VQA-RAD open" in fs.cat_file(written["report_md"]).decode()
+    assert (
+        fs.exists(written["report_png"])
+        and "VQA-RAD open" in fs.cat_file(written["report_md"]).decode()
+    )

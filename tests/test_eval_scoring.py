@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-
 from adamllm_core.evaluation.adapters import read_items
 from adamllm_core.evaluation.benchmarks import BENCHMARKS, benchmark, render_prompt
 from adamllm_core.evaluation.classes import FOOD101
@@ -65,19 +64,26 @@ def test_food101_gold_perturbation_and_fallback(shared_data: Path) -> None:
     assert unparsed["tasks"][0]["fallbacks"] == 90 and all(r.fallback for r in rows)
     again, _ = score_predictions("food101", data, {i.qid: "I cannot tell" for i in items})
     assert [r.parsed for r in rows] == [r.parsed for r in again]  # seeded per question
-    reseeded, _ = score_predictions("food101", data, {i.qid: "I cannot tell" for i in items}, seed=1)
+    reseeded, _ = score_predictions(
+        "food101", data, {i.qid: "I cannot tell" for i in items}, seed=1
+    )
     assert [r.parsed for r in rows] != [r.parsed for r in reseeded]
 
 
 def test_prompts_are_table_14() -> None:
-    assert sum(spec.paper for spec in BENCHMARKS.values()) == 12  # the paper's (the proving ground's is not)
+    assert (
+        sum(spec.paper for spec in BENCHMARKS.values()) == 12
+    )  # the paper's (the proving ground's is not)
     food = render_prompt(benchmark("food101"), "", list(FOOD101[:2]))
-    assert food == ("What type of food is shown in this image? Choose one type from the following options: "
-                    "apple pie, baby back ribs")
+    assert food == (
+        "What type of food is shown in this image? Choose one type from the following options: "
+        "apple pie, baby back ribs"
+    )
     pmc = render_prompt(benchmark("pmc_vqa"), "What is shown?", ["CT", "MRI"])
     assert pmc == "Question: What is shown? The choices are: A:CT B:MRI"
     assert render_prompt(benchmark("nwpu_captions"), "ignored", None) == (
-        "Please provide an one-sentence caption for the provided remote sensing image in details.")
+        "Please provide an one-sentence caption for the provided remote sensing image in details."
+    )
     with pytest.raises(ValueError, match="unknown benchmark 'slakee'"):
         benchmark("slakee")
 
@@ -90,18 +96,26 @@ def test_score_item_per_metric() -> None:
     pmc = benchmark("pmc_vqa")
     options = ["CT", "MRI", "PET", "X-ray"]
     assert score_item(pmc, item("B", choices=options), "The answer is (B) MRI").score == 1.0
-    assert score_item(pmc, item("MRI", choices=options), "B").score == 1.0  # text answers map to letters
+    assert (
+        score_item(pmc, item("MRI", choices=options), "B").score == 1.0
+    )  # text answers map to letters
     assert score_item(pmc, item("B", choices=options), "(A) or (C)? I pick (C)").parsed == "C"
 
     seg = benchmark("foodseg103")
-    scored = score_item(seg, item(["egg tart", "rice"], choices=["egg", "egg tart", "rice", "eggplant"]),
-                        "[egg tart, eggplant]")
+    scored = score_item(
+        seg,
+        item(["egg tart", "rice"], choices=["egg", "egg tart", "rice", "eggplant"]),
+        "[egg tart, eggplant]",
+    )
     # predicted {egg tart, eggplant}, gold {egg tart, rice}: P = R = 1/2, F1 = 1/2
     assert scored.score == pytest.approx(0.5) and scored.parsed == "egg tart; eggplant"
 
     nutrition = benchmark("nutrition5k")
-    scored = score_item(nutrition, item(["olive oil", "rice", "chicken"], choices=["oil", "olive oil", "rice", "chicken"]),
-                        "rice with olive oil")
+    scored = score_item(
+        nutrition,
+        item(["olive oil", "rice", "chicken"], choices=["oil", "olive oil", "rice", "chicken"]),
+        "rice with olive oil",
+    )
     assert scored.score == pytest.approx(2 / 3)  # recall: olive oil and rice of three
 
     recipe = benchmark("recipe1m")
@@ -109,23 +123,37 @@ def test_score_item_per_metric() -> None:
     assert score_item(recipe, item("boil the pasta"), "").score == 0.0
 
     flood = benchmark("floodnet")
-    assert score_item(flood, item("3"), "There are three buildings.").score == 1.0  # number words normalised
-    assert score_item(flood, item("3"), "I see 4 buildings, 3 flooded").score == 0.0  # first number written
+    assert (
+        score_item(flood, item("3"), "There are three buildings.").score == 1.0
+    )  # number words normalised
+    assert (
+        score_item(flood, item("3"), "I see 4 buildings, 3 flooded").score == 0.0
+    )  # first number written
     assert score_item(flood, item("flooded"), "The road is flooded.").score == 1.0
-    assert score_item(flood, item("flooded"), "The road is non-flooded").score == 0.0  # not inside the negation
+    assert (
+        score_item(flood, item("flooded"), "The road is non-flooded").score == 0.0
+    )  # not inside the negation
     assert score_item(flood, item("non flooded"), "The road is non-flooded").score == 1.0
     assert score_item(flood, item("flooded"), "It is not flooded").score == 0.0
     assert score_item(flood, item("yes"), "Yes, the road is flooded.").score == 1.0
-    assert score_item(flood, item("no"), "It is normal").score == 0.0  # corrected rule: no substring hits
+    assert (
+        score_item(flood, item("no"), "It is normal").score == 0.0
+    )  # corrected rule: no substring hits
 
     clrs = benchmark("clrs")
     classes = ["airport", "park", "parking", "port", "railway", "railway station", "storage tank"]
-    for answer, output in [("airport", "The answer is airport."), ("parking", "parking"),
-                           ("railway station", "A railway station."), ("storage tank", "storagetanks"),
-                           ("park", "Not a port but a park")]:
+    for answer, output in [
+        ("airport", "The answer is airport."),
+        ("parking", "parking"),
+        ("railway station", "A railway station."),
+        ("storage tank", "storagetanks"),
+        ("park", "Not a port but a park"),
+    ]:
         scored = score_item(clrs, item(answer, choices=classes), output)
         assert (scored.parsed, scored.score, scored.fallback) == (answer, 1.0, False), output
-    unparsed = score_item(clrs, item("port", choices=classes), "There are 2 ships")  # no option numbers here
+    unparsed = score_item(
+        clrs, item("port", choices=classes), "There are 2 ships"
+    )  # no option numbers here
     assert unparsed.fallback and unparsed.parsed in classes
 
     vqa = benchmark("slake")
@@ -139,17 +167,33 @@ def test_score_item_per_metric() -> None:
 
 
 def score_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "adamllm_cli.main", "score", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "adamllm_cli.main", "score", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_score_command(shared_data: Path, tmp_path: Path) -> None:
     data = str(shared_data / "food101_mini")
     items = list(read_items("food101", data))
     predictions = tmp_path / "predictions.jsonl"
-    predictions.write_text("".join(json.dumps({"qid": i.qid, "prediction": "waffles"}) + "\n" for i in items[:60]))
+    predictions.write_text(
+        "".join(json.dumps({"qid": i.qid, "prediction": "waffles"}) + "\n" for i in items[:60])
+    )
     out = tmp_path / "scored.jsonl"
-    result = score_cli("--benchmark", "food101", "--data", data, "--predictions", str(predictions), "--out", str(out))
+    result = score_cli(
+        "--benchmark",
+        "food101",
+        "--data",
+        data,
+        "--predictions",
+        str(predictions),
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(scored) == 90 and sum(r["score"] for r in scored) == 0  # first 60 are not waffles
@@ -165,8 +209,12 @@ def test_score_command(shared_data: Path, tmp_path: Path) -> None:
     assert result.returncode == 2 and "no-such-question" in result.stderr
     # --limit scores the first N; predictions for later questions are not "unknown"
     full = tmp_path / "full.jsonl"
-    full.write_text("".join(json.dumps({"qid": i.qid, "prediction": i.answer}) + "\n" for i in items))
-    result = score_cli("--benchmark", "food101", "--data", data, "--predictions", str(full), "--limit", "10")
+    full.write_text(
+        "".join(json.dumps({"qid": i.qid, "prediction": i.answer}) + "\n" for i in items)
+    )
+    result = score_cli(
+        "--benchmark", "food101", "--data", data, "--predictions", str(full), "--limit", "10"
+    )
     assert result.returncode == 0, result.stderr
     assert '"questions": 10' in result.stdout and '"score": 100.0' in result.stdout
 
@@ -177,12 +225,22 @@ def test_missing_predictions_score_zero_without_fallback(tmp_path: Path) -> None
     folder = tmp_path / "pmc"
     (folder / "images").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(folder / "images" / "a.png")
-    rows = [{"image": "images/a.png", "qid": str(n), "question": "Which?", "choices": ["a", "b", "c", "d", "e"],
-             "answer": "e"} for n in range(50)]
+    rows = [
+        {
+            "image": "images/a.png",
+            "qid": str(n),
+            "question": "Which?",
+            "choices": ["a", "b", "c", "d", "e"],
+            "answer": "e",
+        }
+        for n in range(50)
+    ]
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "images" / "a.png").unlink()  # scoring text reads no image
     scored, summary = score_predictions("pmc_vqa", str(folder), {"0": "(E)"})
-    assert summary["missing"] == 49 and summary["tasks"][0]["score"] == 2.0  # 1 of 50; no lucky guesses
+    assert (
+        summary["missing"] == 49 and summary["tasks"][0]["score"] == 2.0
+    )  # 1 of 50; no lucky guesses
     assert not any(r.fallback for r in scored) and scored[0].prompt.endswith("D:d E:e")
 
 
@@ -190,12 +248,35 @@ def test_report_averages_only_comparable_runs() -> None:
     from adamllm_core.evaluation.report import comparison, markdown
 
     def run(n_open: int, score: float) -> list[dict]:
-        return [{"benchmark": "vqa_rad", "questions": n_open + 10, "unreadable": 1, "model": "m", "tasks": [
-            {"task": "VQA-RAD open", "domain": "biomed", "metric": "recall", "score": score, "n": n_open, "fallbacks": 0},
-            {"task": "VQA-RAD closed", "domain": "biomed", "metric": "accuracy", "score": 50.0, "n": 10,
-             "fallbacks": 0, "score_corrected": 60.0}]}]
+        return [
+            {
+                "benchmark": "vqa_rad",
+                "questions": n_open + 10,
+                "unreadable": 1,
+                "model": "m",
+                "tasks": [
+                    {
+                        "task": "VQA-RAD open",
+                        "domain": "biomed",
+                        "metric": "recall",
+                        "score": score,
+                        "n": n_open,
+                        "fallbacks": 0,
+                    },
+                    {
+                        "task": "VQA-RAD closed",
+                        "domain": "biomed",
+                        "metric": "accuracy",
+                        "score": 50.0,
+                        "n": 10,
+                        "fallbacks": 0,
+                        "score_corrected": 60.0,
+                    },
+                ],
+            }
+        ]
 
-    rows, averages = comparison({"a": run(20, 30.0), "b": run(20, 40.0)})
+    _, averages = comparison({"a": run(20, 30.0), "b": run(20, 40.0)})
     assert averages["biomed"] == {"a": 40.0, "b": 45.0}  # corrected rows stay out of the average
     _, averages = comparison({"a": run(20, 30.0), "b": run(8, 40.0)})
     assert averages["biomed"] == {"a": None, "b": None}  # different question sets: no average

@@ -27,7 +27,9 @@ def rows_and_quarantine(uri: str) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def test_broken_corpus_every_input_accounted_for(broken_corpus, tmp_path: Path) -> None:
     source, expected = broken_corpus
-    manifest = ingest(str(source), str(tmp_path / "pairs"), IngestConfig(domain="test", rows_per_shard=7))
+    manifest = ingest(
+        str(source), str(tmp_path / "pairs"), IngestConfig(domain="test", rows_per_shard=7)
+    )
     rows, quarantine = rows_and_quarantine(str(tmp_path / "pairs"))
 
     assert len(rows) == expected["valid"]
@@ -36,7 +38,10 @@ def test_broken_corpus_every_input_accounted_for(broken_corpus, tmp_path: Path) 
     assert manifest.quarantine.reasons == expected["reasons"]
     assert manifest.stats.counters["duplicates"] == 1
     # every input line is either a row or a quarantine row, each exactly once
-    refs = sorted(rows["source_ref"].to_list() + quarantine["source_ref"].to_list(), key=lambda r: int(r.split(":")[1]))
+    refs = sorted(
+        rows["source_ref"].to_list() + quarantine["source_ref"].to_list(),
+        key=lambda r: int(r.split(":")[1]),
+    )
     assert [int(r.split(":")[1]) for r in refs] == list(range(1, expected["inputs"] + 1))
     assert rows["id"].n_unique() == len(rows)
 
@@ -45,7 +50,11 @@ def test_broken_corpus_every_input_accounted_for(broken_corpus, tmp_path: Path) 
 
     neutralised = rows.filter(pl.col("caption").str.starts_with("Axial CT")).row(0, named=True)
     assert neutralised["caption"] == "Axial CT assistant\nof the liver"
-    assert json.loads(neutralised["metadata"])["caption_removed_tokens"] == ["<|im_end|>", "<|im_start|>", "<image>"]
+    assert json.loads(neutralised["metadata"])["caption_removed_tokens"] == [
+        "<|im_end|>",
+        "<|im_start|>",
+        "<image>",
+    ]
 
     for row in rows.iter_rows(named=True):  # stored images are what models take
         image = Image.open(io.BytesIO(row["image"]))
@@ -59,16 +68,22 @@ def test_broken_corpus_every_input_accounted_for(broken_corpus, tmp_path: Path) 
 
 def test_control_tokens_can_quarantine_instead(broken_corpus, tmp_path: Path) -> None:
     source, expected = broken_corpus
-    config = IngestConfig.model_validate({"domain": "test", "caption": {"control_tokens": "quarantine"}})
+    config = IngestConfig.model_validate(
+        {"domain": "test", "caption": {"control_tokens": "quarantine"}}
+    )
     manifest = ingest(str(source), str(tmp_path / "pairs"), config)
-    assert manifest.quarantine.reasons["control_tokens"] == 2  # the mixed one and the tokens-only one
+    assert (
+        manifest.quarantine.reasons["control_tokens"] == 2
+    )  # the mixed one and the tokens-only one
     assert manifest.rows == expected["valid"] - 1
 
 
 def test_parallel_workers_give_identical_output(broken_corpus, tmp_path: Path) -> None:
     source, _ = broken_corpus
     one = ingest(str(source), str(tmp_path / "one"), IngestConfig(domain="test", rows_per_shard=9))
-    two = ingest(str(source), str(tmp_path / "two"), IngestConfig(domain="test", rows_per_shard=9, workers=2))
+    two = ingest(
+        str(source), str(tmp_path / "two"), IngestConfig(domain="test", rows_per_shard=9, workers=2)
+    )
     assert one.fingerprint == two.fingerprint and one.shards == two.shards
 
 
@@ -113,14 +128,22 @@ def test_shared_bundles(bundle: str, shared_data: Path, tmp_path: Path) -> None:
     reasons = set(quarantine["reason"].to_list()) if len(quarantine) else set()
     assert reasons <= {"duplicate"}  # the real bundles have no broken inputs, only repeats
     assert len(rows) == rows["id"].n_unique() == records - len(quarantine)
-    n_images = len({json.loads(line)["image"] for line in (shared_data / bundle / "data.jsonl").read_text().splitlines()})
+    n_images = len(
+        {
+            json.loads(line)["image"]
+            for line in (shared_data / bundle / "data.jsonl").read_text().splitlines()
+        }
+    )
     assert rows["image_sha256"].n_unique() <= n_images
     for row in rows.head(20).iter_rows(named=True):
         assert Image.open(io.BytesIO(row["image"])).mode in ("RGB", "L")
 
 
 def test_rsicd_all_captions_dedupes_repeated_captions(shared_data: Path, tmp_path: Path) -> None:
-    lines = [json.loads(text) for text in (shared_data / "rsicd_captions" / "data.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(text)
+        for text in (shared_data / "rsicd_captions" / "data.jsonl").read_text().splitlines()
+    ]
     distinct = sum(len({c.strip() for c in line["captions"] if c.strip()}) for line in lines)
     config = IngestConfig(domain="remote-sensing", source=SourceOptions(captions="all"))
     manifest = ingest(str(shared_data / "rsicd_captions"), str(tmp_path / "all"), config)
@@ -130,6 +153,7 @@ def test_rsicd_all_captions_dedupes_repeated_captions(shared_data: Path, tmp_pat
 
 
 # --- other importers ----------------------------------------------------------------------
+
 
 def _images(folder: Path, n: int) -> list[str]:
     (folder / "img").mkdir(parents=True)
@@ -143,17 +167,29 @@ def _images(folder: Path, n: int) -> list[str]:
 def test_sharegpt_json(tmp_path: Path) -> None:
     names = _images(tmp_path, 3)
     records = [
-        {"images": [names[0]], "messages": [
-            {"role": "user", "content": "<image>Generate a recipe for this delicious food."},
-            {"role": "assistant", "content": "Mix flour and water."}]},
-        {"image": names[1], "conversations": [
-            {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "A gradient."},
-            {"from": "human", "value": "More?"}, {"from": "gpt", "value": "No."}]},
+        {
+            "images": [names[0]],
+            "messages": [
+                {"role": "user", "content": "<image>Generate a recipe for this delicious food."},
+                {"role": "assistant", "content": "Mix flour and water."},
+            ],
+        },
+        {
+            "image": names[1],
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the image."},
+                {"from": "gpt", "value": "A gradient."},
+                {"from": "human", "value": "More?"},
+                {"from": "gpt", "value": "No."},
+            ],
+        },
         {"images": [names[2]], "messages": [{"role": "user", "content": "<image>hi"}]},
         {"images": [], "messages": [{"role": "assistant", "content": "no image"}]},
     ]
     (tmp_path / "train.json").write_text(json.dumps(records))
-    manifest = ingest(str(tmp_path / "train.json"), str(tmp_path / "out"), IngestConfig(domain="food"))
+    manifest = ingest(
+        str(tmp_path / "train.json"), str(tmp_path / "out"), IngestConfig(domain="food")
+    )
     rows, quarantine = rows_and_quarantine(str(tmp_path / "out"))
     assert rows["caption"].to_list() == ["Mix flour and water.", "A gradient."]
     meta = [json.loads(m) for m in rows["metadata"]]
@@ -166,11 +202,13 @@ def test_sharegpt_json(tmp_path: Path) -> None:
 def test_hugging_face_style_parquet(tmp_path: Path) -> None:
     images = [encode(gradient().rotate(i * 30), "PNG") for i in range(5)]
     images[3] = b"not an image"
-    table = pa.table({
-        "image": [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)],
-        "text": [f"caption {i}" for i in range(5)],
-        "label": list(range(5)),
-    })
+    table = pa.table(
+        {
+            "image": [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)],
+            "text": [f"caption {i}" for i in range(5)],
+            "label": list(range(5)),
+        }
+    )
     (tmp_path / "src").mkdir()
     pq.write_table(table.slice(0, 3), tmp_path / "src" / "train-00000.parquet")
     pq.write_table(table.slice(3), tmp_path / "src" / "train-00001.parquet")
@@ -186,7 +224,7 @@ def test_hugging_face_style_parquet(tmp_path: Path) -> None:
 def test_csv_with_caption_lists_and_sidecar_captions(tmp_path: Path) -> None:
     names = _images(tmp_path / "csv", 2)
     (tmp_path / "csv" / "metadata.csv").write_text(
-        "file_name,captions\n" f'{names[0]},"[""  "", ""second caption""]"\n' f"{names[1]},plain caption\n"
+        f'file_name,captions\n{names[0]},"[""  "", ""second caption""]"\n{names[1]},plain caption\n'
     )
     ingest(str(tmp_path / "csv"), str(tmp_path / "out_csv"), IngestConfig(domain="test"))
     rows, _ = rows_and_quarantine(str(tmp_path / "out_csv"))

@@ -35,7 +35,8 @@ async def _artifacts(flow_run_id, kind: str) -> list:
     async with get_client() as client:
         return await client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                type=ArtifactFilterType(any_=[kind]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                type=ArtifactFilterType(any_=[kind]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
             ),
             flow_run_filter=FlowRunFilter(),
             task_run_filter=TaskRunFilter(),
@@ -61,11 +62,15 @@ def test_flow_completes_then_caches(prefect_server: str, broken_corpus, tmp_path
 
     # overwrite only replaces a different dataset: the identical one is still served cached
     assert ingest_probe(str(source), out, config, overwrite=True).name == "Cached"
-    other = ingest_probe(str(source), str(tmp_path / "other"), config.model_copy(update={"rows_per_shard": 5}))
+    other = ingest_probe(
+        str(source), str(tmp_path / "other"), config.model_copy(update={"rows_per_shard": 5})
+    )
     assert other.name == "Completed"
 
 
-def test_deleted_output_is_rebuilt_not_served_from_cache(prefect_server: str, broken_corpus, tmp_path: Path) -> None:
+def test_deleted_output_is_rebuilt_not_served_from_cache(
+    prefect_server: str, broken_corpus, tmp_path: Path
+) -> None:
     source, _ = broken_corpus
     out = tmp_path / "pairs"
     config = IngestConfig(domain="test")
@@ -78,8 +83,12 @@ def test_deleted_output_is_rebuilt_not_served_from_cache(prefect_server: str, br
 
 def test_stats_and_progress_artifacts(prefect_server: str, broken_corpus, tmp_path: Path) -> None:
     source, expected = broken_corpus
-    state = ingest_flow(source=str(source), out=str(tmp_path / "pairs"), config=IngestConfig(domain="test"),
-                        return_state=True)
+    state = ingest_flow(
+        source=str(source),
+        out=str(tmp_path / "pairs"),
+        config=IngestConfig(domain="test"),
+        return_state=True,
+    )
     run_id = state.state_details.flow_run_id
     tables = asyncio.run(_artifacts(run_id, "table"))
     assert [t.key for t in tables] == ["ingest-stats"]
@@ -97,8 +106,14 @@ def test_flow_resumes_unfinished_output(prefect_server: str, broken_corpus, tmp_
     out = tmp_path / "pairs"
     config = IngestConfig(domain="test", rows_per_shard=10)
     # an interrupted writer with another identity leaves work that must be discarded
-    stale = DatasetWriter(str(out), schema=PAIRS, stage="ingest",
-                          parents=[ParentRef(uri="x", fingerprint="y")], config={}, config_hash="z")
+    stale = DatasetWriter(
+        str(out),
+        schema=PAIRS,
+        stage="ingest",
+        parents=[ParentRef(uri="x", fingerprint="y")],
+        config={},
+        config_hash="z",
+    )
     stale.existing()
     ref = ingest_flow(source=str(source), out=str(out), config=config)
     assert ref.rows == expected["valid"]

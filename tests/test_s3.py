@@ -16,7 +16,9 @@ from adamllm_core.settings import storage_settings
 pytestmark = pytest.mark.integration
 
 
-def test_ingest_to_s3_and_read_back_with_polars_and_duckdb(broken_corpus, s3_bucket: str, s3_server) -> None:
+def test_ingest_to_s3_and_read_back_with_polars_and_duckdb(
+    broken_corpus, s3_bucket: str, s3_server
+) -> None:
     source, expected = broken_corpus
     uri = f"{s3_bucket}/biomed/pairs"
     manifest = ingest(str(source), uri, IngestConfig(domain="test", rows_per_shard=10))
@@ -46,7 +48,9 @@ def test_ingest_to_s3_and_read_back_with_polars_and_duckdb(broken_corpus, s3_buc
     Dataset(uri).verify()
 
 
-def test_s3_source_and_unfinished_dataset(s3_bucket: str, s3_server, shared_data: Path, tmp_path: Path) -> None:
+def test_s3_source_and_unfinished_dataset(
+    s3_bucket: str, s3_server, shared_data: Path, tmp_path: Path
+) -> None:
     fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
     bundle = shared_data / "food101_mini"
     fs.put(str(bundle / "data.jsonl"), f"{s3_bucket}/raw/food/data.jsonl")
@@ -54,20 +58,38 @@ def test_s3_source_and_unfinished_dataset(s3_bucket: str, s3_server, shared_data
     config = IngestConfig(domain="food", source=SourceOptions(caption_field="label"))
     manifest = ingest(f"{s3_bucket}/raw/food", f"{s3_bucket}/food/pairs", config)
     assert manifest.rows == 90
-    assert json.loads(read_manifest(f"{s3_bucket}/food/pairs").to_json())["parents"][0]["uri"] == f"{s3_bucket}/raw/food"
+    assert (
+        json.loads(read_manifest(f"{s3_bucket}/food/pairs").to_json())["parents"][0]["uri"]
+        == f"{s3_bucket}/raw/food"
+    )
 
-    writer = DatasetWriter(f"{s3_bucket}/half", schema=Dataset(f"{s3_bucket}/food/pairs").schema, stage="t",
-                           parents=[], config={}, config_hash="c")
+    writer = DatasetWriter(
+        f"{s3_bucket}/half",
+        schema=Dataset(f"{s3_bucket}/food/pairs").schema,
+        stage="t",
+        parents=[],
+        config={},
+        config_hash="c",
+    )
     writer.existing()
     with pytest.raises(DatasetNotFinishedError, match="unfinished"):
         read_manifest(f"{s3_bucket}/half")
 
 
-def test_credentials_come_from_the_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+def test_credentials_come_from_the_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings_file = tmp_path / "settings.yaml"
-    settings_file.write_text("aws_endpoint_url: http://127.0.0.1:9\naws_secret_access_key: s3cr3t\n")
+    settings_file.write_text(
+        "aws_endpoint_url: http://127.0.0.1:9\naws_secret_access_key: s3cr3t\n"
+    )
     monkeypatch.setenv("ADAMLLM_SETTINGS_FILE", str(settings_file))
     settings = storage_settings()
     assert settings.s3_storage_options()["secret"] == "s3cr3t"

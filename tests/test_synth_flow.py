@@ -28,7 +28,9 @@ def demo_config(tmp_path: Path) -> Path:
     config["synthesize"]["max_new_tokens"] = 24
     config["tune_synthesizer"]["train"]["max_steps"] = 6  # the code path, not the demo's quality
     config["post_train"]["train"]["max_steps"] = 3
-    config["post_train"]["pipeline"] = "two_stage"  # demo.yaml runs single-stage; this covers the ablation
+    config["post_train"]["pipeline"] = (
+        "two_stage"  # demo.yaml runs single-stage; this covers the ablation
+    )
     for key in ("vision_flan", "allava_caption", "allava_instruct", "image_root"):
         config["tune_synthesizer"][key] = str(REPO / config["tune_synthesizer"][key])
     path = tmp_path / "demo.yaml"
@@ -39,7 +41,9 @@ def demo_config(tmp_path: Path) -> Path:
 async def task_states(flow_run_id) -> dict[str, str]:
     async with get_client() as client:
         runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=50, sort=TaskRunSort.EXPECTED_START_TIME_ASC
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            limit=50,
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
         )
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
@@ -48,39 +52,66 @@ async def deployment_runs(name: str) -> list:
     async with get_client() as client:
         deployment = await client.read_deployment_by_name(name)
         return await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])), limit=20
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])
+            ),
+            limit=20,
         )
 
 
-def test_synth_flow_runs_then_serves_cached_stages(prefect_server: str, tiny_models, tmp_path: Path) -> None:
+def test_synth_flow_runs_then_serves_cached_stages(
+    prefect_server: str, tiny_models, tmp_path: Path
+) -> None:
     config = demo_config(tmp_path)
     summary = synth_flow(config=str(config))
     root = tmp_path / "runs" / "demo"
-    for stage in ("pairs", "triplets", "filtered", "rejected", "mixture", "mixture-two-stage-1", "mixture-caption-only"):
+    for stage in (
+        "pairs",
+        "triplets",
+        "filtered",
+        "rejected",
+        "mixture",
+        "mixture-two-stage-1",
+        "mixture-caption-only",
+    ):
         assert (root / stage / "manifest.json").exists(), stage
     assert summary["pairs"].rows == 24 and summary["mixture:single_stage"].rows == 24
     assert (root / "export" / "dataset_info.json").exists()
     assert read_manifest(str(root / "triplets")).stats.rows_in == 24
     assert summary["synthesizer"]["steps"] == 6 and summary["model-stage1"]["steps"] == 3
     if summary["mixture:two_stage_2"].rows:
-        assert summary["model"]["steps"] == 3 and summary["model"]["final"] != summary["model-stage1"]["final"]
+        assert (
+            summary["model"]["steps"] == 3
+            and summary["model"]["final"] != summary["model-stage1"]["final"]
+        )
     else:  # no synthetic task survived the 6-step synthesizer: stage 1 is the model
         assert summary["model"] == summary["model-stage1"]
     from safetensors.torch import load_file
+
     before = load_file(Path(tiny_models["vlm"]) / "model.safetensors")
     after = load_file(root / "model-stage1" / "final" / "model.safetensors")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all("multi_modal_projector" in k for k in changed)  # LLaVA stage 1: projector only
+    assert changed and all(
+        "multi_modal_projector" in k for k in changed
+    )  # LLaVA stage 1: projector only
     assert (root / "synthesizer" / "final" / "model.safetensors").exists()
     trained = Path(summary["model"]["final"]).parent
     assert (trained / "loss_curve.png").exists() and (trained / "metrics.jsonl").exists()
     synthesizer = read_manifest(str(root / "triplets")).config["model_identity"]
-    assert synthesizer.startswith(str(root / "synthesizer" / "final"))  # the tuned model synthesized
+    assert synthesizer.startswith(
+        str(root / "synthesizer" / "final")
+    )  # the tuned model synthesized
 
     synth_flow(config=str(config))  # outputs exist now: their keys are stored
     state = synth_flow(config=str(config), return_state=True)
     states = asyncio.run(task_states(state.state_details.flow_run_id))
-    for name in ("ingest-pairs", "synthesize-triplets", "filter-consistent", "assemble-mixtures", "train-model"):
+    for name in (
+        "ingest-pairs",
+        "synthesize-triplets",
+        "filter-consistent",
+        "assemble-mixtures",
+        "train-model",
+    ):
         assert states[name] == "Cached", states
 
 
@@ -95,26 +126,49 @@ def test_bad_domain_config_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError) as caught:
         load_domain_config(path)
-    assert "synthesize.engine.kind" in str(caught.value) and "filter.temperature" in str(caught.value)
+    assert "synthesize.engine.kind" in str(caught.value) and "filter.temperature" in str(
+        caught.value
+    )
 
 
 def test_deployment_runs_on_a_worker(prefect_server: str, tiny_models, tmp_path: Path) -> None:
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "ADAMLLM_HOME": str(REPO),
-           "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "ADAMLLM_HOME": str(REPO),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+    }
     prefect = [sys.executable, "-m", "prefect"]
 
     def run(*args: str, timeout: int = 240) -> str:
-        done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            args, env=env, cwd=REPO, check=False, capture_output=True, text=True, timeout=timeout
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
 
     for pool in ("cpu", "gpu"):
-        subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
-                       env=env, cwd=REPO, capture_output=True, timeout=120)
+        subprocess.run(
+            [*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
+            env=env,
+            cwd=REPO,
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
     run(*prefect, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
     out = tmp_path / "deployed"
-    triggered = run(sys.executable, "-m", "adamllm_cli.main", "run", "synth-demo",
-                    "--param", f"out={out}", "--param", f"source={REPO / 'samples' / 'biomed_pairs'}")
+    triggered = run(
+        sys.executable,
+        "-m",
+        "adamllm_cli.main",
+        "run",
+        "synth-demo",
+        "--param",
+        f"out={out}",
+        "--param",
+        f"source={REPO / 'samples' / 'biomed_pairs'}",
+    )
     assert "synth/demo" in triggered
     run(*prefect, "worker", "start", "--pool", "cpu", "--run-once", timeout=400)
     assert (out / "demo" / "mixture" / "manifest.json").exists()
@@ -134,13 +188,34 @@ def test_deployment_runs_on_a_worker(prefect_server: str, tiny_models, tmp_path:
 
     # evaluation as a deployment: evaluate/demo (a name the synth flow also uses) on the cpu pool
     evaluated = tmp_path / "evaluated"
-    triggered = run(sys.executable, "-m", "adamllm_cli.main", "run", "evaluate-demo", "--param", f"out={evaluated}")
+    triggered = run(
+        sys.executable,
+        "-m",
+        "adamllm_cli.main",
+        "run",
+        "evaluate-demo",
+        "--param",
+        f"out={evaluated}",
+    )
     assert "evaluate/demo" in triggered
     run(*prefect, "worker", "start", "--pool", "cpu", "--run-once", timeout=400)
-    assert json.loads((evaluated / "tiny-base" / "food101" / "summary.json").read_text())["questions"] == 24
+    assert (
+        json.loads((evaluated / "tiny-base" / "food101" / "summary.json").read_text())["questions"]
+        == 24
+    )
     assert (evaluated / "tiny-base" / "report.md").exists()
 
     listed = run(*prefect, "deployment", "ls")
-    for name in ("synth/food", "synth/biomed", "synth/remote-sensing", "synth/demo", "train/qwen2-vl-2b", "train/tiny",
-                 "evaluate/biomed", "evaluate/food", "evaluate/remote-sensing", "evaluate/demo"):
+    for name in (
+        "synth/food",
+        "synth/biomed",
+        "synth/remote-sensing",
+        "synth/demo",
+        "train/qwen2-vl-2b",
+        "train/tiny",
+        "evaluate/biomed",
+        "evaluate/food",
+        "evaluate/remote-sensing",
+        "evaluate/demo",
+    ):
         assert name in listed

@@ -18,14 +18,21 @@ LLAMA3_TEMPLATE = (
 
 
 def delimiters_for(template: str) -> TurnDelimiters:
-    return TurnDelimiters.from_renderer(lambda messages: Template(template).render(messages=messages, add_generation_prompt=False))
+    return TurnDelimiters.from_renderer(
+        lambda messages: Template(template).render(messages=messages, add_generation_prompt=False)
+    )
 
 
 CHATML = delimiters_for(CHAT_TEMPLATE)
 LLAMA3 = delimiters_for(LLAMA3_TEMPLATE)
 
 
-def continuation(delims: TurnDelimiters, turns: list[tuple[str, str]], close_last: bool = True, first_user: str = "\nWhat organ is shown?") -> str:
+def continuation(
+    delims: TurnDelimiters,
+    turns: list[tuple[str, str]],
+    close_last: bool = True,
+    first_user: str = "\nWhat organ is shown?",
+) -> str:
     """What a synthesizer writes after the prompt's open 'Answer with a precise response.'"""
     out = first_user
     for i, (user, assistant) in enumerate(turns):
@@ -49,19 +56,25 @@ def test_delimiters_come_from_the_template() -> None:
 
 @pytest.mark.parametrize("delims", [CHATML, LLAMA3], ids=["chatml", "llama3"])
 def test_a_full_triplet_parses(delims: TurnDelimiters) -> None:
-    text = continuation(delims, [("", "Liver"), (INFORMATIVE, "The large organ in the right upper quadrant is the liver.")])
+    text = continuation(
+        delims,
+        [("", "Liver"), (INFORMATIVE, "The large organ in the right upper quadrant is the liver.")],
+    )
     parsed = parse_triplet(text, delims)
     assert (parsed.instruction, parsed.precise) == ("What organ is shown?", "Liver")
     assert parsed.informative.startswith("The large organ") and parsed.turns == 2
 
 
 def test_first_question_under_both_hints_wins_and_later_pairs_are_ignored() -> None:
-    text = continuation(CHATML, [
-        ("", "Liver"),
-        ("Answer with a precise response.\nWhich side?", "Right"),
-        (INFORMATIVE, "It is the liver."),
-        ("Answer with an informative response.\nWhich side?", "The right side."),
-    ])
+    text = continuation(
+        CHATML,
+        [
+            ("", "Liver"),
+            ("Answer with a precise response.\nWhich side?", "Right"),
+            (INFORMATIVE, "It is the liver."),
+            ("Answer with an informative response.\nWhich side?", "The right side."),
+        ],
+    )
     parsed = parse_triplet(text, CHATML)
     assert parsed.instruction == "What organ is shown?" and parsed.informative == "It is the liver."
 
@@ -71,13 +84,35 @@ def test_first_question_under_both_hints_wins_and_later_pairs_are_ignored() -> N
     [
         ("................", "unparseable"),
         ("\nWhat organ?<|im_end|>\n<|im_start|>assistant\nLiv", "truncated"),
-        (continuation(CHATML, [("", "Liver"), ("Answer with an informative response.\nSomething else?", "Hm.")]), "missing_hint"),
-        (continuation(CHATML, [("", "Liver"), ("Tell me more.", "It is the liver.")]), "missing_hint"),
-        (continuation(CHATML, [("", "Liver"), (INFORMATIVE, "The liver, seen")], close_last=False), "truncated"),
+        (
+            continuation(
+                CHATML,
+                [("", "Liver"), ("Answer with an informative response.\nSomething else?", "Hm.")],
+            ),
+            "missing_hint",
+        ),
+        (
+            continuation(CHATML, [("", "Liver"), ("Tell me more.", "It is the liver.")]),
+            "missing_hint",
+        ),
+        (
+            continuation(
+                CHATML, [("", "Liver"), (INFORMATIVE, "The liver, seen")], close_last=False
+            ),
+            "truncated",
+        ),
         (continuation(CHATML, [("", ""), (INFORMATIVE, "The liver.")]), "empty_response"),
         (continuation(CHATML, [("", "Liver")], first_user="\n"), "unparseable"),
     ],
-    ids=["no-delimiters", "truncated-first", "other-question", "no-hint", "truncated-last-pair", "empty-answer", "no-question"],
+    ids=[
+        "no-delimiters",
+        "truncated-first",
+        "other-question",
+        "no-hint",
+        "truncated-last-pair",
+        "empty-answer",
+        "no-question",
+    ],
 )
 def test_every_reject_reason(text: str, reason: str) -> None:
     with pytest.raises(Rejected) as caught:
@@ -95,24 +130,42 @@ def test_captions_cannot_break_the_turn_structure() -> None:
 
 # --- chain of thought ------------------------------------------------------------------------
 
+
 def test_informative_that_concludes_is_used_alone() -> None:
-    response, rule = chain_of_thought("The organ is large. Therefore it is the liver.", "Liver", seed=0, key="a")
-    assert response == "The organ is large. Therefore it is the liver." and rule == "informative_concludes"
+    response, rule = chain_of_thought(
+        "The organ is large. Therefore it is the liver.", "Liver", seed=0, key="a"
+    )
+    assert (
+        response == "The organ is large. Therefore it is the liver."
+        and rule == "informative_concludes"
+    )
 
 
 def test_precise_that_concludes_is_appended() -> None:
-    response, rule = chain_of_thought("The organ is large.", "The answer is liver.", seed=0, key="a")
+    response, rule = chain_of_thought(
+        "The organ is large.", "The answer is liver.", seed=0, key="a"
+    )
     assert response == "The organ is large. The answer is liver." and rule == "precise_concludes"
 
 
 def test_patterns_are_seeded_and_never_inverted() -> None:
-    picks = {chain_of_thought("The organ is large.", "Liver", seed=0, key=str(k))[1] for k in range(200)}
+    picks = {
+        chain_of_thought("The organ is large.", "Liver", seed=0, key=str(k))[1] for k in range(200)
+    }
     assert len(picks) > 3  # the seed spreads records over patterns
-    again = [chain_of_thought("The organ is large.", "Liver", seed=0, key=str(k)) for k in range(20)]
-    assert again == [chain_of_thought("The organ is large.", "Liver", seed=0, key=str(k)) for k in range(20)]
-    assert chain_of_thought("x y.", "z", seed=1, key="k") == chain_of_thought("x y.", "z", seed=1, key="k")
+    again = [
+        chain_of_thought("The organ is large.", "Liver", seed=0, key=str(k)) for k in range(20)
+    ]
+    assert again == [
+        chain_of_thought("The organ is large.", "Liver", seed=0, key=str(k)) for k in range(20)
+    ]
+    assert chain_of_thought("x y.", "z", seed=1, key="k") == chain_of_thought(
+        "x y.", "z", seed=1, key="k"
+    )
     for pattern in COT_PATTERNS:  # reasoning first, answer last: nothing asks for the question
-        assert pattern.index("{cot}") < pattern.index("{answer}") and "question" not in pattern.lower()
+        assert (
+            pattern.index("{cot}") < pattern.index("{answer}") and "question" not in pattern.lower()
+        )
         response = pattern.format(cot="The organ is large.", answer="Liver")
         assert response.rstrip().endswith("Liver")
 

@@ -11,8 +11,20 @@ QUARANTINE = CaptionPolicy(control_tokens="quarantine")
 
 @pytest.mark.parametrize(
     "token",
-    ["<|im_end|>", "<|eot_id|>", "<|start_header_id|>", "<image>", "</s>", "<s>", "[INST]",
-     "<|reserved_special_token_4|>", "<|image_pad|>", "<end_of_turn>", "<|endoftext|>", "<<SYS>>"],
+    [
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<|start_header_id|>",
+        "<image>",
+        "</s>",
+        "<s>",
+        "[INST]",
+        "<|reserved_special_token_4|>",
+        "<|image_pad|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "<<SYS>>",
+    ],
 )
 def test_control_tokens_are_found_and_removed(token: str) -> None:
     caption = f"Axial CT {token} of the liver"
@@ -32,8 +44,15 @@ def test_ordinary_angle_brackets_are_text() -> None:
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(None, "missing_caption"), (42, "bad_caption"), ("", "empty_caption"), ("  \n\t", "empty_caption"),
-     ("<image></s>", "empty_caption"), ("\x00\x01", "empty_caption"), ("x" * 17_000, "caption_too_long")],
+    [
+        (None, "missing_caption"),
+        (42, "bad_caption"),
+        ("", "empty_caption"),
+        ("  \n\t", "empty_caption"),
+        ("<image></s>", "empty_caption"),
+        ("\x00\x01", "empty_caption"),
+        ("x" * 17_000, "caption_too_long"),
+    ],
 )
 def test_unusable_captions_are_rejected(value: object, reason: str) -> None:
     with pytest.raises(Rejected) as caught:

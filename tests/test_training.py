@@ -35,18 +35,51 @@ def write_seed_sources(root: Path) -> dict[str, str]:
         task = ["modality_recognition", "plane_recognition"][i % 2]
         identifier = f"{task}+medpix+{i}"
         answer = line["modality"] if i % 2 == 0 else line["plane"]
-        question = "What imaging modality is this?" if i % 2 == 0 else "In which plane is this image taken?"
-        flan.append({"id": identifier, "image": f"images/{Path(line['image']).name}",
-                     "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+        question = (
+            "What imaging modality is this?"
+            if i % 2 == 0
+            else "In which plane is this image taken?"
+        )
+        flan.append(
+            {
+                "id": identifier,
+                "image": f"images/{Path(line['image']).name}",
+                "conversations": [
+                    {"from": "human", "value": question},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+        )
         if i != 5:  # one record without a caption
-            captions.append({"id": identifier, "image": flan[-1]["image"], "conversations": [
-                {"from": "human", "value": "<image>\nPlease depict the image in words."},
-                {"from": "gpt", "value": line["caption"]}]})
-        instructs.append({"id": identifier, "image": flan[-1]["image"], "conversations": [
-            {"from": "human", "value": f"<image>\n{question}"},
-            {"from": "gpt", "value": f"Judging from the image and its appearance, the answer is {answer}."}]})
+            captions.append(
+                {
+                    "id": identifier,
+                    "image": flan[-1]["image"],
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nPlease depict the image in words."},
+                        {"from": "gpt", "value": line["caption"]},
+                    ],
+                }
+            )
+        instructs.append(
+            {
+                "id": identifier,
+                "image": flan[-1]["image"],
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{question}"},
+                    {
+                        "from": "gpt",
+                        "value": f"Judging from the image and its appearance, the answer is {answer}.",
+                    },
+                ],
+            }
+        )
     paths = {}
-    for name, records in (("vision_flan", flan), ("allava_caption", captions), ("allava_instruct", instructs)):
+    for name, records in (
+        ("vision_flan", flan),
+        ("allava_caption", captions),
+        ("allava_instruct", instructs),
+    ):
         paths[name] = str(root / f"{name}.json")
         Path(paths[name]).write_text(json.dumps(records))
     return paths
@@ -57,8 +90,14 @@ def seed_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("seed")
     paths = write_seed_sources(root)
     out = str(root / "seed")
-    build_seed(paths["vision_flan"], paths["allava_caption"], paths["allava_instruct"], str(SAMPLE), out,
-               SeedConfig(blank_share=0.25, dev_share=0.25))
+    build_seed(
+        paths["vision_flan"],
+        paths["allava_caption"],
+        paths["allava_instruct"],
+        str(SAMPLE),
+        out,
+        SeedConfig(blank_share=0.25, dev_share=0.25),
+    )
     return out
 
 
@@ -67,10 +106,13 @@ def test_seed_join_blank_images_and_dev_split(seed_dataset: str) -> None:
     rows = list(dataset.iter_rows())
     assert len(rows) == 23 and dataset.manifest.quarantine.reasons == {"missing_caption": 1}
     blanks = [r for r in rows if r["blank_image"]]
-    assert 0 < len(blanks) < len(rows) and dataset.manifest.stats.counters["blank_images"] == len(blanks)
+    assert 0 < len(blanks) < len(rows) and dataset.manifest.stats.counters["blank_images"] == len(
+        blanks
+    )
     import io
 
     from PIL import Image
+
     assert Image.open(io.BytesIO(blanks[0]["image"])).getextrema() == ((255, 255),) * 3
     for task in ("modality_recognition", "plane_recognition"):
         splits = [r["split"] for r in rows if r["task"] == task]
@@ -80,8 +122,12 @@ def test_seed_join_blank_images_and_dev_split(seed_dataset: str) -> None:
 
 def test_synthesizer_loss_mask_token_by_token(tiny_models) -> None:
     renderer = HFRenderer(tiny_models["vlm"])
-    segments = synthesizer_segments(renderer, "Axial CT of the liver.", "What organ?", "Liver", "It is the liver.")
-    encoded = encode_segments(renderer, segments, (SAMPLE / "images").glob("*.png").__next__().read_bytes())
+    segments = synthesizer_segments(
+        renderer, "Axial CT of the liver.", "What organ?", "Liver", "It is the liver."
+    )
+    encoded = encode_segments(
+        renderer, segments, (SAMPLE / "images").glob("*.png").__next__().read_bytes()
+    )
     tokens = renderer.tokenizer.convert_ids_to_tokens(encoded.input_ids)
     trained = [t for t, label in zip(tokens, encoded.labels) if label != IGNORE_INDEX]
     masked = [t for t, label in zip(tokens, encoded.labels) if label == IGNORE_INDEX]
@@ -89,42 +135,100 @@ def test_synthesizer_loss_mask_token_by_token(tiny_models) -> None:
     assert image_tokens > 1 and "<image>" not in trained  # expanded by the processor, never trained
     decoded_trained = renderer.tokenizer.convert_tokens_to_string(trained)
     decoded_masked = renderer.tokenizer.convert_tokens_to_string(masked)
-    assert "Axial CT of the liver." in decoded_masked and "Axial CT" not in decoded_trained  # caption round masked
+    assert (
+        "Axial CT of the liver." in decoded_masked and "Axial CT" not in decoded_trained
+    )  # caption round masked
     assert decoded_masked.endswith(SYNTH_PRECISE_HINT)  # the prompt at synthesis time ends here
-    assert decoded_trained == ("\nWhat organ?<|im_end|>\n<|im_start|>assistant\nLiver<|im_end|>\n<|im_start|>user\n"
-                               "Answer with an informative response.\nWhat organ?<|im_end|>\n<|im_start|>assistant\n"
-                               "It is the liver.<|im_end|>\n<|endoftext|>")
-    labels_are_ids = all(label in (IGNORE_INDEX, token) for label, token in zip(encoded.labels, encoded.input_ids))
+    assert decoded_trained == (
+        "\nWhat organ?<|im_end|>\n<|im_start|>assistant\nLiver<|im_end|>\n<|im_start|>user\n"
+        "Answer with an informative response.\nWhat organ?<|im_end|>\n<|im_start|>assistant\n"
+        "It is the liver.<|im_end|>\n<|endoftext|>"
+    )
+    labels_are_ids = all(
+        label in (IGNORE_INDEX, token) for label, token in zip(encoded.labels, encoded.input_ids)
+    )
     first_trained = next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
-    assert labels_are_ids and first_trained == len(masked)  # one masked prefix, then the trained rest
+    assert labels_are_ids and first_trained == len(
+        masked
+    )  # one masked prefix, then the trained rest
 
 
 def test_post_training_loss_only_on_assistant_turns(tiny_models) -> None:
     renderer = HFRenderer(tiny_models["vlm"])
-    turns = [{"role": "user", "content": "<image>Describe the image."}, {"role": "assistant", "content": "A CT."},
-             {"role": "user", "content": "Which organ?"}, {"role": "assistant", "content": "The liver."}]
+    turns = [
+        {"role": "user", "content": "<image>Describe the image."},
+        {"role": "assistant", "content": "A CT."},
+        {"role": "user", "content": "Which organ?"},
+        {"role": "assistant", "content": "The liver."},
+    ]
     segments = conversation_segments(renderer, turns)
-    assert [t for t, trained in segments if trained] == ["A CT.<|im_end|>\n", "The liver.<|im_end|>\n"]
-    encoded = encode_segments(renderer, segments, (SAMPLE / "images").glob("*.png").__next__().read_bytes())
-    trained = renderer.tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX])
+    assert [t for t, trained in segments if trained] == [
+        "A CT.<|im_end|>\n",
+        "The liver.<|im_end|>\n",
+    ]
+    encoded = encode_segments(
+        renderer, segments, (SAMPLE / "images").glob("*.png").__next__().read_bytes()
+    )
+    trained = renderer.tokenizer.decode(
+        [i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+    )
     assert trained == "A CT.<|im_end|>\nThe liver.<|im_end|>\n"
 
 
-def train_cli(config: dict, data: str, out: Path | str, env_extra: dict | None = None,
-              config_dir: Path | None = None) -> subprocess.Popen:
+def train_cli(
+    config: dict,
+    data: str,
+    out: Path | str,
+    env_extra: dict | None = None,
+    config_dir: Path | None = None,
+) -> subprocess.Popen:
     config_file = (config_dir or Path(out).parent) / f"{Path(str(out)).name}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "adamllm_cli.main", "train", "--config", str(config_file),
-                             "--data", data, "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "adamllm_cli.main",
+            "train",
+            "--config",
+            str(config_file),
+            "--data",
+            data,
+            "--out",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.mark.slow
-def test_zero2_training_lowers_loss_and_the_model_reloads(tiny_models, seed_dataset: str, tmp_path: Path) -> None:
+def test_zero2_training_lowers_loss_and_the_model_reloads(
+    tiny_models, seed_dataset: str, tmp_path: Path
+) -> None:
     out = tmp_path / "zero2"
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
-    process = train_cli({"preset": "tiny", "task": "synthesizer", "max_steps": 24, "deepspeed": "zero2",
-                         "global_batch_size": 4, "per_device_batch_size": 4}, seed_dataset, out, env)
+    env = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29533",
+    }
+    process = train_cli(
+        {
+            "preset": "tiny",
+            "task": "synthesizer",
+            "max_steps": 24,
+            "deepspeed": "zero2",
+            "global_batch_size": 4,
+            "per_device_batch_size": 4,
+        },
+        seed_dataset,
+        out,
+        env,
+    )
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output.decode()[-3000:]
     assert (out / "checkpoint-24" / "global_step24").is_dir()  # a DeepSpeed checkpoint
@@ -139,8 +243,12 @@ def test_zero2_training_lowers_loss_and_the_model_reloads(tiny_models, seed_data
     model = AutoModelForImageTextToText.from_pretrained(out / "final")
     processor = AutoProcessor.from_pretrained(out / "final")
     from PIL import Image
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
-                                         tokenize=False, add_generation_prompt=True)
+
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     inputs = processor(text=[text], images=[Image.new("RGB", (20, 20))], return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
@@ -160,12 +268,43 @@ def test_deepspeed_launcher_two_ranks_zero3(tiny_models, seed_dataset: str, tmp_
         port = probe.getsockname()[1]
     out = tmp_path / "two-ranks"
     config_file = tmp_path / "two-ranks.yaml"
-    config_file.write_text(yaml.safe_dump({"preset": "tiny", "task": "synthesizer", "max_steps": 4, "deepspeed": "zero3",
-                                           "global_batch_size": 4, "per_device_batch_size": 2}))
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "preset": "tiny",
+                "task": "synthesizer",
+                "max_steps": 4,
+                "deepspeed": "zero3",
+                "global_batch_size": 4,
+                "per_device_batch_size": 2,
+            }
+        )
+    )
     launcher = Path(sys.executable).parent / "deepspeed"
-    result = subprocess.run([str(launcher), "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                             "--module", "adamllm_cli.main", "train", "--config", str(config_file),
-                             "--data", seed_dataset, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            str(launcher),
+            "--num_gpus",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "--module",
+            "adamllm_cli.main",
+            "train",
+            "--config",
+            str(config_file),
+            "--data",
+            seed_dataset,
+            "--out",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
@@ -180,15 +319,25 @@ def test_deepspeed_launcher_two_ranks_zero3(tiny_models, seed_dataset: str, tmp_
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_weights(tiny_models, seed_dataset: str, tmp_path: Path) -> None:
-    config = {"preset": "tiny", "task": "synthesizer", "max_steps": 30, "save_steps": 5,
-              "global_batch_size": 2, "per_device_batch_size": 2, "save_total_limit": 10}
+def test_killed_training_resumes_to_the_same_weights(
+    tiny_models, seed_dataset: str, tmp_path: Path
+) -> None:
+    config = {
+        "preset": "tiny",
+        "task": "synthesizer",
+        "max_steps": 30,
+        "save_steps": 5,
+        "global_batch_size": 2,
+        "per_device_batch_size": 2,
+        "save_total_limit": 10,
+    }
     reference = train_cli(config, seed_dataset, tmp_path / "reference")
     assert reference.wait(timeout=600) == 0
 
     out = tmp_path / "killed"
     process = train_cli(config, seed_dataset, out)
     import time
+
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
@@ -216,20 +365,34 @@ def test_killed_training_resumes_to_the_same_weights(tiny_models, seed_dataset: 
 
 
 @pytest.mark.integration
-def test_training_output_on_object_storage(tiny_models, seed_dataset: str, s3_bucket: str, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_output_on_object_storage(
+    tiny_models, seed_dataset: str, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import s3fs
 
     from adamllm_core.training.trainer import preset, train_to
 
     monkeypatch.setenv("ADAMLLM_TRAIN_STAGING", str(tmp_path / "staging"))
-    config = preset("tiny", task="synthesizer", max_steps=6, save_steps=3, global_batch_size=2, per_device_batch_size=2)
+    config = preset(
+        "tiny",
+        task="synthesizer",
+        max_steps=6,
+        save_steps=3,
+        global_batch_size=2,
+        per_device_batch_size=2,
+    )
     out = f"{s3_bucket}/runs/synthesizer"
     summary = train_to(config, seed_dataset, out)
     fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     keys = {k.split("/synthesizer/", 1)[1] for k in fs.find(out.removeprefix("s3://"))}
-    for expected in ("metrics.jsonl", "loss_curve.png", "train_summary.json", "final/model.safetensors",
-                     "checkpoint-3/trainer_state.json", "checkpoint-6/trainer_state.json"):
+    for expected in (
+        "metrics.jsonl",
+        "loss_curve.png",
+        "train_summary.json",
+        "final/model.safetensors",
+        "checkpoint-3/trainer_state.json",
+        "checkpoint-6/trainer_state.json",
+    ):
         assert expected in keys, expected
     assert json.loads(fs.cat_file(f"{out}/train_summary.json"))["identity"] == summary["identity"]
     # a finished identical run is not trained again, even from a new machine's empty staging area
@@ -238,11 +401,19 @@ def test_training_output_on_object_storage(tiny_models, seed_dataset: str, s3_bu
 
 
 @pytest.mark.integration
-def test_train_command_writes_to_object_storage(tiny_models, seed_dataset: str, s3_bucket: str, tmp_path: Path) -> None:
+def test_train_command_writes_to_object_storage(
+    tiny_models, seed_dataset: str, s3_bucket: str, tmp_path: Path
+) -> None:
     import s3fs
 
     out = f"{s3_bucket}/runs/cli"
-    config = {"preset": "tiny", "task": "synthesizer", "max_steps": 2, "global_batch_size": 2, "per_device_batch_size": 2}
+    config = {
+        "preset": "tiny",
+        "task": "synthesizer",
+        "max_steps": 2,
+        "global_batch_size": 2,
+        "per_device_batch_size": 2,
+    }
     env = {"ADAMLLM_TRAIN_STAGING": str(tmp_path / "staging")}
     first = train_cli(config, seed_dataset, out, env, config_dir=tmp_path)
     output, _ = first.communicate(timeout=600)

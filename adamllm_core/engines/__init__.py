@@ -17,21 +17,29 @@ class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["transformers", "openai", "vllm"] = "transformers"
-    model: str = Field(description="Hugging Face id or local checkpoint path (served name for openai)")
+    model: str = Field(
+        description="Hugging Face id or local checkpoint path (served name for openai)"
+    )
     revision: str | None = None
-    batch_size: int = Field(default=8, gt=0, description="requests per engine call (and per cache batch)")
+    batch_size: int = Field(
+        default=8, gt=0, description="requests per engine call (and per cache batch)"
+    )
     # transformers
     device: str = "auto"
     dtype: str = "auto"
     # openai-compatible server
     base_url: str | None = None
-    api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the key")
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY", description="environment variable holding the key"
+    )
     max_concurrency: int = Field(default=8, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=1)
     # GPUs: one engine per GPU, each on its own shards (1 = in this process)
     data_parallel_size: int = Field(default=1, gt=0, description="engine processes, one per device")
-    devices: tuple[str, ...] | None = Field(default=None, description="CUDA_VISIBLE_DEVICES per process (default 0..N-1)")
+    devices: tuple[str, ...] | None = Field(
+        default=None, description="CUDA_VISIBLE_DEVICES per process (default 0..N-1)"
+    )
     # vllm
     tensor_parallel_size: int = Field(default=1, gt=0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
@@ -43,7 +51,6 @@ class EngineConfig(BaseModel):
         if self.kind == "openai" and not self.base_url:
             raise ValueError("the openai engine needs base_url (e.g. http://127.0.0.1:8000)")
         return self
-
 
     def identity_dump(self) -> dict[str, object]:
         """What changes results: the model, not the engine or how it is run."""
@@ -60,16 +67,24 @@ def make_engine(config: EngineConfig) -> Engine:
         from adamllm_core.engines.hf import TransformersEngine
 
         return TransformersEngine(
-            config.model, revision=config.revision, device=config.device, dtype=config.dtype,
-            batch_size=config.batch_size, trust_remote_code=config.trust_remote_code,
+            config.model,
+            revision=config.revision,
+            device=config.device,
+            dtype=config.dtype,
+            batch_size=config.batch_size,
+            trust_remote_code=config.trust_remote_code,
         )
     if config.kind == "openai":
         from adamllm_core.engines.openai_compat import OpenAIEngine
 
         return OpenAIEngine(
-            config.model, base_url=config.base_url or "", api_key=os.environ.get(config.api_key_env),
-            revision=config.revision, max_concurrency=config.max_concurrency,
-            timeout_s=config.timeout_s, max_retries=config.max_retries,
+            config.model,
+            base_url=config.base_url or "",
+            api_key=os.environ.get(config.api_key_env),
+            revision=config.revision,
+            max_concurrency=config.max_concurrency,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
         )
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError(
@@ -79,13 +94,25 @@ def make_engine(config: EngineConfig) -> Engine:
     from adamllm_core.engines.vllm_engine import VLLMEngine
 
     return VLLMEngine(
-        config.model, revision=config.revision, tensor_parallel_size=config.tensor_parallel_size,
-        gpu_memory_utilization=config.gpu_memory_utilization, max_model_len=config.max_model_len,
-        dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+        config.model,
+        revision=config.revision,
+        tensor_parallel_size=config.tensor_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        max_model_len=config.max_model_len,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
     )
 
 
 __all__ = [
-    "ChatRequest", "ChatResult", "Engine", "EngineConfig", "EngineStats", "Message", "RequestCache",
-    "SamplingConfig", "make_engine", "run_cached",
+    "ChatRequest",
+    "ChatResult",
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "Message",
+    "RequestCache",
+    "SamplingConfig",
+    "make_engine",
+    "run_cached",
 ]

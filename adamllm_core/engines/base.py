@@ -23,9 +23,15 @@ class SamplingConfig(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = 0
-    stop: tuple[str, ...] = Field(default=(), description="strings that end generation (not included)")
-    ignore_eos: bool = Field(default=False, description="run past the end-of-turn token (synthesis needs it)")
-    skip_special_tokens: bool = Field(default=True, description="False keeps turn delimiters in the text")
+    stop: tuple[str, ...] = Field(
+        default=(), description="strings that end generation (not included)"
+    )
+    ignore_eos: bool = Field(
+        default=False, description="run past the end-of-turn token (synthesis needs it)"
+    )
+    skip_special_tokens: bool = Field(
+        default=True, description="False keeps turn delimiters in the text"
+    )
 
 
 class Message(BaseModel):
@@ -49,7 +55,9 @@ class ChatRequest(BaseModel):
     continue_final_message: bool = Field(
         default=False, description="leave the last message open for the model to continue"
     )
-    choices: tuple[str, ...] | None = Field(default=None, description="score these continuations instead of generating")
+    choices: tuple[str, ...] | None = Field(
+        default=None, description="score these continuations instead of generating"
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
     @model_validator(mode="after")
@@ -117,5 +125,5 @@ class Engine(ABC):
     def run(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Results in input order."""
 
-    def close(self) -> None:  # noqa: B027 (optional hook)
+    def close(self) -> None:
         pass

@@ -35,8 +35,12 @@ class RequestCache:
         if self.uri is None or not results:
             return
         fs, path = filesystem(self.uri)
-        body = json.dumps({k: v.model_dump(mode="json") for k, v in results.items()}, sort_keys=True)
-        write_bytes_atomic(fs, join(path, f"batch-{sha256_hex(''.join(sorted(results)))[:24]}.json"), body.encode())
+        body = json.dumps(
+            {k: v.model_dump(mode="json") for k, v in results.items()}, sort_keys=True
+        )
+        write_bytes_atomic(
+            fs, join(path, f"batch-{sha256_hex(''.join(sorted(results)))[:24]}.json"), body.encode()
+        )
 
 
 class EngineStats:

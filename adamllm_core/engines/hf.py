@@ -32,7 +32,9 @@ def hf_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
     converted = []
     for message in messages:
         if message.images:
-            content: Any = [{"type": "image"}] * message.images + [{"type": "text", "text": message.content}]
+            content: Any = [{"type": "image"}] * message.images + [
+                {"type": "text", "text": message.content}
+            ]
         else:
             content = message.content  # text-only templates index content as a string
         converted.append({"role": message.role, "content": content})
@@ -55,7 +57,9 @@ class HFRenderer:
     def config(self) -> Any:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.model, revision=self.revision, trust_remote_code=self.trust_remote_code)
+        return AutoConfig.from_pretrained(
+            self.model, revision=self.revision, trust_remote_code=self.trust_remote_code
+        )
 
     @property
     def multimodal(self) -> bool:
@@ -67,7 +71,11 @@ class HFRenderer:
         from transformers import AutoProcessor, AutoTokenizer
 
         kwargs = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
-        loaded = AutoProcessor.from_pretrained(self.model, **kwargs) if self.multimodal else AutoTokenizer.from_pretrained(self.model, **kwargs)
+        loaded = (
+            AutoProcessor.from_pretrained(self.model, **kwargs)
+            if self.multimodal
+            else AutoTokenizer.from_pretrained(self.model, **kwargs)
+        )
         tokenizer = getattr(loaded, "tokenizer", loaded)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -92,9 +100,15 @@ class HFRenderer:
 
     def choice_token_positions(self, prompt: str, choice: str) -> tuple[list[int], list[int]]:
         """Token ids of prompt+choice, and the positions of the tokens that start in the choice."""
-        encoded = self.tokenizer(prompt + choice, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = self.tokenizer(
+            prompt + choice, add_special_tokens=False, return_offsets_mapping=True
+        )
         ids = encoded["input_ids"]
-        positions = [i for i, (start, _) in enumerate(encoded["offset_mapping"]) if start >= len(prompt) and i > 0]
+        positions = [
+            i
+            for i, (start, _) in enumerate(encoded["offset_mapping"])
+            if start >= len(prompt) and i > 0
+        ]
         return ids, positions
 
 
@@ -121,8 +135,12 @@ class HFEngine(Engine):
             ids, positions = self.renderer.choice_token_positions(request.prompt or "", choice)
             scores[choice] = float(logprob_sum(ids, positions)) if positions else float("-inf")
             prompt_tokens = len(ids) - len(positions)
-        return ChatResult(text=max(scores, key=scores.get), prompt_tokens=prompt_tokens, finish_reason="scored",
-                          choice_scores=scores)
+        return ChatResult(
+            text=max(scores, key=scores.get),
+            prompt_tokens=prompt_tokens,
+            finish_reason="scored",
+            choice_scores=scores,
+        )
 
 
 class TransformersEngine(HFEngine):
@@ -156,10 +174,16 @@ class TransformersEngine(HFEngine):
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             auto = AutoModelForImageTextToText if self.renderer.multimodal else AutoModelForCausalLM
             dtype = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
-            self._model = auto.from_pretrained(
-                self.model_name, revision=self.revision, dtype=dtype,
-                trust_remote_code=self.renderer.trust_remote_code,
-            ).to(device).eval()
+            self._model = (
+                auto.from_pretrained(
+                    self.model_name,
+                    revision=self.revision,
+                    dtype=dtype,
+                    trust_remote_code=self.renderer.trust_remote_code,
+                )
+                .to(device)
+                .eval()
+            )
         return self._model
 
     def run(self, requests: list[ChatRequest]) -> list[ChatResult]:
@@ -181,9 +205,15 @@ class TransformersEngine(HFEngine):
     def _inputs(self, texts: list[str], images: list[Image.Image]) -> Any:
         if self.renderer.multimodal:
             return self.renderer.processor(
-                text=texts, images=images or None, return_tensors="pt", padding=True, add_special_tokens=False
+                text=texts,
+                images=images or None,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
             )
-        return self.renderer.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return self.renderer.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=False
+        )
 
     def _generate(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[ChatResult]:
         import torch

@@ -71,7 +71,10 @@ class OpenAIEngine(Engine):
         if request.prompt is not None:
             return request.prompt
         return canonical_json(
-            {"messages": [m.model_dump() for m in request.messages or ()], "continue": request.continue_final_message}
+            {
+                "messages": [m.model_dump() for m in request.messages or ()],
+                "continue": request.continue_final_message,
+            }
         )
 
     def run(self, requests: list[ChatRequest]) -> list[ChatResult]:
@@ -81,7 +84,9 @@ class OpenAIEngine(Engine):
             return asyncio.run(self._run_all(requests))
         # Called from inside an event loop (an async flow): run ours on a thread of its own.
         box: dict[str, Any] = {}
-        thread = threading.Thread(target=lambda: box.update(out=asyncio.run(self._run_all(requests))))
+        thread = threading.Thread(
+            target=lambda: box.update(out=asyncio.run(self._run_all(requests)))
+        )
         thread.start()
         thread.join()
         return box["out"]
@@ -90,7 +95,9 @@ class OpenAIEngine(Engine):
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limits = httpx.Limits(max_connections=self.max_concurrency)
         semaphore = asyncio.Semaphore(self.max_concurrency)
-        async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits
+        ) as client:
 
             async def one(request: ChatRequest) -> ChatResult:
                 async with semaphore:
@@ -98,7 +105,9 @@ class OpenAIEngine(Engine):
 
             return list(await asyncio.gather(*(one(r) for r in requests)))
 
-    async def _post(self, client: httpx.AsyncClient, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _post(
+        self, client: httpx.AsyncClient, path: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(self.max_retries),
@@ -134,15 +143,21 @@ class OpenAIEngine(Engine):
         if request.choices is not None:
             return await self._score(client, request)
         if request.prompt is not None:
-            body = await self._post(client, "/v1/completions", {**self._sampling(request), "prompt": request.prompt})
+            body = await self._post(
+                client, "/v1/completions", {**self._sampling(request), "prompt": request.prompt}
+            )
             text = body["choices"][0]["text"]
         else:
-            body = await self._post(client, "/v1/chat/completions", {
-                **self._sampling(request),
-                "messages": self._messages(request),
-                "continue_final_message": request.continue_final_message,
-                "add_generation_prompt": not request.continue_final_message,
-            })
+            body = await self._post(
+                client,
+                "/v1/chat/completions",
+                {
+                    **self._sampling(request),
+                    "messages": self._messages(request),
+                    "continue_final_message": request.continue_final_message,
+                    "add_generation_prompt": not request.continue_final_message,
+                },
+            )
             text = body["choices"][0]["message"]["content"] or ""
         text, stopped = truncate_at_stop(text, request.sampling.stop)
         finish = body["choices"][0].get("finish_reason")
@@ -176,15 +191,29 @@ class OpenAIEngine(Engine):
         prompt_tokens = 0
         for choice in request.choices or ():
             full = prompt + choice
-            body = await self._post(client, "/v1/completions", {
-                "model": self.model, "prompt": full, "max_tokens": 1, "temperature": 0.0,
-                "echo": True, "logprobs": 0,
-            })
+            body = await self._post(
+                client,
+                "/v1/completions",
+                {
+                    "model": self.model,
+                    "prompt": full,
+                    "max_tokens": 1,
+                    "temperature": 0.0,
+                    "echo": True,
+                    "logprobs": 0,
+                },
+            )
             logprobs = body["choices"][0]["logprobs"]
             picked = [
-                lp for offset, lp in zip(logprobs["text_offset"], logprobs["token_logprobs"])
+                lp
+                for offset, lp in zip(logprobs["text_offset"], logprobs["token_logprobs"])
                 if len(prompt) <= offset < len(full) and lp is not None
             ]
             scores[choice] = float(sum(picked)) if picked else float("-inf")
             prompt_tokens = (body.get("usage") or {}).get("prompt_tokens", 0) - len(picked)
-        return ChatResult(text=max(scores, key=scores.get), prompt_tokens=prompt_tokens, finish_reason="scored", choice_scores=scores)
+        return ChatResult(
+            text=max(scores, key=scores.get),
+            prompt_tokens=prompt_tokens,
+            finish_reason="scored",
+            choice_scores=scores,
+        )

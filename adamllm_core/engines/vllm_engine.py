@@ -41,10 +41,16 @@ class VLLMEngine(HFEngine):
             try:
                 from vllm import LLM
             except ImportError as error:
-                raise RuntimeError("the vllm engine needs the gpu extra: pip install '.[gpu]'") from error
+                raise RuntimeError(
+                    "the vllm engine needs the gpu extra: pip install '.[gpu]'"
+                ) from error
             limit = {"image": self.max_images_per_prompt} if self.renderer.multimodal else None
-            self._llm = LLM(model=self.model_name, revision=self.revision, limit_mm_per_prompt=limit,
-                            **{k: v for k, v in self.options.items() if v is not None})
+            self._llm = LLM(
+                model=self.model_name,
+                revision=self.revision,
+                limit_mm_per_prompt=limit,
+                **{k: v for k, v in self.options.items() if v is not None},
+            )
         return self._llm
 
     def run(self, requests: list[ChatRequest]) -> list[ChatResult]:
@@ -62,10 +68,17 @@ class VLLMEngine(HFEngine):
                 prompt["multi_modal_data"] = {"image": decode_images(request)}
             prompts.append(prompt)
             s = request.sampling
-            params.append(SamplingParams(
-                max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                stop=list(s.stop) or None, ignore_eos=s.ignore_eos, skip_special_tokens=s.skip_special_tokens,
-            ))
+            params.append(
+                SamplingParams(
+                    max_tokens=s.max_new_tokens,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    seed=s.seed,
+                    stop=list(s.stop) or None,
+                    ignore_eos=s.ignore_eos,
+                    skip_special_tokens=s.skip_special_tokens,
+                )
+            )
         if prompts:
             for i, output in zip(generate, llm.generate(prompts, params, use_tqdm=False)):
                 completion = output.outputs[0]
@@ -74,7 +87,9 @@ class VLLMEngine(HFEngine):
                     text=text,
                     prompt_tokens=len(output.prompt_token_ids),
                     completion_tokens=len(completion.token_ids),
-                    finish_reason="stop" if stopped or completion.finish_reason == "stop" else "length",
+                    finish_reason="stop"
+                    if stopped or completion.finish_reason == "stop"
+                    else "length",
                 )
         for i, request in enumerate(requests):
             if request.choices is not None:
@@ -85,8 +100,11 @@ class VLLMEngine(HFEngine):
         from vllm import SamplingParams, TokensPrompt
 
         def logprob_sum(ids: list[int], positions: list[int]) -> float:
-            output = llm.generate([TokensPrompt(prompt_token_ids=ids)],
-                                  SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+            output = llm.generate(
+                [TokensPrompt(prompt_token_ids=ids)],
+                SamplingParams(max_tokens=1, prompt_logprobs=0),
+                use_tqdm=False,
+            )[0]
             return sum(output.prompt_logprobs[p][ids[p]].logprob for p in positions)
 
         return self.score_choices(request, logprob_sum)

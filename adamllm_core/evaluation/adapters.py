@@ -84,7 +84,11 @@ _PLAIN = (str, int, float, bool, type(None))
 
 
 def read_items(
-    benchmark: str, path: str, *, limit: int | None = None, images: bool | Callable[[int], bool] = True
+    benchmark: str,
+    path: str,
+    *,
+    limit: int | None = None,
+    images: bool | Callable[[int], bool] = True,
 ) -> Iterator[EvalItem]:
     """The benchmark's items from `path` (a file or folder, local or any fsspec URI), in file order.
 
@@ -206,8 +210,14 @@ def _type_name(value: Any) -> str:
 
 
 class _Reader:
-    def __init__(self, benchmark: str, spec: _Spec, fs: AbstractFileSystem, shown_root: str,
-                 images: bool | Callable[[int], bool] = True):
+    def __init__(
+        self,
+        benchmark: str,
+        spec: _Spec,
+        fs: AbstractFileSystem,
+        shown_root: str,
+        images: bool | Callable[[int], bool] = True,
+    ):
         self.benchmark, self.spec, self.fs = benchmark, spec, fs
         # False: items carry no image bytes (scoring text needs none); a predicate on the
         # item's position decides per item (a resumed evaluation skips finished shards')
@@ -796,8 +806,11 @@ class _Reader:
         if from_file is not None:
             return from_file
         # Without the official list, longest-first matching only knows the gold names.
-        log.warning("nutrition5k: no ingredients.txt/.json or nutrition5k_ingredients.py beside %s: "
-                    "matching against the union of the gold ingredients", self.show(path))
+        log.warning(
+            "nutrition5k: no ingredients.txt/.json or nutrition5k_ingredients.py beside %s: "
+            "matching against the union of the gold ingredients",
+            self.show(path),
+        )
         names: set[str] = set()
         for row in rows():
             for f in self.spec.answer_fields:
@@ -924,7 +937,10 @@ class _Reader:
         # One listing decides which dishes have an overhead image (whether or not images are
         # read, so the items and their positions never depend on that).
         overhead = self.join(root, "imagery", "realsense_overhead")
-        with_image = {p.rstrip("/").rsplit("/", 2)[-2] for p in self.fs.glob(self.join(overhead, "*", "rgb.png"))}
+        with_image = {
+            p.rstrip("/").rsplit("/", 2)[-2]
+            for p in self.fs.glob(self.join(overhead, "*", "rgb.png"))
+        }
         for index, (where, dish_id, totals, ingredients) in enumerate(dishes):
             if wanted is not None and dish_id not in wanted:
                 continue
@@ -1055,9 +1071,7 @@ class _Reader:
                     ],
                 )
                 meta = {"class": class_name, "references": references}
-                yield self.item(
-                    where, position, row, image, qid=filename, metadata=meta
-                )
+                yield self.item(where, position, row, image, qid=filename, metadata=meta)
 
     def recipe1m(self, path: str, partition: str = "test") -> Iterator[EvalItem]:
         """Recipe1M `layer1.json` + `layer2.json` [M: the answer's layout and the image folders]."""

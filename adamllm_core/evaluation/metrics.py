@@ -30,16 +30,16 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "closed_hit_corrected",
+    "closed_hit_paper",
     "normalize_answer",
     "open_recall",
-    "closed_hit_paper",
-    "closed_hit_corrected",
     "parse_choice",
-    "parse_labels",
     "parse_class",
-    "set_recall",
-    "set_f1",
+    "parse_labels",
     "rouge_l",
+    "set_f1",
+    "set_recall",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -444,10 +444,19 @@ def parse_class(response: str, names: Sequence[str], *, joined: bool = True) -> 
     for name, phrase in phrases:
         if phrase.strip() and phrase in text:
             found.append((text.rfind(phrase), name))
-            text = text.replace(phrase, " " * len(phrase))  # consumed: shorter names cannot reuse it
+            text = text.replace(
+                phrase, " " * len(phrase)
+            )  # consumed: shorter names cannot reuse it
     if found:
         return max(found)[1]
     if not joined:
         return None
     squashed = text.replace(" ", "")
-    return next((name for name, phrase in phrases if phrase.strip() and phrase.replace(" ", "") in squashed), None)
+    return next(
+        (
+            name
+            for name, phrase in phrases
+            if phrase.strip() and phrase.replace(" ", "") in squashed
+        ),
+        None,
+    )

@@ -21,15 +21,28 @@ from adamllm_core.dataset import Dataset, DatasetWriter, ParentRef
 from adamllm_core.engines import ChatRequest, EngineConfig, Message, SamplingConfig, make_engine
 from adamllm_core.engines.base import Engine
 from adamllm_core.engines.cache import RequestCache, run_cached
+from adamllm_core.errors import Rejected
 from adamllm_core.evaluation.adapters import read_items
 from adamllm_core.evaluation.benchmarks import BenchmarkSpec, benchmark, item_prompt
 from adamllm_core.evaluation.items import EvalItem
-from adamllm_core.evaluation.scoring import ItemScore, gold_text, score_item, stored_score, summarise
-from adamllm_core.errors import Rejected
+from adamllm_core.evaluation.scoring import (
+    ItemScore,
+    gold_text,
+    score_item,
+    stored_score,
+    summarise,
+)
 from adamllm_core.hashing import config_hash
 from adamllm_core.images import ImagePolicy, normalise_image
 from adamllm_core.schemas import PREDICTIONS, QUARANTINE, Prediction, QuarantineRow
-from adamllm_core.storage import filesystem, join, listing_fingerprint, normalise_uri, redact, write_bytes_atomic
+from adamllm_core.storage import (
+    filesystem,
+    join,
+    listing_fingerprint,
+    normalise_uri,
+    redact,
+    write_bytes_atomic,
+)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -38,14 +51,20 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     benchmark: str
-    data: str = Field(description="benchmark file or folder (release or generic jsonl/Parquet form)")
+    data: str = Field(
+        description="benchmark file or folder (release or generic jsonl/Parquet form)"
+    )
     engine: EngineConfig
     limit: int | None = Field(default=None, gt=0, description="evaluate the first N questions only")
-    max_new_tokens: int | None = Field(default=None, gt=0, description="default: the benchmark's own limit")
+    max_new_tokens: int | None = Field(
+        default=None, gt=0, description="default: the benchmark's own limit"
+    )
     system_prompt: str | None = None
     seed: int = Field(default=0, description="seeds the random option fallback (per question)")
     rows_per_shard: int = Field(default=256, gt=0)
-    images: ImagePolicy = Field(default_factory=ImagePolicy, description="limits on benchmark images, as for ingest")
+    images: ImagePolicy = Field(
+        default_factory=ImagePolicy, description="limits on benchmark images, as for ingest"
+    )
 
 
 def prediction_id(benchmark_name: str, qid: str, model: str) -> str:
@@ -53,28 +72,54 @@ def prediction_id(benchmark_name: str, qid: str, model: str) -> str:
 
 
 def eval_request(spec: BenchmarkSpec, item: EvalItem, config: EvalConfig) -> ChatRequest:
-    messages = [Message(role="system", content=config.system_prompt)] if config.system_prompt else []
+    messages = (
+        [Message(role="system", content=config.system_prompt)] if config.system_prompt else []
+    )
     messages.append(Message(role="user", content=item_prompt(spec, item), images=1))
     return ChatRequest(
-        messages=tuple(messages), images=(item.image,),
-        sampling=SamplingConfig(max_new_tokens=config.max_new_tokens or spec.max_new_tokens, temperature=0.0,
-                                seed=config.seed),
+        messages=tuple(messages),
+        images=(item.image,),
+        sampling=SamplingConfig(
+            max_new_tokens=config.max_new_tokens or spec.max_new_tokens,
+            temperature=0.0,
+            seed=config.seed,
+        ),
     )
 
 
-def prediction_row(spec: BenchmarkSpec, item: EvalItem, output: str | None, model: str, prompt: str, seed: int,
-                   prompt_tokens: int = 0, completion_tokens: int = 0) -> Prediction:
+def prediction_row(
+    spec: BenchmarkSpec,
+    item: EvalItem,
+    output: str | None,
+    model: str,
+    prompt: str,
+    seed: int,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+) -> Prediction:
     """The scored row; `output` None is a missing answer: score 0, no random fallback."""
     scored = score_item(spec, item, output or "", seed)
     if output is None:
         corrected = None if scored.score_corrected is None else 0.0
         scored = ItemScore(scored.group, "", 0.0, corrected, False)
     return Prediction(
-        id=prediction_id(spec.name, item.qid, model), benchmark=spec.name, domain=spec.domain, qid=item.qid,
-        model=model, prompt=prompt, raw_output=output or "", parsed=scored.parsed, gold=gold_text(item),
-        answer_type=item.answer_type, group=scored.group, score=scored.score,
-        score_corrected=scored.score_corrected, fallback=scored.fallback, prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens, source=item.source,
+        id=prediction_id(spec.name, item.qid, model),
+        benchmark=spec.name,
+        domain=spec.domain,
+        qid=item.qid,
+        model=model,
+        prompt=prompt,
+        raw_output=output or "",
+        parsed=scored.parsed,
+        gold=gold_text(item),
+        answer_type=item.answer_type,
+        group=scored.group,
+        score=scored.score,
+        score_corrected=scored.score_corrected,
+        fallback=scored.fallback,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        source=item.source,
     )
 
 
@@ -89,13 +134,23 @@ def predictions_uri(config: EvalConfig, run_uri: str) -> str:
 
 def _writer(config: EvalConfig, run_uri: str, model: str, overwrite: bool = False) -> DatasetWriter:
     spec = benchmark(config.benchmark)
-    settings = config.model_dump(mode="json", exclude={"data"})  # rows_per_shard decides what a shard holds
+    settings = config.model_dump(
+        mode="json", exclude={"data"}
+    )  # rows_per_shard decides what a shard holds
     settings["engine"] = config.engine.identity_dump()
     settings.update(model_identity=model, spec=spec.model_dump(mode="json"))
     return DatasetWriter(
-        predictions_uri(config, run_uri), schema=PREDICTIONS, stage="evaluate",
-        parents=[ParentRef(uri=redact(config.data), fingerprint=listing_fingerprint(config.data), kind="source")],
-        config=settings, config_hash=config_hash(settings), overwrite=overwrite,
+        predictions_uri(config, run_uri),
+        schema=PREDICTIONS,
+        stage="evaluate",
+        parents=[
+            ParentRef(
+                uri=redact(config.data), fingerprint=listing_fingerprint(config.data), kind="source"
+            )
+        ],
+        config=settings,
+        config_hash=config_hash(settings),
+        overwrite=overwrite,
     )
 
 
@@ -104,8 +159,14 @@ def evaluation_identity(config: EvalConfig) -> str:
     return _writer(config, "", make_engine(config.engine).model_identity).identity
 
 
-def evaluate(config: EvalConfig, out_uri: str, *, engine: Engine | None = None, overwrite: bool = False,
-             progress: ProgressFn | None = None) -> dict[str, Any]:
+def evaluate(
+    config: EvalConfig,
+    out_uri: str,
+    *,
+    engine: Engine | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
     """Predictions dataset + summary for one benchmark; returns the summary."""
     spec = benchmark(config.benchmark)
     root = join(normalise_uri(out_uri), spec.name)
@@ -119,8 +180,12 @@ def evaluate(config: EvalConfig, out_uri: str, *, engine: Engine | None = None, 
         shards = 0
         done_items = 0
         done = set(writer.done_shards)
-        items = read_items(spec.name, config.data, limit=config.limit,
-                           images=lambda position: position // config.rows_per_shard not in done)
+        items = read_items(
+            spec.name,
+            config.data,
+            limit=config.limit,
+            images=lambda position: position // config.rows_per_shard not in done,
+        )
         for index, chunk in enumerate(_chunks(items, config.rows_per_shard)):
             shards = index + 1
             done_items += len(chunk)
@@ -131,46 +196,86 @@ def evaluate(config: EvalConfig, out_uri: str, *, engine: Engine | None = None, 
                 try:  # as ingest does: decoded in full, pixel-limited, 8-bit RGB/L, one frame
                     image = normalise_image(item.image, config.images)
                 except Rejected as problem:
-                    quarantined.append(QuarantineRow(
-                        stage="evaluate", input_index=index * config.rows_per_shard + position,
-                        source_ref=item.source, reason=problem.reason, detail=problem.detail[:2000],
-                        record_id=item.qid))
+                    quarantined.append(
+                        QuarantineRow(
+                            stage="evaluate",
+                            input_index=index * config.rows_per_shard + position,
+                            source_ref=item.source,
+                            reason=problem.reason,
+                            detail=problem.detail[:2000],
+                            record_id=item.qid,
+                        )
+                    )
                 else:
                     valid.append(item.model_copy(update={"image": image.data}))
             requests = [eval_request(spec, item, config) for item in valid]
             results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
             rows = [
-                prediction_row(spec, item, result.text, model, request.messages[-1].content, config.seed,
-                               result.prompt_tokens, result.completion_tokens)
+                prediction_row(
+                    spec,
+                    item,
+                    result.text,
+                    model,
+                    request.messages[-1].content,
+                    config.seed,
+                    result.prompt_tokens,
+                    result.completion_tokens,
+                )
                 for item, request, result in zip(valid, requests, results)
             ]
-            writer.write_shard(index, PREDICTIONS.to_table(rows), QUARANTINE.to_table(quarantined),
-                               rows_in=len(chunk), counters={"fallbacks": sum(r.fallback for r in rows)})
+            writer.write_shard(
+                index,
+                PREDICTIONS.to_table(rows),
+                QUARANTINE.to_table(quarantined),
+                rows_in=len(chunk),
+                counters={"fallbacks": sum(r.fallback for r in rows)},
+            )
             if progress:
                 progress(done_items, max(total, done_items))
         if shards == 0:
             raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
         writer.commit(shards, seconds=time.monotonic() - started)
     dataset = Dataset(writer.uri)
-    summary = _summary(spec, model, [stored_score(r) for r in dataset.iter_rows(["group", "parsed", "score",
-                                                                                 "score_corrected", "fallback"])],
-                       predictions=redact(writer.uri),
-                       unreadable=dataset.manifest.quarantine.rows if dataset.manifest.quarantine else 0)
+    summary = _summary(
+        spec,
+        model,
+        [
+            stored_score(r)
+            for r in dataset.iter_rows(["group", "parsed", "score", "score_corrected", "fallback"])
+        ],
+        predictions=redact(writer.uri),
+        unreadable=dataset.manifest.quarantine.rows if dataset.manifest.quarantine else 0,
+    )
     fs, path = filesystem(join(root, "summary.json"))
     write_bytes_atomic(fs, path, (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
 
-def _summary(spec: BenchmarkSpec, model: str, scores: list[ItemScore], **counts: Any) -> dict[str, Any]:
+def _summary(
+    spec: BenchmarkSpec, model: str, scores: list[ItemScore], **counts: Any
+) -> dict[str, Any]:
     """summary.json: the benchmark, the model, per-task scores (x100) and the counts given."""
     questions = len(scores) + counts.get("unreadable", 0)
-    return {"benchmark": spec.name, "title": spec.title, "domain": spec.domain, "model": model,
-            "questions": questions, **counts, "paper_test_size": spec.paper_test_size,
-            "tasks": summarise(spec, scores)}
+    return {
+        "benchmark": spec.name,
+        "title": spec.title,
+        "domain": spec.domain,
+        "model": model,
+        "questions": questions,
+        **counts,
+        "paper_test_size": spec.paper_test_size,
+        "tasks": summarise(spec, scores),
+    }
 
 
-def score_predictions(benchmark_name: str, data: str, predictions: dict[str, str], *, seed: int = 0,
-                      limit: int | None = None) -> tuple[list[Prediction], dict[str, Any]]:
+def score_predictions(
+    benchmark_name: str,
+    data: str,
+    predictions: dict[str, str],
+    *,
+    seed: int = 0,
+    limit: int | None = None,
+) -> tuple[list[Prediction], dict[str, Any]]:
     """Score another system's answers ({qid: prediction}) with the same rules; no model, no
     images read. A question without a prediction scores 0 (no random fallback) and is
     counted as missing; a prediction for a question not in the file is an error."""
@@ -178,12 +283,22 @@ def score_predictions(benchmark_name: str, data: str, predictions: dict[str, str
     every = list(read_items(spec.name, data, images=False))
     unknown = sorted(set(predictions) - {item.qid for item in every})
     if unknown:
-        raise ValueError(f"{len(unknown)} predictions name questions not in {redact(data)}, e.g. qid {unknown[0]!r}")
+        raise ValueError(
+            f"{len(unknown)} predictions name questions not in {redact(data)}, e.g. qid {unknown[0]!r}"
+        )
     items = every[:limit] if limit is not None else every
-    rows = [prediction_row(spec, item, predictions.get(item.qid), "external", item_prompt(spec, item), seed)
-            for item in items]
-    summary = _summary(spec, "external", [stored_score(r.model_dump()) for r in rows],
-                       missing=sum(item.qid not in predictions for item in items))
+    rows = [
+        prediction_row(
+            spec, item, predictions.get(item.qid), "external", item_prompt(spec, item), seed
+        )
+        for item in items
+    ]
+    summary = _summary(
+        spec,
+        "external",
+        [stored_score(r.model_dump()) for r in rows],
+        missing=sum(item.qid not in predictions for item in items),
+    )
     return rows, summary
 
 
@@ -198,7 +313,11 @@ def read_predictions(uri: str) -> dict[str, str]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{redact(uri)}, line {number}: not JSON ({error.msg})") from None
-        if not isinstance(record, dict) or "qid" not in record or not isinstance(record.get("prediction"), str):
+        if (
+            not isinstance(record, dict)
+            or "qid" not in record
+            or not isinstance(record.get("prediction"), str)
+        ):
             raise ValueError(f"{redact(uri)}, line {number}: needs 'qid' and a string 'prediction'")
         qid = str(record["qid"])
         if qid in answers:
@@ -210,5 +329,3 @@ def read_predictions(uri: str) -> dict[str, str]:
 def read_summary(uri: str) -> dict[str, Any]:
     fs, path = filesystem(uri)
     return json.loads(fs.cat_file(path))
-
-

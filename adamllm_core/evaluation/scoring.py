@@ -37,7 +37,9 @@ class ItemScore:
 
 def stored_score(row: dict) -> ItemScore:
     """An ItemScore back from a predictions row (dict or Prediction fields)."""
-    return ItemScore(row["group"], row["parsed"], row["score"], row["score_corrected"], row["fallback"])
+    return ItemScore(
+        row["group"], row["parsed"], row["score"], row["score_corrected"], row["fallback"]
+    )
 
 
 def gold_text(item: EvalItem) -> str:
@@ -52,7 +54,9 @@ def _gold_letter(item: EvalItem) -> str:
     for letter, text in zip(letters, item.choices or []):
         if text.strip().lower() == answer.lower():
             return letter
-    raise ValueError(f"{item.source or item.qid}: answer {answer!r} is neither an option letter nor an option text")
+    raise ValueError(
+        f"{item.source or item.qid}: answer {answer!r} is neither an option letter nor an option text"
+    )
 
 
 _NUMBER = re.compile(r"\d+")
@@ -64,27 +68,46 @@ def score_item(spec: BenchmarkSpec, item: EvalItem, prediction: str, seed: int =
     if spec.metric == "vqa":
         answer = str(item.answer)
         if (item.answer_type or "").upper() == "CLOSED":
-            return ItemScore("closed", normalize_answer(prediction), closed_hit_paper(prediction, answer),
-                             closed_hit_corrected(prediction, answer), False)
-        return ItemScore("open", normalize_answer(prediction), open_recall(prediction, answer), None, False)
+            return ItemScore(
+                "closed",
+                normalize_answer(prediction),
+                closed_hit_paper(prediction, answer),
+                closed_hit_corrected(prediction, answer),
+                False,
+            )
+        return ItemScore(
+            "open", normalize_answer(prediction), open_recall(prediction, answer), None, False
+        )
     if spec.metric == "choice":
         choices = dict(zip(option_letters(len(item.choices or [])), item.choices or []))
         key, fallback = parse_choice(prediction, choices, rng_key)
         return ItemScore("choice", key, float(key == _gold_letter(item)), None, fallback)
     if spec.metric == "classification":
         names = list(item.choices or [])
-        if spec.name == "food101":  # the official parser: option indices, then names, last mention wins
-            key, fallback = parse_choice(prediction, {str(i): name for i, name in enumerate(names)}, rng_key)
+        if (
+            spec.name == "food101"
+        ):  # the official parser: option indices, then names, last mention wins
+            key, fallback = parse_choice(
+                prediction, {str(i): name for i, name in enumerate(names)}, rng_key
+            )
             parsed = names[int(key)]
         else:  # scene classes: no official parser, and their prompts number no options
             named = parse_class(prediction, names)
             fallback = named is None
             parsed = named if named is not None else random.Random(rng_key).choice(names)
-        return ItemScore("classification", parsed, float(parsed.lower() == str(item.answer).lower()), None, fallback)
+        return ItemScore(
+            "classification",
+            parsed,
+            float(parsed.lower() == str(item.answer).lower()),
+            None,
+            fallback,
+        )
     if spec.metric in ("multilabel_f1", "multilabel_recall"):
         names = list(item.choices or [])
         found = parse_labels(prediction, names)
-        gold = {a.lower() for a in (item.answer if isinstance(item.answer, list) else [item.answer])}
+        gold = {
+            a.lower() for a in (item.answer if isinstance(item.answer, list) else [item.answer])
+        }
         predicted = {f.lower() for f in found}
         measure = set_f1 if spec.metric == "multilabel_f1" else set_recall
         return ItemScore(spec.metric, "; ".join(found), measure(predicted, gold), None, False)
@@ -95,8 +118,13 @@ def score_item(spec: BenchmarkSpec, item: EvalItem, prediction: str, seed: int =
     if spec.metric == "short_answer":  # the last option named, whole words; none named scores 0
         named = parse_class(prediction, list(item.choices or [str(item.answer)]), joined=False)
         skill = str(item.metadata.get("skill", "all"))
-        return ItemScore(skill, named or "", float(named is not None and named.lower() == str(item.answer).lower()),
-                         None, False)
+        return ItemScore(
+            skill,
+            named or "",
+            float(named is not None and named.lower() == str(item.answer).lower()),
+            None,
+            False,
+        )
     raise ValueError(f"no scorer for metric {spec.metric!r}")
 
 
@@ -107,19 +135,29 @@ def _floodnet(item: EvalItem, prediction: str) -> ItemScore:
     normalised = normalize_answer(prediction)
     gold = normalize_answer(answer)
     if gold in ("yes", "no"):
-        return ItemScore("floodnet", normalised, closed_hit_corrected(prediction, answer), None, False)
+        return ItemScore(
+            "floodnet", normalised, closed_hit_corrected(prediction, answer), None, False
+        )
     if gold.isdigit():
         number = _NUMBER.search(normalised)
         parsed = number.group() if number else ""
         return ItemScore("floodnet", parsed, float(parsed == gold), None, False)
     # "flooded" must not hit inside "non flooded" / "not flooded"
-    hit = bool(gold) and re.search(rf"(?<!\w)(?<!non )(?<!not ){re.escape(gold)}(?!\w)", normalised) is not None
+    hit = (
+        bool(gold)
+        and re.search(rf"(?<!\w)(?<!non )(?<!not ){re.escape(gold)}(?!\w)", normalised) is not None
+    )
     return ItemScore("floodnet", normalised, float(hit), None, False)
 
 
 HEADLINE = {
-    "choice": "accuracy", "classification": "accuracy", "multilabel_f1": "F1", "multilabel_recall": "recall",
-    "rouge_l": "Rouge-L", "floodnet": "accuracy", "short_answer": "accuracy",
+    "choice": "accuracy",
+    "classification": "accuracy",
+    "multilabel_f1": "F1",
+    "multilabel_recall": "recall",
+    "rouge_l": "Rouge-L",
+    "floodnet": "accuracy",
+    "short_answer": "accuracy",
 }
 
 
@@ -134,16 +172,38 @@ def summarise(spec: BenchmarkSpec, scores: list[ItemScore]) -> list[dict[str, ob
         open_scores = [s.score for s in scores if s.group == "open"]
         closed = [s for s in scores if s.group == "closed"]
         return [
-            {"benchmark": spec.name, "task": f"{spec.title} open", "domain": spec.domain, "metric": "recall",
-             "score": mean(open_scores), "n": len(open_scores), "fallbacks": 0},
-            {"benchmark": spec.name, "task": f"{spec.title} closed", "domain": spec.domain, "metric": "accuracy",
-             "score": mean([s.score for s in closed]), "n": len(closed), "fallbacks": 0,
-             "score_corrected": mean([s.score_corrected or 0.0 for s in closed])},
+            {
+                "benchmark": spec.name,
+                "task": f"{spec.title} open",
+                "domain": spec.domain,
+                "metric": "recall",
+                "score": mean(open_scores),
+                "n": len(open_scores),
+                "fallbacks": 0,
+            },
+            {
+                "benchmark": spec.name,
+                "task": f"{spec.title} closed",
+                "domain": spec.domain,
+                "metric": "accuracy",
+                "score": mean([s.score for s in closed]),
+                "n": len(closed),
+                "fallbacks": 0,
+                "score_corrected": mean([s.score_corrected or 0.0 for s in closed]),
+            },
         ]
-    row: dict[str, object] = {"benchmark": spec.name, "task": spec.title, "domain": spec.domain,
-                              "metric": HEADLINE[spec.metric], "score": mean([s.score for s in scores]),
-                              "n": len(scores), "fallbacks": fallbacks}
+    row: dict[str, object] = {
+        "benchmark": spec.name,
+        "task": spec.title,
+        "domain": spec.domain,
+        "metric": HEADLINE[spec.metric],
+        "score": mean([s.score for s in scores]),
+        "n": len(scores),
+        "fallbacks": fallbacks,
+    }
     if spec.metric == "short_answer":  # accuracy per skill (the group), beside the overall one
-        row["per_skill"] = {group: mean([s.score for s in scores if s.group == group])
-                            for group in sorted({s.group for s in scores})}
+        row["per_skill"] = {
+            group: mean([s.score for s in scores if s.group == group])
+            for group in sorted({s.group for s in scores})
+        }
     return [row]

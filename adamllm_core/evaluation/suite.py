@@ -16,7 +16,9 @@ from adamllm_core.storage import join, normalise_uri
 class BenchmarkData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(description="benchmark file or folder (release or generic form), local or s3://")
+    data: str = Field(
+        description="benchmark file or folder (release or generic form), local or s3://"
+    )
     limit: int | None = Field(default=None, gt=0)
 
 
@@ -28,11 +30,17 @@ class EvalSuite(BaseModel):
     out: str
     engine: EngineConfig
     benchmarks: dict[str, BenchmarkData] = Field(min_length=1)
-    limit: int | None = Field(default=None, gt=0, description="default per-benchmark question limit")
-    max_new_tokens: int | None = Field(default=None, gt=0, description="default: each benchmark's own limit")
+    limit: int | None = Field(
+        default=None, gt=0, description="default per-benchmark question limit"
+    )
+    max_new_tokens: int | None = Field(
+        default=None, gt=0, description="default: each benchmark's own limit"
+    )
     seed: int = 0
     system_prompt: str | None = None
-    compare_with: list[str] = Field(default_factory=list, description="earlier run folders for the report")
+    compare_with: list[str] = Field(
+        default_factory=list, description="earlier run folders for the report"
+    )
 
     @field_validator("benchmarks")
     @classmethod
@@ -43,9 +51,18 @@ class EvalSuite(BaseModel):
         return join(normalise_uri(self.out), self.name)
 
     def eval_configs(self) -> list[EvalConfig]:
-        return [EvalConfig(benchmark=name, data=entry.data, engine=self.engine, limit=entry.limit or self.limit,
-                           seed=self.seed, system_prompt=self.system_prompt, max_new_tokens=self.max_new_tokens)
-                for name, entry in self.benchmarks.items()]
+        return [
+            EvalConfig(
+                benchmark=name,
+                data=entry.data,
+                engine=self.engine,
+                limit=entry.limit or self.limit,
+                seed=self.seed,
+                system_prompt=self.system_prompt,
+                max_new_tokens=self.max_new_tokens,
+            )
+            for name, entry in self.benchmarks.items()
+        ]
 
 
 def load_suite(path: str | Path | None, overrides: dict[str, Any] | None = None) -> EvalSuite:
@@ -61,6 +78,8 @@ def load_suite(path: str | Path | None, overrides: dict[str, Any] | None = None)
     try:
         return EvalSuite.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(f"{path or 'evaluation settings'}: {validation_problems(error)}") from None
+        raise ConfigError(
+            f"{path or 'evaluation settings'}: {validation_problems(error)}"
+        ) from None
     except ValueError as error:
         raise ConfigError(f"{path or 'evaluation settings'}: {error}") from None

@@ -30,7 +30,14 @@ from adamllm_core.importers.records import (
 from adamllm_core.storage import filesystem, listing_fingerprint, normalise_uri, redact
 
 # Annotation files looked for, in order, when the source is a folder.
-ANNOTATION_NAMES = ("data.jsonl", "metadata.jsonl", "captions.jsonl", "metadata.csv", "data.csv", "captions.csv")
+ANNOTATION_NAMES = (
+    "data.jsonl",
+    "metadata.jsonl",
+    "captions.jsonl",
+    "metadata.csv",
+    "data.csv",
+    "captions.csv",
+)
 
 __all__ = ["Importer", "RawRecord", "SourceOptions", "open_source"]
 
@@ -42,10 +49,16 @@ class RecordFileImporter:
     `conversations`, otherwise as (image, caption | captions) records.
     """
 
-    def __init__(self, annotation_uri: str, options: SourceOptions, *, sharegpt: bool | None = None):
+    def __init__(
+        self, annotation_uri: str, options: SourceOptions, *, sharegpt: bool | None = None
+    ):
         self.source = annotation_uri
         self.options = options
-        self.base = normalise_uri(options.image_root) if options.image_root else annotation_uri.rsplit("/", 1)[0]
+        self.base = (
+            normalise_uri(options.image_root)
+            if options.image_root
+            else annotation_uri.rsplit("/", 1)[0]
+        )
         first = first_record(annotation_uri)
         if first is None:
             raise ConfigError(f"{redact(annotation_uri)}: no records")
@@ -74,7 +87,9 @@ class RecordFileImporter:
             elif self.sharegpt:
                 yield interpret_sharegpt(index, ref, record, self.options, self.base)
             else:
-                yield interpret_captioned(index, ref, record, self.options, self.caption_field, self.base)
+                yield interpret_captioned(
+                    index, ref, record, self.options, self.caption_field, self.base
+                )
 
 
 class SidecarImporter:
@@ -88,7 +103,9 @@ class SidecarImporter:
         self._fs = fs
         texts = {f.rsplit(".", 1)[0]: f for f in files if f.lower().endswith(".txt")}
         self._pairs = [
-            (f, texts.get(f.rsplit(".", 1)[0])) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)
+            (f, texts.get(f.rsplit(".", 1)[0]))
+            for f in files
+            if f.lower().endswith(IMAGE_EXTENSIONS)
         ]
         if not self._pairs:
             raise ConfigError(
@@ -108,7 +125,9 @@ class SidecarImporter:
             ref = image_path[len(self._root) :].lstrip("/")
             image_uri = self._fs.unstrip_protocol(image_path)
             if text_path is None:
-                error = Rejected("missing_caption", f"no {ref.rsplit('.', 1)[0]}.txt beside the image")
+                error = Rejected(
+                    "missing_caption", f"no {ref.rsplit('.', 1)[0]}.txt beside the image"
+                )
                 yield RawRecord(index=index, source_ref=ref, raw={"image": ref}, error=error)
                 continue
             raw_text = self._fs.cat_file(text_path)
@@ -119,7 +138,11 @@ class SidecarImporter:
                 yield RawRecord(index=index, source_ref=ref, raw={"image": ref}, error=error)
                 continue
             yield RawRecord(
-                index=index, source_ref=ref, image_uri=image_uri, captions=(caption,), raw={"image": ref}
+                index=index,
+                source_ref=ref,
+                image_uri=image_uri,
+                captions=(caption,),
+                raw={"image": ref},
             )
 
 
@@ -179,7 +202,9 @@ class ParquetImporter:
                         if self.sharegpt:
                             yield interpret_sharegpt(index, ref, row, self.options, base)
                         else:
-                            yield interpret_captioned(index, ref, row, self.options, self.caption_field, base)
+                            yield interpret_captioned(
+                                index, ref, row, self.options, self.caption_field, base
+                            )
                         index += 1
                         row_number += 1
 
@@ -205,7 +230,9 @@ def open_source(uri: str, options: SourceOptions) -> Importer:
             if fmt == "sharegpt":
                 raise ConfigError(f"{redact(uri)}: no .json/.jsonl file with ShareGPT records")
             return SidecarImporter(uri, options)
-        return RecordFileImporter(fs.unstrip_protocol(annotation), options, sharegpt=_sharegpt_flag(fmt))
+        return RecordFileImporter(
+            fs.unstrip_protocol(annotation), options, sharegpt=_sharegpt_flag(fmt)
+        )
     if path.lower().endswith(RECORD_FILE_SUFFIXES):
         return RecordFileImporter(uri, options, sharegpt=_sharegpt_flag(fmt))
     raise ConfigError(
@@ -230,4 +257,3 @@ def _find_annotation_file(fs: Any, folder: str) -> str | None:
             f"{redact(folder)}: several annotation files {names}; pass the one to ingest as SOURCE"
         )
     return candidates[0] if candidates else None
-

@@ -10,7 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from adamllm_core.errors import ConfigError, Rejected
 from adamllm_core.storage import join, protocol_of
 
-IMAGE_FIELDS = ("image", "images", "file_name", "image_path", "image_file", "path", "filename", "img")
+IMAGE_FIELDS = (
+    "image",
+    "images",
+    "file_name",
+    "image_path",
+    "image_file",
+    "path",
+    "filename",
+    "img",
+)
 CAPTION_FIELDS = ("caption", "captions", "text", "description")
 SHAREGPT_TURN_FIELDS = ("messages", "conversations")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif")
@@ -23,7 +32,9 @@ class SourceOptions(BaseModel):
 
     format: Literal["auto", "folder", "sharegpt", "parquet"] = "auto"
     image_field: str | None = Field(default=None, description=f"default: first of {IMAGE_FIELDS}")
-    caption_field: str | None = Field(default=None, description=f"default: first of {CAPTION_FIELDS}")
+    caption_field: str | None = Field(
+        default=None, description=f"default: first of {CAPTION_FIELDS}"
+    )
     caption_template: str | None = Field(
         default=None,
         description="build the caption from the record's fields, e.g. 'A photo of {label}.'",
@@ -34,7 +45,8 @@ class SourceOptions(BaseModel):
         "(the others kept in metadata), or one pair per caption",
     )
     image_root: str | None = Field(
-        default=None, description="resolve relative image paths here (default: the annotation file's folder)"
+        default=None,
+        description="resolve relative image paths here (default: the annotation file's folder)",
     )
 
     @model_validator(mode="after")
@@ -45,7 +57,9 @@ class SourceOptions(BaseModel):
             try:
                 names = [f for _, f, _, _ in string.Formatter().parse(self.caption_template) if f]
             except ValueError as error:
-                raise ConfigError(f"caption_template is not a valid format string: {error}") from None
+                raise ConfigError(
+                    f"caption_template is not a valid format string: {error}"
+                ) from None
             if not names:
                 raise ConfigError("caption_template names no field, e.g. 'A photo of {label}.'")
             if any(not n.isidentifier() for n in names):
@@ -99,13 +113,17 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def pick_field(record: dict[str, Any], configured: str | None, candidates: tuple[str, ...]) -> str | None:
+def pick_field(
+    record: dict[str, Any], configured: str | None, candidates: tuple[str, ...]
+) -> str | None:
     if configured:
         return configured
     return next((name for name in candidates if name in record), None)
 
 
-def detect_caption_field(first_record: dict[str, Any], options: SourceOptions, where: str) -> str | None:
+def detect_caption_field(
+    first_record: dict[str, Any], options: SourceOptions, where: str
+) -> str | None:
     """The caption field for a source, decided once from its first record."""
     if options.caption_template:
         return None
@@ -197,11 +215,15 @@ def interpret_sharegpt(
     )
 
 
-def _image_of(record: dict[str, Any], image_field: str | None, base: str) -> tuple[str | None, bytes | None]:
+def _image_of(
+    record: dict[str, Any], image_field: str | None, base: str
+) -> tuple[str | None, bytes | None]:
     value = record.get(image_field) if image_field else None
     if isinstance(value, list):
         if len(value) > 1:
-            raise Rejected("multi_image_record", f"{len(value)} images in one record; pairs take one")
+            raise Rejected(
+                "multi_image_record", f"{len(value)} images in one record; pairs take one"
+            )
         value = value[0] if value else None
     if isinstance(value, dict):  # Hugging Face Image feature: {"bytes": ..., "path": ...}
         if value.get("bytes"):
@@ -212,7 +234,8 @@ def _image_of(record: dict[str, Any], image_field: str | None, base: str) -> tup
     if isinstance(value, str) and value.strip():
         return resolve_image_uri(value.strip(), base), None
     raise Rejected(
-        "missing_image", f"no image under {image_field!r}" if image_field else "no image field in record"
+        "missing_image",
+        f"no image under {image_field!r}" if image_field else "no image field in record",
     )
 
 
@@ -220,7 +243,9 @@ def _render_template(template: str, record: dict[str, Any]) -> str:
     try:
         return template.format(**record)
     except KeyError as error:
-        raise Rejected("missing_caption", f"caption_template needs field {error} absent here") from None
+        raise Rejected(
+            "missing_caption", f"caption_template needs field {error} absent here"
+        ) from None
 
 
 def is_local(uri: str) -> bool:

@@ -44,7 +44,9 @@ def read_records(uri: str) -> Iterator[tuple[str, dict[str, Any] | Rejected]]:
                 yield ref, Rejected("bad_record", f"{ref}: a {type(item).__name__}, not an object")
     else:
         text = _decode(fs.cat_file(path), name)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ",")
+        reader = csv.DictReader(
+            io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ","
+        )
         if not reader.fieldnames:
             raise ConfigError(f"{name}: no header row")
         for row in reader:
@@ -84,7 +86,9 @@ def _load_json_file(fs: Any, path: str, name: str) -> list[Any]:
     try:
         data = json.loads(_decode(fs.cat_file(path), name))
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{name}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+        raise ConfigError(
+            f"{name}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
+        ) from None
     if isinstance(data, dict):
         # {"data": [...]} and similar single-key wrappers
         lists = [v for v in data.values() if isinstance(v, list)]
@@ -99,7 +103,9 @@ def _decode(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise ConfigError(
+            f"{name}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
 
 
 def _cell(value: str | None) -> Any:

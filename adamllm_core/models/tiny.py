@@ -36,7 +36,12 @@ PATCH_SIZE = 8
 
 
 def _tokenizer_corpus(extra_text: list[str]) -> list[str]:
-    corpus = [SYNTH_CAPTION_PROMPT, SYNTH_PRECISE_HINT, SYNTH_INFORMATIVE_HINT, CONSISTENCY_FEW_SHOT]
+    corpus = [
+        SYNTH_CAPTION_PROMPT,
+        SYNTH_PRECISE_HINT,
+        SYNTH_INFORMATIVE_HINT,
+        CONSISTENCY_FEW_SHOT,
+    ]
     corpus += [" Yes", " No", " Open"] * 50  # label words must be single tokens
     return corpus + extra_text
 
@@ -83,10 +88,22 @@ def _text_config(tokenizer, hidden_size: int = 64, layers: int = 2, heads: int =
     )
 
 
-def build_tiny_vlm(out: Path, tokenizer, seed: int = 0, *, image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE,
-                   vision_hidden: int = 16, vision_layers: int = 1, text_hidden: int = 64, text_layers: int = 2,
-                   heads: int = 2, image_mean: tuple[float, float, float] | None = None,
-                   image_std: tuple[float, float, float] | None = None, feature_strategy: str = "full") -> Path:
+def build_tiny_vlm(
+    out: Path,
+    tokenizer,
+    seed: int = 0,
+    *,
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+    vision_hidden: int = 16,
+    vision_layers: int = 1,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    heads: int = 2,
+    image_mean: tuple[float, float, float] | None = None,
+    image_std: tuple[float, float, float] | None = None,
+    feature_strategy: str = "full",
+) -> Path:
     """A LLaVA-architecture model with random weights (sizes default to the tiny demo model)."""
     import torch
     from transformers import (
@@ -115,10 +132,16 @@ def build_tiny_vlm(out: Path, tokenizer, seed: int = 0, *, image_size: int = IMA
         vision_feature_layer=-1,
     )
     model = LlavaForConditionalGeneration(config)
-    normalisation = {"image_mean": list(image_mean), "image_std": list(image_std)} if image_mean and image_std else {}
+    normalisation = (
+        {"image_mean": list(image_mean), "image_std": list(image_std)}
+        if image_mean and image_std
+        else {}
+    )
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **normalisation
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            **normalisation,
         ),
         tokenizer=tokenizer,
         patch_size=patch_size,
@@ -134,7 +157,9 @@ def build_tiny_vlm(out: Path, tokenizer, seed: int = 0, *, image_size: int = IMA
     return out
 
 
-def build_tiny_lm(out: Path, tokenizer, seed: int = 0, *, hidden: int = 64, layers: int = 2, heads: int = 2) -> Path:
+def build_tiny_lm(
+    out: Path, tokenizer, seed: int = 0, *, hidden: int = 64, layers: int = 2, heads: int = 2
+) -> Path:
     """A Llama-architecture text model with random weights."""
     import torch
     from transformers import LlamaForCausalLM
@@ -148,14 +173,21 @@ def build_tiny_lm(out: Path, tokenizer, seed: int = 0, *, hidden: int = 64, laye
     return out
 
 
-def build_tiny_models(out: str | Path, seed: int = 0, extra_text: list[str] | None = None) -> dict[str, Path]:
+def build_tiny_models(
+    out: str | Path, seed: int = 0, extra_text: list[str] | None = None
+) -> dict[str, Path]:
     """Write `out/vlm` and `out/lm`; returns their paths."""
     out = Path(out)
     tokenizer = build_tokenizer(extra_text)
-    paths = {"vlm": build_tiny_vlm(out / "vlm", tokenizer, seed), "lm": build_tiny_lm(out / "lm", tokenizer, seed)}
+    paths = {
+        "vlm": build_tiny_vlm(out / "vlm", tokenizer, seed),
+        "lm": build_tiny_lm(out / "lm", tokenizer, seed),
+    }
     (out / "README.md").write_text(
         "Tiny random models built by `adamllm models tiny` for tests and the demo (no download).\n"
         "vlm/: LLaVA architecture; lm/: Llama architecture; shared BPE tokenizer and ChatML template.\n"
     )
-    (out / "tiny.json").write_text(json.dumps({"seed": seed, "models": {k: v.name for k, v in paths.items()}}))
+    (out / "tiny.json").write_text(
+        json.dumps({"seed": seed, "models": {k: v.name for k, v in paths.items()}})
+    )
     return paths

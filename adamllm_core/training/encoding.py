@@ -38,10 +38,14 @@ class Encoded:
 
 
 def _render(renderer: HFRenderer, messages: list[Message], **kwargs: Any) -> str:
-    return renderer.processor.apply_chat_template(hf_messages(tuple(messages)), tokenize=False, **kwargs)
+    return renderer.processor.apply_chat_template(
+        hf_messages(tuple(messages)), tokenize=False, **kwargs
+    )
 
 
-def encode_segments(renderer: HFRenderer, segments: list[tuple[str, bool]], image: bytes | None) -> Encoded:
+def encode_segments(
+    renderer: HFRenderer, segments: list[tuple[str, bool]], image: bytes | None
+) -> Encoded:
     """Token ids of the concatenated segments; labels copy the ids of trained segments."""
     input_ids: list[int] = []
     labels: list[int] = []
@@ -52,10 +56,16 @@ def encode_segments(renderer: HFRenderer, segments: list[tuple[str, bool]], imag
             continue
         if position == 0 and image is not None:
             picture = Image.open(io.BytesIO(image)).convert("RGB")
-            encoded = renderer.processor(text=[text], images=[picture], return_tensors="pt", add_special_tokens=False)
+            encoded = renderer.processor(
+                text=[text], images=[picture], return_tensors="pt", add_special_tokens=False
+            )
             ids = encoded["input_ids"][0].tolist()
             pixel_values = encoded["pixel_values"]
-            extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask", "pixel_values")}
+            extra = {
+                k: v
+                for k, v in encoded.items()
+                if k not in ("input_ids", "attention_mask", "pixel_values")
+            }
         else:
             ids = renderer.tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
@@ -69,26 +79,43 @@ def end_of_text(renderer: HFRenderer) -> str:
 
 
 def synthesizer_segments(
-    renderer: HFRenderer, caption: str, instruction: str, precise: str, informative: str, system_prompt: str | None = None
+    renderer: HFRenderer,
+    caption: str,
+    instruction: str,
+    precise: str,
+    informative: str,
+    system_prompt: str | None = None,
 ) -> list[tuple[str, bool]]:
     """Table 1 as (prompt, masked) + (what the synthesizer writes, trained)."""
     head = [Message(role="system", content=system_prompt)] if system_prompt else []
-    head += [Message(role="user", content=SYNTH_CAPTION_PROMPT, images=1), Message(role="assistant", content=caption)]
-    prompt = _render(renderer, [*head, Message(role="user", content=SYNTH_PRECISE_HINT)],
-                     continue_final_message=True, add_generation_prompt=False)
-    full = _render(renderer, [
-        *head,
-        Message(role="user", content=f"{SYNTH_PRECISE_HINT}\n{instruction}"),
-        Message(role="assistant", content=precise),
-        Message(role="user", content=f"{SYNTH_INFORMATIVE_HINT}\n{instruction}"),
-        Message(role="assistant", content=informative),
-    ])
+    head += [
+        Message(role="user", content=SYNTH_CAPTION_PROMPT, images=1),
+        Message(role="assistant", content=caption),
+    ]
+    prompt = _render(
+        renderer,
+        [*head, Message(role="user", content=SYNTH_PRECISE_HINT)],
+        continue_final_message=True,
+        add_generation_prompt=False,
+    )
+    full = _render(
+        renderer,
+        [
+            *head,
+            Message(role="user", content=f"{SYNTH_PRECISE_HINT}\n{instruction}"),
+            Message(role="assistant", content=precise),
+            Message(role="user", content=f"{SYNTH_INFORMATIVE_HINT}\n{instruction}"),
+            Message(role="assistant", content=informative),
+        ],
+    )
     if not full.startswith(prompt):
         raise ValueError("the chat template renders the open turn differently from the closed one")
     return [(prompt, False), (full[len(prompt) :] + end_of_text(renderer), True)]
 
 
-def conversation_segments(renderer: HFRenderer, turns: list[dict[str, str]]) -> list[tuple[str, bool]]:
+def conversation_segments(
+    renderer: HFRenderer, turns: list[dict[str, str]]
+) -> list[tuple[str, bool]]:
     """A post-training conversation (`<image>` opening the first user turn): assistant turns trained."""
     messages = []
     for i, turn in enumerate(turns):

@@ -25,8 +25,12 @@ from adamllm_core.storage import filesystem, listing_fingerprint, normalise_uri
 class SeedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    blank_share: float = Field(default=0.1, ge=0, le=1, description="share of images replaced by a blank image")
-    dev_share: float = Field(default=0.1, ge=0, lt=1, description="share of each task held out as dev")
+    blank_share: float = Field(
+        default=0.1, ge=0, le=1, description="share of images replaced by a blank image"
+    )
+    dev_share: float = Field(
+        default=0.1, ge=0, lt=1, description="share of each task held out as dev"
+    )
     seed: int = 0
     rows_per_shard: int = Field(default=1000, gt=0)
     image: ImagePolicy = Field(default_factory=ImagePolicy)
@@ -45,7 +49,7 @@ def _load_records(uri: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     data = json.loads(text)
     if not isinstance(data, list):
-        raise ValueError(f"{uri}: expected a JSON list of records")
+        raise ValueError(f"{uri}: expected a JSON list of records")  # noqa: TRY004 (the CLI reports ValueError)
     return data
 
 
@@ -88,8 +92,15 @@ def build_seed(
     sources = [normalise_uri(u) for u in (vision_flan, allava_caption, allava_instruct)]
     parents = [ParentRef(uri=u, fingerprint=listing_fingerprint(u), kind="source") for u in sources]
     dumped = config.model_dump(mode="json")
-    writer = DatasetWriter(out, schema=SEED, stage="seed", parents=parents, config=dumped,
-                           config_hash=config_hash(dumped), overwrite=overwrite)
+    writer = DatasetWriter(
+        out,
+        schema=SEED,
+        stage="seed",
+        parents=parents,
+        config=dumped,
+        config_hash=config_hash(dumped),
+        overwrite=overwrite,
+    )
     finished = writer.existing()
     if finished is not None:
         return finished
@@ -102,7 +113,7 @@ def build_seed(
     dev: set[str] = set()
     for task, ids in by_task.items():
         ordered = sorted(ids, key=lambda i: _unit(config.seed, "split", task, i))
-        dev.update(ordered[: int(round(len(ordered) * config.dev_share))])
+        dev.update(ordered[: round(len(ordered) * config.dev_share)])
 
     rows: list[SeedExample] = []
     quarantine: list[QuarantineRow] = []
@@ -114,11 +125,15 @@ def build_seed(
             instruction = _turn(record, ("human", "user"))
             precise = _turn(record, ("gpt", "assistant"))
             if not instruction or precise is None:
-                raise Rejected("bad_record", "Vision-Flan record without instruction and answer turns")
+                raise Rejected(
+                    "bad_record", "Vision-Flan record without instruction and answer turns"
+                )
             if not caption_of.get(identifier):
                 raise Rejected("missing_caption", "no ALLaVA-Caption-VFLAN record with this id")
             if not informative_of.get(identifier):
-                raise Rejected("missing_informative", "no ALLaVA-Instruct-VFLAN record with this id")
+                raise Rejected(
+                    "missing_informative", "no ALLaVA-Instruct-VFLAN record with this id"
+                )
             image_value = record.get("image")
             if isinstance(image_value, list):
                 image_value = image_value[0] if image_value else None
@@ -131,24 +146,43 @@ def build_seed(
                 raise Rejected("missing_image", f"{image_value} does not exist") from None
             image = normalise_image(data, config.image)
         except Rejected as error:
-            quarantine.append(QuarantineRow(stage="seed", input_index=index, source_ref=identifier,
-                                            reason=error.reason, detail=error.detail, record_id=identifier))
+            quarantine.append(
+                QuarantineRow(
+                    stage="seed",
+                    input_index=index,
+                    source_ref=identifier,
+                    reason=error.reason,
+                    detail=error.detail,
+                    record_id=identifier,
+                )
+            )
             continue
         blank = _unit(config.seed, "blank", identifier) < config.blank_share
         counters["blank_images"] += blank
-        rows.append(SeedExample(
-            id=hashlib.sha256(identifier.encode()).hexdigest()[:32], task=task_name(record),
-            split="dev" if identifier in dev else "train",
-            image=blank_like(image.width, image.height) if blank else image.data,
-            image_format="png" if blank else image.format, blank_image=blank,
-            caption=caption_of[identifier].strip(), instruction=_strip_image_tag(instruction),
-            precise=str(precise).strip(), informative=informative_of[identifier].strip(), source_ref=identifier,
-        ))
+        rows.append(
+            SeedExample(
+                id=hashlib.sha256(identifier.encode()).hexdigest()[:32],
+                task=task_name(record),
+                split="dev" if identifier in dev else "train",
+                image=blank_like(image.width, image.height) if blank else image.data,
+                image_format="png" if blank else image.format,
+                blank_image=blank,
+                caption=caption_of[identifier].strip(),
+                instruction=_strip_image_tag(instruction),
+                precise=str(precise).strip(),
+                informative=informative_of[identifier].strip(),
+                source_ref=identifier,
+            )
+        )
     counters["dev"] = sum(r.split == "dev" for r in rows)
     shards = max(1, -(-len(rows) // config.rows_per_shard))
     for k in range(shards):
         part = rows[k * config.rows_per_shard : (k + 1) * config.rows_per_shard]
-        writer.write_shard(k, SEED.to_table(part), QUARANTINE.to_table(quarantine if k == 0 else []),
-                           rows_in=len(part) + (len(quarantine) if k == 0 else 0),
-                           counters=dict(counters) if k == 0 else {})
+        writer.write_shard(
+            k,
+            SEED.to_table(part),
+            QUARANTINE.to_table(quarantine if k == 0 else []),
+            rows_in=len(part) + (len(quarantine) if k == 0 else 0),
+            counters=dict(counters) if k == 0 else {},
+        )
     return writer.commit(shards)

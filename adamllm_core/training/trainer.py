@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import Dataset
-from adamllm_core.hashing import config_hash
 from adamllm_core.engines.hf import HFRenderer
+from adamllm_core.hashing import config_hash
 from adamllm_core.models import resolve_model
 from adamllm_core.training.encoding import (
     IGNORE_INDEX,
@@ -36,10 +36,14 @@ class TrainConfig(BaseModel):
 
     model: str
     task: Literal["synthesizer", "post_train", "completion"] = Field(
-        default="post_train", description="seed → synthesizer; mixture → post_train; completions (text LM) → completion")
+        default="post_train",
+        description="seed → synthesizer; mixture → post_train; completions (text LM) → completion",
+    )
     trainable: Literal["full", "projector"] = "full"
     learning_rate: float = Field(default=1e-5, gt=0)
-    vision_learning_rate: float | None = Field(default=None, gt=0, description="default: learning_rate")
+    vision_learning_rate: float | None = Field(
+        default=None, gt=0, description="default: learning_rate"
+    )
     weight_decay: float = Field(default=0.1, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, le=1)
     lr_scheduler: str = "cosine"
@@ -59,20 +63,56 @@ class TrainConfig(BaseModel):
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 10 (single-stage post-training), 1 epoch, global batch 128, max length 6144.
-    "qwen2-vl-2b": {"model": "Qwen/Qwen2-VL-2B-Instruct", "learning_rate": 1e-5, "vision_learning_rate": 1e-5,
-                    "weight_decay": 0.1, "warmup_ratio": 0.1, "deepspeed": "zero2", "bf16": True},
-    "llava-v1.6-8b": {"model": "llava-hf/llama3-llava-next-8b-hf", "learning_rate": 2e-5, "vision_learning_rate": 2e-6,
-                      "weight_decay": 0.0, "warmup_ratio": 0.03, "deepspeed": "zero3", "bf16": True},
-    "llama-3.2-11b": {"model": "meta-llama/Llama-3.2-11B-Vision-Instruct", "learning_rate": 5e-6,
-                      "vision_learning_rate": 5e-6, "weight_decay": 0.1, "warmup_ratio": 0.1, "deepspeed": "zero3",
-                      "bf16": True},
+    "qwen2-vl-2b": {
+        "model": "Qwen/Qwen2-VL-2B-Instruct",
+        "learning_rate": 1e-5,
+        "vision_learning_rate": 1e-5,
+        "weight_decay": 0.1,
+        "warmup_ratio": 0.1,
+        "deepspeed": "zero2",
+        "bf16": True,
+    },
+    "llava-v1.6-8b": {
+        "model": "llava-hf/llama3-llava-next-8b-hf",
+        "learning_rate": 2e-5,
+        "vision_learning_rate": 2e-6,
+        "weight_decay": 0.0,
+        "warmup_ratio": 0.03,
+        "deepspeed": "zero3",
+        "bf16": True,
+    },
+    "llama-3.2-11b": {
+        "model": "meta-llama/Llama-3.2-11B-Vision-Instruct",
+        "learning_rate": 5e-6,
+        "vision_learning_rate": 5e-6,
+        "weight_decay": 0.1,
+        "warmup_ratio": 0.1,
+        "deepspeed": "zero3",
+        "bf16": True,
+    },
     # Table 9 (synthesizer tuning on LLaVA-v1.6-8B): 2 epochs, no weight decay.
-    "synthesizer-llava-v1.6-8b": {"model": "llava-hf/llama3-llava-next-8b-hf", "task": "synthesizer", "epochs": 2,
-                                  "learning_rate": 2e-5, "vision_learning_rate": 2e-6, "weight_decay": 0.0,
-                                  "warmup_ratio": 0.03, "deepspeed": "zero3", "bf16": True},
+    "synthesizer-llava-v1.6-8b": {
+        "model": "llava-hf/llama3-llava-next-8b-hf",
+        "task": "synthesizer",
+        "epochs": 2,
+        "learning_rate": 2e-5,
+        "vision_learning_rate": 2e-6,
+        "weight_decay": 0.0,
+        "warmup_ratio": 0.03,
+        "deepspeed": "zero3",
+        "bf16": True,
+    },
     # The tiny demo model: same code path, CPU-sized.
-    "tiny": {"model": "tiny:vlm", "learning_rate": 3e-3, "weight_decay": 0.0, "warmup_ratio": 0.05,
-             "global_batch_size": 8, "per_device_batch_size": 8, "save_steps": 50, "max_seq_len": 1024},
+    "tiny": {
+        "model": "tiny:vlm",
+        "learning_rate": 3e-3,
+        "weight_decay": 0.0,
+        "warmup_ratio": 0.05,
+        "global_batch_size": 8,
+        "per_device_batch_size": 8,
+        "save_steps": 50,
+        "max_seq_len": 1024,
+    },
 }
 
 
@@ -116,8 +156,11 @@ def deepspeed_config(stage: Literal["zero2", "zero3"], bf16: bool) -> dict[str, 
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
-        "zero_optimization": {"stage": 2 if stage == "zero2" else 3, "overlap_comm": False,
-                              "contiguous_gradients": True},
+        "zero_optimization": {
+            "stage": 2 if stage == "zero2" else 3,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+        },
         "bf16": {"enabled": "auto"},
         # The Trainer's optimizer (with per-module learning rates) runs under ZeRO; never the
         # fused CPU Adam, whose JIT build takes minutes.
@@ -128,13 +171,17 @@ def deepspeed_config(stage: Literal["zero2", "zero3"], bf16: bool) -> dict[str, 
     return config
 
 
-def encode_dataset(data_uri: str, renderer: HFRenderer, config: TrainConfig) -> tuple[list[Encoded], int]:
+def encode_dataset(
+    data_uri: str, renderer: HFRenderer, config: TrainConfig
+) -> tuple[list[Encoded], int]:
     """Encoded examples within max_seq_len, and how many were longer (dropped)."""
     examples: list[Encoded] = []
     too_long = 0
     for row in Dataset(data_uri).iter_rows():
         if config.task == "synthesizer":
-            segments = synthesizer_segments(renderer, row["caption"], row["instruction"], row["precise"], row["informative"])
+            segments = synthesizer_segments(
+                renderer, row["caption"], row["instruction"], row["precise"], row["informative"]
+            )
         elif config.task == "completion":
             segments = [(row["prompt"], False), (row["completion"], True)]
         else:
@@ -147,7 +194,9 @@ def encode_dataset(data_uri: str, renderer: HFRenderer, config: TrainConfig) -> 
     return examples, too_long
 
 
-def length_grouped_order(lengths: list[int], batch_size: int, seed: int, group_batches: int = 50) -> list[int]:
+def length_grouped_order(
+    lengths: list[int], batch_size: int, seed: int, group_batches: int = 50
+) -> list[int]:
     """A seeded order in which each batch holds examples of similar length (less padding).
 
     It depends only on (lengths, batch_size, seed), so a resumed run skips exactly the
@@ -176,8 +225,12 @@ class _Examples:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self.examples[index]
-        return {"input_ids": example.input_ids, "labels": example.labels,
-                "pixel_values": example.pixel_values, **example.extra}
+        return {
+            "input_ids": example.input_ids,
+            "labels": example.labels,
+            "pixel_values": example.pixel_values,
+            **example.extra,
+        }
 
 
 def make_collator(pad_id: int, padding_stats: dict[str, int]) -> Any:
@@ -199,7 +252,9 @@ def make_collator(pad_id: int, padding_stats: dict[str, int]) -> Any:
         if batch[0]["pixel_values"] is not None:
             out["pixel_values"] = torch.cat([item["pixel_values"] for item in batch])
             for key in batch[0]:
-                if key not in ("input_ids", "labels", "pixel_values") and torch.is_tensor(batch[0][key]):
+                if key not in ("input_ids", "labels", "pixel_values") and torch.is_tensor(
+                    batch[0][key]
+                ):
                     out[key] = torch.cat([item[key] for item in batch])
         return out
 
@@ -213,9 +268,16 @@ def _optimizer_groups(model: Any, config: TrainConfig) -> list[dict[str, Any]]:
         if not parameter.requires_grad:
             continue
         lr = vision_lr if any(m in name for m in VISION_PARAMETER_MARKERS) else config.learning_rate
-        decay = 0.0 if parameter.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else config.weight_decay
+        decay = (
+            0.0
+            if parameter.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+            else config.weight_decay
+        )
         groups.setdefault((lr, decay), []).append(parameter)
-    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+    return [
+        {"params": params, "lr": lr, "weight_decay": decay}
+        for (lr, decay), params in groups.items()
+    ]
 
 
 def _freeze_for(model: Any, trainable: str) -> None:
@@ -247,8 +309,15 @@ def train_identity(config: TrainConfig, data_uri: str) -> str:
     from adamllm_core.hashing import canonical_json, sha256_hex
     from adamllm_core.version import CODE_VERSION
 
-    return sha256_hex(canonical_json({"data": Dataset(data_uri).manifest.fingerprint,
-                                      "config": config.model_dump(mode="json"), "code": CODE_VERSION}))[:32]
+    return sha256_hex(
+        canonical_json(
+            {
+                "data": Dataset(data_uri).manifest.fingerprint,
+                "config": config.model_dump(mode="json"),
+                "code": CODE_VERSION,
+            }
+        )
+    )[:32]
 
 
 def finished_run(out_uri: str) -> dict[str, Any] | None:
@@ -276,7 +345,10 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
     if protocol_of(out_uri) == "file":
         return train(config, data_uri, out_uri, identity=identity)
     fs, remote = filesystem(out_uri)
-    staging = Path(os.environ.get("ADAMLLM_TRAIN_STAGING", "~/.cache/adamllm/train")).expanduser() / identity
+    staging = (
+        Path(os.environ.get("ADAMLLM_TRAIN_STAGING", "~/.cache/adamllm/train")).expanduser()
+        / identity
+    )
     staging.mkdir(parents=True, exist_ok=True)
     if fs.exists(remote) and not any(staging.glob("checkpoint-*")):
         fs.get(remote + "/", str(staging) + "/", recursive=True)
@@ -289,8 +361,14 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
     return summary
 
 
-def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | None = None,
-          after_checkpoint: Any = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    data_uri: str,
+    out_dir: str,
+    *,
+    identity: str | None = None,
+    after_checkpoint: Any = None,
+) -> dict[str, Any]:
     """Train and save to `out_dir` (a local folder); resumes from its last checkpoint."""
     import torch
     from transformers import (
@@ -309,15 +387,25 @@ def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | N
     renderer = HFRenderer(model_path)
     examples, too_long = encode_dataset(data_uri, renderer, config)
     if not examples:
-        reason = f"all {too_long} are longer than max_seq_len {config.max_seq_len}" if too_long else "it has no rows"
+        reason = (
+            f"all {too_long} are longer than max_seq_len {config.max_seq_len}"
+            if too_long
+            else "it has no rows"
+        )
         raise ValueError(f"{data_uri}: nothing to train on: {reason}")
 
     # The Trainer writes trainer_state.json last: a checkpoint without it was cut short.
-    checkpoints = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
-                         key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = sorted(
+        (p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     # Weights come from the checkpoint itself: the Trainer's own reload of a LLaVA checkpoint
     # left the freshly initialised weights in place (seen with transformers 5.24).
-    start = str(checkpoints[-1]) if checkpoints and (checkpoints[-1] / "model.safetensors").exists() else model_path
+    start = (
+        str(checkpoints[-1])
+        if checkpoints and (checkpoints[-1] / "model.safetensors").exists()
+        else model_path
+    )
     auto = AutoModelForImageTextToText if renderer.multimodal else AutoModelForCausalLM
     model = auto.from_pretrained(start, dtype=torch.bfloat16 if config.bf16 else torch.float32)
     _freeze_for(model, config.trainable)
@@ -331,15 +419,26 @@ def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | N
             self.last = time.perf_counter()
             self.tokens_seen = 0
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        def on_log(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            logs: dict[str, Any] | None = None,
+            **kwargs: Any,
+        ) -> None:
             if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             now = time.perf_counter()
             seen = int(state.num_input_tokens_seen)  # non-padding tokens, counted by the Trainer
             tokens = seen - self.tokens_seen
             self.tokens_seen, elapsed, self.last = seen, now - self.last, now
-            row = {"step": state.global_step, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
-                   "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None}
+            row = {
+                "step": state.global_step,
+                "loss": logs["loss"],
+                "learning_rate": logs.get("learning_rate"),
+                "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+            }
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
 
@@ -373,7 +472,9 @@ def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | N
         include_num_input_tokens_seen="non_padding",
     )
     if config.group_by_length:
-        order = length_grouped_order([len(e.input_ids) for e in examples], config.per_device_batch_size * world, config.seed)
+        order = length_grouped_order(
+            [len(e.input_ids) for e in examples], config.per_device_batch_size * world, config.seed
+        )
     else:
         import random
 
@@ -388,19 +489,32 @@ def train(config: TrainConfig, data_uri: str, out_dir: str, *, identity: str | N
             return self.optimizer
 
     trainer = GroupedTrainer(
-        model=model, args=arguments, train_dataset=train_set,
-        data_collator=make_collator(renderer.tokenizer.pad_token_id, padding), callbacks=[Metrics()],
+        model=model,
+        args=arguments,
+        train_dataset=train_set,
+        data_collator=make_collator(renderer.tokenizer.pad_token_id, padding),
+        callbacks=[Metrics()],
     )
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     final = out / "final"
     trainer.save_model(str(final))  # rank 0 writes; ZeRO-3 gathers the shards first
-    padded_tokens, padded_slots = _sum_over_ranks([padding["tokens"], padding["slots"]], trainer.args.device)
+    padded_tokens, padded_slots = _sum_over_ranks(
+        [padding["tokens"], padding["slots"]], trainer.args.device
+    )
     summary = {
-        "examples": len(examples), "dropped_too_long": too_long, "steps": trainer.state.global_step,
-        "train_loss": result.training_loss, "padding_fraction": round(1 - padded_tokens / max(1, padded_slots), 4), "world_size": world,
-        "resumed_from": checkpoints[-1].name if checkpoints else None, "final": str(final),
-        "trained_tokens": sum(e.trained_tokens for e in examples), "epochs": config.epochs,
-        "steps_per_epoch": math.ceil(len(examples) / (config.per_device_batch_size * accumulation * world)),
+        "examples": len(examples),
+        "dropped_too_long": too_long,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "padding_fraction": round(1 - padded_tokens / max(1, padded_slots), 4),
+        "world_size": world,
+        "resumed_from": checkpoints[-1].name if checkpoints else None,
+        "final": str(final),
+        "trained_tokens": sum(e.trained_tokens for e in examples),
+        "epochs": config.epochs,
+        "steps_per_epoch": math.ceil(
+            len(examples) / (config.per_device_batch_size * accumulation * world)
+        ),
         "identity": identity or train_identity(config, data_uri),
         "seconds": round(result.metrics.get("train_runtime", 0.0), 1),
         "samples_per_s": round(result.metrics.get("train_samples_per_second", 0.0), 1),

@@ -40,8 +40,15 @@ def vqa_rad(source: Path, out: Path) -> None:
         if row["image"] in chosen:
             name = f"images/{Path(row['image']).stem}.jpg"
             copy_image(source / row["image"], out / name)
-            lines.append({"image": name, "question": row["question"], "answer": str(row["answer"]),
-                          "answer_type": row["answer_type"], "qid": row["qid"]})
+            lines.append(
+                {
+                    "image": name,
+                    "question": row["question"],
+                    "answer": str(row["answer"]),
+                    "answer_type": row["answer_type"],
+                    "qid": row["qid"],
+                }
+            )
     (out / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 

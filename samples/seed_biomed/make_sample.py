@@ -20,24 +20,46 @@ from pathlib import Path
 from PIL import Image
 
 ORGAN = {"CHEST": "chest", "HEAD": "head", "ABD": "abdomen"}
-TASK = {"PRES": "presence", "POS": "position", "ABN": "abnormality", "SIZE": "size", "OTHER": "other",
-        "ATTRIB": "attribute", "MODALITY": "modality", "COLOR": "color", "ORGAN": "organ", "PLANE": "plane",
-        "COUNT": "count"}
+TASK = {
+    "PRES": "presence",
+    "POS": "position",
+    "ABN": "abnormality",
+    "SIZE": "size",
+    "OTHER": "other",
+    "ATTRIB": "attribute",
+    "MODALITY": "modality",
+    "COLOR": "color",
+    "ORGAN": "organ",
+    "PLANE": "plane",
+    "COUNT": "count",
+}
 CAPTION_PROMPT = "<image>\nPlease depict the image in words."
 MEDPIX_QUESTIONS = {
-    "modality": ["What imaging modality was used for this image?", "Which modality is this image from?",
-                 "How was this image acquired?"],
-    "plane": ["In which plane is this image taken?", "What is the imaging plane of this image?",
-              "Which plane is shown?"],
-    "location": ["Which body system does this image show?", "What part of the body is imaged here?",
-                 "Which organ system is the focus of this image?"],
+    "modality": [
+        "What imaging modality was used for this image?",
+        "Which modality is this image from?",
+        "How was this image acquired?",
+    ],
+    "plane": [
+        "In which plane is this image taken?",
+        "What is the imaging plane of this image?",
+        "Which plane is shown?",
+    ],
+    "location": [
+        "Which body system does this image show?",
+        "What part of the body is imaged here?",
+        "Which organ system is the focus of this image?",
+    ],
 }
 MAX_SIDE = 224
 
 
 def record(identifier: str, image: str, human: str, gpt: str) -> dict:
-    return {"id": identifier, "image": image,
-            "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}]}
+    return {
+        "id": identifier,
+        "image": image,
+        "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}],
+    }
 
 
 def vqa_rad(source: Path, out: Path, images: int = 30) -> tuple[list, list, list]:
@@ -58,11 +80,23 @@ def vqa_rad(source: Path, out: Path, images: int = 30) -> tuple[list, list, list
             shutil.copy(source / row["image"], out / image)
         answer = str(row["answer"]).strip()
         flan.append(record(identifier, image, row["question"], answer))
-        captions.append(record(identifier, image, CAPTION_PROMPT,
-                               f"A radiology image of the {organ} from a clinical teaching case."))
-        instructs.append(record(identifier, image, f"<image>\n{row['question']}",
-                                f"This is a radiology image of the {organ}. Reading the image for the "
-                                f"question asked, the answer is {answer}."))
+        captions.append(
+            record(
+                identifier,
+                image,
+                CAPTION_PROMPT,
+                f"A radiology image of the {organ} from a clinical teaching case.",
+            )
+        )
+        instructs.append(
+            record(
+                identifier,
+                image,
+                f"<image>\n{row['question']}",
+                f"This is a radiology image of the {organ}. Reading the image for the "
+                f"question asked, the answer is {answer}.",
+            )
+        )
     return flan, captions, instructs
 
 
@@ -72,7 +106,9 @@ def first_sentence(text: str) -> str:
 
 
 def medpix(source: Path, out: Path, held_out: Path) -> tuple[list, list, list]:
-    demo_cases = {json.loads(line)["case_id"] for line in (held_out / "data.jsonl").read_text().splitlines()}
+    demo_cases = {
+        json.loads(line)["case_id"] for line in (held_out / "data.jsonl").read_text().splitlines()
+    }
     rows = [json.loads(line) for line in (source / "data.jsonl").read_text().splitlines()]
     rng = random.Random(0)
     flan, captions, instructs = [], [], []
@@ -93,9 +129,11 @@ def medpix(source: Path, out: Path, held_out: Path) -> tuple[list, list, list]:
                 continue
             question = rng.choice(MEDPIX_QUESTIONS[kind])
             identifier = f"medpix_{kind}+medpix+{name}"
-            informative = (f"The image is a {fields['modality']} study of the {fields['location'].lower()} "
-                           f"region, viewed in the {fields['plane'].lower()} plane. {first_sentence(caption)} "
-                           f"So the {kind.replace('location', 'body system')} is {answer}.")
+            informative = (
+                f"The image is a {fields['modality']} study of the {fields['location'].lower()} "
+                f"region, viewed in the {fields['plane'].lower()} plane. {first_sentence(caption)} "
+                f"So the {kind.replace('location', 'body system')} is {answer}."
+            )
             flan.append(record(identifier, image, question, answer))
             captions.append(record(identifier, image, CAPTION_PROMPT, caption))
             instructs.append(record(identifier, image, f"<image>\n{question}", informative))
@@ -104,7 +142,10 @@ def medpix(source: Path, out: Path, held_out: Path) -> tuple[list, list, list]:
 
 def main(shared_data: Path, out: Path, held_out: Path) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
-    parts = [vqa_rad(shared_data / "vqa_rad_train", out), medpix(shared_data / "medpix_captions", out, held_out)]
+    parts = [
+        vqa_rad(shared_data / "vqa_rad_train", out),
+        medpix(shared_data / "medpix_captions", out, held_out),
+    ]
     for index, name in enumerate(("vision_flan", "allava_caption", "allava_instruct")):
         records = [r for part in parts for r in part[index]]
         (out / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
