@@ -184,11 +184,13 @@ def prove(
     out: Annotated[
         str, typer.Option(help="output folder (report.md, report.png, report.json, datasets)")
     ] = "runs/prove",
-    scale: Annotated[str, typer.Option(help="full, or ci (a reduced run for tests)")] = "full",
+    scale: Annotated[
+        str, typer.Option(help="full; ci (reduced); smoke (a few steps per stage)")
+    ] = "full",
 ) -> None:
     """The proving ground: the AdaMLLM pipeline's gains on a generated world, on CPU."""
-    if scale not in ("full", "ci"):
-        fail(f"--scale {scale!r}: use full or ci")
+    if scale not in ("full", "ci", "smoke"):
+        fail(f"--scale {scale!r}: use full, ci or smoke")
     from flows.prove import prove_flow
 
     try:

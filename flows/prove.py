@@ -13,12 +13,11 @@ from prefect import flow
 
 from adamllm_core.config import load_domain_config
 from adamllm_core.dataset import Dataset
-from adamllm_core.engines import EngineConfig
-from adamllm_core.evaluation.run import EvalConfig
 from adamllm_core.proving.experiment import (
     VARIANTS,
     ProveConfig,
     StageClock,
+    benchmark_config,
     domain_config,
     gains_table,
     summary_of,
@@ -30,12 +29,10 @@ from tasks.prove import build_base_models, make_world, measure_synthetic_data, p
 from tasks.synth import assemble_mixtures, filter_consistent
 from tasks.train import train_model
 
-BENCHMARK = "proving_ground"
-
 
 @flow(name="prove", log_prints=True)
 def prove_flow(
-    seed: int = 0, out: str = "runs/prove", scale: Literal["full", "ci"] = "full"
+    seed: int = 0, out: str = "runs/prove", scale: Literal["full", "ci", "smoke"] = "full"
 ) -> dict[str, Any]:
     """Run the proving ground for one world seed; writes OUT/report.{md,png,json}."""
     config = ProveConfig.for_scale(scale, seed)
@@ -48,9 +45,7 @@ def prove_flow(
     clock.lap("base and judge (cached per machine)")
     config_path = Path(out) / "proving.yaml"
     config_path.write_text(
-        yaml.safe_dump(
-            domain_config(config, world, out, models["base"], models["judge"]), sort_keys=False
-        )
+        yaml.safe_dump(domain_config(config, world, out, models), sort_keys=False)
     )
     synth = synth_flow(str(config_path))
     clock.lap("synth flow")
@@ -111,19 +106,14 @@ def prove_flow(
     accuracy: dict[str, float | None] = {}
     per_skill: dict[str, dict[str, float | None]] = {}
     for variant in VARIANTS:
-        engine = EngineConfig(model=trained[variant]["final"], batch_size=config.eval_batch_size)
         summary = evaluate_benchmark(
-            EvalConfig(benchmark=BENCHMARK, data=f"{world}/domain/benchmark", engine=engine),
+            benchmark_config(config, world, trained[variant]["final"]),
             f"{out}/eval/{variant}",
             overwrite=True,
         )
         accuracy[variant], per_skill[variant] = summary_of(summary)
     general = evaluate_benchmark(
-        EvalConfig(
-            benchmark=BENCHMARK,
-            data=f"{world}/general/benchmark",
-            engine=EngineConfig(model=models["base"], batch_size=config.eval_batch_size),
-        ),
+        benchmark_config(config, world, models["base"], "general"),
         f"{out}/eval/base-general",
         overwrite=True,
     )
@@ -139,6 +129,12 @@ def prove_flow(
         "scale": scale,
         "adamllm": {"accuracy": accuracy, "per_skill": per_skill, "synthesis": synthesis},
         "general_accuracy": summary_of(general)[0],
+        "models": {
+            "base": models["base"],
+            "synth_base": models["synth_base"],
+            "judge": models["judge"],
+            "synthesizer": synth["synthesizer"]["final"],
+        },
         "training": {
             variant: {
                 k: v

@@ -1,7 +1,7 @@
-"""The proving ground end to end at reduced scale: world → base and judge → flow synth →
-one training run per variant → evaluation → report, on the Prefect test server.
-
-Slow (minutes on 2 cores): the whole method runs, with models trained here from scratch.
+"""The proving ground end to end at smoke scale (a few steps per stage): world → LLM, base
+models and judge → flow synth → one training run per variant → evaluation → report, on the
+Prefect test server. It checks the plumbing, not the gains: the gains are measured at
+`--scale ci` and above (issue 8 is open: they do not hold yet).
 """
 
 import json
@@ -11,9 +11,7 @@ import pytest
 
 from adamllm_core.proving.experiment import VARIANTS
 
-# The first test builds the world, trains the base model and judge from scratch and runs
-# every stage: about 7 minutes on 2 idle cores, more than the suite's default limit.
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +24,7 @@ def proving_run(
 
     root = tmp_path_factory.mktemp("prove")
     monkeypatch_module.setenv("ADAMLLM_PROVING_CACHE", str(root / "cache"))
-    report = prove_flow(seed=0, out=str(root / "out"), scale="ci")
+    report = prove_flow(seed=0, out=str(root / "out"), scale="smoke")
     return {"report": report, "out": root / "out"}
 
 
@@ -39,7 +37,7 @@ def monkeypatch_module():
 def test_report_files_and_schema(proving_run: dict) -> None:
     out: Path = proving_run["out"]
     report = json.loads((out / "report.json").read_text())
-    assert report["seed"] == 0 and report["scale"] == "ci"
+    assert report["seed"] == 0 and report["scale"] == "smoke"
     accuracy = report["adamllm"]["accuracy"]
     assert set(accuracy) == set(VARIANTS)
     assert all(0 <= value <= 100 for value in accuracy.values())
@@ -54,16 +52,19 @@ def test_report_files_and_schema(proving_run: dict) -> None:
     ):
         assert key in synthesis
     assert (
-        synthesis["pairs"] == 600 and synthesis["kept"] <= synthesis["parsed"] <= synthesis["pairs"]
+        synthesis["pairs"] == 48 and synthesis["kept"] <= synthesis["parsed"] <= synthesis["pairs"]
     )
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "report.md").read_text()
     assert "| single_stage |" in markdown and "vs caption-only" in markdown
+    models = report["models"]
+    assert models["synth_base"] != models["base"]
+    assert Path(models["synthesizer"]).is_relative_to(out)
 
 
 def test_second_run_reuses_the_cached_base_and_finished_stages(proving_run: dict) -> None:
     from flows.prove import prove_flow
 
-    report = prove_flow(seed=0, out=str(proving_run["out"]), scale="ci")
+    report = prove_flow(seed=0, out=str(proving_run["out"]), scale="smoke")
     assert report["adamllm"]["accuracy"] == proving_run["report"]["adamllm"]["accuracy"]
     assert report["seconds"]["base and judge (cached per machine)"] < 30

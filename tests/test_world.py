@@ -87,7 +87,12 @@ def _cell_colour(image: Image.Image, row: int, column: int, background) -> str:
 
 def test_same_seed_same_world_other_seed_other_world(tmp_path) -> None:
     sizes = WorldSizes(
-        seed_images=6, pretrain_images=8, judge_examples=8, domain_pairs=6, benchmark_images=4
+        seed_images=6,
+        pretrain_images=8,
+        text_records=8,
+        judge_examples=8,
+        domain_pairs=6,
+        benchmark_images=4,
     )
     write_world(tmp_path / "a", 7, sizes)
     write_world(tmp_path / "b", 7, sizes)
@@ -105,6 +110,7 @@ def test_same_seed_same_world_other_seed_other_world(tmp_path) -> None:
         tmp_path / "c/domain/pairs/data.jsonl"
     ).read_bytes()
     for name in (
+        "text",
         "pretrain-perception",
         "pretrain",
         "judge",
@@ -208,7 +214,12 @@ def test_bundles_are_read_by_the_real_importers(tmp_path) -> None:
     from adamllm_core.training.seed import SeedConfig, build_seed
 
     sizes = WorldSizes(
-        seed_images=20, pretrain_images=8, judge_examples=8, domain_pairs=12, benchmark_images=10
+        seed_images=20,
+        pretrain_images=8,
+        text_records=8,
+        judge_examples=8,
+        domain_pairs=12,
+        benchmark_images=10,
     )
     counts = write_world(tmp_path, 1, sizes)
     items = list(read_items("proving_ground", str(tmp_path / "domain/benchmark")))
@@ -228,3 +239,25 @@ def test_bundles_are_read_by_the_real_importers(tmp_path) -> None:
     assert seed.rows == 40 and not seed.quarantine
     source = open_source(str(tmp_path / "domain/pairs"), IngestConfig(domain="proving").source)
     assert source is not None
+
+
+def test_seed_annotators_disagree_at_times_independently(tmp_path) -> None:
+    """The seed's precise and informative answers come from two annotators, each wrong at
+    times (bundles.PRECISE_NOISE, INFORMATIVE_NOISE): their conclusions disagree about as
+    often as that predicts, and the informative one reasons to an answer of the skill."""
+    from adamllm_core.proving.bundles import INFORMATIVE_NOISE, PRECISE_NOISE, write_seed
+    from adamllm_core.proving.world import SKILL_ANSWERS, WorldConfig
+
+    write_seed(tmp_path, 3, WorldConfig(), 1000)
+    flan = json.loads((tmp_path / "vision_flan.json").read_text())
+    instruct = {r["id"]: r for r in json.loads((tmp_path / "allava_instruct.json").read_text())}
+    disagree = 0
+    for record in flan:
+        precise = record["conversations"][1]["value"]
+        informative = instruct[record["id"]]["conversations"][1]["value"]
+        concluded = informative.rsplit("So the answer is ", 1)[1].rstrip(".")
+        assert precise in SKILL_ANSWERS[record["task_name"]]
+        assert concluded in SKILL_ANSWERS[record["task_name"]]
+        disagree += precise != concluded
+    expected = PRECISE_NOISE + INFORMATIVE_NOISE - PRECISE_NOISE * INFORMATIVE_NOISE
+    assert abs(disagree / len(flan) - expected) < 0.04, disagree / len(flan)

@@ -39,8 +39,6 @@ class ModelSizes(BaseModel):
     text_hidden: int = 96
     text_layers: int = 2
     heads: int = 4
-    judge_hidden: int = 96
-    judge_layers: int = 2
     vocab_size: int = Field(default=700, description="BPE vocabulary: every world word stays whole")
 
 
@@ -88,11 +86,32 @@ def build_initial_models(
         out / "lm-init",
         tokenizer,
         seed,
-        hidden=sizes.judge_hidden,
-        layers=sizes.judge_layers,
+        hidden=sizes.text_hidden,
+        layers=sizes.text_layers,
         heads=sizes.heads,
     )
     return {"vlm": vlm, "lm": lm}
+
+
+def with_language_model(vlm: str | Path, llm: str | Path, out: Path) -> Path:
+    """`vlm` with its language model replaced by the pretrained `llm` (LLaVA's recipe: a
+    vision tower and projector put in front of a pretrained LLM); written atomically."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(vlm)
+    language = AutoModelForCausalLM.from_pretrained(llm)
+    model.model.language_model.load_state_dict(language.model.state_dict())
+    model.lm_head.load_state_dict(language.lm_head.state_dict())
+    staging = Path(tempfile.mkdtemp(prefix=".vlm-", dir=out.parent))
+    model.save_pretrained(staging)
+    AutoProcessor.from_pretrained(vlm).save_pretrained(staging)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out
 
 
 def cache_key(*parts: object) -> str:
