@@ -35,6 +35,7 @@ from adamllm_core.prompts import judge_prompt_short
 from adamllm_core.proving.world import (
     OPEN_QUESTIONS,
     SKILL_ANSWERS,
+    TEXT,
     Palette,
     Question,
     Scene,
@@ -248,15 +249,17 @@ def write_pretrain(
 
 
 def write_text_corpus(uri: str, seed: int, world: WorldConfig, count: int) -> Manifest:
-    """The language model's pretraining text: a general-world caption, then questions about it
-    answered briefly, at length, or both (the question asked twice). A real base LLM reads
-    and repeats what its context says; this is where ours learns to. Trained from random
-    weights on images alone, the synthesizer asked about objects its caption did not name
-    (62% of its questions) and its answers were at chance (13%, measured)."""
+    """The language model's pretraining text: a caption, then questions about it answered
+    briefly, at length, or both (the question asked twice). A real base LLM reads and repeats
+    what its context says; this is where ours learns to. Trained from random weights on
+    images alone, the synthesizer asked about objects its caption did not name (62% of its
+    questions) and its answers were at chance (13%, measured). Scenes draw every colour and
+    shape evenly (`TEXT`), as web text names words an image corpus rarely shows: from
+    general-world text alone the LLM never wrote the tail colours (colour answers 0%)."""
     rows = []
     for index in range(count):
         rng = seeded_rng(seed, "text", str(index))
-        scene = sample_scene(rng, world.general, world)
+        scene = sample_scene(rng, TEXT, world)
         parts = []
         for question in rng.sample(questions(scene, rng), 3):
             draw = rng.random()

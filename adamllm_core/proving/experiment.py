@@ -430,7 +430,8 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
     of that LLM) and the base (the post-training target); and the consistency judge."""
     root = proving_cache() / cache_key(config.base_identity())
     if not (root / "models.json").exists():
-        if not (root / "vlm-init").exists() or not (root / "lm-init").exists():
+        initial_names = ("vlm-init", "lm-init", "vlm-llm-init", "llm-init")
+        if not all((root / name).exists() for name in initial_names):
             root.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".init-", dir=root.parent))
             initial = build_initial_models(staging, config.models, config.world, seed=config.seed)
@@ -444,9 +445,9 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
             config_ = load_train_config({**settings, "model": model})
             return train_to(config_, f"{world}/{data}", str(root / name))
 
-        llm = run(config.llm, str(root / "lm-init"), "general/text", "llm")
+        llm = run(config.llm, str(root / "llm-init"), "general/text", "llm")
         if not (root / "vlm-llm").exists():
-            with_language_model(root / "vlm-init", llm["final"], root / "vlm-llm")
+            with_language_model(root / "vlm-llm-init", llm["final"], root / "vlm-llm")
 
         def pretrained(initial: str, name: str) -> dict[str, Any]:
             perception = run(

@@ -69,6 +69,8 @@ DOMAIN = Palette(
     colours={"purple": 1, "orange": 1, "green": 0.5, "yellow": 0.5},
     shapes={"diamond": 1, "cross": 1, "circle": 0.5},
 )
+# What the LLM's text describes: every colour and shape evenly, no images.
+TEXT = Palette(colours=dict.fromkeys(COLOURS, 1.0), shapes=dict.fromkeys(SHAPES, 1.0))
 
 
 class WorldConfig(BaseModel):
