@@ -5,9 +5,9 @@ tuned synthesizer) to see where reading is lost.
 
     .venv/bin/python benchmarks/prove_reading.py MODEL_DIR [MODEL_DIR ...] [--texts 100]
 
-Row questions are left out: a model that answers them at length ("The purple diamond is at
-the ...") is right but not in one word. An answer counts when its first sentence contains
-the gold word.
+An answer is scored as the benchmark scores it (`final_answer`: the last of the skill's
+options it names in the answer's conclusion, else in its first sentence), so answers given
+at length ("The cross is purple. So the answer is purple.") count; up to 48 new tokens.
 """
 
 import argparse
@@ -22,6 +22,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from adamllm_core.proving.experiment import final_answer
 from adamllm_core.proving.world import WorldConfig, caption, questions, sample_scene
 
 
@@ -41,7 +42,7 @@ def reading(path: str, texts: int) -> None:
             for index in range(texts):
                 rng = random.Random(50_000 + index)  # held out: the world's seeds draw elsewhere
                 scene = sample_scene(rng, getattr(world, name), world)
-                question = rng.choice([q for q in questions(scene, rng) if q.skill != "row"])
+                question = rng.choice(questions(scene, rng))
                 text = f"{caption(scene, rng)} {question.question}"
                 if form == "chat":
                     text = tokenizer.apply_chat_template(
@@ -51,13 +52,16 @@ def reading(path: str, texts: int) -> None:
                     )
                 inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
                 with torch.no_grad():
-                    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+                    output = model.generate(**inputs, max_new_tokens=48, do_sample=False)
                 answer = tokenizer.decode(
                     output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
                 )
-                first = answer.lower().split(".")[0].split()
+                # One answer: its conclusion if it reasons, else its first sentence (a
+                # plain-text model goes on to ask the next question).
+                answer = answer.lower().partition("so the answer is")[2] or answer.lower()
+                answer = answer.split(".")[0]
                 asked[question.skill] += 1
-                hits[question.skill] += question.answer in first
+                hits[question.skill] += final_answer(answer, question.skill) == question.answer
             per_skill = {k: f"{hits[k]}/{asked[k]}" for k in sorted(asked)}
             accuracy = 100 * sum(hits.values()) / texts
             print(f"{path}\t{form}\t{name}\t{accuracy:.1f}%\t{per_skill}", flush=True)
