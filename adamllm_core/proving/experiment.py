@@ -22,6 +22,7 @@ from adamllm_core.evaluation.run import EvalConfig
 from adamllm_core.hashing import canonical_json
 from adamllm_core.proving.bundles import WorldSizes, write_world
 from adamllm_core.proving.models import (
+    INITIAL_MODELS,
     ModelSizes,
     build_initial_models,
     cache_key,
@@ -430,8 +431,7 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
     of that LLM) and the base (the post-training target); and the consistency judge."""
     root = proving_cache() / cache_key(config.base_identity())
     if not (root / "models.json").exists():
-        initial_names = ("vlm-init", "lm-init", "vlm-llm-init", "llm-init")
-        if not all((root / name).exists() for name in initial_names):
+        if not all((root / name).exists() for name in INITIAL_MODELS):
             root.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".init-", dir=root.parent))
             initial = build_initial_models(staging, config.models, config.world, seed=config.seed)

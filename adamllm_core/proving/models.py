@@ -63,6 +63,10 @@ def _tokenizer_text(world: WorldConfig) -> list[str]:
     return text
 
 
+# The random-weight models `build_initial_models` writes, by directory name.
+INITIAL_MODELS = ("vlm-init", "lm-init", "vlm-llm-init", "llm-init")
+
+
 def build_initial_models(
     out: Path, sizes: ModelSizes, world: WorldConfig, seed: int = 0
 ) -> dict[str, Path]:
