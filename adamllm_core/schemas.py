@@ -312,6 +312,20 @@ COMPLETIONS = register_schema(
 )
 
 
+class TextChat(Record):
+    """A text-only conversation (instruction tuning): assistant turns trained, as in
+    post-training, rendered with the model's own chat template."""
+
+    id: str
+    task: str = Field(description="what the conversation teaches, e.g. reading")
+    messages: list[ChatTurn] = Field(description="role/content turns, user first")
+
+
+TEXT_CHATS = register_schema(
+    RecordSchema("text_chats", 1, TextChat, "text-only conversations with trained replies")
+)
+
+
 class Prediction(Record):
     """One benchmark question, the model's answer and its score (paper Appendix H)."""
 

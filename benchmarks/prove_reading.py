@@ -1,6 +1,7 @@
 """Proving ground: does a model still read its context? A world caption, then a question
-about it, answered greedily; accuracy per world and skill, as plain text and as a ChatML
-user turn. Run it on each stage's model (LLM, MLLM after perception, after pretraining, the
+about it, answered greedily; accuracy per world and skill, as plain text, as a ChatML
+user turn (`chat`) and with the caption as the reply to "Describe the image." (`reply`, where
+the synthesizer reads it). Run it on each stage's model (LLM, MLLM after perception, after pretraining, the
 tuned synthesizer) to see where reading is lost.
 
     .venv/bin/python benchmarks/prove_reading.py MODEL_DIR [MODEL_DIR ...] [--texts 100]
@@ -22,6 +23,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from adamllm_core.prompts import SYNTH_CAPTION_PROMPT
 from adamllm_core.proving.experiment import final_answer
 from adamllm_core.proving.world import WorldConfig, caption, questions, sample_scene
 
@@ -35,7 +37,7 @@ def load(path: str):
 def reading(path: str, texts: int) -> None:
     tokenizer, model = load(path)
     world = WorldConfig()
-    for form in ("plain", "chat"):
+    for form in ("plain", "chat", "reply"):
         for name in ("general", "domain"):
             hits: Counter[str] = Counter()
             asked: Counter[str] = Counter()
@@ -43,12 +45,19 @@ def reading(path: str, texts: int) -> None:
                 rng = random.Random(50_000 + index)  # held out: the world's seeds draw elsewhere
                 scene = sample_scene(rng, getattr(world, name), world)
                 question = rng.choice(questions(scene, rng))
-                text = f"{caption(scene, rng)} {question.question}"
+                described = caption(scene, rng)
+                text = f"{described} {question.question}"
                 if form == "chat":
+                    turns = [{"role": "user", "content": text}]
+                elif form == "reply":  # the caption as the reply to a request (synthesis)
+                    turns = [
+                        {"role": "user", "content": SYNTH_CAPTION_PROMPT},
+                        {"role": "assistant", "content": described},
+                        {"role": "user", "content": question.question},
+                    ]
+                if form != "plain":
                     text = tokenizer.apply_chat_template(
-                        [{"role": "user", "content": text}],
-                        tokenize=False,
-                        add_generation_prompt=True,
+                        turns, tokenize=False, add_generation_prompt=True
                     )
                 inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
                 with torch.no_grad():

@@ -175,6 +175,38 @@ def test_post_training_loss_only_on_assistant_turns(tiny_models) -> None:
     assert trained == "A CT.<|im_end|>\nThe liver.<|im_end|>\n"
 
 
+def test_text_conversation_on_a_text_lm_trains_only_replies(tiny_models) -> None:
+    """An instruction-tuning row (`text_chats`, no image) through the post-training mask."""
+    renderer = HFRenderer(tiny_models["lm"])
+    turns = [
+        {"role": "user", "content": "A red circle. What colour is the circle?"},
+        {"role": "assistant", "content": "red."},
+        {"role": "user", "content": "How many objects are there?"},
+        {"role": "assistant", "content": "one."},
+    ]
+    encoded = encode_segments(renderer, conversation_segments(renderer, turns), None)
+    trained = renderer.tokenizer.decode(
+        [i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+    )
+    assert trained == "red.<|im_end|>\none.<|im_end|>\n"
+    assert encoded.pixel_values is None
+
+
+def test_vision_mode_freezes_exactly_the_language_model(tiny_models) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from adamllm_core.training.trainer import _freeze_for
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_models["vlm"])
+    _freeze_for(model, "vision")
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen and all("language_model" in n or "lm_head" in n for n in frozen)
+    assert any("vision_tower" in n for n in trained)
+    assert any("multi_modal_projector" in n for n in trained)
+    assert not any("language_model" in n for n in trained)
+
+
 def train_cli(
     config: dict,
     data: str,

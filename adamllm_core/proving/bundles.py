@@ -4,8 +4,8 @@
 
 - `general/seed/`: synthesizer tuning data in the releases' formats (`vision_flan.json`,
   `allava_caption.json`, `allava_instruct.json` + `images/`), read by `build_seed`;
-- `general/text/`: a `completions` dataset the language model is pretrained on (captions and
-  questions about them, text only);
+- `general/text/`: a `text_chats` dataset the language model is trained on (a caption and
+  questions about it as a conversation, text only);
 - `general/pretrain-perception/`, `general/pretrain/`: `conversations` datasets the base model
   is pretrained on, in that order (colour, shape and count questions; then captions and
   short-answer questions of every skill);
@@ -49,9 +49,11 @@ from adamllm_core.schemas import (
     COMPLETIONS,
     CONVERSATIONS,
     QUARANTINE,
+    TEXT_CHATS,
     ChatTurn,
     Completion,
     Conversation,
+    TextChat,
 )
 
 
@@ -249,40 +251,47 @@ def write_pretrain(
 
 
 def write_text_corpus(uri: str, seed: int, world: WorldConfig, count: int) -> Manifest:
-    """The language model's pretraining text: a caption, then questions about it answered
-    briefly, at length, or both (the question asked twice). A real base LLM reads and repeats
-    what its context says; this is where ours learns to. Trained from random weights on
-    images alone, the synthesizer asked about objects its caption did not name (62% of its
-    questions) and its answers were at chance (13%, measured). Scenes draw every colour and
-    shape evenly (`TEXT`), as web text names words an image corpus rarely shows: from
+    """The language model's training text: conversations in which a user gives a caption and
+    asks three questions about it, answered briefly or at length. A real base LLM is
+    instruction-tuned and reads what its context says; this is where ours learns to, in the
+    chat form it is later asked in. Trained on plain text instead, it read 77-83% of its
+    captions as plain text but 15% through the chat template (measured). Trained from random
+    weights on images alone, the synthesizer asked about objects its caption did not name (62%
+    of its questions) and its answers were at chance (13%, measured). Scenes draw every colour
+    and shape evenly (`TEXT`), as web text names words an image corpus rarely shows: from
     general-world text alone the LLM never wrote the tail colours (colour answers 0%)."""
     rows = []
     for index in range(count):
         rng = seeded_rng(seed, "text", str(index))
         scene = sample_scene(rng, TEXT, world)
-        parts = []
+        # Half state the caption in the user's turn, half in a reply to a request for one
+        # (where it stands when the synthesizer and the post-trained model read it).
+        text = caption(scene, rng)
+        messages = []
+        if rng.random() < 0.5:
+            messages += [
+                ChatTurn(role="user", content=rng.choice(CAPTION_PROMPTS)),
+                ChatTurn(role="assistant", content=text),
+            ]
         for question in rng.sample(questions(scene, rng), 3):
-            draw = rng.random()
-            if draw < 0.4:
-                parts.append(f"{question.question} {question.answer}.")
-            elif draw < 0.7:
-                parts.append(f"{question.question} {question.informative}")
-            else:
-                parts.append(
-                    f"{question.question} {question.answer}. {question.question} {question.informative}"
-                )
+            brief = rng.random() < 0.5
+            asked = question.question if messages else f"{text} {question.question}"
+            messages += [
+                ChatTurn(role="user", content=asked),
+                ChatTurn(
+                    role="assistant",
+                    content=f"{question.answer}." if brief else question.informative,
+                ),
+            ]
         rows.append(
-            Completion(
+            TextChat(
                 id=hashlib.sha256(f"text-{seed}-{index}".encode()).hexdigest()[:32],
-                prompt=caption(scene, rng),
-                completion=" " + " ".join(parts),
-                task="text",
+                task="reading",
+                messages=messages,
             )
         )
     settings = {"seed": seed, "count": count, "world": world.model_dump(mode="json")}
-    return _commit_rows(
-        _dataset_writer(uri, COMPLETIONS, "world-text", settings), COMPLETIONS, rows
-    )
+    return _commit_rows(_dataset_writer(uri, TEXT_CHATS, "world-text", settings), TEXT_CHATS, rows)
 
 
 def _wrong_answer(question: Question, rng: random.Random) -> str:

@@ -39,7 +39,11 @@ class TrainConfig(BaseModel):
         default="post_train",
         description="seed → synthesizer; mixture → post_train; completions (text LM) → completion",
     )
-    trainable: Literal["full", "projector"] = "full"
+    trainable: Literal["full", "projector", "vision"] = Field(
+        default="full",
+        description="projector: the projector alone (LLaVA stage 1); vision: all but the"
+        " language model (a random vision tower learning to feed a trained LLM)",
+    )
     learning_rate: float = Field(default=1e-5, gt=0)
     vision_learning_rate: float | None = Field(
         default=None, gt=0, description="default: learning_rate"
@@ -284,6 +288,9 @@ def _freeze_for(model: Any, trainable: str) -> None:
     if trainable == "projector":
         for name, parameter in model.named_parameters():
             parameter.requires_grad = "multi_modal_projector" in name or "merger" in name
+    elif trainable == "vision":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = not ("language_model" in name or "lm_head" in name)
 
 
 def plot_loss(metrics_path: Path, png_path: Path) -> None:
