@@ -192,6 +192,30 @@ def test_text_conversation_on_a_text_lm_trains_only_replies(tiny_models) -> None
     assert encoded.pixel_values is None
 
 
+def test_world_text_corpus_trains_replies_or_every_token(tiny_models, tmp_path) -> None:
+    """The proving ground's LLM text (`text_chats`) through `encode_dataset`: replies only by
+    default, every token with `loss_on: all` (the LLM's pretraining)."""
+    from adamllm_core.proving.bundles import write_text_corpus
+    from adamllm_core.proving.world import WorldConfig
+    from adamllm_core.training.trainer import encode_dataset, load_train_config
+
+    uri = str(tmp_path / "text")
+    write_text_corpus(uri, 0, WorldConfig(), 4)
+    renderer = HFRenderer(tiny_models["lm"])
+    rows = list(Dataset(uri).iter_rows())
+    replies, _ = encode_dataset(uri, renderer, load_train_config({"model": tiny_models["lm"]}))
+    every, _ = encode_dataset(
+        uri, renderer, load_train_config({"model": tiny_models["lm"], "loss_on": "all"})
+    )
+    for row, reply, full in zip(rows, replies, every, strict=True):
+        answers = [t["content"] for t in row["messages"] if t["role"] == "assistant"]
+        trained = renderer.tokenizer.decode(
+            [i for i, label in zip(reply.input_ids, reply.labels) if label != IGNORE_INDEX]
+        )
+        assert trained == "".join(f"{a}<|im_end|>\n" for a in answers)
+        assert full.input_ids == reply.input_ids and full.labels == full.input_ids
+
+
 def test_vision_mode_freezes_exactly_the_language_model(tiny_models) -> None:
     from transformers import AutoModelForImageTextToText
 

@@ -39,6 +39,11 @@ class TrainConfig(BaseModel):
         default="post_train",
         description="seed → synthesizer; mixture → post_train; completions (text LM) → completion",
     )
+    loss_on: Literal["replies", "all"] = Field(
+        default="replies",
+        description="post_train: replies (assistant turns, paper 3.2) or all (every token:"
+        " language-model pretraining on conversations)",
+    )
     trainable: Literal["full", "projector", "vision"] = Field(
         default="full",
         description="projector: the projector alone (LLaVA stage 1); vision: all but the"
@@ -190,6 +195,8 @@ def encode_dataset(
             segments = [(row["prompt"], False), (row["completion"], True)]
         else:
             segments = conversation_segments(renderer, row["messages"])
+            if config.loss_on == "all":
+                segments = [(text, True) for text, _ in segments]
         encoded = encode_segments(renderer, segments, row.get("image"))
         if len(encoded.input_ids) > config.max_seq_len:
             too_long += 1
