@@ -261,3 +261,25 @@ def test_seed_annotators_disagree_at_times_independently(tmp_path) -> None:
         disagree += precise != concluded
     expected = PRECISE_NOISE + INFORMATIVE_NOISE - PRECISE_NOISE * INFORMATIVE_NOISE
     assert abs(disagree / len(flan) - expected) < 0.04, disagree / len(flan)
+
+
+def test_every_world_word_is_one_token_alone_and_in_running_text() -> None:
+    """A reply starts without a space ("bottom."): spelled in pieces, the models could not
+    copy a word they read with one into the answer they write."""
+    from adamllm_core.models.tiny import build_tokenizer
+    from adamllm_core.proving.models import ModelSizes, _tokenizer_text
+    from adamllm_core.proving.world import vocabulary
+
+    world = WorldConfig()
+    tokenizer = build_tokenizer(_tokenizer_text(world), vocab_size=ModelSizes().vocab_size)
+    split = [
+        form
+        for word in vocabulary()
+        for form in (word, f" {word}", word.capitalize())
+        if len(tokenizer.tokenize(form)) != 1
+    ]
+    assert split == [" How"]  # a question word, never after a space
+    rng = random.Random(3)
+    scene = sample_scene(rng, world.domain, world)
+    for question in questions(scene, rng):
+        assert tokenizer.tokenize(f"{question.answer}.") == [question.answer, "."]

@@ -52,14 +52,20 @@ def proving_cache() -> Path:
 
 
 def _tokenizer_text(world: WorldConfig) -> list[str]:
-    """World text from both palettes: the tokenizer must know every word, not the scenes."""
+    """World text from both palettes: the tokenizer must know every word, not the scenes.
+    Every word also stands alone, as at the start of a reply ("bottom.", "The ..."): the
+    byte-level BPE keeps " bottom" and "bottom" apart, and from running text alone it learned
+    only the first, so a reply's first word was spelled in pieces ('b','ot','t','om')."""
     rng = random.Random(0)
-    text = [" ".join(vocabulary())] * 20
+    words = vocabulary()
+    capitals = [w.capitalize() for w in words]
+    text = [" ".join(words), " ".join(capitals), *words, *capitals] * 20
     for palette in (GENERAL, DOMAIN, world.general, world.domain):
         for _ in range(200):
             scene = sample_scene(rng, palette, world)
             text.append(caption(scene, rng))
-            text += [f"{q.question} {q.answer} {q.informative}" for q in questions(scene, rng)]
+            for q in questions(scene, rng):
+                text += [q.question, f"{q.answer}.", q.informative]
     return text
 
 
