@@ -82,9 +82,7 @@ class ProveConfig(BaseModel):
     )
     # The synthesizer's LLM learns at a fifth of the vision rate: it keeps its reading.
     synthesizer: dict[str, Any] = Field(
-        default_factory=lambda: _train(
-            learning_rate=2e-4, vision_learning_rate=1e-3, max_steps=1500
-        )
+        default_factory=lambda: _train(**_slow_language(1e-3), max_steps=1500)
     )
     post_train: dict[str, Any] = Field(default_factory=lambda: _train(learning_rate=5e-4, epochs=3))
     synth_temperature: float = Field(default=0.0, ge=0)
@@ -125,7 +123,7 @@ class ProveConfig(BaseModel):
                 perception=_train(learning_rate=1e-3, max_steps=300),
                 pretrain=_train(learning_rate=1e-3, max_steps=600),
                 judge=_train(task="completion", learning_rate=1e-3, max_steps=3000),
-                synthesizer=_train(learning_rate=2e-4, vision_learning_rate=1e-3, max_steps=1000),
+                synthesizer=_train(**_slow_language(1e-3), max_steps=1000),
                 post_train=_train(learning_rate=5e-4, epochs=3),
             )
         return cls(seed=seed)
@@ -409,9 +407,8 @@ class StageClock:
         self._start = now
 
 
-def _slow_language(settings: dict[str, Any]) -> dict[str, Any]:
-    """A pretrained LLM's rate at a fifth of the vision tower's (kept at the given rate)."""
-    rate = settings["learning_rate"]
+def _slow_language(rate: float) -> dict[str, Any]:
+    """A pretrained LLM's rate at a fifth of the vision tower's (which keeps `rate`)."""
     return {"learning_rate": rate / 5, "vision_learning_rate": rate}
 
 
@@ -490,7 +487,7 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
             str(root / "vlm-llm"),
             "synth-base",
             perception={"trainable": "vision"},
-            pretrain=_slow_language(config.pretrain),
+            pretrain=_slow_language(config.pretrain["learning_rate"]),
         )
         base = pretrained(str(root / "vlm-init"), "base")
         # The judge: a text LM tuned to label consistency; from random weights it learned the
