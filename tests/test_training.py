@@ -192,9 +192,11 @@ def test_text_conversation_on_a_text_lm_trains_only_replies(tiny_models) -> None
     assert encoded.pixel_values is None
 
 
-def test_world_text_corpus_trains_replies_or_every_token(tiny_models, tmp_path) -> None:
+def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, tmp_path) -> None:
     """The proving ground's LLM text (`text_chats`) through `encode_dataset`: replies only by
-    default, every token with `loss_on: all` (the LLM's pretraining)."""
+    default; with `loss_on: after_opening` the opening request and its caption are context
+    (masked) and every later token, questions included, is trained."""
+    from adamllm_core.pipeline import CAPTION_PROMPTS
     from adamllm_core.proving.bundles import write_text_corpus
     from adamllm_core.proving.world import WorldConfig
     from adamllm_core.training.trainer import encode_dataset, load_train_config
@@ -204,16 +206,22 @@ def test_world_text_corpus_trains_replies_or_every_token(tiny_models, tmp_path) 
     renderer = HFRenderer(tiny_models["lm"])
     rows = list(Dataset(uri).iter_rows())
     replies, _ = encode_dataset(uri, renderer, load_train_config({"model": tiny_models["lm"]}))
-    every, _ = encode_dataset(
-        uri, renderer, load_train_config({"model": tiny_models["lm"], "loss_on": "all"})
+    after, _ = encode_dataset(
+        uri, renderer, load_train_config({"model": tiny_models["lm"], "loss_on": "after_opening"})
     )
-    for row, reply, full in zip(rows, replies, every, strict=True):
-        answers = [t["content"] for t in row["messages"] if t["role"] == "assistant"]
-        trained = renderer.tokenizer.decode(
-            [i for i, label in zip(reply.input_ids, reply.labels) if label != IGNORE_INDEX]
-        )
-        assert trained == "".join(f"{a}<|im_end|>\n" for a in answers)
-        assert full.input_ids == reply.input_ids and full.labels == full.input_ids
+
+    def trained(encoded) -> str:
+        ids = [i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+        return renderer.tokenizer.decode(ids)
+
+    for row, reply, context in zip(rows, replies, after, strict=True):
+        turns = row["messages"]
+        assert turns[0]["content"] in CAPTION_PROMPTS and len(turns) == 8
+        answers = [t["content"] for t in turns if t["role"] == "assistant"]
+        assert trained(reply) == "".join(f"{a}<|im_end|>\n" for a in answers)
+        later = "".join(f"<|im_start|>{t['role']}\n{t['content']}<|im_end|>\n" for t in turns[2:])
+        assert trained(context) == later
+        assert context.input_ids == reply.input_ids
 
 
 def test_vision_mode_freezes_exactly_the_language_model(tiny_models) -> None:

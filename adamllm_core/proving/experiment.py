@@ -69,7 +69,7 @@ class ProveConfig(BaseModel):
     sizes: WorldSizes = Field(default_factory=WorldSizes)
     models: ModelSizes = Field(default_factory=ModelSizes)
     llm: dict[str, Any] = Field(
-        default_factory=lambda: _train(learning_rate=1e-3, max_steps=2000, loss_on="all")
+        default_factory=lambda: _train(learning_rate=1e-3, max_steps=2000, loss_on="after_opening")
     )
     perception: dict[str, Any] = Field(
         default_factory=lambda: _train(learning_rate=1e-3, max_steps=300)
@@ -102,7 +102,7 @@ class ProveConfig(BaseModel):
                     domain_pairs=48,
                     benchmark_images=12,
                 ),
-                llm=_train(learning_rate=1e-3, max_steps=20, loss_on="all"),
+                llm=_train(learning_rate=1e-3, max_steps=20, loss_on="after_opening"),
                 perception=_train(learning_rate=1e-3, max_steps=10),
                 pretrain=_train(learning_rate=1e-3, max_steps=20),
                 judge=_train(task="completion", learning_rate=1e-3, max_steps=20),

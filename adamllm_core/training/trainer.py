@@ -39,10 +39,11 @@ class TrainConfig(BaseModel):
         default="post_train",
         description="seed → synthesizer; mixture → post_train; completions (text LM) → completion",
     )
-    loss_on: Literal["replies", "all"] = Field(
+    loss_on: Literal["replies", "after_opening"] = Field(
         default="replies",
-        description="post_train: replies (assistant turns, paper 3.2) or all (every token:"
-        " language-model pretraining on conversations)",
+        description="post_train: replies (assistant turns, paper 3.2) or after_opening (every"
+        " token after the opening exchange, which is context: language-model training that"
+        " reads a given text without learning to predict it)",
     )
     trainable: Literal["full", "projector", "vision"] = Field(
         default="full",
@@ -195,8 +196,8 @@ def encode_dataset(
             segments = [(row["prompt"], False), (row["completion"], True)]
         else:
             segments = conversation_segments(renderer, row["messages"])
-            if config.loss_on == "all":
-                segments = [(text, True) for text, _ in segments]
+            if config.loss_on == "after_opening":
+                segments = [(text, index >= 2) for index, (text, _) in enumerate(segments)]
         encoded = encode_segments(renderer, segments, row.get("image"))
         if len(encoded.input_ids) > config.max_seq_len:
             too_long += 1
