@@ -194,8 +194,9 @@ def test_text_conversation_on_a_text_lm_trains_only_replies(tiny_models) -> None
 
 def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, tmp_path) -> None:
     """The proving ground's LLM text (`text_chats`) through `encode_dataset`: replies only by
-    default; with `loss_on: after_opening` the opening request and its caption are context
-    (masked) and every later token, questions included, is trained."""
+    default; with `loss_on: after_opening` the opening request and its caption (or a copy
+    drill's first list) are context (masked) and every later token, questions included, is
+    trained."""
     from adamllm_core.pipeline import CAPTION_PROMPTS
     from adamllm_core.proving.bundles import write_text_corpus
     from adamllm_core.proving.world import WorldConfig
@@ -205,6 +206,7 @@ def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, 
     write_text_corpus(uri, 0, WorldConfig(), 4)
     renderer = HFRenderer(tiny_models["lm"])
     rows = list(Dataset(uri).iter_rows())
+    assert sorted(row["task"] for row in rows) == ["copy"] * 2 + ["reading"] * 4
     replies, _ = encode_dataset(uri, renderer, load_train_config({"model": tiny_models["lm"]}))
     after, _ = encode_dataset(
         uri, renderer, load_train_config({"model": tiny_models["lm"], "loss_on": "after_opening"})
@@ -216,7 +218,11 @@ def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, 
 
     for row, reply, context in zip(rows, replies, after, strict=True):
         turns = row["messages"]
-        assert turns[0]["content"] in CAPTION_PROMPTS and len(turns) == 8
+        if row["task"] == "copy":  # a list of words, then the same list again
+            assert turns[0]["content"] == "List some words." and len(turns) == 4
+            assert turns[1]["content"] == turns[3]["content"]
+        else:
+            assert turns[0]["content"] in CAPTION_PROMPTS and len(turns) == 8
         answers = [t["content"] for t in turns if t["role"] == "assistant"]
         assert trained(reply) == "".join(f"{a}<|im_end|>\n" for a in answers)
         later = "".join(f"<|im_start|>{t['role']}\n{t['content']}<|im_end|>\n" for t in turns[2:])

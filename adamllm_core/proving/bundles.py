@@ -33,7 +33,14 @@ from adamllm_core.hashing import canonical_json, config_hash
 from adamllm_core.pipeline import CAPTION_PROMPTS, seeded_rng
 from adamllm_core.prompts import judge_prompt_short
 from adamllm_core.proving.world import (
+    COLOURS,
+    COLUMNS,
+    COPY_DRILL_PROMPTS,
+    NUMBERS,
     OPEN_QUESTIONS,
+    ROWS,
+    SHAPES,
+    SIZES,
     SKILL_ANSWERS,
     TEXT,
     Palette,
@@ -250,41 +257,61 @@ def write_pretrain(
     )
 
 
+def copy_drill(rng: random.Random) -> list[ChatTurn]:
+    """A list of world words, then the same list again: a reply that only copying predicts."""
+    words = [*COLOURS, *SHAPES, *SIZES, *ROWS, *COLUMNS, *NUMBERS]
+    listed = " ".join(rng.choice(words) for _ in range(rng.randint(8, 24)))
+    first, again = COPY_DRILL_PROMPTS
+    return [
+        ChatTurn(role="user", content=first),
+        ChatTurn(role="assistant", content=listed),
+        ChatTurn(role="user", content=again),
+        ChatTurn(role="assistant", content=listed),
+    ]
+
+
 def write_text_corpus(uri: str, seed: int, world: WorldConfig, count: int) -> Manifest:
-    """The language model's training text: conversations that open with a caption given as the
-    reply to a request for one (where the synthesizer and the post-trained model read it),
-    then three questions about it answered briefly or at length. A real base LLM is
-    instruction-tuned and reads what its context says; this is where ours learns to. It trains
-    with `loss_on: after_opening`: the caption is context, everything after it is trained.
-    Measured (world seed 1, 2000 steps): with a loss on the caption's own words (random draws
-    it cannot predict) its loss plateaued and it copied 722/947 answer-and-reasoning tokens
-    right; with the caption as masked context, 837/947. Trained on plain text it read 77-83% of
-    its captions as plain text but 15% through the chat template; trained from random weights
-    on images alone, the synthesizer asked about objects its caption did not name (62% of its
-    questions). Scenes draw every colour and shape evenly (`TEXT`), as web text names words an
-    image corpus rarely shows: from general-world text alone the LLM never wrote the tail
-    colours (colour answers 0%)."""
+    """The language model's training text: `count` conversations that open with a caption
+    given as the reply to a request for one (where the synthesizer and the post-trained model
+    read it), then three questions about it answered briefly or at length, and `count // 2`
+    copy drills (`copy_drill`). A real base LLM is instruction-tuned and reads what its
+    context says; this is where ours learns to. It trains with `loss_on: after_opening`: the
+    caption (or first list) is context, everything after it is trained.
+
+    Measured (world seed 1, LLM 128x4, lr 1e-3, batch 32): without drills the LLM ignored the
+    caption entirely (its answer's colour did not change with the caption's) for about 2,700
+    steps, then learnt to copy; with the drills it learnt by step 400, and at 1,000 steps it
+    got 389 of 467 held-out answer words right that only the caption gives (54% at 2,000
+    steps without), and answered 72-73% of caption questions (53%). With a loss on the
+    caption's own random words it never learnt within 2,000 steps. Scenes draw every colour
+    and shape evenly (`TEXT`), as web text names words an image corpus rarely shows."""
     rows = []
-    for index in range(count):
+    for index in range(count + count // 2):
         rng = seeded_rng(seed, "text", str(index))
-        scene = sample_scene(rng, TEXT, world)
-        messages = [
-            ChatTurn(role="user", content=rng.choice(CAPTION_PROMPTS)),
-            ChatTurn(role="assistant", content=caption(scene, rng)),
-        ]
-        for question in rng.sample(questions(scene, rng), 3):
-            brief = rng.random() < 0.5
-            messages += [
-                ChatTurn(role="user", content=question.question),
-                ChatTurn(
-                    role="assistant",
-                    content=f"{question.answer}." if brief else question.informative,
-                ),
-            ]
+        if index >= count:
+            messages, task = copy_drill(rng), "copy"
+        else:
+            scene = sample_scene(rng, TEXT, world)
+            messages, task = (
+                [
+                    ChatTurn(role="user", content=rng.choice(CAPTION_PROMPTS)),
+                    ChatTurn(role="assistant", content=caption(scene, rng)),
+                ],
+                "reading",
+            )
+            for question in rng.sample(questions(scene, rng), 3):
+                brief = rng.random() < 0.5
+                messages += [
+                    ChatTurn(role="user", content=question.question),
+                    ChatTurn(
+                        role="assistant",
+                        content=f"{question.answer}." if brief else question.informative,
+                    ),
+                ]
         rows.append(
             TextChat(
                 id=hashlib.sha256(f"text-{seed}-{index}".encode()).hexdigest()[:32],
-                task="reading",
+                task=task,
                 messages=messages,
             )
         )

@@ -69,7 +69,7 @@ class ProveConfig(BaseModel):
     sizes: WorldSizes = Field(default_factory=WorldSizes)
     models: ModelSizes = Field(default_factory=ModelSizes)
     llm: dict[str, Any] = Field(
-        default_factory=lambda: _train(learning_rate=1e-3, max_steps=2000, loss_on="after_opening")
+        default_factory=lambda: _train(learning_rate=1e-3, max_steps=1500, loss_on="after_opening")
     )
     perception: dict[str, Any] = Field(
         default_factory=lambda: _train(learning_rate=1e-3, max_steps=300)

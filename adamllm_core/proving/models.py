@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adamllm_core.hashing import canonical_json, sha256_hex
 from adamllm_core.models.tiny import build_tiny_lm, build_tiny_vlm, build_tokenizer
 from adamllm_core.proving.world import (
+    COPY_DRILL_PROMPTS,
     DOMAIN,
     GENERAL,
     WorldConfig,
@@ -59,7 +60,7 @@ def _tokenizer_text(world: WorldConfig) -> list[str]:
     rng = random.Random(0)
     words = vocabulary()
     capitals = [w.capitalize() for w in words]
-    text = [" ".join(words), " ".join(capitals), *words, *capitals] * 20
+    text = [" ".join(words), " ".join(capitals), *words, *capitals, *COPY_DRILL_PROMPTS] * 20
     for palette in (GENERAL, DOMAIN, world.general, world.domain):
         for _ in range(200):
             scene = sample_scene(rng, palette, world)

@@ -46,6 +46,8 @@ SKILL_ANSWERS: dict[str, tuple[str, ...]] = {
     "relation": tuple(COLOURS),
 }
 OPEN_QUESTIONS = ("Describe the image.", "What can you tell me about this picture?")
+# The language model's copy drills: a list of world words, then the same list again.
+COPY_DRILL_PROMPTS = ("List some words.", "Say them again.")
 
 
 class Palette(BaseModel):
