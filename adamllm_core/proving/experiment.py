@@ -44,6 +44,12 @@ DOMAIN = "proving"
 BENCHMARK = "proving_ground"
 
 
+# The LLM's text: the caption is context (`after_opening`), and batches mix conversations and
+# copy drills: in length-grouped batches (drills alone, conversations alone) it copied 38% of
+# a drill's words at step 1,100; in mixed batches all of them from step 400 (measured).
+LLM_TEXT = {"loss_on": "after_opening", "group_by_length": False}
+
+
 def _train(**values: Any) -> dict[str, Any]:
     common = {
         "weight_decay": 0.0,
@@ -69,7 +75,7 @@ class ProveConfig(BaseModel):
     sizes: WorldSizes = Field(default_factory=WorldSizes)
     models: ModelSizes = Field(default_factory=ModelSizes)
     llm: dict[str, Any] = Field(
-        default_factory=lambda: _train(learning_rate=1e-3, max_steps=1500, loss_on="after_opening")
+        default_factory=lambda: _train(**LLM_TEXT, learning_rate=1e-3, max_steps=1500)
     )
     perception: dict[str, Any] = Field(
         default_factory=lambda: _train(learning_rate=1e-3, max_steps=300)
@@ -102,7 +108,7 @@ class ProveConfig(BaseModel):
                     domain_pairs=48,
                     benchmark_images=12,
                 ),
-                llm=_train(learning_rate=1e-3, max_steps=20, loss_on="after_opening"),
+                llm=_train(**LLM_TEXT, learning_rate=1e-3, max_steps=20),
                 perception=_train(learning_rate=1e-3, max_steps=10),
                 pretrain=_train(learning_rate=1e-3, max_steps=20),
                 judge=_train(task="completion", learning_rate=1e-3, max_steps=20),
