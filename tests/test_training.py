@@ -199,7 +199,7 @@ def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, 
     trained."""
     from adamllm_core.pipeline import CAPTION_PROMPTS
     from adamllm_core.proving.bundles import write_text_corpus
-    from adamllm_core.proving.world import WorldConfig
+    from adamllm_core.proving.world import COPY_DRILL_PROMPTS, WorldConfig
     from adamllm_core.training.trainer import encode_dataset, load_train_config
 
     uri = str(tmp_path / "text")
@@ -219,7 +219,7 @@ def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, 
     for row, reply, context in zip(rows, replies, after, strict=True):
         turns = row["messages"]
         if row["task"] == "copy":  # a list of words, then the same list again
-            assert turns[0]["content"] == "List some words." and len(turns) == 4
+            assert turns[0]["content"] == COPY_DRILL_PROMPTS[0] and len(turns) == 4
             assert turns[1]["content"] == turns[3]["content"]
         else:
             assert turns[0]["content"] in CAPTION_PROMPTS and len(turns) == 8

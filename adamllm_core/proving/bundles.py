@@ -33,14 +33,9 @@ from adamllm_core.hashing import canonical_json, config_hash
 from adamllm_core.pipeline import CAPTION_PROMPTS, seeded_rng
 from adamllm_core.prompts import judge_prompt_short
 from adamllm_core.proving.world import (
-    COLOURS,
-    COLUMNS,
+    ATTRIBUTE_WORDS,
     COPY_DRILL_PROMPTS,
-    NUMBERS,
     OPEN_QUESTIONS,
-    ROWS,
-    SHAPES,
-    SIZES,
     SKILL_ANSWERS,
     TEXT,
     Palette,
@@ -259,8 +254,7 @@ def write_pretrain(
 
 def copy_drill(rng: random.Random) -> list[ChatTurn]:
     """A list of world words, then the same list again: a reply that only copying predicts."""
-    words = [*COLOURS, *SHAPES, *SIZES, *ROWS, *COLUMNS, *NUMBERS]
-    listed = " ".join(rng.choice(words) for _ in range(rng.randint(8, 24)))
+    listed = " ".join(rng.choice(ATTRIBUTE_WORDS) for _ in range(rng.randint(8, 24)))
     first, again = COPY_DRILL_PROMPTS
     return [
         ChatTurn(role="user", content=first),

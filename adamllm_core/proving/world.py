@@ -45,6 +45,8 @@ SKILL_ANSWERS: dict[str, tuple[str, ...]] = {
     "existence": ("yes", "no"),
     "relation": tuple(COLOURS),
 }
+# Every word that names an attribute or a count (answers, and what captions state).
+ATTRIBUTE_WORDS = (*COLOURS, *SHAPES, *SIZES, *ROWS, *COLUMNS, *NUMBERS)
 OPEN_QUESTIONS = ("Describe the image.", "What can you tell me about this picture?")
 # The language model's copy drills: a list of world words, then the same list again.
 COPY_DRILL_PROMPTS = ("List some words.", "Say them again.")
@@ -390,15 +392,7 @@ def answer_question(scene: Scene, text: str) -> str | None:
 
 def vocabulary() -> list[str]:
     """Every word the world's text uses, for building a tokenizer that keeps them whole."""
-    words = (
-        set(COLOURS)
-        | set(SHAPES)
-        | set(SIZES)
-        | set(ROWS)
-        | set(COLUMNS)
-        | set(NUMBERS)
-        | {"yes", "no"}
-    )
+    words = set(ATTRIBUTE_WORDS) | {"yes", "no"}
     text = " ".join(q.question + " " + q.informative for q in _grammar_examples())
     words |= set(re.findall(r"[A-Za-z]+", text))
     return sorted(words)

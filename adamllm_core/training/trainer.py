@@ -196,7 +196,7 @@ def encode_dataset(
             segments = [(row["prompt"], False), (row["completion"], True)]
         else:
             segments = conversation_segments(renderer, row["messages"])
-            if config.loss_on == "after_opening":
+            if config.loss_on == "after_opening":  # segments alternate (prompt, reply)
                 segments = [(text, index >= 2) for index, (text, _) in enumerate(segments)]
         encoded = encode_segments(renderer, segments, row.get("image"))
         if len(encoded.input_ids) > config.max_seq_len:
