@@ -80,7 +80,9 @@ TEXT = Palette(colours=dict.fromkeys(COLOURS, 1.0), shapes=dict.fromkeys(SHAPES,
 class WorldConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_size: int = Field(default=64, ge=32)
+    # 96 px: each cell of the 3x3 grid is 32 px, one patch of the models' vision tower (see
+    # ModelSizes), so every object is one image token.
+    image_size: int = Field(default=96, ge=32)
     min_objects: int = Field(default=1, ge=1)
     max_objects: int = Field(default=4, le=4)
     general: Palette = GENERAL
