@@ -491,3 +491,38 @@ def test_train_command_writes_to_object_storage(
     fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     summary = json.loads(fs.cat_file(f"{out}/train_summary.json"))
     assert summary["steps"] == 2 and fs.exists(f"{out}/final/model.safetensors")
+
+
+def test_a_changed_run_does_not_resume_from_the_old_runs_checkpoints(
+    tiny_models, seed_dataset: str, tmp_path: Path
+) -> None:
+    """Training into a folder that holds another run's checkpoints (other settings, data or
+    code) starts from the model, not from the stale checkpoint, and gives the weights a fresh
+    run gives."""
+    from safetensors.torch import load_file
+
+    from adamllm_core.training.trainer import preset, train_to
+
+    def config(rate: float):
+        return preset(
+            "tiny",
+            task="synthesizer",
+            learning_rate=rate,
+            max_steps=4,
+            save_steps=2,
+            global_batch_size=2,
+            per_device_batch_size=2,
+        )
+
+    out = tmp_path / "run"
+    first = train_to(config(1e-3), seed_dataset, str(out))
+    assert (out / "checkpoint-4" / "trainer_state.json").exists()
+    (out / "train_summary.json").unlink()  # as if the first run had been killed after step 4
+    changed = train_to(config(5e-3), seed_dataset, str(out))
+    assert changed["identity"] != first["identity"]
+    assert changed["resumed_from"] is None and changed["steps"] == 4
+    train_to(config(5e-3), seed_dataset, str(tmp_path / "fresh"))
+    a = load_file(out / "final" / "model.safetensors")
+    b = load_file(tmp_path / "fresh" / "final" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)

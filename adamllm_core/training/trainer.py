@@ -376,6 +376,34 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
     return summary
 
 
+RUN_IDENTITY = "run_identity"
+
+
+def _own_checkpoints(out: Path, identity: str) -> list[Path]:
+    """This run's complete checkpoints in `out`, oldest first. Checkpoints of another run
+    (other settings, data or code: another identity, or none recorded) are stale: resuming
+    from them would continue the old run under the new name. Rank 0 removes them before it
+    records this run's identity, so a rank that reads the new identity finds them gone."""
+    import shutil
+
+    marker = out / RUN_IDENTITY
+    recorded = marker.read_text().strip() if marker.exists() else None
+    if recorded != identity:
+        if int(os.environ.get("RANK", "0")) == 0:
+            for stale in out.glob("checkpoint-*"):
+                shutil.rmtree(stale)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            staging = out / f".{RUN_IDENTITY}.tmp"
+            staging.write_text(identity)
+            staging.replace(marker)
+        return []
+    # The Trainer writes trainer_state.json last: a checkpoint without it was cut short.
+    return sorted(
+        (p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+
+
 def train(
     config: TrainConfig,
     data_uri: str,
@@ -409,11 +437,7 @@ def train(
         )
         raise ValueError(f"{data_uri}: nothing to train on: {reason}")
 
-    # The Trainer writes trainer_state.json last: a checkpoint without it was cut short.
-    checkpoints = sorted(
-        (p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
+    checkpoints = _own_checkpoints(out, identity or train_identity(config, data_uri))
     # Weights come from the checkpoint itself: the Trainer's own reload of a LLaVA checkpoint
     # left the freshly initialised weights in place (seen with transformers 5.24).
     start = (
