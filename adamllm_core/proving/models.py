@@ -33,12 +33,6 @@ from adamllm_core.proving.world import (
 class ModelSizes(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # One patch per grid cell (96 px, 3x3 cells of 32 px): every object is one image token and
-    # an image is 10 tokens, not 65 (64 px, 8 px patches), so every stage runs faster. It did
-    # not by itself make the base read colour or shape (chance on both at either size, count
-    # 100%): the rate and the single-object phase did (experiment.py; measured, seed 1).
-    image_size: int = 96
-    patch_size: int = 32
     vision_hidden: int = 48
     vision_layers: int = 2
     text_hidden: int = 96
@@ -95,8 +89,12 @@ def build_initial_models(
             out / name,
             tokenizer,
             seed,
-            image_size=sizes.image_size,
-            patch_size=sizes.patch_size,
+            image_size=world.image_size,
+            # One patch per grid cell: every object is one image token and a 96 px image is
+            # 10 tokens, not 65 (64 px, 8 px patches), so every stage runs faster. It did not
+            # by itself make the base read colour or shape (chance at either size, count
+            # 100%): the rate and the single-object phase did (experiment.py; seed 1).
+            patch_size=world.image_size // 3,
             vision_hidden=sizes.vision_hidden,
             vision_layers=sizes.vision_layers,
             text_hidden=hidden,

@@ -80,9 +80,10 @@ TEXT = Palette(colours=dict.fromkeys(COLOURS, 1.0), shapes=dict.fromkeys(SHAPES,
 class WorldConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # 96 px: each cell of the 3x3 grid is 32 px, one patch of the models' vision tower (see
-    # ModelSizes), so every object is one image token.
-    image_size: int = Field(default=96, ge=32)
+    # 96 px: each cell of the 3x3 grid is 32 px, one patch of the models' vision tower (the
+    # models take their image and patch size from here), so every object is one image token.
+    # A multiple of 3, so that the cells are whole patches.
+    image_size: int = Field(default=96, ge=33, multiple_of=3)
     min_objects: int = Field(default=1, ge=1)
     max_objects: int = Field(default=4, le=4)
     general: Palette = GENERAL
