@@ -150,9 +150,11 @@ def prove_flow(
     written = prove_report(out, report)
     print(gains_table(report))
     print(
-        f"synthesizer parsed {synthesis['parsed']} of {synthesis['pairs']} pairs; answer accuracy "
-        f"{synthesis['answer_accuracy_before_filter']} before the filter, {synthesis['answer_accuracy_after_filter']} "
-        f"after ({synthesis['kept']} kept)"
+        f"synthesizer parsed {synthesis['parsed']} of {synthesis['pairs']} pairs; before the filter "
+        f"precise answers {synthesis['answer_accuracy_before_filter']}% right, informative "
+        f"{synthesis['informative_accuracy_before_filter']}%, responses "
+        f"{synthesis['response_accuracy_before_filter']}%; kept responses "
+        f"{synthesis['answer_accuracy_after_filter']}% ({synthesis['kept']} kept)"
     )
     print(f"report: {written['report.md']}")
     return report

@@ -283,3 +283,56 @@ def test_every_world_word_is_one_token_alone_and_in_running_text() -> None:
     scene = sample_scene(rng, world.domain, world)
     for question in questions(scene, rng):
         assert tokenizer.tokenize(f"{question.answer}.") == [question.answer, "."]
+
+
+def test_synthesis_measures_against_hand_counted_truth() -> None:
+    """Table 7's measures on four hand-made triplets about one scene (a red circle, top left,
+    and a blue square, middle center): every figure below is counted by hand."""
+    from adamllm_core.proving.experiment import synthesis_measures
+    from adamllm_core.proving.world import Scene, Thing
+
+    scene = Scene(
+        (Thing("circle", "red", "small", 0, 0), Thing("square", "blue", "large", 1, 1)),
+        (255, 255, 255),
+    )
+    why = "The circle at the top left is"
+    triplets = [
+        # both answers right, consistent
+        {"id": "a", "pair_id": "p", "instruction": "What colour is the circle?",
+         "precise": "red", "informative": f"{why} red. So the answer is red."},
+        # precise wrong, informative right: inconsistent
+        {"id": "b", "pair_id": "p", "instruction": "What colour is the circle?",
+         "precise": "green", "informative": f"{why} red. So the answer is red."},
+        # both wrong the same way: consistent, and wrong
+        {"id": "c", "pair_id": "p", "instruction": "How many objects are there?",
+         "precise": "three", "informative": "I can see three. So the answer is three."},
+        # outside the world's grammar: no true answer, so wrong whatever it says
+        {"id": "d", "pair_id": "p", "instruction": "What is the weather?",
+         "precise": "sunny", "informative": "It is sunny."},
+    ]  # fmt: skip
+    judged = [
+        {"triplet_id": "a", "label": "Yes", "precise": "red"},
+        {"triplet_id": "b", "label": "No", "precise": "green"},
+        {"triplet_id": "c", "label": "Yes", "precise": "three"},
+        {"triplet_id": "d", "label": "Open", "precise": "sunny"},
+    ]
+    kept = [
+        {"triplet_id": "a", "response": f"{why} red. So the answer is red."},
+        {"triplet_id": "c", "response": "I can see three. So the answer is three."},
+    ]
+    measures = synthesis_measures({"p": scene}, triplets, judged, kept)
+    assert measures["pairs"] == 1 and measures["parsed"] == 4 and measures["kept"] == 2
+    assert measures["off_grammar"] == 1
+    assert measures["answer_accuracy_before_filter"] == 25.0  # a
+    assert measures["informative_accuracy_before_filter"] == 50.0  # a, b
+    assert measures["response_accuracy_before_filter"] == 50.0  # a, b: what no-filter trains on
+    assert measures["consistency_before_filter"] == 50.0  # a, c
+    assert measures["answer_accuracy_after_filter"] == 50.0  # a of a, c
+    # the judge keeps exactly the right precise answers for a, b, d; not for c
+    assert measures["filter_agreement_with_truth"] == 75.0
+    assert measures["labels"] == {"Yes": 2, "No": 1, "Open": 1}
+    assert measures["precise_accuracy_by_skill"] == {
+        "colour": 50.0,
+        "count": 0.0,
+        "off_grammar": 0.0,
+    }

@@ -57,6 +57,7 @@ from adamllm_core.schemas import (
     Conversation,
     TextChat,
 )
+from adamllm_core.version import CODE_VERSION
 
 
 class WorldSizes(BaseModel):
@@ -448,6 +449,7 @@ def write_world(
     (out / "world.json").write_text(
         json.dumps(
             {
+                "code": CODE_VERSION,
                 "seed": seed,
                 "sizes": sizes.model_dump(),
                 "world": world.model_dump(mode="json"),
