@@ -155,11 +155,9 @@ class ProveConfig(BaseModel):
                     domain_pairs=1200,
                     benchmark_images=120,
                 ),
-                perception=_train(learning_rate=IMAGE_RATE, max_steps=400),
+                # LLM, perception, judge and post-training as at `full`
                 pretrain=_train(learning_rate=IMAGE_RATE, max_steps=2000),
-                judge=_train(**JUDGE_TEXT, learning_rate=1e-3, max_steps=3000),
                 synthesizer=_train(**SYNTHESIZER_RATES, max_steps=1000),
-                post_train=_train(**POST_TRAINING),
             )
         return cls(seed=seed)
 

@@ -8,6 +8,7 @@ Writes checkpoints, `metrics.jsonl` (step, loss, learning rate, tokens/s) and
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -384,8 +385,6 @@ def _own_checkpoints(out: Path, identity: str) -> list[Path]:
     (other settings, data or code: another identity, or none recorded) are stale: resuming
     from them would continue the old run under the new name. Rank 0 removes them before it
     records this run's identity, so a rank that reads the new identity finds them gone."""
-    import shutil
-
     marker = out / RUN_IDENTITY
     recorded = marker.read_text().strip() if marker.exists() else None
     if recorded != identity:
