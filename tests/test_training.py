@@ -199,7 +199,12 @@ def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, 
     trained."""
     from adamllm_core.pipeline import CAPTION_PROMPTS
     from adamllm_core.proving.bundles import write_text_corpus
-    from adamllm_core.proving.world import COPY_DRILL_PROMPTS, WorldConfig
+    from adamllm_core.proving.world import (
+        BRIEF_INSTRUCTIONS,
+        COPY_DRILL_PROMPTS,
+        LONG_INSTRUCTIONS,
+        WorldConfig,
+    )
     from adamllm_core.training.trainer import encode_dataset, load_train_config
 
     uri = str(tmp_path / "text")
@@ -223,6 +228,12 @@ def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, 
             assert turns[1]["content"] == turns[3]["content"]
         else:
             assert turns[0]["content"] in CAPTION_PROMPTS and len(turns) == 8
+            # each question says how long its answer is: one word, or the facts first
+            for asked, answer in zip(turns[2::2], turns[3::2], strict=True):
+                instruction, _, question = asked["content"].partition("\n")
+                assert question.endswith("?")
+                brief = len(answer["content"].split()) == 1
+                assert instruction in (BRIEF_INSTRUCTIONS if brief else LONG_INSTRUCTIONS)
         answers = [t["content"] for t in turns if t["role"] == "assistant"]
         assert trained(reply) == "".join(f"{a}<|im_end|>\n" for a in answers)
         later = "".join(f"<|im_start|>{t['role']}\n{t['content']}<|im_end|>\n" for t in turns[2:])

@@ -34,7 +34,9 @@ from adamllm_core.pipeline import CAPTION_PROMPTS, seeded_rng
 from adamllm_core.prompts import judge_prompt_short
 from adamllm_core.proving.world import (
     ATTRIBUTE_WORDS,
+    BRIEF_INSTRUCTIONS,
     COPY_DRILL_PROMPTS,
+    LONG_INSTRUCTIONS,
     OPEN_QUESTIONS,
     SKILL_ANSWERS,
     TEXT,
@@ -297,8 +299,9 @@ def write_text_corpus(uri: str, seed: int, world: WorldConfig, count: int) -> Ma
             )
             for question in rng.sample(questions(scene, rng), 3):
                 brief = rng.random() < 0.5
+                asked = rng.choice(BRIEF_INSTRUCTIONS if brief else LONG_INSTRUCTIONS)
                 messages += [
-                    ChatTurn(role="user", content=question.question),
+                    ChatTurn(role="user", content=f"{asked}\n{question.question}"),
                     ChatTurn(
                         role="assistant",
                         content=f"{question.answer}." if brief else question.informative,

@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from adamllm_core.hashing import canonical_json, sha256_hex
 from adamllm_core.models.tiny import build_tiny_lm, build_tiny_vlm, build_tokenizer
 from adamllm_core.proving.world import (
+    BRIEF_INSTRUCTIONS,
     COPY_DRILL_PROMPTS,
     DOMAIN,
     GENERAL,
+    LONG_INSTRUCTIONS,
     WorldConfig,
     caption,
     questions,
@@ -58,7 +60,15 @@ def _tokenizer_text(world: WorldConfig) -> list[str]:
     rng = random.Random(0)
     words = vocabulary()
     capitals = [w.capitalize() for w in words]
-    text = [" ".join(words), " ".join(capitals), *words, *capitals, *COPY_DRILL_PROMPTS] * 20
+    text = [
+        " ".join(words),
+        " ".join(capitals),
+        *words,
+        *capitals,
+        *COPY_DRILL_PROMPTS,
+        *BRIEF_INSTRUCTIONS,
+        *LONG_INSTRUCTIONS,
+    ] * 20
     for palette in (GENERAL, DOMAIN, world.general, world.domain):
         for _ in range(200):
             scene = sample_scene(rng, palette, world)

@@ -20,6 +20,8 @@ from typing import Any
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field
 
+from adamllm_core.prompts import SYNTH_INFORMATIVE_HINT, SYNTH_PRECISE_HINT
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -50,6 +52,11 @@ ATTRIBUTE_WORDS = (*COLOURS, *SHAPES, *SIZES, *ROWS, *COLUMNS, *NUMBERS)
 OPEN_QUESTIONS = ("Describe the image.", "What can you tell me about this picture?")
 # The language model's copy drills: a list of world words, then the same list again.
 COPY_DRILL_PROMPTS = ("List some words.", "Say them again.")
+# Answer-length instructions in the language model's text, as instruction-tuned LLMs follow
+# them (Table 1's hints among them): one question of its text asks for the answer alone,
+# another for the facts first.
+BRIEF_INSTRUCTIONS = (SYNTH_PRECISE_HINT, "Answer in one word.", "Give a short answer.")
+LONG_INSTRUCTIONS = (SYNTH_INFORMATIVE_HINT, "Explain your answer.", "Answer and say why.")
 
 
 class Palette(BaseModel):
