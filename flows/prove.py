@@ -11,15 +11,18 @@ from typing import Any, Literal
 import yaml
 from prefect import flow
 
-from adamllm_core.config import load_domain_config
+from adamllm_core.config import DomainConfig, load_domain_config
 from adamllm_core.dataset import Dataset
 from adamllm_core.proving.experiment import (
+    MUTATIONS,
     VARIANTS,
     ProveConfig,
     StageClock,
     benchmark_config,
+    checks_table,
     domain_config,
     gains_table,
+    required_results,
     summary_of,
 )
 from adamllm_core.training.trainer import stage1_train_config
@@ -32,9 +35,16 @@ from tasks.train import train_model
 
 @flow(name="prove", log_prints=True)
 def prove_flow(
-    seed: int = 0, out: str = "runs/prove", scale: Literal["full", "ci", "smoke"] = "full"
+    seed: int = 0,
+    out: str = "runs/prove",
+    scale: Literal["full", "ci", "smoke"] = "full",
+    mutations: bool = False,
+    check: bool = False,
 ) -> dict[str, Any]:
-    """Run the proving ground for one world seed; writes OUT/report.{md,png,json}."""
+    """Run the proving ground for one world seed; writes OUT/report.{md,png,json}.
+
+    `mutations`: also post-train and score the method broken on purpose (`MUTATIONS`);
+    `check`: fail the run (after writing the report) when a required result does not hold."""
     config = ProveConfig.for_scale(scale, seed)
     out = str(Path(out).resolve())
     clock = StageClock()
@@ -51,40 +61,33 @@ def prove_flow(
     clock.lap("synth flow")
     domain = load_domain_config(config_path)
     # Without the consistency filter: every parsed triplet, each with its joined response.
-    keep_all = domain.filter.model_copy(update={"keep": ("Yes", "No", "Open")})
-    kept_all, _ = filter_consistent(
-        synth["triplets"].uri,
-        domain.uri("filtered-all"),
-        domain.uri("rejected-none"),
-        keep_all,
-        cache_uri=domain.uri("_cache/filter"),
-        overwrite=True,
-    )
-    no_filter = assemble_mixtures(
-        synth["pairs"].uri,
-        kept_all.uri,
-        {"single_stage": domain.uri("mixture-no-filter")},
-        domain.uri("mixture-no-filter"),
-        domain.assemble.model_copy(update={"variants": ("single_stage",)}),
-        overwrite=True,
-    )
+    no_filter = _refiltered_mixture(synth, domain, ("Yes", "No", "Open"), "no-filter")
     clock.lap("no-filter mixture")
     post = {**config.post_train, "model": models["base"]}
     data = {
-        "caption_only": synth["mixture:caption_only"].uri,
-        "single_stage": synth["mixture:single_stage"].uri,
-        "synthetic_only": synth["mixture:synthetic_only"].uri,
-        "no_filter": no_filter["single_stage"].uri,
+        "caption_only": (post, synth["mixture:caption_only"].uri),
+        "single_stage": (post, synth["mixture:single_stage"].uri),
+        "synthetic_only": (post, synth["mixture:synthetic_only"].uri),
+        "no_filter": (post, no_filter),
     }
+    if mutations:
+        data["inverted_filter"] = (
+            post,
+            _refiltered_mixture(synth, domain, ("No", "Open"), "inverted-filter"),
+        )
+        data["masked_synthetic"] = (
+            {**post, "loss_on": "caption_replies"},
+            synth["mixture:single_stage"].uri,
+        )
     untrained = {
         "final": models["base"],
         "steps": 0,
     }  # an empty mixture leaves the base model as it is
     trained: dict[str, dict[str, Any]] = {"base": untrained}
-    for variant, mixture in data.items():
+    for variant, (settings, mixture) in data.items():
         if Dataset(mixture).manifest.rows:
             trained[variant] = train_model(
-                post, mixture, domain.uri(f"model-{variant.replace('_', '-')}")
+                settings, mixture, domain.uri(f"model-{variant.replace('_', '-')}")
             )
         else:
             print(f"{variant}: the mixture is empty, so the model is the base model")
@@ -105,7 +108,7 @@ def prove_flow(
     clock.lap("train two_stage")
     accuracy: dict[str, float | None] = {}
     per_skill: dict[str, dict[str, float | None]] = {}
-    for variant in VARIANTS:
+    for variant in VARIANTS + (MUTATIONS if mutations else ()):
         summary = evaluate_benchmark(
             benchmark_config(config, world, trained[variant]["final"]),
             f"{out}/eval/{variant}",
@@ -127,7 +130,11 @@ def prove_flow(
     report = {
         "seed": seed,
         "scale": scale,
-        "adamllm": {"accuracy": accuracy, "per_skill": per_skill, "synthesis": synthesis},
+        "adamllm": {
+            "accuracy": {v: accuracy[v] for v in VARIANTS},
+            "per_skill": {v: per_skill[v] for v in VARIANTS},
+            "synthesis": synthesis,
+        },
         "general_accuracy": summary_of(general)[0],
         "models": {
             "base": models["base"],
@@ -139,7 +146,8 @@ def prove_flow(
             variant: {
                 k: v
                 for k, v in run.items()
-                if k in ("steps", "examples", "train_loss", "seconds", "samples_per_s")
+                if k
+                in ("steps", "examples", "trained_tokens", "train_loss", "seconds", "samples_per_s")
             }
             for variant, run in trained.items()
             if variant != "base"
@@ -147,8 +155,15 @@ def prove_flow(
         "seconds": clock.seconds,
         "config": config.model_dump(mode="json"),
     }
+    if mutations:
+        report["adamllm"]["mutations"] = {
+            "accuracy": {m: accuracy[m] for m in MUTATIONS},
+            "per_skill": {m: per_skill[m] for m in MUTATIONS},
+        }
+    report["checks"] = required_results(report)
     written = prove_report(out, report)
     print(gains_table(report))
+    print(checks_table(report["checks"]))
     print(
         f"synthesizer parsed {synthesis['parsed']} of {synthesis['pairs']} pairs; before the filter "
         f"precise answers {synthesis['answer_accuracy_before_filter']}% right, informative "
@@ -157,4 +172,37 @@ def prove_flow(
         f"{synthesis['answer_accuracy_after_filter']}% ({synthesis['kept']} kept)"
     )
     print(f"report: {written['report.md']}")
+    failed = [c["check"] for c in report["checks"] if not c["passed"]]
+    if check and failed:
+        raise RequiredResultsNotMet(
+            f"{len(failed)} required result(s) do not hold: " + "; ".join(failed)
+        )
     return report
+
+
+class RequiredResultsNotMet(RuntimeError):
+    """`prove(check=True)`: the report is written, and a required result does not hold."""
+
+
+def _refiltered_mixture(
+    synth: dict[str, Any], domain: DomainConfig, keep: tuple[str, ...], name: str
+) -> str:
+    """The synth run's triplets filtered again keeping the labels `keep` (the judge's
+    requests are cached), assembled into a single-stage mixture; returns its URI."""
+    kept, _ = filter_consistent(
+        synth["triplets"].uri,
+        domain.uri(f"filtered-{name}"),
+        domain.uri(f"rejected-{name}"),
+        domain.filter.model_copy(update={"keep": keep}),
+        cache_uri=domain.uri("_cache/filter"),
+        overwrite=True,
+    )
+    mixture = assemble_mixtures(
+        synth["pairs"].uri,
+        kept.uri,
+        {"single_stage": domain.uri(f"mixture-{name}")},
+        domain.uri(f"mixture-{name}"),
+        domain.assemble.model_copy(update={"variants": ("single_stage",)}),
+        overwrite=True,
+    )
+    return mixture["single_stage"].uri

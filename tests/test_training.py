@@ -241,6 +241,62 @@ def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, 
         assert context.input_ids == reply.input_ids
 
 
+def test_caption_replies_trains_only_the_caption_turn_in_either_order(
+    tiny_models, tmp_path
+) -> None:
+    """`loss_on: caption_replies` (the proving ground's masked-synthetic mutation): in a
+    single-stage conversation only the reply to the caption request is trained, whether the
+    caption comes first or second; the synthetic turn stays in the context."""
+    from adamllm_core.proving.bundles import _commit_rows, _dataset_writer
+    from adamllm_core.schemas import CONVERSATIONS, ChatTurn, Conversation
+    from adamllm_core.training.trainer import encode_dataset, load_train_config
+
+    image = next((SAMPLE / "images").glob("*.png")).read_bytes()
+    caption = [
+        ChatTurn(role="user", content="Describe the image."),
+        ChatTurn(role="assistant", content="A CT of the chest."),
+    ]
+    task = [
+        ChatTurn(role="user", content="Which organ?"),
+        ChatTurn(role="assistant", content="The lung."),
+    ]
+    rows = []
+    for kind, turns in (("caption+task", caption + task), ("task+caption", task + caption)):
+        turns[0] = turns[0].model_copy(update={"content": "<image>" + turns[0].content})
+        rows.append(
+            Conversation(
+                id=kind,
+                pair_id=kind,
+                triplet_id=None,
+                domain="test",
+                variant="single_stage",
+                kind=kind,
+                image=image,
+                image_format="png",
+                messages=turns,
+                tokens=0,
+            )
+        )
+    uri = str(tmp_path / "mixture")
+    _commit_rows(_dataset_writer(uri, CONVERSATIONS, "test", {}), CONVERSATIONS, rows)
+    renderer = HFRenderer(tiny_models["vlm"])
+    config = load_train_config({"model": tiny_models["vlm"], "loss_on": "caption_replies"})
+    masked, _ = encode_dataset(uri, renderer, config)
+    replies, _ = encode_dataset(uri, renderer, load_train_config({"model": tiny_models["vlm"]}))
+
+    def trained(encoded) -> str:
+        ids = [i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+        return renderer.tokenizer.decode(ids)
+
+    assert [trained(e) for e in masked] == ["A CT of the chest.<|im_end|>\n"] * 2
+    assert [trained(e) for e in replies] == [
+        "A CT of the chest.<|im_end|>\nThe lung.<|im_end|>\n",
+        "The lung.<|im_end|>\nA CT of the chest.<|im_end|>\n",
+    ]
+    # the synthetic turn is still in the input, only its loss is off
+    assert [e.input_ids for e in masked] == [e.input_ids for e in replies]
+
+
 def test_vision_mode_freezes_exactly_the_language_model(tiny_models) -> None:
     from transformers import AutoModelForImageTextToText
 

@@ -336,3 +336,85 @@ def test_synthesis_measures_against_hand_counted_truth() -> None:
         "count": 0.0,
         "off_grammar": 0.0,
     }
+
+
+def _report(seed: int, accuracy: dict, synthesis: dict | None = None, mutations=None) -> dict:
+    report = {
+        "seed": seed,
+        "adamllm": {
+            "accuracy": accuracy,
+            "synthesis": synthesis
+            or {
+                "pairs": 100,
+                "parsed": 80,
+                "parse_rate": 80.0,
+                "answer_accuracy_before_filter": 60.0,
+                "response_accuracy_before_filter": 65.0,
+                "answer_accuracy_after_filter": 70.0,
+            },
+        },
+    }
+    if mutations is not None:
+        report["adamllm"]["mutations"] = {"accuracy": mutations}
+    return report
+
+
+HOLDS = {
+    "base": 47.0,
+    "caption_only": 51.0,
+    "single_stage": 60.0,
+    "synthetic_only": 58.0,
+    "two_stage": 59.0,
+    "no_filter": 58.0,
+}
+
+
+def test_required_results_hold_fail_at_the_threshold_and_when_not_measured() -> None:
+    from adamllm_core.proving.experiment import required_results
+
+    def failed(report: dict) -> list[str]:
+        return [c["check"] for c in required_results(report) if not c["passed"]]
+
+    assert failed(_report(1, HOLDS, mutations={"inverted_filter": 48.0})) == []
+    # 2.9 over caption-only is short of 3; the no-filter variant level with single-stage fails
+    short = failed(_report(1, {**HOLDS, "caption_only": 57.1, "no_filter": 60.0}))
+    assert len(short) == 2 and "caption-only" in short[0] and "no-filter" in short[1]
+    # exactly 3 and 5 points hold
+    assert failed(_report(1, {**HOLDS, "caption_only": 57.0, "base": 55.0})) == []
+    synthesis = {"pairs": 100, "parsed": 40, "parse_rate": 40.0}  # no accuracy measured
+    assert len(failed(_report(1, HOLDS, synthesis))) == 2
+    # the filter must beat the responses it chose from, not only the precise answers
+    filtered = {"parse_rate": 80.0, "answer_accuracy_before_filter": 50.0}
+    filtered |= {"response_accuracy_before_filter": 66.0, "answer_accuracy_after_filter": 65.0}
+    assert [c[:40] for c in failed(_report(1, HOLDS, filtered))] == [
+        "synthetic answers are more accurate afte"
+    ]
+    # a mutation that keeps the gain means the proving ground missed a broken method
+    missed = failed(_report(1, HOLDS, mutations={"masked_synthetic": 55.0, "inverted": None}))
+    assert len(missed) == 2 and all("mutation" in check for check in missed)
+    assert failed(_report(1, {**HOLDS, "single_stage": None}))[:2] == [
+        "single-stage beats caption-only by at least 3 points",
+        "single-stage beats base by at least 5 points",
+    ]
+
+
+def test_seed_spread_compares_each_gain_with_its_spread_between_seeds() -> None:
+    from adamllm_core.proving.experiment import seed_spread
+
+    other = {**HOLDS, "single_stage": 55.0, "caption_only": 50.0, "base": 45.0}
+    spread = seed_spread([_report(1, HOLDS), _report(2, other)])
+    assert spread["by_seed"]["single_stage - caption_only"] == {1: 9.0, 2: 5.0}
+    assert spread["spread"]["single_stage - caption_only"] == 4.0
+    assert spread["spread"]["single_stage"] == 5.0
+    # caption: gains 9 and 5, spread 4 (5 > 4); base: gains 13 and 10, spread 3
+    assert spread["gains_above_spread"] == {
+        "single_stage - caption_only": True,
+        "single_stage - base": True,
+    }
+    noisy = {**HOLDS, "single_stage": 54.5, "caption_only": 51.0}  # gain 3.5, spread 5.5
+    assert (
+        seed_spread([_report(1, HOLDS), _report(3, noisy)])["gains_above_spread"][
+            "single_stage - caption_only"
+        ]
+        is False
+    )

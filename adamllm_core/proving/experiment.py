@@ -43,6 +43,16 @@ from adamllm_core.training.trainer import load_train_config, train_to
 from adamllm_core.version import CODE_VERSION
 
 VARIANTS = ("base", "caption_only", "single_stage", "synthetic_only", "two_stage", "no_filter")
+# The method broken on purpose (`prove --mutations`); a proving ground that can tell a broken
+# pipeline from a working one loses the single-stage gain on each. inverted_filter: the filter
+# keeps what it should reject (labels No and Open) and drops what it should keep;
+# masked_synthetic: the single-stage mixture trained with no loss on the synthetic task's
+# turns (`loss_on: caption_replies`; they stay in the context).
+MUTATIONS = ("inverted_filter", "masked_synthetic")
+# The required results, in points of domain accuracy (0-100) and percent of pairs parsed.
+MIN_GAIN_OVER_CAPTION = 3.0
+MIN_GAIN_OVER_BASE = 5.0
+MIN_PARSE_RATE = 50.0
 DOMAIN = "proving"
 BENCHMARK = "proving_ground"
 
@@ -377,6 +387,112 @@ def gains_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _gap(value: float | None, other: float | None) -> float | None:
+    return None if value is None or other is None else round(value - other, 2)
+
+
+def _shown(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.1f}"
+
+
+def _gain(value: float | None, other: float | None) -> str:
+    gap = _gap(value, other)
+    return f"{_shown(value)} vs {_shown(other)}" + ("" if gap is None else f" ({gap:+.1f})")
+
+
+def required_results(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The proving ground's required results as checks on one report: `check` (what must
+    hold), `passed`, `measured`. A value that was not measured fails its check; the
+    mutations are checked only when the report has them."""
+    adamllm = report["adamllm"]
+    accuracy, synthesis = adamllm["accuracy"], adamllm["synthesis"]
+    single, caption = accuracy.get("single_stage"), accuracy.get("caption_only")
+    base, no_filter = accuracy.get("base"), accuracy.get("no_filter")
+    before = synthesis.get("answer_accuracy_before_filter")
+    after = synthesis.get("answer_accuracy_after_filter")
+    # before: the precise answers, and the responses the no-filter variant trains on
+    response = synthesis.get("response_accuracy_before_filter")
+    parse_rate = synthesis.get("parse_rate")
+
+    def at_least(gap: float | None, needed: float) -> bool:
+        return gap is not None and gap >= needed
+
+    checks = [
+        (
+            f"single-stage beats caption-only by at least {MIN_GAIN_OVER_CAPTION:g} points",
+            at_least(_gap(single, caption), MIN_GAIN_OVER_CAPTION),
+            _gain(single, caption),
+        ),
+        (
+            f"single-stage beats base by at least {MIN_GAIN_OVER_BASE:g} points",
+            at_least(_gap(single, base), MIN_GAIN_OVER_BASE),
+            _gain(single, base),
+        ),
+        (
+            "the no-filter variant scores below single-stage",
+            at_least(_gap(single, no_filter), 1e-9),
+            _gain(no_filter, single),
+        ),
+        (
+            "synthetic answers are more accurate after the filter than before",
+            at_least(_gap(after, before), 1e-9) and at_least(_gap(after, response), 1e-9),
+            f"after {_shown(after)}; before: precise {_shown(before)}, responses {_shown(response)}",
+        ),
+        (
+            f"the synthesizer parses at least {MIN_PARSE_RATE:g}% of the pairs",
+            parse_rate is not None and parse_rate >= MIN_PARSE_RATE,
+            f"{_shown(parse_rate)}% ({synthesis.get('parsed')} of {synthesis.get('pairs')})",
+        ),
+    ]
+    for name, value in (adamllm.get("mutations") or {}).get("accuracy", {}).items():
+        gap = _gap(value, caption)
+        checks.append(
+            (
+                f"mutation {name} loses the gain (below caption-only + {MIN_GAIN_OVER_CAPTION:g})",
+                gap is not None and gap < MIN_GAIN_OVER_CAPTION,
+                _gain(value, caption),
+            )
+        )
+    return [{"check": c, "passed": bool(p), "measured": m} for c, p, m in checks]
+
+
+def checks_table(checks: list[dict[str, Any]]) -> str:
+    lines = ["| required result | holds | measured |", "| --- | --- | --- |"]
+    lines += [
+        f"| {c['check']} | {'yes' if c['passed'] else '**no**'} | {c['measured']} |" for c in checks
+    ]
+    return "\n".join(lines)
+
+
+def seed_spread(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several world seeds' reports side by side: each variant's accuracy and each gain of
+    single-stage per seed, the spread (largest minus smallest) of each, and whether every
+    seed's gain is larger than that gain's spread between seeds."""
+    rows: dict[str, dict[int, float | None]] = {}
+    for report in reports:
+        accuracy = report["adamllm"]["accuracy"]
+        for variant in VARIANTS:
+            rows.setdefault(variant, {})[report["seed"]] = accuracy.get(variant)
+        for other in ("caption_only", "base"):
+            rows.setdefault(f"single_stage - {other}", {})[report["seed"]] = _gap(
+                accuracy.get("single_stage"), accuracy.get(other)
+            )
+    spread = {
+        name: (
+            round(max(values.values()) - min(values.values()), 2)
+            if values and None not in values.values()
+            else None
+        )
+        for name, values in rows.items()
+    }
+    gains_above_spread = {
+        name: spread[name] is not None and min(rows[name].values()) > spread[name]
+        for name in rows
+        if name.startswith("single_stage - ")
+    }
+    return {"by_seed": rows, "spread": spread, "gains_above_spread": gains_above_spread}
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     adamllm = report["adamllm"]
     skills = sorted({s for per in adamllm["per_skill"].values() for s in per})
@@ -396,6 +512,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {variant} | " + " | ".join(f"{per.get(s, 0) or 0:.1f}" for s in skills) + " |"
         )
+    mutations = adamllm.get("mutations") or {}
+    if mutations.get("accuracy"):
+        caption = adamllm["accuracy"].get("caption_only")
+        lines += [
+            "",
+            "## Mutations: the method broken on purpose",
+            "",
+            "| mutation | domain accuracy | vs caption-only |",
+            "| --- | ---: | ---: |",
+        ]
+        for name, value in mutations["accuracy"].items():
+            gap = _gap(value, caption)
+            lines.append(f"| {name} | {_shown(value)} | {'' if gap is None else f'{gap:+.1f}'} |")
+    if report.get("checks"):
+        lines += ["", "## Required results", "", checks_table(report["checks"])]
     synthesis = adamllm["synthesis"]
     lines += [
         "",

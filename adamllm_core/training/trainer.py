@@ -19,6 +19,7 @@ from adamllm_core.dataset import Dataset
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.hashing import config_hash
 from adamllm_core.models import resolve_model
+from adamllm_core.pipeline import CAPTION_PROMPTS
 from adamllm_core.training.encoding import (
     IGNORE_INDEX,
     Encoded,
@@ -40,11 +41,13 @@ class TrainConfig(BaseModel):
         default="post_train",
         description="seed → synthesizer; mixture → post_train; completions (text LM) → completion",
     )
-    loss_on: Literal["replies", "after_opening"] = Field(
+    loss_on: Literal["replies", "after_opening", "caption_replies"] = Field(
         default="replies",
-        description="post_train: replies (assistant turns, paper 3.2) or after_opening (every"
+        description="post_train: replies (assistant turns, paper 3.2); after_opening (every"
         " token after the opening exchange, which is context: language-model training that"
-        " reads a given text without learning to predict it)",
+        " reads a given text without learning to predict it); caption_replies (only replies"
+        " to a caption request; the synthetic task's turns stay as context: the proving"
+        " ground's masked-synthetic mutation, a broken single-stage method)",
     )
     trainable: Literal["full", "projector", "vision"] = Field(
         default="full",
@@ -199,12 +202,27 @@ def encode_dataset(
             segments = conversation_segments(renderer, row["messages"])
             if config.loss_on == "after_opening":  # segments alternate (prompt, reply)
                 segments = [(text, index >= 2) for index, (text, _) in enumerate(segments)]
+            elif config.loss_on == "caption_replies":
+                asked = _caption_requests(row["messages"])
+                segments = [
+                    (text, trained and asked[index // 2])
+                    for index, (text, trained) in enumerate(segments)
+                ]
         encoded = encode_segments(renderer, segments, row.get("image"))
         if len(encoded.input_ids) > config.max_seq_len:
             too_long += 1
             continue
         examples.append(encoded)
     return examples, too_long
+
+
+def _caption_requests(turns: list[dict[str, Any]]) -> list[bool]:
+    """For each assistant turn: whether the user turn before it asked for a caption."""
+    return [
+        i > 0 and turns[i - 1]["content"].removeprefix("<image>") in CAPTION_PROMPTS
+        for i, turn in enumerate(turns)
+        if turn["role"] == "assistant"
+    ]
 
 
 def length_grouped_order(
