@@ -136,6 +136,8 @@ def prove_flow(
             "synthesis": synthesis,
         },
         "general_accuracy": summary_of(general)[0],
+        # The LLM's reading of held-out captions after its steps and each gated chunk.
+        "llm_reading": models.get("llm_reading", []),
         "models": {
             "base": models["base"],
             "synth_base": models["synth_base"],

@@ -64,6 +64,30 @@ def test_report_files_and_schema(proving_run: dict) -> None:
     assert Path(models["synthesizer"]).is_relative_to(out)
 
 
+def test_llm_below_its_reading_gate_trains_on_in_chunks(proving_run: dict) -> None:
+    # Smoke's gate asks for 100% (a 20-step LLM cannot), so exactly its one chunk is added,
+    # and the backbone is built on the chunk's LLM, not the first.
+    readings = proving_run["report"]["llm_reading"]
+    assert [r["steps"] for r in readings] == [20, 25]
+    for reading in readings:
+        assert reading["accuracy"] < 100 and set(reading["per_skill"]) <= {
+            "colour",
+            "shape",
+            "count",
+            "row",
+            "column",
+            "size",
+            "existence",
+            "relation",
+        }
+        assert sum(reading["asked"].values()) > 0
+    cached = json.loads(
+        (Path(proving_run["report"]["models"]["base"]).parents[1] / "models.json").read_text()
+    )
+    assert Path(cached["llm"]).parent.name == "llm-1"
+    assert "The LLM's reading" in (proving_run["out"] / "report.md").read_text()
+
+
 def test_second_run_reuses_the_cached_base_and_finished_stages(proving_run: dict) -> None:
     from flows.prove import prove_flow
 
