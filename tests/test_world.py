@@ -418,3 +418,27 @@ def test_seed_spread_compares_each_gain_with_its_spread_between_seeds() -> None:
         ]
         is False
     )
+
+
+def test_reading_prompts_put_the_caption_where_each_form_says(tiny_models: dict) -> None:
+    from adamllm_core.engines import EngineConfig, make_engine
+    from adamllm_core.prompts import SYNTH_CAPTION_PROMPT, SYNTH_PRECISE_HINT
+    from adamllm_core.proving.reading import reading_accuracy, reading_prompts
+
+    engine = make_engine(EngineConfig(model="tiny:lm"))
+    world = WorldConfig()
+    forms = {form: reading_prompts(engine, world, 3, form=form) for form in ("plain", "precise")}
+    plain, precise = forms["plain"], forms["precise"]
+    assert [q for _, q in plain] == [q for _, q in precise]  # the same held-out questions
+    for (plain_prompt, question), (chat_prompt, _) in zip(plain, precise, strict=True):
+        assert "<|im_start|>" not in plain_prompt and plain_prompt.endswith(question.question)
+        described = plain_prompt.removesuffix(question.question).strip()
+        # The caption is the assistant's reply to the caption request, then the hinted question.
+        assert chat_prompt.index(SYNTH_CAPTION_PROMPT) < chat_prompt.index(described)
+        assert f"{SYNTH_PRECISE_HINT}\n{question.question}" in chat_prompt
+        assert chat_prompt.rstrip().endswith("assistant")
+    with pytest.raises(ValueError, match="form"):
+        reading_prompts(engine, world, 1, form="spoken")
+    measured = reading_accuracy(engine, world, 3)
+    assert sum(measured["asked"].values()) == len(precise)
+    assert set(measured["per_skill"]) == {q.skill for _, q in precise}

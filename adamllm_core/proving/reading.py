@@ -1,7 +1,9 @@
-"""Does a language model read a world caption? The caption as the reply to a request for one,
-then a question under the precise hint (what the synthesizer's precise turn does): accuracy
-per skill, each question scored through the engine's choice scoring over the skill's
-answers (`"green."`), so the reading is measured apart from the answer's form.
+"""Does a language model read a world caption? A caption, then a question about it, in one
+of four forms: `plain` text, one ChatML user turn (`chat`), the caption as the reply to a
+request for one (`reply`, where the synthesizer reads it) and that under Table 1's precise
+hint (`precise`, what the synthesizer's precise turn does; the LLM's reading gate). Each
+question is scored through the engine's choice scoring over the skill's answers
+(`"green."`), so the reading is measured apart from the answer's form.
 
 The scenes are held out (their own random streams, apart from every dataset the world
 writes) and drawn from the general palette: the LLM is gated on its own world, never on the
@@ -27,36 +29,56 @@ from adamllm_core.proving.world import (
 HELD_OUT_BASE = 50_000
 
 
-def reading_questions(
-    world: WorldConfig, scenes: int, part: str = "general"
-) -> list[tuple[list[Message], Question]]:
-    """Every question of `scenes` held-out scenes, each after its scene's caption."""
+FORMS = ("plain", "chat", "reply", "precise")
+
+
+def _request(described: str, question: str, form: str) -> ChatRequest:
+    if form == "plain":
+        return ChatRequest(prompt=f"{described} {question}")
+    if form == "chat":
+        return ChatRequest(messages=(Message(role="user", content=f"{described} {question}"),))
+    asked = f"{SYNTH_PRECISE_HINT}\n{question}" if form == "precise" else question
+    return ChatRequest(
+        messages=(
+            Message(role="user", content=SYNTH_CAPTION_PROMPT),
+            Message(role="assistant", content=described),
+            Message(role="user", content=asked),
+        )
+    )
+
+
+def reading_prompts(
+    engine: Engine, world: WorldConfig, scenes: int, part: str = "general", form: str = "precise"
+) -> list[tuple[str, Question]]:
+    """Every question of `scenes` held-out scenes after its scene's caption, as the exact
+    prompt `engine` gives its model."""
+    if form not in FORMS:
+        raise ValueError(f"form {form!r}: one of {FORMS}")
     out = []
     for index in range(scenes):
         rng = random.Random(HELD_OUT_BASE + index)
         scene = sample_scene(rng, getattr(world, part), world)
         described = caption(scene, rng)
         for question in questions(scene, rng):
-            turns = [
-                Message(role="user", content=SYNTH_CAPTION_PROMPT),
-                Message(role="assistant", content=described),
-                Message(role="user", content=f"{SYNTH_PRECISE_HINT}\n{question.question}"),
-            ]
-            out.append((turns, question))
+            out.append((engine.render(_request(described, question.question, form)), question))
     return out
 
 
 def reading_accuracy(
-    engine: Engine, world: WorldConfig, scenes: int = 60, part: str = "general"
+    engine: Engine,
+    world: WorldConfig,
+    scenes: int = 60,
+    part: str = "general",
+    form: str = "precise",
 ) -> dict[str, Any]:
     """Accuracy (0-100) over all questions and per skill, and the number asked per skill."""
-    asked = reading_questions(world, scenes, part)
+    asked = reading_prompts(engine, world, scenes, part, form)
     requests = [
         ChatRequest(
-            prompt=engine.render(ChatRequest(messages=tuple(turns))),
+            prompt=prompt,
             choices=tuple(f"{answer}." for answer in SKILL_ANSWERS[question.skill]),
         )
-        for turns, question in asked
+        for prompt, question in asked
     ]
     results = engine.run(requests)
     if len(results) != len(requests):
