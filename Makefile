@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    the main job: synthesis, post-training and evaluation on bundled samples, tiny local models
 #   make test   the test suite
-# Also: make prove (the proving ground: the method on a generated world; its gains are not met yet).
+# Also: make prove (the proving ground: the method's gains on a generated world; README, Proving ground).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin

@@ -15,6 +15,7 @@ from adamllm_core.config import DomainConfig, load_domain_config
 from adamllm_core.dataset import Dataset
 from adamllm_core.proving.experiment import (
     MUTATIONS,
+    RUN_MEASURES,
     VARIANTS,
     ProveConfig,
     StageClock,
@@ -145,15 +146,11 @@ def prove_flow(
             "synthesizer": synth["synthesizer"]["final"],
         },
         "training": {
-            variant: {
-                k: v
-                for k, v in run.items()
-                if k
-                in ("steps", "examples", "trained_tokens", "train_loss", "seconds", "samples_per_s")
-            }
+            variant: {k: v for k, v in run.items() if k in RUN_MEASURES}
             for variant, run in trained.items()
             if variant != "base"
         },
+        "base_training": models.get("training", {}),
         "seconds": clock.seconds,
         "config": config.model_dump(mode="json"),
     }

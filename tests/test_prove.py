@@ -85,6 +85,19 @@ def test_llm_below_its_reading_gate_trains_on_in_chunks(proving_run: dict) -> No
         (Path(proving_run["report"]["models"]["base"]).parents[1] / "models.json").read_text()
     )
     assert Path(cached["llm"]).parent.name == "llm-1"
+    # Every training run is accounted for, the chunk and the perception phases included.
+    runs = proving_run["report"]["base_training"]
+    assert list(runs) == [
+        "llm",
+        "llm-1",
+        "synth-base-perception",
+        "synth-base",
+        "base-perception",
+        "base",
+        "judge",
+    ]
+    assert [runs[name]["steps"] for name in ("llm", "llm-1", "judge")] == [20, 5, 20]
+    assert all(run["seconds"] > 0 for run in runs.values())
     assert "The LLM's reading" in (proving_run["out"] / "report.md").read_text()
 
 

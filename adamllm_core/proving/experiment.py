@@ -582,6 +582,19 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {r['steps']} | {r['accuracy']:.1f} | {json.dumps(r['per_skill'])} |"
             for r in report["llm_reading"]
         ]
+    if report.get("base_training"):
+        lines += [
+            "",
+            "## The models it starts from: each training run",
+            "",
+            "| run | steps | examples | seconds | samples/s |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {name} | {r.get('steps')} | {r.get('examples')} | {r.get('seconds')} |"
+            f" {r.get('samples_per_s')} |"
+            for name, r in report["base_training"].items()
+        ]
     if report.get("seconds"):
         lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "| --- | ---: |"]
         lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in report["seconds"].items()]
@@ -656,6 +669,10 @@ def ensure_world(config: ProveConfig, out: str) -> dict[str, Any]:
     return write_world(out, config.seed, config.sizes, config.world)
 
 
+# What each training run's summary reports in models.json and report.json.
+RUN_MEASURES = ("steps", "examples", "trained_tokens", "train_loss", "seconds", "samples_per_s")
+
+
 def read_until_gate(
     config: ProveConfig, llm: dict[str, Any], run: Callable[..., dict[str, Any]]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -706,9 +723,13 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
                     path.rename(root / path.name)
             shutil.rmtree(staging, ignore_errors=True)
 
+        runs: dict[str, dict[str, Any]] = {}
+
         def run(settings: dict[str, Any], model: str, data: str, name: str) -> dict[str, Any]:
             config_ = load_train_config({**settings, "model": model})
-            return train_to(config_, f"{world}/{data}", str(root / name))
+            summary = train_to(config_, f"{world}/{data}", str(root / name))
+            runs[name] = {key: summary.get(key) for key in RUN_MEASURES}
+            return summary
 
         llm = run(config.llm, str(root / "llm-init"), "general/text", "llm")
         llm, llm_reading = read_until_gate(config, llm, run)
@@ -763,12 +784,8 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
             "llm": llm["final"],
             "llm_reading": llm_reading,
             "root": str(root),
-            "seconds": {
-                "llm": llm.get("seconds"),
-                "synth_base": synth_base.get("seconds"),
-                "base": base.get("seconds"),
-                "judge": judge.get("seconds"),
-            },
+            # every training run (the LLM's chunks and each perception phase included)
+            "training": runs,
         }
         (root / "models.json").write_text(json.dumps(models, indent=2))
     return json.loads((root / "models.json").read_text())
