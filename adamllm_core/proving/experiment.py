@@ -128,7 +128,7 @@ def _train(**values: Any) -> dict[str, Any]:
 
 
 class ProveConfig(BaseModel):
-    """Sizes and steps of one proving run: `full`; `ci`, reduced (about an hour cold on
+    """Sizes and steps of one proving run: `full`; `ci`, reduced (60-120 minutes cold on
     2 cores); `smoke`, a few steps per stage (the test suite's check of the plumbing)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
