@@ -15,7 +15,6 @@ from adamllm_core.config import DomainConfig, load_domain_config
 from adamllm_core.dataset import Dataset
 from adamllm_core.proving.experiment import (
     MUTATIONS,
-    RUN_MEASURES,
     VARIANTS,
     ProveConfig,
     StageClock,
@@ -24,6 +23,7 @@ from adamllm_core.proving.experiment import (
     domain_config,
     gains_table,
     required_results,
+    run_measures,
     summary_of,
 )
 from adamllm_core.training.trainer import stage1_train_config
@@ -146,9 +146,7 @@ def prove_flow(
             "synthesizer": synth["synthesizer"]["final"],
         },
         "training": {
-            variant: {k: v for k, v in run.items() if k in RUN_MEASURES}
-            for variant, run in trained.items()
-            if variant != "base"
+            variant: run_measures(run) for variant, run in trained.items() if variant != "base"
         },
         "base_training": models.get("training", {}),
         "seconds": clock.seconds,

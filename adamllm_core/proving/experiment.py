@@ -673,6 +673,11 @@ def ensure_world(config: ProveConfig, out: str) -> dict[str, Any]:
 RUN_MEASURES = ("steps", "examples", "trained_tokens", "train_loss", "seconds", "samples_per_s")
 
 
+def run_measures(summary: dict[str, Any]) -> dict[str, Any]:
+    """A training summary reduced to what the report shows of it (`RUN_MEASURES`)."""
+    return {key: summary[key] for key in RUN_MEASURES if key in summary}
+
+
 def read_until_gate(
     config: ProveConfig, llm: dict[str, Any], run: Callable[..., dict[str, Any]]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -728,7 +733,7 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
         def run(settings: dict[str, Any], model: str, data: str, name: str) -> dict[str, Any]:
             config_ = load_train_config({**settings, "model": model})
             summary = train_to(config_, f"{world}/{data}", str(root / name))
-            runs[name] = {key: summary.get(key) for key in RUN_MEASURES}
+            runs[name] = run_measures(summary)
             return summary
 
         llm = run(config.llm, str(root / "llm-init"), "general/text", "llm")
