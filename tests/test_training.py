@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -369,6 +370,12 @@ def test_zero2_training_lowers_loss_and_the_model_reloads(
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output.decode()[-3000:]
     assert (out / "checkpoint-24" / "global_step24").is_dir()  # a DeepSpeed checkpoint
+    # Progress: one line per log with the step of the total and the time left, no raw dicts.
+    printed = output.decode()
+    progress = re.findall(r"step (\d+)/24 \(\d+%\) · loss [\d.]+ · .*", printed)
+    assert progress and progress[-1] == "24", printed[-3000:]
+    assert re.search(r"step \d+/24 .* about \d+ (s|min) left", printed)
+    assert "{'loss'" not in printed
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5 and metrics[-1]["tokens_per_s"] > 0
     assert (out / "loss_curve.png").stat().st_size > 1000
