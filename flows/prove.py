@@ -139,6 +139,8 @@ def prove_flow(
         "general_accuracy": summary_of(general)[0],
         # The LLM's reading of held-out captions after its steps and each gated chunk.
         "llm_reading": models.get("llm_reading", []),
+        # The judge's labels on held-out triplets after its steps and each gated chunk.
+        "judge_accuracy": models.get("judge_accuracy", []),
         "models": {
             "base": models["base"],
             "synth_base": models["synth_base"],

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from adamllm_core.dataset import Dataset
 from adamllm_core.proving.experiment import MUTATIONS, VARIANTS
@@ -95,10 +96,28 @@ def test_llm_below_its_reading_gate_trains_on_in_chunks(proving_run: dict) -> No
         "base-perception",
         "base",
         "judge",
+        "judge-1",
     ]
-    assert [runs[name]["steps"] for name in ("llm", "llm-1", "judge")] == [20, 5, 20]
+    assert [runs[name]["steps"] for name in ("llm", "llm-1", "judge", "judge-1")] == [20, 5, 20, 5]
     assert all(run["seconds"] > 0 for run in runs.values())
-    assert "The LLM's reading" in (proving_run["out"] / "report.md").read_text()
+    markdown = (proving_run["out"] / "report.md").read_text()
+    assert "The LLM's reading" in markdown and "The judge's labels" in markdown
+
+
+def test_judge_below_its_gate_trains_on_and_the_filter_uses_the_chunk(proving_run: dict) -> None:
+    # Smoke's judge gate asks for 100% of 12 held-out triplets: one chunk is added, and the
+    # consistency filter runs the chunk's judge.
+    measured = proving_run["report"]["judge_accuracy"]
+    assert [m["steps"] for m in measured] == [20, 25]
+    for m in measured:
+        assert m["accuracy"] < 100 and sum(m["said"].values()) == 12
+        assert set(m["per_label"]) <= {"Yes", "No", "Open"}
+    cached = json.loads(
+        (Path(proving_run["report"]["models"]["base"]).parents[1] / "models.json").read_text()
+    )
+    assert Path(cached["judge"]).parent.name == "judge-1"
+    config = yaml.safe_load((proving_run["out"] / "proving.yaml").read_text())
+    assert config["filter"]["engine"]["model"] == cached["judge"]
 
 
 def test_second_run_reuses_the_cached_base_and_finished_stages(proving_run: dict) -> None:

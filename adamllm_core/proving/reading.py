@@ -1,5 +1,6 @@
-"""Does a language model read a world caption? A caption, then a question about it, in one
-of four forms: `plain` text, one ChatML user turn (`chat`), the caption as the reply to a
+"""Does a language model read a world caption? Does the judge label consistency?
+
+Reading: a caption, then a question about it, in one of four forms: `plain` text, one ChatML user turn (`chat`), the caption as the reply to a
 request for one (`reply`, where the synthesizer reads it) and that under Table 1's precise
 hint (`precise`, what the synthesizer's precise turn does; the LLM's reading gate). Each
 question is scored through the engine's choice scoring over the skill's answers
@@ -7,7 +8,8 @@ question is scored through the engine's choice scoring over the skill's answers
 
 The scenes are held out (their own random streams, apart from every dataset the world
 writes) and drawn from the general palette: the LLM is gated on its own world, never on the
-domain the experiment measures.
+domain the experiment measures. Judging: held-out general triplets labelled as the judge's
+training data is, scored as the consistency filter scores them (the judge's gate).
 """
 
 import random
@@ -15,7 +17,9 @@ from collections import Counter
 from typing import Any
 
 from adamllm_core.engines.base import ChatRequest, Engine, Message
+from adamllm_core.filtering import judge_request, label_of
 from adamllm_core.prompts import SYNTH_CAPTION_PROMPT, SYNTH_PRECISE_HINT
+from adamllm_core.proving.bundles import judge_example
 from adamllm_core.proving.world import (
     SKILL_ANSWERS,
     Question,
@@ -27,6 +31,8 @@ from adamllm_core.proving.world import (
 
 # Random streams of the held-out scenes: the world's datasets draw from seeds far below this.
 HELD_OUT_BASE = 50_000
+# The judge's held-out triplets: a stream of their own, apart from the reading scenes.
+JUDGE_HELD_OUT_BASE = 70_000
 
 
 FORMS = ("plain", "chat", "reply", "precise")
@@ -92,4 +98,29 @@ def reading_accuracy(
         "accuracy": round(100 * sum(hits.values()) / max(1, sum(totals.values())), 2),
         "per_skill": {s: round(100 * hits[s] / totals[s], 2) for s in sorted(totals)},
         "asked": dict(sorted(totals.items())),
+    }
+
+
+def judging_accuracy(engine: Engine, world: WorldConfig, examples: int = 300) -> dict[str, Any]:
+    """The judge's labels (Yes / No / Open, scored as the consistency filter scores them, short
+    template) against the truth on `examples` held-out general-world triplets made as its
+    training data is made: accuracy (0-100) over all and per label, and how often it said each."""
+    truth, requests = [], []
+    for index in range(examples):
+        rng = random.Random(JUDGE_HELD_OUT_BASE + index)
+        scene = sample_scene(rng, world.general, world)
+        instruction, informative, precise, label = judge_example(scene, rng)
+        truth.append(label)
+        requests.append(judge_request(instruction, informative, precise, template="short"))
+    results = engine.run(requests)
+    if len(results) != len(requests):
+        raise RuntimeError(f"{len(requests)} judge triplets, {len(results)} results")
+    said = [label_of(result.choice_scores or {})[0] for result in results]
+    totals, hits = Counter(truth), Counter(t for t, s in zip(truth, said, strict=True) if t == s)
+    return {
+        "accuracy": round(100 * sum(hits.values()) / max(1, len(truth)), 2),
+        "per_label": {
+            label: round(100 * hits[label] / totals[label], 2) for label in sorted(totals)
+        },
+        "said": dict(sorted(Counter(said).items())),
     }
