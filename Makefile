@@ -37,7 +37,7 @@ $(VLLM_STAMP):
 prove: $(STAMP)
 	$(BIN)/adamllm prove --seed $(SEED) --scale $(SCALE) --out $(OUT)/prove --mutations
 
-# The models it starts from are built once per machine and seed (about 65-90 minutes cold on
+# The models it starts from are built once per machine and seed (about 50-70 minutes cold on
 # 2 cores); then synthesis, six post-training runs and evaluation take about 20 minutes.
 run: $(STAMP)
 	$(BIN)/adamllm prove --seed $(SEED) --scale ci --out $(OUT)/prove-ci
