@@ -114,7 +114,8 @@ class JudgeGate(TrainingGate):
 IMAGE_RATE = 3e-4
 # The judge is the exception to mixed batches: with them its loss stayed at 0.63 for 3,000
 # steps (every triplet labelled No); length-grouped, it leaves that plateau at step 1,100
-# (loss 0.01 by 1,500; world seed 1, measured both ways).
+# (loss 0.01 by 1,500; world seed 1, measured both ways). Later builds left it at 1,700
+# (seed 1) or not within 3,000 steps (seed 4): hence `JudgeGate`.
 JUDGE_TEXT = {"task": "completion", "group_by_length": True}
 
 
