@@ -1,10 +1,11 @@
 """Does a language model read a world caption? Does the judge label consistency?
 
-Reading: a caption, then a question about it, in one of four forms: `plain` text, one ChatML user turn (`chat`), the caption as the reply to a
-request for one (`reply`, where the synthesizer reads it) and that under Table 1's precise
-hint (`precise`, what the synthesizer's precise turn does; the LLM's reading gate). Each
-question is scored through the engine's choice scoring over the skill's answers
-(`"green."`), so the reading is measured apart from the answer's form.
+Reading: a caption, then a question about it, in one of four forms: `plain` text, one
+ChatML user turn (`chat`), the caption as the reply to a request for one (`reply`, where
+the synthesizer reads it) and that under Table 1's precise hint (`precise`, what the
+synthesizer's precise turn does; the LLM's reading gate). Each question is scored through
+the engine's choice scoring over the skill's answers (`"green."`), so the reading is
+measured apart from the answer's form.
 
 The scenes are held out (their own random streams, apart from every dataset the world
 writes) and drawn from the general palette: the LLM is gated on its own world, never on the
