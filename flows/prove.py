@@ -18,13 +18,12 @@ from adamllm_core.proving.experiment import (
     VARIANTS,
     ProveConfig,
     StageClock,
+    assemble_report,
     benchmark_config,
     checks_table,
     domain_config,
     gains_table,
-    required_results,
-    run_measures,
-    summary_of,
+    synthesis_line,
 )
 from adamllm_core.training.trainer import stage1_train_config
 from flows.synth import synth_flow
@@ -107,15 +106,14 @@ def prove_flow(
         else stage1
     )
     clock.lap("train two_stage")
-    accuracy: dict[str, float | None] = {}
-    per_skill: dict[str, dict[str, float | None]] = {}
-    for variant in VARIANTS + (MUTATIONS if mutations else ()):
-        summary = evaluate_benchmark(
+    evaluations = {
+        variant: evaluate_benchmark(
             benchmark_config(config, world, trained[variant]["final"]),
             f"{out}/eval/{variant}",
             overwrite=True,
         )
-        accuracy[variant], per_skill[variant] = summary_of(summary)
+        for variant in VARIANTS + (MUTATIONS if mutations else ())
+    }
     general = evaluate_benchmark(
         benchmark_config(config, world, models["base"], "general"),
         f"{out}/eval/base-general",
@@ -128,48 +126,20 @@ def prove_flow(
         [synth["filtered"].uri, synth["rejected"].uri],
         synth["filtered"].uri,
     )
-    report = {
-        "seed": seed,
-        "scale": scale,
-        "adamllm": {
-            "accuracy": {v: accuracy[v] for v in VARIANTS},
-            "per_skill": {v: per_skill[v] for v in VARIANTS},
-            "synthesis": synthesis,
-        },
-        "general_accuracy": summary_of(general)[0],
-        # The LLM's reading of held-out captions after its steps and each gated chunk.
-        "llm_reading": models.get("llm_reading", []),
-        # The judge's labels on held-out triplets after its steps and each gated chunk.
-        "judge_accuracy": models.get("judge_accuracy", []),
-        "models": {
-            "base": models["base"],
-            "synth_base": models["synth_base"],
-            "judge": models["judge"],
-            "synthesizer": synth["synthesizer"]["final"],
-        },
-        "training": {
-            variant: run_measures(run) for variant, run in trained.items() if variant != "base"
-        },
-        "base_training": models.get("training", {}),
-        "seconds": clock.seconds,
-        "config": config.model_dump(mode="json"),
-    }
-    if mutations:
-        report["adamllm"]["mutations"] = {
-            "accuracy": {m: accuracy[m] for m in MUTATIONS},
-            "per_skill": {m: per_skill[m] for m in MUTATIONS},
-        }
-    report["checks"] = required_results(report)
+    report = assemble_report(
+        config,
+        evaluations,
+        general,
+        synthesis,
+        models,
+        synth["synthesizer"]["final"],
+        trained,
+        clock.seconds,
+    )
     written = prove_report(out, report)
     print(gains_table(report))
     print(checks_table(report["checks"]))
-    print(
-        f"synthesizer parsed {synthesis['parsed']} of {synthesis['pairs']} pairs; before the filter "
-        f"precise answers {synthesis['answer_accuracy_before_filter']}% right, informative "
-        f"{synthesis['informative_accuracy_before_filter']}%, responses "
-        f"{synthesis['response_accuracy_before_filter']}%; kept responses "
-        f"{synthesis['answer_accuracy_after_filter']}% ({synthesis['kept']} kept)"
-    )
+    print(synthesis_line(synthesis))
     print(f"report: {written['report.md']}")
     failed = [c["check"] for c in report["checks"] if not c["passed"]]
     if check and failed:

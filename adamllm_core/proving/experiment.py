@@ -419,6 +419,65 @@ def write_report(out: str, report: dict[str, Any]) -> dict[str, str]:
     return {name: join(out, name) for name in ("report.json", "report.md", "report.png")}
 
 
+def assemble_report(
+    config: ProveConfig,
+    evaluations: Mapping[str, dict[str, Any]],
+    general: dict[str, Any],
+    synthesis: dict[str, Any],
+    models: dict[str, Any],
+    synthesizer: str,
+    trained: Mapping[str, dict[str, Any]],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """report.json's content: the domain benchmark's summary per variant (`evaluations`, the
+    mutations among them when they ran), the base on the general benchmark, the synthetic
+    data against the truth, the models and their training runs, and the required results."""
+    scored = {variant: summary_of(summary) for variant, summary in evaluations.items()}
+    report: dict[str, Any] = {
+        "seed": config.seed,
+        "scale": config.scale,
+        "adamllm": {
+            "accuracy": {v: scored[v][0] for v in VARIANTS},
+            "per_skill": {v: scored[v][1] for v in VARIANTS},
+            "synthesis": synthesis,
+        },
+        "general_accuracy": summary_of(general)[0],
+        # The LLM's reading and the judge's labels after their steps and each gated chunk.
+        "llm_reading": models.get("llm_reading", []),
+        "judge_accuracy": models.get("judge_accuracy", []),
+        "models": {
+            "base": models["base"],
+            "synth_base": models["synth_base"],
+            "judge": models["judge"],
+            "synthesizer": synthesizer,
+        },
+        "training": {
+            variant: run_measures(run) for variant, run in trained.items() if variant != "base"
+        },
+        "base_training": models.get("training", {}),
+        "seconds": seconds,
+        "config": config.model_dump(mode="json"),
+    }
+    if all(m in scored for m in MUTATIONS):
+        report["adamllm"]["mutations"] = {
+            "accuracy": {m: scored[m][0] for m in MUTATIONS},
+            "per_skill": {m: scored[m][1] for m in MUTATIONS},
+        }
+    report["checks"] = required_results(report)
+    return report
+
+
+def synthesis_line(synthesis: dict[str, Any]) -> str:
+    """The synthetic data against the truth, in one line for the run's log."""
+    return (
+        f"synthesizer parsed {synthesis['parsed']} of {synthesis['pairs']} pairs; before the"
+        f" filter precise answers {synthesis['answer_accuracy_before_filter']}% right,"
+        f" informative {synthesis['informative_accuracy_before_filter']}%, responses"
+        f" {synthesis['response_accuracy_before_filter']}%; kept responses"
+        f" {synthesis['answer_accuracy_after_filter']}% ({synthesis['kept']} kept)"
+    )
+
+
 def gains_table(report: dict[str, Any]) -> str:
     """The accuracy of each variant and its gain over caption-only and base, as Markdown."""
     accuracy = report["adamllm"]["accuracy"]
@@ -716,20 +775,21 @@ def run_measures(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_until_gate(
-    gate: TrainingGate | None,
-    first: dict[str, Any],
-    measure: Callable[[str], dict[str, Any]],
+    run: Callable[..., dict[str, Any]],
     settings: dict[str, Any],
+    initial: str,
     data: str,
     name: str,
-    run: Callable[..., dict[str, Any]],
+    gate: TrainingGate | None,
+    measure: Callable[[str], dict[str, Any]],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A model (`first`, trained with `settings` on `data`) trained on in chunks named
-    `name-1`, `name-2`, ... until `measure(model)["accuracy"]` passes `gate` (or the chunks
-    run out); returns the last run and the measure after each (the first at `max_steps`)."""
+    """`run(settings, initial, data, name)`, then, while `measure(model)["accuracy"]` is
+    below `gate`, chunks named `name-1`, `name-2`, ... (until they run out); returns the last
+    run and the measure after each (the first at `max_steps`)."""
+    model = run(settings, initial, data, name)
     if gate is None:
-        return first, []
-    model, steps, measured_after = first, settings["max_steps"], []
+        return model, []
+    steps, measured_after = settings["max_steps"], []
     for chunk in range(gate.max_chunks + 1):
         measured = measure(model["final"])
         measured_after.append({"steps": steps, **measured})
@@ -785,15 +845,15 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
             return summary
 
         llm, llm_reading = train_until_gate(
+            run,
+            config.llm,
+            str(root / "llm-init"),
+            "general/text",
+            "llm",
             config.llm_gate,
-            run(config.llm, str(root / "llm-init"), "general/text", "llm"),
             lambda model: _through_engine(
                 config, model, reading_accuracy, scenes=config.llm_gate.scenes
             ),
-            config.llm,
-            "general/text",
-            "llm",
-            run,
         )
         if not (root / "vlm-llm").exists():
             with_language_model(root / "vlm-llm-init", llm["final"], root / "vlm-llm")
@@ -839,15 +899,15 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
         # labels (100% on held-out triplets) after about 800 steps, from the LLM it had not
         # after 1,500 (measured once each), so it starts from random weights.
         judge, judge_accuracy = train_until_gate(
+            run,
+            config.judge,
+            str(root / "lm-init"),
+            "general/judge",
+            "judge",
             config.judge_gate,
-            run(config.judge, str(root / "lm-init"), "general/judge", "judge"),
             lambda model: _through_engine(
                 config, model, judging_accuracy, examples=config.judge_gate.examples
             ),
-            config.judge,
-            "general/judge",
-            "judge",
-            run,
         )
         models = {
             "base": base["final"],
