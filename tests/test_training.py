@@ -600,3 +600,28 @@ def test_a_changed_run_does_not_resume_from_the_old_runs_checkpoints(
     b = load_file(tmp_path / "fresh" / "final" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_collator_pads_per_token_processor_outputs_and_stacks_per_image_ones() -> None:
+    # Qwen2-VL's processor returns mm_token_type_ids (1, tokens), which its M-RoPE needs
+    # for the whole padded batch, beside image_grid_thw (1 row per image).
+    import torch
+
+    from adamllm_core.training.trainer import make_collator
+
+    def item(types: list[int], grid: list[int]) -> dict:
+        return {
+            "input_ids": list(range(10, 10 + len(types))),
+            "labels": [-100] * len(types),
+            "pixel_values": torch.ones(4, 3),
+            "mm_token_type_ids": torch.tensor([types]),
+            "image_grid_thw": torch.tensor([grid]),
+        }
+
+    stats = {"tokens": 0, "slots": 0}
+    batch = make_collator(0, stats)([item([0, 1, 1, 0, 0], [1, 2, 2]), item([1, 1, 0], [1, 4, 4])])
+    assert batch["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
+    assert batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 4, 4]]
+    assert batch["pixel_values"].shape == (8, 3)
+    assert batch["attention_mask"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
+    assert stats == {"tokens": 8, "slots": 10}

@@ -46,7 +46,16 @@ def _tokenizer_corpus(extra_text: list[str]) -> list[str]:
     return corpus + extra_text
 
 
-def build_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 1024):
+def build_tokenizer(
+    extra_text: list[str] | None = None,
+    vocab_size: int = 1024,
+    *,
+    special_tokens: list[str] = SPECIAL_TOKENS,
+    pad_token: str = "<pad>",
+    chat_template: str = CHAT_TEMPLATE,
+    named_tokens: dict[str, str] | None = None,
+):
+    """A byte-level BPE tokenizer trained on the method's prompts (no download)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -55,7 +64,7 @@ def build_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 1024)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -63,9 +72,9 @@ def build_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 1024)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
-        pad_token="<pad>",
-        chat_template=CHAT_TEMPLATE,
-        extra_special_tokens={"image_token": "<image>"},
+        pad_token=pad_token,
+        chat_template=chat_template,
+        extra_special_tokens=named_tokens or {"image_token": "<image>"},
         padding_side="left",
     )
 
@@ -191,3 +200,89 @@ def build_tiny_models(
         json.dumps({"seed": seed, "models": {k: v.name for k, v in paths.items()}})
     )
     return paths
+
+
+# Qwen2-VL's own chat template (system turn first, the image as vision_start/image_pad/
+# vision_end), less the video and tool branches a tiny check does not use.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN2_VL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+def build_tiny_qwen2_vl(out: str | Path, seed: int = 0, *, max_pixels: int = 28 * 28 * 16) -> Path:
+    """A Qwen2-VL-architecture model with random weights (about 0.2M parameters).
+
+    Its processor needs torchvision (the video processor), so it builds where torchvision
+    loads (a GPU machine), not with the CPU torch wheel. `max_pixels` caps image tokens.
+    """
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    out = Path(out)
+    tokenizer = build_tokenizer(
+        special_tokens=QWEN2_VL_TOKENS,
+        pad_token="<|endoftext|>",
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_TOKENS}
+    text = {
+        **_text_config(tokenizer).to_dict(),
+        "bos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        # head_dim 32: the three M-RoPE sections (time, height, width) sum to 16.
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [4, 6, 6],
+        },
+    }
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config={
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": text["hidden_size"],
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=max_pixels),
+        video_processor=Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -15,6 +15,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 
 from adamllm_core.engines.base import Message
@@ -30,7 +31,9 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     pixel_values: Any  # tensor from the image processor, or None
-    extra: dict[str, Any]  # other processor outputs (image_sizes, image_grid_thw, ...)
+    # Other processor outputs: per image (image_sizes, image_grid_thw) or, shaped
+    # (1, len(input_ids)), per token (Qwen2-VL's mm_token_type_ids, which its M-RoPE needs).
+    extra: dict[str, Any]
 
     @property
     def trained_tokens(self) -> int:
@@ -51,6 +54,7 @@ def encode_segments(
     labels: list[int] = []
     pixel_values = None
     extra: dict[str, Any] = {}
+    per_token: set[str] = set()
     for position, (text, trained) in enumerate(segments):
         if not text:
             continue
@@ -68,8 +72,12 @@ def encode_segments(
             }
         else:
             ids = renderer.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if position == 0 and image is not None:
+            per_token = {k for k, v in extra.items() if tuple(v.shape) == (1, len(ids))}
         input_ids += ids
         labels += ids if trained else [IGNORE_INDEX] * len(ids)
+    for key in per_token:  # the text segments after the image are text tokens (type 0)
+        extra[key] = torch.nn.functional.pad(extra[key], (0, len(input_ids) - extra[key].shape[1]))
     return Encoded(input_ids, labels, pixel_values, extra)
 
 

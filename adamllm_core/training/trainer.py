@@ -283,13 +283,23 @@ def make_collator(pad_id: int, padding_stats: dict[str, int]) -> Any:
         if batch[0]["pixel_values"] is not None:
             out["pixel_values"] = torch.cat([item["pixel_values"] for item in batch])
             for key in batch[0]:
-                if key not in ("input_ids", "labels", "pixel_values") and torch.is_tensor(
+                if key in ("input_ids", "labels", "pixel_values") or not torch.is_tensor(
                     batch[0][key]
                 ):
+                    continue
+                if _per_token(batch[0], key):  # padded like the ids (Qwen2-VL's token types)
+                    out[key] = torch.zeros((len(batch), longest), dtype=batch[0][key].dtype)
+                    for row, item in enumerate(batch):
+                        out[key][row, : len(item["input_ids"])] = item[key][0]
+                else:  # per image: one row each (image_sizes, image_grid_thw)
                     out[key] = torch.cat([item[key] for item in batch])
         return out
 
     return collate
+
+
+def _per_token(item: dict[str, Any], key: str) -> bool:
+    return tuple(item[key].shape) == (1, len(item["input_ids"]))
 
 
 def _optimizer_groups(model: Any, config: TrainConfig) -> list[dict[str, Any]]:
