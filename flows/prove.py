@@ -28,7 +28,13 @@ from adamllm_core.proving.experiment import (
 from adamllm_core.training.trainer import stage1_train_config
 from flows.synth import synth_flow
 from tasks.evaluate import evaluate_benchmark
-from tasks.prove import build_base_models, make_world, measure_synthetic_data, prove_report
+from tasks.prove import (
+    build_base_models,
+    make_world,
+    measure_synthetic_data,
+    prove_report,
+    tune_synthesizer_once,
+)
 from tasks.synth import assemble_mixtures, filter_consistent
 from tasks.train import train_model
 
@@ -53,9 +59,13 @@ def prove_flow(
     clock.lap("world")
     models = build_base_models(config, world)
     clock.lap("base and judge (cached per machine)")
+    synthesizer = tune_synthesizer_once(config, world, models)
+    clock.lap("synthesizer (cached per machine)")
     config_path = Path(out) / "proving.yaml"
     config_path.write_text(
-        yaml.safe_dump(domain_config(config, world, out, models), sort_keys=False)
+        yaml.safe_dump(
+            domain_config(config, world, out, models, synthesizer["final"]), sort_keys=False
+        )
     )
     synth = synth_flow(str(config_path))
     clock.lap("synth flow")
@@ -132,7 +142,7 @@ def prove_flow(
         general,
         synthesis,
         models,
-        synth["synthesizer"]["final"],
+        synthesizer,
         trained,
         clock.seconds,
     )

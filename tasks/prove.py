@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from adamllm_core.proving.experiment import (
     ProveConfig,
     ensure_base_models,
+    ensure_synthesizer,
     ensure_world,
     gains_table,
     measure_synthesis,
@@ -25,6 +26,14 @@ def make_world(config: ProveConfig, out: str) -> dict[str, Any]:
 def build_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
     """The base MLLM and the judge LM, built once per machine (see ensure_base_models)."""
     return ensure_base_models(config, world)
+
+
+@task(name="tune-synthesizer", persist_result=True)
+def tune_synthesizer_once(
+    config: ProveConfig, world: str, models: dict[str, Any]
+) -> dict[str, Any]:
+    """The synthesizer tuned on the world's seed data, once per machine (see ensure_synthesizer)."""
+    return ensure_synthesizer(config, world, models)
 
 
 @task(name="measure-synthesis", persist_result=True)

@@ -62,7 +62,12 @@ def test_report_files_and_schema(proving_run: dict) -> None:
     assert "| single_stage |" in markdown and "vs caption-only" in markdown
     models = report["models"]
     assert models["synth_base"] != models["base"]
-    assert Path(models["synthesizer"]).is_relative_to(out)
+    # The synthesizer is tuned once per machine beside the base models, not per run.
+    cache = Path(models["base"]).parents[1]
+    assert Path(models["synthesizer"]).is_relative_to(cache)
+    config = yaml.safe_load((out / "proving.yaml").read_text())
+    assert config["synthesize"]["engine"]["model"] == models["synthesizer"]
+    assert "tune_synthesizer" not in config
 
 
 def test_llm_below_its_reading_gate_trains_on_in_chunks(proving_run: dict) -> None:
@@ -97,8 +102,10 @@ def test_llm_below_its_reading_gate_trains_on_in_chunks(proving_run: dict) -> No
         "base",
         "judge",
         "judge-1",
+        "synthesizer",
     ]
     assert [runs[name]["steps"] for name in ("llm", "llm-1", "judge", "judge-1")] == [20, 5, 20, 5]
+    assert runs["synthesizer"]["steps"] == 40
     assert all(run["seconds"] > 0 for run in runs.values())
     markdown = (proving_run["out"] / "report.md").read_text()
     assert "The LLM's reading" in markdown and "The judge's labels" in markdown
@@ -162,3 +169,24 @@ def test_mutations_break_the_method_as_named(proving_run: dict) -> None:
     assert len(checks) == 5 + len(MUTATIONS)
     markdown = (proving_run["out"] / "report.md").read_text()
     assert "## Mutations" in markdown and "## Required results" in markdown
+
+
+def test_a_second_run_reuses_the_tuned_synthesizer(proving_run: dict) -> None:
+    # Tuned on general seed data, the synthesizer serves any run on the same world: asked
+    # again (a new run, another output folder), it is returned without training.
+    from adamllm_core.proving.experiment import ProveConfig, ensure_synthesizer
+
+    report = proving_run["report"]
+    models = json.loads((Path(report["models"]["base"]).parents[1] / "models.json").read_text())
+    final = Path(report["models"]["synthesizer"])
+    stamp = (final / "model.safetensors").stat().st_mtime_ns
+    again = ensure_synthesizer(
+        ProveConfig.for_scale("smoke", 0), str(proving_run["out"] / "world"), models
+    )
+    assert Path(again["final"]) == final
+    assert (final / "model.safetensors").stat().st_mtime_ns == stamp
+    # Other tuning settings are another synthesizer, in a folder of their own.
+    other = ProveConfig.for_scale("smoke", 0).model_copy(
+        update={"synthesizer": {**ProveConfig.for_scale("smoke", 0).synthesizer, "max_steps": 2}}
+    )
+    assert ensure_synthesizer(other, str(proving_run["out"] / "world"), models)["steps"] == 2

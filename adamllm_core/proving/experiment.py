@@ -40,7 +40,8 @@ from adamllm_core.proving.world import (
     parse_question,
 )
 from adamllm_core.storage import filesystem, join, normalise_uri, write_bytes_atomic
-from adamllm_core.training.trainer import load_train_config, train_to
+from adamllm_core.training.seed import SeedConfig, build_seed
+from adamllm_core.training.trainer import finished_run, load_train_config, train_to
 from adamllm_core.version import CODE_VERSION
 
 VARIANTS = ("base", "caption_only", "single_stage", "synthetic_only", "two_stage", "no_filter")
@@ -244,18 +245,18 @@ class ProveConfig(BaseModel):
 
 
 def domain_config(
-    config: ProveConfig, world_dir: str, out: str, models: dict[str, Any]
+    config: ProveConfig, world_dir: str, out: str, models: dict[str, Any], synthesizer: str
 ) -> dict[str, Any]:
-    """The domain config (deployments/<domain>.yaml keys) the synth flow runs for the proving ground."""
-    seed_dir = f"{world_dir}/general/seed"
-    base, synth_base, judge = models["base"], models["synth_base"], models["judge"]
+    """The domain config (deployments/<domain>.yaml keys) the synth flow runs for the proving
+    ground; `synthesizer` is the tuned one (see ensure_synthesizer)."""
+    base, judge = models["base"], models["judge"]
     return {
         "domain": DOMAIN,
         "source": f"{world_dir}/domain/pairs",
         "out": out,
         "ingest": {"rows_per_shard": 256},
         "synthesize": {
-            "engine": {"kind": "transformers", "model": synth_base, "batch_size": 64},
+            "engine": {"kind": "transformers", "model": synthesizer, "batch_size": 64},
             "max_new_tokens": 96,
             "temperature": config.synth_temperature,
             "seed": config.seed,
@@ -268,14 +269,6 @@ def domain_config(
             "target_model": base,
             "max_seq_len": 512,
             "variants": ["single_stage", "two_stage", "caption_only", "synthetic_only"],
-        },
-        "tune_synthesizer": {
-            "vision_flan": f"{seed_dir}/vision_flan.json",
-            "allava_caption": f"{seed_dir}/allava_caption.json",
-            "allava_instruct": f"{seed_dir}/allava_instruct.json",
-            "image_root": seed_dir,
-            "seed": {"seed": config.seed},
-            "train": {**config.synthesizer, "model": synth_base},
         },
     }
 
@@ -425,7 +418,7 @@ def assemble_report(
     general: dict[str, Any],
     synthesis: dict[str, Any],
     models: dict[str, Any],
-    synthesizer: str,
+    synthesizer: dict[str, Any],
     trained: Mapping[str, dict[str, Any]],
     seconds: dict[str, float],
 ) -> dict[str, Any]:
@@ -449,12 +442,12 @@ def assemble_report(
             "base": models["base"],
             "synth_base": models["synth_base"],
             "judge": models["judge"],
-            "synthesizer": synthesizer,
+            "synthesizer": synthesizer["final"],
         },
         "training": {
             variant: run_measures(run) for variant, run in trained.items() if variant != "base"
         },
-        "base_training": models.get("training", {}),
+        "base_training": {**models.get("training", {}), "synthesizer": run_measures(synthesizer)},
         "seconds": seconds,
         "config": config.model_dump(mode="json"),
     }
@@ -922,3 +915,26 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
         }
         (root / "models.json").write_text(json.dumps(models, indent=2))
     return json.loads((root / "models.json").read_text())
+
+
+def ensure_synthesizer(config: ProveConfig, world: str, models: dict[str, Any]) -> dict[str, Any]:
+    """The synthesizer tuned on the general world's seed data (paper 3.1.1), built once per
+    machine beside the base models. Like the paper's, it is tuned once on general data and
+    serves any domain, so every run on this world reuses it; keyed by what makes it (the
+    base models, the seed data's size and the tuning settings)."""
+    key = cache_key(config.base_identity(), config.sizes.seed_images, config.synthesizer)
+    root = Path(models["root"]) / f"synthesizer-{key}"
+    if done := finished_run(str(root / "model")):
+        return done
+    seed_dir = f"{world}/general/seed"
+    build_seed(
+        f"{seed_dir}/vision_flan.json",
+        f"{seed_dir}/allava_caption.json",
+        f"{seed_dir}/allava_instruct.json",
+        seed_dir,
+        str(root / "seed"),
+        SeedConfig(seed=config.seed),
+        overwrite=True,  # a killed build's leftovers; the same content keeps its fingerprint
+    )
+    settings = {**config.synthesizer, "task": "synthesizer", "model": models["synth_base"]}
+    return train_to(load_train_config(settings), str(root / "seed"), str(root / "model"))
