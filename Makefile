@@ -37,8 +37,8 @@ $(VLLM_STAMP):
 prove: $(STAMP)
 	$(BIN)/adamllm prove --seed $(SEED) --scale $(SCALE) --out $(OUT)/prove --mutations
 
-# The models it starts from are built once per machine and seed (about 50-70 minutes cold on
-# 2 cores); then synthesis, six post-training runs and evaluation take about 20 minutes.
+# The models it starts from are built once per machine and seed (about 60-90 minutes cold on
+# 2 cores); then synthesis, six post-training runs and evaluation take 14-20 minutes.
 run: $(STAMP)
 	$(BIN)/adamllm prove --seed $(SEED) --scale ci --out $(OUT)/prove-ci
 
