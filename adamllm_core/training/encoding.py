@@ -15,7 +15,6 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from PIL import Image
 
 from adamllm_core.engines.base import Message
@@ -70,14 +69,15 @@ def encode_segments(
                 for k, v in encoded.items()
                 if k not in ("input_ids", "attention_mask", "pixel_values")
             }
+            per_token = {k for k, v in extra.items() if tuple(v.shape) == (1, len(ids))}
         else:
             ids = renderer.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if position == 0 and image is not None:
-            per_token = {k for k, v in extra.items() if tuple(v.shape) == (1, len(ids))}
         input_ids += ids
         labels += ids if trained else [IGNORE_INDEX] * len(ids)
     for key in per_token:  # the text segments after the image are text tokens (type 0)
-        extra[key] = torch.nn.functional.pad(extra[key], (0, len(input_ids) - extra[key].shape[1]))
+        value = extra[key]
+        extra[key] = value.new_zeros((1, len(input_ids)))
+        extra[key][0, : value.shape[1]] = value[0]
     return Encoded(input_ids, labels, pixel_values, extra)
 
 
