@@ -197,6 +197,13 @@ def prove(
     check: Annotated[
         bool, typer.Option(help="exit 1 (after the report) when a required result does not hold")
     ] = False,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="post-train only these variants (repeatable; default all: caption_only,"
+            " single_stage, synthetic_only, two_stage, no_filter); base is always scored"
+        ),
+    ] = None,
 ) -> None:
     """The proving ground: the AdaMLLM pipeline's gains on a generated world, on CPU."""
     if scale not in ("full", "ci", "smoke"):
@@ -204,7 +211,9 @@ def prove(
     from flows.prove import RequiredResultsNotMet, prove_flow
 
     try:
-        prove_flow(seed=seed, out=out, scale=scale, mutations=mutations, check=check)
+        prove_flow(
+            seed=seed, out=out, scale=scale, mutations=mutations, check=check, variants=variant
+        )
     except (ConfigError, DatasetError, ValueError, RequiredResultsNotMet) as error:
         fail(str(error))
 

@@ -5,11 +5,13 @@ World → base MLLM and judge (built once per machine) → flow `synth` on the d
 training run per variant → flow-`evaluate`'s task on the domain benchmark → report.
 """
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from prefect import flow
+from prefect.task_runners import ProcessPoolTaskRunner
 
 from adamllm_core.config import DomainConfig, load_domain_config
 from adamllm_core.dataset import Dataset
@@ -25,7 +27,7 @@ from adamllm_core.proving.experiment import (
     gains_table,
     synthesis_line,
 )
-from adamllm_core.training.trainer import stage1_train_config
+from adamllm_core.training.trainer import limit_threads, stage1_train_config
 from flows.synth import synth_flow
 from tasks.evaluate import evaluate_benchmark
 from tasks.prove import (
@@ -46,11 +48,17 @@ def prove_flow(
     scale: Literal["full", "ci", "smoke"] = "full",
     mutations: bool = False,
     check: bool = False,
+    variants: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the proving ground for one world seed; writes OUT/report.{md,png,json}.
 
     `mutations`: also post-train and score the method broken on purpose (`MUTATIONS`);
-    `check`: fail the run (after writing the report) when a required result does not hold."""
+    `check`: fail the run (after writing the report) when a required result does not hold;
+    `variants`: the post-training variants to run (default: all; `base` is always scored),
+    a left-out variant is None in the report and fails the checks that need it."""
+    trained_variants = set(VARIANTS[1:] if variants is None else variants)
+    if unknown := trained_variants - set(VARIANTS):
+        raise ValueError(f"variants {sorted(unknown)}: not among {', '.join(VARIANTS)}")
     config = ProveConfig.for_scale(scale, seed)
     out = str(Path(out).resolve())
     clock = StageClock()
@@ -70,16 +78,19 @@ def prove_flow(
     synth = synth_flow(str(config_path))
     clock.lap("synth flow")
     domain = load_domain_config(config_path)
-    # Without the consistency filter: every parsed triplet, each with its joined response.
-    no_filter = _refiltered_mixture(synth, domain, ("Yes", "No", "Open"), "no-filter")
-    clock.lap("no-filter mixture")
     post = {**config.post_train, "model": models["base"]}
-    data = {
+    data: dict[str, tuple[dict[str, Any], str]] = {
         "caption_only": (post, synth["mixture:caption_only"].uri),
         "single_stage": (post, synth["mixture:single_stage"].uri),
         "synthetic_only": (post, synth["mixture:synthetic_only"].uri),
-        "no_filter": (post, no_filter),
     }
+    if "no_filter" in trained_variants:
+        # Without the consistency filter: every parsed triplet, each with its joined response.
+        data["no_filter"] = (
+            post,
+            _refiltered_mixture(synth, domain, ("Yes", "No", "Open"), "no-filter"),
+        )
+    data = {v: job for v, job in data.items() if v in trained_variants}
     if mutations:
         data["inverted_filter"] = (
             post,
@@ -94,35 +105,55 @@ def prove_flow(
         "steps": 0,
     }  # an empty mixture leaves the base model as it is
     trained: dict[str, dict[str, Any]] = {"base": untrained}
-    for variant, (settings, mixture) in data.items():
-        if Dataset(mixture).manifest.rows:
-            trained[variant] = train_model(
-                settings, mixture, domain.uri(f"model-{variant.replace('_', '-')}")
-            )
-        else:
+    for variant, (_, mixture) in list(data.items()):
+        if not Dataset(mixture).manifest.rows:
             print(f"{variant}: the mixture is empty, so the model is the base model")
             trained[variant] = untrained
-        clock.lap(f"train {variant}")
-    stage1 = train_model(
-        stage1_train_config(post), synth["mixture:two_stage_1"].uri, domain.uri("model-two-stage-1")
-    )
-    trained["two_stage"] = (
-        train_model(
-            {**post, "model": stage1["final"]},
-            synth["mixture:two_stage_2"].uri,
-            domain.uri("model-two-stage"),
+            del data[variant]
+    workers = min(config.train_workers, max(1, len(data) + ("two_stage" in trained_variants)))
+    with ProcessPoolTaskRunner(
+        max_workers=workers,
+        initializer=limit_threads,
+        initargs=(max(1, (os.cpu_count() or 1) // workers),),
+    ) as runner:
+
+        def submit(settings: dict[str, Any], mixture: str, name: str) -> Any:
+            return runner.submit(
+                train_model, {"config": settings, "data": mixture, "out": domain.uri(name)}
+            )
+
+        # Two-stage's stage 1 first: its stage 2 waits for it while the others train.
+        stage1 = (
+            submit(stage1_train_config(post), synth["mixture:two_stage_1"].uri, "model-two-stage-1")
+            if "two_stage" in trained_variants
+            else None
         )
-        if synth["mixture:two_stage_2"].rows
-        else stage1
-    )
-    clock.lap("train two_stage")
+        futures = {
+            variant: submit(settings, mixture, f"model-{variant.replace('_', '-')}")
+            for variant, (settings, mixture) in data.items()
+        }
+        if stage1 is not None:
+            first = stage1.result()
+            futures["two_stage"] = (
+                submit(
+                    {**post, "model": first["final"]},
+                    synth["mixture:two_stage_2"].uri,
+                    "model-two-stage",
+                )
+                if synth["mixture:two_stage_2"].rows
+                else stage1
+            )
+        trained.update({variant: future.result() for variant, future in futures.items()})
+    clock.lap("post-training")
+    print(f"post-training: {len(trained) - 1} models, {workers} trained at a time")
+    scored = [v for v in VARIANTS if v in trained] + (list(MUTATIONS) if mutations else [])
     evaluations = {
         variant: evaluate_benchmark(
             benchmark_config(config, world, trained[variant]["final"]),
             f"{out}/eval/{variant}",
             overwrite=True,
         )
-        for variant in VARIANTS + (MUTATIONS if mutations else ())
+        for variant in scored
     }
     general = evaluate_benchmark(
         benchmark_config(config, world, models["base"], "general"),

@@ -154,6 +154,14 @@ def stage1_train_config(train: dict[str, Any]) -> dict[str, Any]:
     return {**train, **stage1_overrides(load_train_config(train))}
 
 
+def limit_threads(threads: int) -> None:
+    """Give this process's torch `threads` CPU threads: the initializer of a worker process
+    that trains beside others on a share of the cores."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def idempotency_key(data_fingerprint: str, train: dict[str, Any]) -> str:
     """One training run per (data, training config): the key Prefect deduplicates flow runs on."""
     return f"{data_fingerprint}-{config_hash(train)}"
