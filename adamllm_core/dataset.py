@@ -17,11 +17,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from adamllm_core.hashing import canonical_json, sha256_hex
 from adamllm_core.schemas import QUARANTINE, RecordSchema, get_schema
@@ -56,7 +56,8 @@ class ShardInfo(BaseModel):
 
 
 class ParentRef(BaseModel):
-    uri: str
+    # credentials in a URI (s3://KEY:SECRET@bucket) never reach a manifest
+    uri: Annotated[str, AfterValidator(redact)]
     fingerprint: str = Field(
         description="the parent manifest's fingerprint, or a source listing hash"
     )

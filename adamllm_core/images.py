@@ -35,6 +35,17 @@ class ImagePolicy(BaseModel):
     min_side: int = Field(
         default=8, ge=1, description="images with a side shorter than this are rejected"
     )
+    max_bytes: int = Field(
+        default=100_000_000,
+        gt=0,
+        description="files larger than this are rejected before they are read",
+    )
+    max_aspect_ratio: float = Field(
+        default=200.0,
+        gt=1,
+        description="longer side / shorter side above this is rejected (Qwen2-VL's processor"
+        " refuses 200 and more)",
+    )
     multi_frame: str = Field(
         default="first",
         pattern="^(first|reject)$",
@@ -62,6 +73,8 @@ def normalise_image(data: bytes, policy: ImagePolicy) -> NormalisedImage:
     """Decode, check and normalise one image file; raises ImageRejected with a reason."""
     if not data:
         raise ImageRejected("empty_file", "the image file has zero bytes")
+    if len(data) > policy.max_bytes:
+        raise ImageRejected("too_large", f"{len(data)} bytes > max_bytes {policy.max_bytes}")
     source_sha256 = hashlib.sha256(data).hexdigest()
     with warnings.catch_warnings():
         # Pillow warns (then raises) past its own limit; ours is checked explicitly below.
@@ -93,6 +106,11 @@ def _checked_and_normalised(
     if min(width, height) < policy.min_side:
         raise ImageRejected(
             "too_small", f"{width}x{height}: a side is under min_side {policy.min_side}"
+        )
+    if max(width, height) / min(width, height) >= policy.max_aspect_ratio:
+        raise ImageRejected(
+            "extreme_aspect_ratio",
+            f"{width}x{height}: aspect ratio at or above max_aspect_ratio {policy.max_aspect_ratio:g}",
         )
     frames = getattr(image, "n_frames", 1)
     if frames > 1 and policy.multi_frame == "reject":

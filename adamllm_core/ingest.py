@@ -26,7 +26,7 @@ from adamllm_core.importers import Importer, RawRecord, SourceOptions, open_sour
 from adamllm_core.schemas import PAIRS, QUARANTINE, ImageCaptionPair, QuarantineRow
 from adamllm_core.storage import filesystem, normalise_uri, redact
 from adamllm_core.text import CaptionPolicy, clean_caption
-from adamllm_core.version import CODE_VERSION
+from adamllm_core.version import code_version
 
 STAGE = "ingest"
 ProgressFn = Callable[[int, int], None]
@@ -82,7 +82,7 @@ def process_record(record: RawRecord, config: IngestConfig, source: str) -> list
         data = (
             record.image_bytes
             if record.image_bytes is not None
-            else _read_image(record.image_uri or "")
+            else _read_image(record.image_uri or "", config.image.max_bytes)
         )
         image = normalise_image(data, config.image)
     except Rejected as rejected:
@@ -156,11 +156,14 @@ def process_record(record: RawRecord, config: IngestConfig, source: str) -> list
     return outcomes
 
 
-def _read_image(uri: str) -> bytes:
+def _read_image(uri: str, max_bytes: int) -> bytes:
     try:
         fs, path = filesystem(uri)
         if fs.isdir(path):
             raise Rejected("missing_image", f"{redact(uri)} is a folder, not an image file")
+        size = fs.size(path)
+        if size is not None and size > max_bytes:  # before reading it
+            raise Rejected("too_large", f"{redact(uri)}: {size} bytes > max_bytes {max_bytes}")
         return fs.cat_file(path)
     except FileNotFoundError:
         raise Rejected("missing_image", f"{redact(uri)} does not exist") from None
@@ -217,7 +220,7 @@ def _open(source_uri: str, config: IngestConfig) -> tuple[Importer, ParentRef]:
 def ingest_identity(source: str, config: IngestConfig) -> str:
     """The identity an ingest of `source` with `config` would produce (for cache keys)."""
     _, parent = _open(normalise_uri(source), config)
-    return identity_hash(PAIRS, [parent], config.hash, CODE_VERSION)
+    return identity_hash(PAIRS, [parent], config.hash, code_version(__name__))
 
 
 def ingest(
@@ -238,6 +241,7 @@ def ingest(
         parents=[parent],
         config=config.output_config(),
         config_hash=config.hash,
+        code_version=code_version(__name__),
         overwrite=overwrite,
     )
     finished = writer.existing()

@@ -38,6 +38,10 @@ from adamllm_core.synthesis import (
     synth_request,
     triplet_id,
 )
+from adamllm_core.version import code_version
+
+# Synthesize, filter and assemble: outputs change with this module and what it imports.
+PIPELINE_CODE = code_version(__name__)
 
 
 def _quarantine(
@@ -131,6 +135,7 @@ def synthesize(
         outputs={"triplets": StageOutput(out, TRIPLETS)},
         config=_stage_config(config, engine),
         process=process,
+        code=PIPELINE_CODE,
         columns=["id", "image", "caption", "domain"],
         overwrite=overwrite,
         progress=progress,
@@ -206,6 +211,7 @@ def filter_triplets(
         },
         config=_stage_config(config, engine),
         process=process,
+        code=PIPELINE_CODE,
         columns=["id", "pair_id", "domain", "instruction", "precise", "informative"],
         overwrite=overwrite,
         progress=progress,
@@ -365,6 +371,7 @@ def assemble(
         outputs={name: StageOutput(uri, CONVERSATIONS) for name, uri in outs.items()},
         config=_assemble_config(config),
         process=process,
+        code=PIPELINE_CODE,
         columns=["id", "image", "image_format", "caption", "domain"],
         extra_inputs=[filtered_uri],
         overwrite=overwrite,
@@ -383,19 +390,28 @@ def _assemble_config(config: AssembleConfig) -> dict[str, Any]:
 
 def synthesize_identity(pairs_uri: str, config: SynthConfig) -> str:
     return stage_identity(
-        [pairs_uri], StageOutput("", TRIPLETS), _stage_config(config, make_engine(config.engine))
+        [pairs_uri],
+        StageOutput("", TRIPLETS),
+        _stage_config(config, make_engine(config.engine)),
+        PIPELINE_CODE,
     )
 
 
 def filter_identity(triplets_uri: str, config: FilterConfig) -> str:
     return stage_identity(
-        [triplets_uri], StageOutput("", JUDGED), _stage_config(config, make_engine(config.engine))
+        [triplets_uri],
+        StageOutput("", JUDGED),
+        _stage_config(config, make_engine(config.engine)),
+        PIPELINE_CODE,
     )
 
 
 def assemble_identity(pairs_uri: str, filtered_uri: str, config: AssembleConfig) -> str:
     return stage_identity(
-        [pairs_uri, filtered_uri], StageOutput("", CONVERSATIONS), _assemble_config(config)
+        [pairs_uri, filtered_uri],
+        StageOutput("", CONVERSATIONS),
+        _assemble_config(config),
+        PIPELINE_CODE,
     )
 
 

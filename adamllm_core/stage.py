@@ -21,7 +21,6 @@ from adamllm_core.dataset import (
 )
 from adamllm_core.hashing import config_hash
 from adamllm_core.schemas import QUARANTINE, QuarantineRow, Record, RecordSchema
-from adamllm_core.version import CODE_VERSION
 
 ProgressFn = Callable[[int, int], None]
 
@@ -44,9 +43,10 @@ def stage_parents(inputs: list[str]) -> list[ParentRef]:
 
 
 def stage_identity(
-    inputs: list[str], output: StageOutput, config: BaseModel | dict[str, Any]
+    inputs: list[str], output: StageOutput, config: BaseModel | dict[str, Any], code: str
 ) -> str:
-    return identity_hash(output.schema, stage_parents(inputs), config_hash(config), CODE_VERSION)
+    """`code`: the stage's code version (`version.code_version` of its module)."""
+    return identity_hash(output.schema, stage_parents(inputs), config_hash(config), code)
 
 
 def run_stage(
@@ -56,6 +56,7 @@ def run_stage(
     outputs: dict[str, StageOutput],
     config: BaseModel | dict[str, Any],
     process: Callable[[list[dict[str, Any]], int], ShardOutput],
+    code: str,
     columns: list[str] | None = None,
     extra_inputs: list[str] = (),
     overwrite: bool = False,
@@ -81,6 +82,7 @@ def run_stage(
             parents=parents,
             config=dumped,
             config_hash=config_hash(dumped),
+            code_version=code,
             overwrite=overwrite,
         )
         for name, out in outputs.items()
@@ -98,6 +100,7 @@ def run_stage(
                 parents=parents,
                 config=dumped,
                 config_hash=config_hash(dumped),
+                code_version=code,
                 overwrite=True,
             )
             for name, out in outputs.items()

@@ -96,6 +96,8 @@ IMAGE_CASES: dict[str, tuple[bytes, str | None, str | None]] = {
     "page.png": (b"<!doctype html><html><body>404 Not Found</body></html>", "not_an_image", None),
     "bomb.png": (png_header_only(100_000, 100_000), "too_many_pixels", None),
     "tiny.png": (encode(gradient("RGB", (4, 4)), "PNG"), "too_small", None),
+    # 1,800x9: aspect ratio 200, which Qwen2-VL's processor refuses
+    "strip.png": (encode(gradient("RGB", (1800, 9)), "PNG"), "extreme_aspect_ratio", None),
 }
 
 

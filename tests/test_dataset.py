@@ -190,3 +190,71 @@ def test_schema_registry_rejects_duplicates_and_derives_arrow() -> None:
     schema = arrow_schema_for(QuarantineRow)
     assert str(schema.field("record_id").type) == "string" and schema.field("record_id").nullable
     assert not schema.field("reason").nullable
+
+
+def test_credentials_in_parent_uris_never_reach_the_manifest(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ds")
+    w = DatasetWriter(
+        uri,
+        schema=PAIRS,
+        stage="test",
+        parents=[ParentRef(uri="s3://AKIAEXAMPLE:s3cr3t@bucket/src", fingerprint="f1")],
+        config={"a": 1},
+        config_hash="h",
+    )
+    w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
+    w.commit(1)
+    text = (tmp_path / "ds" / "manifest.json").read_text()
+    assert "s3cr3t" not in text and "AKIAEXAMPLE" not in text
+    assert read_manifest(uri).parents[0].uri == "s3://bucket/src"
+
+
+def test_editing_one_stage_module_leaves_other_stages_identities(tmp_path: Path) -> None:
+    """Each stage's code version hashes its own module and what it imports: an edit to the
+    evaluation code must not invalidate ingested or synthesized data, and an edit to the
+    synthesis code must invalidate synthesized data but not ingested data."""
+    import shutil
+    import subprocess
+    import sys
+
+    import adamllm_core
+
+    stages = {
+        "ingest": "adamllm_core.ingest",
+        "synth": "adamllm_core.pipeline",
+        "evaluate": "adamllm_core.evaluation.run",
+        "seed": "adamllm_core.training.seed",
+    }
+
+    def versions(tree: Path) -> dict[str, str]:
+        script = (
+            "import json; from adamllm_core.version import code_version;"
+            f"print(json.dumps({{k: code_version(m) for k, m in {stages!r}.items()}}))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script], cwd=tree, capture_output=True, text=True, check=True
+        )
+        return json.loads(out.stdout)
+
+    package = Path(adamllm_core.__file__).parent
+    trees = {}
+    for name, edited in (
+        ("same", None),
+        ("eval", "evaluation/metrics.py"),
+        ("synth", "synthesis.py"),
+    ):
+        tree = tmp_path / name
+        shutil.copytree(
+            package, tree / "adamllm_core", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        if edited:
+            with (tree / "adamllm_core" / edited).open("a") as handle:
+                handle.write("\n# an edit\n")
+        trees[name] = versions(tree)
+    same, evaluation, synthesis = trees["same"], trees["eval"], trees["synth"]
+    assert evaluation["evaluate"] != same["evaluate"]
+    assert {k: evaluation[k] for k in ("ingest", "synth", "seed")} == {
+        k: same[k] for k in ("ingest", "synth", "seed")
+    }
+    assert synthesis["synth"] != same["synth"]
+    assert synthesis["ingest"] == same["ingest"] and synthesis["seed"] == same["seed"]

@@ -261,4 +261,74 @@ def test_config_hash_ignores_workers() -> None:
 
 def test_unused_image_cases_cover_every_reason() -> None:
     reasons = {reason for _, reason, _ in IMAGE_CASES.values() if reason}
-    assert reasons == {"truncated", "empty_file", "not_an_image", "too_many_pixels", "too_small"}
+    assert reasons == {
+        "truncated",
+        "empty_file",
+        "not_an_image",
+        "too_many_pixels",
+        "too_small",
+        "extreme_aspect_ratio",
+    }
+
+
+def test_images_outside_the_root_are_refused_unread(tmp_path: Path) -> None:
+    """A record may not make ingest read a file elsewhere on the machine or fetch a URL
+    (a cloud metadata address, another bucket): each is quarantined, nothing is read."""
+    import http.server
+    import threading
+
+    requests: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(encode(gradient(), "PNG"))
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(encode(gradient(), "PNG"))
+    source = tmp_path / "src"
+    names = _images(source, 2)
+    url = f"http://127.0.0.1:{server.server_address[1]}/x.png"
+    values = [
+        names[0],
+        f"./{names[1]}",
+        "../outside.png",
+        "../../../../../../etc/hostname",
+        "/etc/hostname",
+        str(outside),
+        f"file://{outside}",
+        url,
+        "s3://other-bucket/x.png",
+        f"img/../../{source.name}/{names[0]}",  # leaves and comes back: inside, kept
+    ]
+    with (source / "data.jsonl").open("w") as handle:
+        for i, value in enumerate(values):
+            handle.write(json.dumps({"image": value, "caption": f"caption {i}"}) + "\n")
+    try:
+        ingest(str(source), str(tmp_path / "out"), IngestConfig(domain="test"))
+        rows, quarantine = rows_and_quarantine(str(tmp_path / "out"))
+        assert rows["caption"].to_list() == ["caption 0", "caption 1", "caption 9"]
+        assert quarantine["reason"].to_list() == ["image_outside_root"] * 7
+        assert "allow_image_uris" in quarantine["detail"][0]
+        assert requests == []
+        # Named in the allow-list, the URL and the outside folder are read.
+        allowed = IngestConfig(
+            domain="test",
+            source=SourceOptions(
+                allow_image_uris=(f"http://127.0.0.1:{server.server_address[1]}/", str(tmp_path))
+            ),
+        )
+        ingest(str(source), str(tmp_path / "allowed"), allowed)
+    finally:
+        server.shutdown()
+    rows, quarantine = rows_and_quarantine(str(tmp_path / "allowed"))
+    assert set(rows["caption"].to_list()) == {f"caption {i}" for i in (0, 1, 2, 5, 6, 7, 9)}
+    assert requests and set(requests) == {"/x.png"}  # fsspec asks for its size, then reads
+    assert sorted(quarantine["reason"].to_list()) == ["image_outside_root"] * 3

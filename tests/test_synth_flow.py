@@ -48,6 +48,11 @@ async def task_states(flow_run_id) -> dict[str, str]:
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
+async def read_deployment(name: str):
+    async with get_client() as client:
+        return await client.read_deployment_by_name(name)
+
+
 async def deployment_runs(name: str) -> list:
     async with get_client() as client:
         deployment = await client.read_deployment_by_name(name)
@@ -157,6 +162,10 @@ def test_deployment_runs_on_a_worker(prefect_server: str, tiny_models, tmp_path:
             timeout=120,
         )
     run(*prefect, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+    # a scheduled refresh that overlaps the previous one waits for it (both write one output)
+    scheduled = asyncio.run(read_deployment("synth/biomed"))
+    assert scheduled.schedules and scheduled.global_concurrency_limit.limit == 1
+    assert scheduled.concurrency_options.collision_strategy.value == "ENQUEUE"
     out = tmp_path / "deployed"
     triggered = run(
         sys.executable,

@@ -43,6 +43,7 @@ from adamllm_core.storage import (
     redact,
     write_bytes_atomic,
 )
+from adamllm_core.version import code_version
 
 ProgressFn = Callable[[int, int], None]
 
@@ -150,6 +151,7 @@ def _writer(config: EvalConfig, run_uri: str, model: str, overwrite: bool = Fals
         ],
         config=settings,
         config_hash=config_hash(settings),
+        code_version=code_version(__name__),
         overwrite=overwrite,
     )
 

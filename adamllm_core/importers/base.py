@@ -1,14 +1,15 @@
 """What every importer yields, and the record interpretation they share."""
 
+import posixpath
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adamllm_core.errors import ConfigError, Rejected
-from adamllm_core.storage import join, protocol_of
+from adamllm_core.storage import join, normalise_uri, protocol_of, redact
 
 IMAGE_FIELDS = (
     "image",
@@ -47,6 +48,11 @@ class SourceOptions(BaseModel):
     image_root: str | None = Field(
         default=None,
         description="resolve relative image paths here (default: the annotation file's folder)",
+    )
+    allow_image_uris: tuple[str, ...] = Field(
+        default=(),
+        description="images may also come from under these prefixes (e.g. s3://other-bucket/,"
+        " https://images.example.org/); any other path outside the image root is refused",
     )
 
     @model_validator(mode="after")
@@ -94,10 +100,44 @@ class Importer(Protocol):
         """Records in a fixed order (resume relies on it)."""
 
 
-def resolve_image_uri(value: str, base: str) -> str:
-    if "://" in value or value.startswith("/"):
-        return value
-    return join(base, value)
+def resolve_image_uri(value: str, base: str, allowed: Sequence[str] = ()) -> str:
+    """The URI of the image a record names. It must lie under `base` (the annotation file's
+    folder, or `--image-root`) or under one of the `allowed` prefixes: a `../` escape, an
+    absolute path or a URL elsewhere (`file://`, `http(s)://` to a cloud metadata address,
+    another bucket) is refused as `image_outside_root`, before anything is read."""
+    scheme = protocol_of(value)
+    if scheme == "file":
+        path = value.removeprefix("file://")
+        joined = path if path.startswith("/") else join(base, path)
+        uri = _normalised(joined) if protocol_of(joined) == "file" else _normalised_url(joined)
+    else:
+        uri = _normalised_url(value)
+    if _under(uri, base) or any(_under(uri, prefix) for prefix in allowed):
+        return uri
+    raise Rejected(
+        "image_outside_root",
+        f"{redact(value)} is outside {redact(base)}; to read images there, name the prefix"
+        " in the source's allow_image_uris",
+    )
+
+
+def _normalised(path: str) -> str:
+    path = path.removeprefix("file://")
+    return posixpath.normpath(path) if path.startswith("/") else path
+
+
+def _normalised_url(uri: str) -> str:
+    scheme, rest = uri.split("://", 1)
+    authority, _, path = rest.partition("/")
+    # "s3://bucket/a/../../other/x": normpath keeps the bucket (the authority) fixed
+    return f"{scheme}://{authority}" + posixpath.normpath("/" + path).rstrip("/")
+
+
+def _under(uri: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/")
+    if protocol_of(prefix) == "file":
+        prefix = _normalised(normalise_uri(prefix))
+    return uri == prefix or uri.startswith(prefix + "/")
 
 
 def jsonable(value: Any) -> Any:
@@ -150,7 +190,7 @@ def interpret_captioned(
     metadata_skip = {image_field, caption_field}
     raw = {k: jsonable(v) for k, v in record.items()}
     try:
-        image_uri, image_bytes = _image_of(record, image_field, base)
+        image_uri, image_bytes = _image_of(record, image_field, base, options.allow_image_uris)
         if options.caption_template:
             captions: tuple[Any, ...] = (_render_template(options.caption_template, record),)
         else:
@@ -185,7 +225,7 @@ def interpret_sharegpt(
     raw = {k: jsonable(v) for k, v in record.items()}
     image_field = pick_field(record, options.image_field, ("images", "image"))
     try:
-        image_uri, image_bytes = _image_of(record, image_field, base)
+        image_uri, image_bytes = _image_of(record, image_field, base, options.allow_image_uris)
         turns_field = next((f for f in SHAREGPT_TURN_FIELDS if f in record), None)
         turns = record.get(turns_field) if turns_field else None
         if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
@@ -216,7 +256,7 @@ def interpret_sharegpt(
 
 
 def _image_of(
-    record: dict[str, Any], image_field: str | None, base: str
+    record: dict[str, Any], image_field: str | None, base: str, allowed: Sequence[str]
 ) -> tuple[str | None, bytes | None]:
     value = record.get(image_field) if image_field else None
     if isinstance(value, list):
@@ -232,7 +272,7 @@ def _image_of(
     if isinstance(value, (bytes, bytearray)):
         return None, bytes(value)
     if isinstance(value, str) and value.strip():
-        return resolve_image_uri(value.strip(), base), None
+        return resolve_image_uri(value.strip(), base, allowed), None
     raise Rejected(
         "missing_image",
         f"no image under {image_field!r}" if image_field else "no image field in record",

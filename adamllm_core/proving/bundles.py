@@ -59,7 +59,7 @@ from adamllm_core.schemas import (
     Conversation,
     TextChat,
 )
-from adamllm_core.version import CODE_VERSION
+from adamllm_core.version import code_version
 
 
 class WorldSizes(BaseModel):
@@ -170,6 +170,7 @@ def _dataset_writer(uri: str, schema: Any, stage: str, settings: dict[str, Any])
         parents=[],
         config=settings,
         config_hash=config_hash(settings),
+        code_version=code_version(__name__),
         overwrite=True,
     )
 
@@ -452,7 +453,7 @@ def write_world(
     (out / "world.json").write_text(
         json.dumps(
             {
-                "code": CODE_VERSION,
+                "code": code_version(__name__),
                 "seed": seed,
                 "sizes": sizes.model_dump(),
                 "world": world.model_dump(mode="json"),

@@ -20,6 +20,7 @@ from adamllm_core.images import ImagePolicy, normalise_image
 from adamllm_core.importers.base import resolve_image_uri
 from adamllm_core.schemas import QUARANTINE, SEED, QuarantineRow, SeedExample
 from adamllm_core.storage import filesystem, listing_fingerprint, normalise_uri
+from adamllm_core.version import code_version
 
 
 class SeedConfig(BaseModel):
@@ -99,6 +100,7 @@ def build_seed(
         parents=parents,
         config=dumped,
         config_hash=config_hash(dumped),
+        code_version=code_version(__name__),
         overwrite=overwrite,
     )
     finished = writer.existing()

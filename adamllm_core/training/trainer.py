@@ -359,14 +359,14 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
 def train_identity(config: TrainConfig, data_uri: str) -> str:
     """What a training run is made from: the data's fingerprint, the config, the code."""
     from adamllm_core.hashing import canonical_json, sha256_hex
-    from adamllm_core.version import CODE_VERSION
+    from adamllm_core.version import code_version
 
     return sha256_hex(
         canonical_json(
             {
                 "data": Dataset(data_uri).manifest.fingerprint,
                 "config": config.model_dump(mode="json"),
-                "code": CODE_VERSION,
+                "code": code_version(__name__),
             }
         )
     )[:32]
