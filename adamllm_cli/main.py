@@ -97,7 +97,22 @@ def ingest(
     image_root: Annotated[
         str | None, typer.Option(help="folder that relative image paths start from")
     ] = None,
+    allow_image_uris: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-image-uri",
+            help="also read images under this prefix (repeatable: s3://other-bucket/,"
+            " https://host/, /mnt/images); others outside the image root are refused",
+        ),
+    ] = None,
     max_pixels: Annotated[int | None, typer.Option(help="reject images with more pixels")] = None,
+    max_bytes: Annotated[
+        int | None, typer.Option(help="reject image files larger than this, before reading")
+    ] = None,
+    max_aspect_ratio: Annotated[
+        float | None,
+        typer.Option(help="reject images whose long side / short side is this or more"),
+    ] = None,
     min_side: Annotated[int | None, typer.Option(help="reject images with a shorter side")] = None,
     multi_frame: Annotated[str | None, typer.Option(help="first | reject")] = None,
     control_tokens: Annotated[str | None, typer.Option(help="neutralise | quarantine")] = None,
@@ -118,7 +133,10 @@ def ingest(
         "source.caption_template": caption_template,
         "source.captions": captions,
         "source.image_root": image_root,
+        "source.allow_image_uris": tuple(allow_image_uris) if allow_image_uris else None,
         "image.max_pixels": max_pixels,
+        "image.max_bytes": max_bytes,
+        "image.max_aspect_ratio": max_aspect_ratio,
         "image.min_side": min_side,
         "image.multi_frame": multi_frame,
         "caption.control_tokens": control_tokens,
@@ -204,6 +222,13 @@ def prove(
             " single_stage, synthetic_only, two_stage, no_filter); base is always scored"
         ),
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="a models pack (adamllm prove-pack): its base, judge and synthesizer instead"
+            " of building them (refused when built for another recipe)"
+        ),
+    ] = None,
 ) -> None:
     """The proving ground: the AdaMLLM pipeline's gains on a generated world, on CPU."""
     if scale not in ("full", "ci", "smoke"):
@@ -212,10 +237,37 @@ def prove(
 
     try:
         prove_flow(
-            seed=seed, out=out, scale=scale, mutations=mutations, check=check, variants=variant
+            seed=seed,
+            out=out,
+            scale=scale,
+            mutations=mutations,
+            check=check,
+            variants=variant,
+            models_pack=models,
         )
     except (ConfigError, DatasetError, ValueError, RequiredResultsNotMet) as error:
         fail(str(error))
+
+
+@app.command("prove-pack")
+def prove_pack(
+    out: Annotated[Path, typer.Option(help="folder to write the pack to (replaced whole)")],
+    seed: Annotated[int, typer.Option(help="world seed of the built models")] = 0,
+    scale: Annotated[str, typer.Option(help="full, ci or smoke")] = "ci",
+) -> None:
+    """Copy the proving ground's built models (base, judge, tuned synthesizer) of one seed
+    and scale into a pack that `adamllm prove --models` installs on another machine."""
+    from adamllm_core.proving.experiment import ProveConfig
+    from adamllm_core.proving.pack import export_pack
+
+    if scale not in ("full", "ci", "smoke"):
+        fail(f"--scale {scale!r}: use full, ci or smoke")
+    try:
+        written = export_pack(ProveConfig.for_scale(scale, seed), out)
+    except ConfigError as error:
+        fail(str(error))
+    size = sum(p.stat().st_size for p in written.rglob("*") if p.is_file())
+    console.print(f"models pack for world seed {seed} ({scale}): {written} ({size / 1e6:.1f} MB)")
 
 
 @app.command("prove-seeds")

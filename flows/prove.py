@@ -32,6 +32,7 @@ from flows.synth import synth_flow
 from tasks.evaluate import evaluate_benchmark
 from tasks.prove import (
     build_base_models,
+    install_models_pack,
     make_world,
     measure_synthetic_data,
     prove_report,
@@ -49,13 +50,16 @@ def prove_flow(
     mutations: bool = False,
     check: bool = False,
     variants: list[str] | None = None,
+    models_pack: str | None = None,
 ) -> dict[str, Any]:
     """Run the proving ground for one world seed; writes OUT/report.{md,png,json}.
 
     `mutations`: also post-train and score the method broken on purpose (`MUTATIONS`);
     `check`: fail the run (after writing the report) when a required result does not hold;
     `variants`: the post-training variants to run (default: all; `base` is always scored),
-    a left-out variant is None in the report and fails the checks that need it."""
+    a left-out variant is None in the report and fails the checks that need it;
+    `models_pack`: take the set-up models from this pack (`adamllm prove-pack`) instead of
+    building them (refused when it was built for another recipe)."""
     trained_variants = set(VARIANTS[1:] if variants is None else variants)
     if unknown := trained_variants - set(VARIANTS):
         raise ValueError(f"variants {sorted(unknown)}: not among {', '.join(VARIANTS)}")
@@ -65,6 +69,8 @@ def prove_flow(
     world = f"{out}/world"
     make_world(config, world)
     clock.lap("world")
+    if models_pack:
+        install_models_pack(models_pack, config)
     models = build_base_models(config, world)
     clock.lap("base and judge (cached per machine)")
     synthesizer = tune_synthesizer_once(config, world, models)

@@ -14,12 +14,19 @@ from adamllm_core.proving.experiment import (
     measure_synthesis,
     write_report,
 )
+from adamllm_core.proving.pack import install_pack
 
 
 @task(name="make-world", persist_result=True)
 def make_world(config: ProveConfig, out: str) -> dict[str, Any]:
     """Write the world's bundles under `out` (kept when the same seed and sizes are there)."""
     return ensure_world(config, out)
+
+
+@task(name="install-models-pack")
+def install_models_pack(pack: str, config: ProveConfig) -> dict[str, Any]:
+    """The set-up models from a pack (see proving.pack), unless built here already."""
+    return install_pack(pack, config)
 
 
 @task(name="build-base-models", persist_result=True)

@@ -42,7 +42,7 @@ from adamllm_core.proving.world import (
 from adamllm_core.storage import filesystem, join, normalise_uri, write_bytes_atomic
 from adamllm_core.training.seed import SeedConfig, build_seed
 from adamllm_core.training.trainer import finished_run, load_train_config, train_to
-from adamllm_core.version import CODE_VERSION
+from adamllm_core.version import code_version
 
 VARIANTS = ("base", "caption_only", "single_stage", "synthetic_only", "two_stage", "no_filter")
 # The method broken on purpose (`prove --mutations`); a proving ground that can tell a broken
@@ -445,7 +445,7 @@ def assemble_report(
         "judge_accuracy": models.get("judge_accuracy", []),
         "models": {
             "base": models["base"],
-            "synth_base": models["synth_base"],
+            "synth_base": models.get("synth_base"),  # None: installed from a pack
             "judge": models["judge"],
             "synthesizer": synthesizer["final"],
         },
@@ -750,7 +750,8 @@ def ensure_world(config: ProveConfig, out: str) -> dict[str, Any]:
     else written anew. Returns the counts."""
     marker = Path(out) / "world.json"
     wanted = {
-        "code": CODE_VERSION,  # the generator's code: a changed world is written anew
+        # the generator's code: a changed world is written anew
+        "code": code_version("adamllm_core.proving.bundles"),
         "seed": config.seed,
         "sizes": config.sizes.model_dump(),
         "world": config.world.model_dump(mode="json"),
@@ -922,13 +923,19 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
     return json.loads((root / "models.json").read_text())
 
 
+def synthesizer_folder(config: ProveConfig) -> str:
+    """The tuned synthesizer's folder beside the base models: keyed by the base models, the
+    seed data's size and the tuning settings."""
+    key = cache_key(config.base_identity(), config.sizes.seed_images, config.synthesizer)
+    return f"synthesizer-{key}"
+
+
 def ensure_synthesizer(config: ProveConfig, world: str, models: dict[str, Any]) -> dict[str, Any]:
     """The synthesizer tuned on the general world's seed data (paper 3.1.1), built once per
     machine beside the base models. Like the paper's, it is tuned once on general data and
     serves any domain, so every run on this world reuses it; keyed by what makes it (the
     base models, the seed data's size and the tuning settings)."""
-    key = cache_key(config.base_identity(), config.sizes.seed_images, config.synthesizer)
-    root = Path(models["root"]) / f"synthesizer-{key}"
+    root = Path(models["root"]) / synthesizer_folder(config)
     if done := finished_run(str(root / "model")):
         return done
     seed_dir = f"{world}/general/seed"
