@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import Dataset, Manifest
 from adamllm_core.engines import Engine, EngineStats, RequestCache, make_engine, run_cached
+from adamllm_core.engines.base import ChatResult
 from adamllm_core.engines.hf import HFRenderer, model_identity
 from adamllm_core.errors import Rejected
 from adamllm_core.filtering import FilterConfig, chain_of_thought, judge_request, label_of
@@ -56,6 +57,12 @@ def _quarantine(
         record_id=record_id,
         record=raw[:20_000] if raw is not None else None,
     )
+
+
+def _refused(result: ChatResult) -> None:
+    """A request the engine refused on its own (see run_isolating) quarantines its row."""
+    if result.error_reason is not None:
+        raise Rejected(result.error_reason, result.error_detail)
 
 
 def _stage_config(config: BaseModel, engine: Engine) -> dict[str, Any]:
@@ -101,8 +108,9 @@ def synthesize(
         output = ShardOutput(rows={"triplets": []})
         output.counters.update(requests_cached=stats.cached, requests_computed=stats.computed)
         stats.cached = stats.computed = 0
-        for position, (row, result) in enumerate(zip(rows, results)):
+        for position, (row, result) in enumerate(zip(rows, results, strict=True)):
             try:
+                _refused(result)
                 parsed = parse_triplet(result.text, delimiters)
             except Rejected as error:
                 output.quarantine.append(
@@ -172,7 +180,13 @@ def filter_triplets(
         ]
         results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
         output = ShardOutput(rows={"filtered": [], "rejected": []})
-        for row, result in zip(rows, results):
+        for position, (row, result) in enumerate(zip(rows, results, strict=True)):
+            if result.error_reason is not None:
+                refused = Rejected(result.error_reason, result.error_detail)
+                output.quarantine.append(
+                    _quarantine("filter", offset + position, row["id"], refused, row["id"], None)
+                )
+                continue
             label, scores = label_of(result.choice_scores or {})
             kept = label in config.keep
             response, rule = (

@@ -19,6 +19,7 @@ from adamllm_core.engines import (
     make_engine,
     run_cached,
 )
+from adamllm_core.engines.base import RequestRejected
 from adamllm_core.engines.openai_compat import EngineRequestError, OpenAIEngine
 from adamllm_core.filtering import LABEL_CHOICES, judge_request
 
@@ -136,10 +137,12 @@ class FlakyHandler(http.server.BaseHTTPRequestHandler):
     """Answers 503 twice, then a completion; 400 for prompts containing 'bad'."""
 
     failures = 0
+    bad_requests = 0
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if "bad" in body.get("prompt", ""):
+            FlakyHandler.bad_requests += 1
             self.send_response(400)
             self.end_headers()
             self.wfile.write(b'{"error": "bad request"}')
@@ -176,8 +179,13 @@ def test_openai_engine_retries_transient_errors_and_reports_others() -> None:
             [ChatRequest(prompt="hello", sampling=SamplingConfig(max_new_tokens=1))]
         )[0]
         assert result.text == "ok" and FlakyHandler.failures == 2
-        with pytest.raises(EngineRequestError, match="400"):
-            engine.run([ChatRequest(prompt="bad prompt")])
+        # A 400 is this request's own fault: not retried, it becomes an error result and
+        # the other requests of the batch are answered.
+        bad, good = engine.run([ChatRequest(prompt="bad prompt"), ChatRequest(prompt="hello")])
+        assert bad.error_reason == "request_refused" and "answered 400" in bad.error_detail
+        assert good.text == "ok" and good.error_reason is None
+        assert FlakyHandler.bad_requests == 1
+        assert issubclass(EngineRequestError, RequestRejected)
     finally:
         server.shutdown()
 

@@ -332,3 +332,30 @@ def test_images_outside_the_root_are_refused_unread(tmp_path: Path) -> None:
     assert set(rows["caption"].to_list()) == {f"caption {i}" for i in (0, 1, 2, 5, 6, 7, 9)}
     assert requests and set(requests) == {"/x.png"}  # fsspec asks for its size, then reads
     assert sorted(quarantine["reason"].to_list()) == ["image_outside_root"] * 3
+
+
+def test_json_annotation_files_stream_and_hash_in_one_pass(tmp_path: Path) -> None:
+    import hashlib
+
+    from adamllm_core.importers.records import read_records, scan_record_file
+
+    wrapped = tmp_path / "wrapped.json"
+    body = {
+        "info": {"tags": ["a", "b"]},  # a list one level down is not the records
+        "data": [{"image": "a.png", "caption": "x", "score": 0.5}, 7],
+    }
+    wrapped.write_bytes(b"\xef\xbb\xbf" + json.dumps(body).encode())
+    scan = scan_record_file(str(wrapped))
+    assert scan.records == 2 and scan.json_prefix == "data.item"
+    assert scan.sha256 == hashlib.sha256(wrapped.read_bytes()).hexdigest()
+    records = list(read_records(str(wrapped)))
+    assert records[0] == ("wrapped.json[0]", {"image": "a.png", "caption": "x", "score": 0.5})
+    assert records[1][1].reason == "bad_record"
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"train": [{}], "test": [{}]}))
+    with pytest.raises(ConfigError, match="expected a JSON list of records"):
+        scan_record_file(str(two))
+    cut = tmp_path / "cut.json"
+    cut.write_text('[{"image": "a.png", "caption": ')
+    with pytest.raises(ConfigError, match=r"cut.json: invalid JSON: .*premature EOF"):
+        scan_record_file(str(cut))

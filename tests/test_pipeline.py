@@ -350,3 +350,32 @@ def test_data_parallel_processes_give_the_same_dataset(
                 update={"engine": parallel.engine.model_copy(update={"devices": ("0",)})}
             ),
         )
+
+
+def test_a_request_the_engine_refuses_is_one_quarantined_row(tiny_models, tmp_path: Path) -> None:
+    """One caption far longer than the model's context (tiny: 4,096 positions) among 24
+    ordinary pairs: its batch is split until it stands alone, it becomes one quarantine row
+    `prompt_too_long`, every other pair is synthesized, and the refusal is not cached."""
+    import shutil
+
+    from adamllm_core.engines import RequestCache
+
+    source = tmp_path / "src"
+    shutil.copytree(SAMPLE, source)
+    first = json.loads((SAMPLE / "data.jsonl").read_text().splitlines()[0])
+    long_caption = " ".join(f"finding{n}" for n in range(800))  # about 5,000 tokens
+    with (source / "data.jsonl").open("a") as handle:
+        handle.write(json.dumps({"image": first["image"], "caption": long_caption}) + "\n")
+    pairs = str(tmp_path / "pairs")
+    ingest(str(source), pairs, IngestConfig(domain="biomed"))
+    long_id = next(
+        r["id"] for r in Dataset(pairs).iter_rows(["id", "caption"]) if r["caption"] == long_caption
+    )
+    config = SynthConfig(engine=EngineConfig(model="tiny:vlm", batch_size=8), max_new_tokens=8)
+    manifest = synthesize(pairs, str(tmp_path / "triplets"), config, cache_uri=str(tmp_path / "c"))
+    quarantine = list(Dataset(str(tmp_path / "triplets")).quarantine().iter_rows())
+    refused = [q for q in quarantine if q["reason"] == "prompt_too_long"]
+    assert [q["record_id"] for q in refused] == [long_id]
+    assert "context 4096" in refused[0]["detail"]
+    assert manifest.stats.rows_in == 25 == manifest.rows + len(quarantine)
+    assert len(RequestCache(str(tmp_path / "c"))) == 24  # the refusal is asked again next run

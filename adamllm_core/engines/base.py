@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from adamllm_core.errors import Rejected
 from adamllm_core.hashing import canonical_json
 
 
@@ -84,6 +85,23 @@ class ChatResult(BaseModel):
     completion_tokens: int = 0
     finish_reason: Literal["stop", "length", "scored"] = "stop"
     choice_scores: dict[str, float] | None = None
+    # The engine refused this one request (RequestRejected): its row is quarantined with
+    # this reason, the others go on, and it is never cached (a later run asks again).
+    error_reason: str | None = None
+    error_detail: str = ""
+
+
+class RequestRejected(Rejected):
+    """One request's own content is refused: an HTTP 4xx other than 429, a prompt longer
+    than the model's context, an image the processor rejects. Not for transient failures
+    (timeouts, 5xx, storage): those fail the shard, which a re-run retries."""
+
+    def result(self) -> "ChatResult":
+        return ChatResult(error_reason=self.reason, error_detail=self.detail[:2000])
+
+
+class EngineError(RuntimeError):
+    """The engine broke its contract (e.g. returned another number of results than asked)."""
 
 
 def request_key(model_identity: str, rendered_prompt: str, request: ChatRequest) -> str:

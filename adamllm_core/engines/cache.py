@@ -7,7 +7,14 @@ on start every batch file under the cache URI is read back into memory.
 import json
 from collections.abc import Callable
 
-from adamllm_core.engines.base import ChatRequest, ChatResult, Engine, request_key
+from adamllm_core.engines.base import (
+    ChatRequest,
+    ChatResult,
+    Engine,
+    EngineError,
+    RequestRejected,
+    request_key,
+)
 from adamllm_core.hashing import sha256_hex
 from adamllm_core.storage import filesystem, join, write_bytes_atomic
 
@@ -69,9 +76,11 @@ def run_cached(
         stats.cached += len(requests) - len(missing)
     for start in range(0, len(missing), batch_size):
         batch = missing[start : start + batch_size]
-        computed = engine.run([requests[i] for i in batch])
-        cache.put_many({keys[i]: result for i, result in zip(batch, computed)})
-        for i, result in zip(batch, computed):
+        computed = run_isolating(engine, [requests[i] for i in batch])
+        cache.put_many(
+            {keys[i]: r for i, r in zip(batch, computed, strict=True) if r.error_reason is None}
+        )
+        for i, result in zip(batch, computed, strict=True):
             results[i] = result
         if stats:
             stats.computed += len(batch)
@@ -79,4 +88,23 @@ def run_cached(
             stats.completion_tokens += sum(r.completion_tokens for r in computed)
         if on_batch:
             on_batch(len(batch))
-    return [r for r in results if r is not None]
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+def run_isolating(engine: Engine, requests: list[ChatRequest]) -> list[ChatResult]:
+    """`engine.run`, with one result per request, checked. A batch the engine refuses
+    because of one request's content (RequestRejected) is split in halves until that
+    request stands alone and becomes an error result: one bad row never fails the batch."""
+    try:
+        results = engine.run(requests)
+    except RequestRejected as error:
+        if len(requests) == 1:
+            return [error.result()]
+        half = len(requests) // 2
+        return run_isolating(engine, requests[:half]) + run_isolating(engine, requests[half:])
+    if len(results) != len(requests):
+        raise EngineError(
+            f"{engine.kind} engine returned {len(results)} results for {len(requests)} requests"
+        )
+    return results

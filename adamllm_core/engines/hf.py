@@ -15,6 +15,7 @@ from adamllm_core.engines.base import (
     ChatResult,
     Engine,
     Message,
+    RequestRejected,
     SamplingConfig,
     truncate_at_stop,
 )
@@ -190,7 +191,10 @@ class TransformersEngine(HFEngine):
         results: list[ChatResult | None] = [None] * len(requests)
         scoring = [i for i, r in enumerate(requests) if r.choices is not None]
         for i in scoring:
-            results[i] = self._score(requests[i])
+            try:
+                results[i] = self._score(requests[i])
+            except RequestRejected as error:
+                results[i] = error.result()
         groups: dict[SamplingConfig, list[int]] = {}
         for i, request in enumerate(requests):
             if request.choices is None:
@@ -223,7 +227,19 @@ class TransformersEngine(HFEngine):
         tokenizer = self.renderer.tokenizer
         texts = [self.render(r) for r in requests]
         images = [image for r in requests for image in decode_images(r)]
-        inputs = self._inputs(texts, images).to(model.device)
+        try:
+            inputs = self._inputs(texts, images)
+        except Exception as error:  # noqa: BLE001 (processors raise many types on bad input)
+            raise RequestRejected("processor_error", f"{type(error).__name__}: {error}") from None
+        longest = int(inputs["attention_mask"].sum(dim=1).max())
+        context = self.context_length()
+        if context is not None and longest + sampling.max_new_tokens > context:
+            raise RequestRejected(
+                "prompt_too_long",
+                f"{longest} prompt tokens + max_new_tokens {sampling.max_new_tokens} >"
+                f" the model's context {context}",
+            )
+        inputs = inputs.to(model.device)
         eos = None if sampling.ignore_eos else tokenizer.eos_token_id
         if eos is None:
             # Unset, generate() falls back to the model's end-of-turn token: end only at a
@@ -268,6 +284,12 @@ class TransformersEngine(HFEngine):
                 )
             )
         return results
+
+    def context_length(self) -> int | None:
+        """The model's maximum sequence length (positions), if its config states one."""
+        config = self.renderer.config
+        config = getattr(config, "text_config", None) or config
+        return getattr(config, "max_position_embeddings", None)
 
     def _score(self, request: ChatRequest) -> ChatResult:
         import torch

@@ -13,15 +13,21 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from adamllm_core.engines.base import ChatRequest, ChatResult, Engine, truncate_at_stop
+from adamllm_core.engines.base import (
+    ChatRequest,
+    ChatResult,
+    Engine,
+    RequestRejected,
+    truncate_at_stop,
+)
 from adamllm_core.hashing import canonical_json
 from adamllm_core.storage import redact
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class EngineRequestError(RuntimeError):
-    pass
+class EngineRequestError(RequestRejected):
+    """The server refused one request (4xx other than 429): its row is quarantined."""
 
 
 def _retryable(error: BaseException) -> bool:
@@ -101,7 +107,10 @@ class OpenAIEngine(Engine):
 
             async def one(request: ChatRequest) -> ChatResult:
                 async with semaphore:
-                    return await self._one(client, request)
+                    try:
+                        return await self._one(client, request)
+                    except RequestRejected as error:  # this request alone; the others go on
+                        return error.result()
 
             return list(await asyncio.gather(*(one(r) for r in requests)))
 
@@ -118,7 +127,8 @@ class OpenAIEngine(Engine):
                 response = await client.post(path, json=payload)
                 if response.status_code >= 400 and response.status_code not in RETRY_STATUS:
                     raise EngineRequestError(
-                        f"{redact(self.base_url)}{path} answered {response.status_code}: {response.text[:500]}"
+                        "request_refused",
+                        f"{redact(self.base_url)}{path} answered {response.status_code}: {response.text[:500]}",
                     )
                 response.raise_for_status()
                 return response.json()

@@ -6,7 +6,7 @@ Needs the `gpu` extra (`pip install '.[gpu]'`); importing this module does not i
 
 from typing import Any
 
-from adamllm_core.engines.base import ChatRequest, ChatResult, truncate_at_stop
+from adamllm_core.engines.base import ChatRequest, ChatResult, RequestRejected, truncate_at_stop
 from adamllm_core.engines.hf import HFEngine, decode_images
 
 
@@ -80,7 +80,14 @@ class VLLMEngine(HFEngine):
                 )
             )
         if prompts:
-            for i, output in zip(generate, llm.generate(prompts, params, use_tqdm=False)):
+            try:
+                outputs = llm.generate(prompts, params, use_tqdm=False)
+            except ValueError as error:
+                # vLLM validates each prompt (its length against max_model_len, its images)
+                # before scheduling, and refuses the whole call for one: run_isolating
+                # narrows it down to that request.
+                raise RequestRejected("engine_refused", str(error)) from None
+            for i, output in zip(generate, outputs, strict=True):
                 completion = output.outputs[0]
                 text, stopped = truncate_at_stop(completion.text, requests[i].sampling.stop)
                 results[i] = ChatResult(

@@ -156,6 +156,17 @@ def _writer(config: EvalConfig, run_uri: str, model: str, overwrite: bool = Fals
     )
 
 
+def _quarantine_row(input_index: int, item: Any, problem: Rejected) -> QuarantineRow:
+    return QuarantineRow(
+        stage="evaluate",
+        input_index=input_index,
+        source_ref=item.source,
+        reason=problem.reason,
+        detail=problem.detail[:2000],
+        record_id=item.qid,
+    )
+
+
 def evaluation_identity(config: EvalConfig) -> str:
     """What the predictions dataset is made from (benchmark files, settings, model, code)."""
     return _writer(config, "", make_engine(config.engine).model_identity).identity
@@ -194,37 +205,35 @@ def evaluate(
             if writer.is_done(index):
                 continue
             valid, quarantined = [], []
+            first = index * config.rows_per_shard
+
             for position, item in enumerate(chunk):
                 try:  # as ingest does: decoded in full, pixel-limited, 8-bit RGB/L, one frame
                     image = normalise_image(item.image, config.images)
                 except Rejected as problem:
-                    quarantined.append(
-                        QuarantineRow(
-                            stage="evaluate",
-                            input_index=index * config.rows_per_shard + position,
-                            source_ref=item.source,
-                            reason=problem.reason,
-                            detail=problem.detail[:2000],
-                            record_id=item.qid,
-                        )
-                    )
+                    quarantined.append(_quarantine_row(first + position, item, problem))
                 else:
-                    valid.append(item.model_copy(update={"image": image.data}))
-            requests = [eval_request(spec, item, config) for item in valid]
+                    valid.append((position, item.model_copy(update={"image": image.data})))
+            requests = [eval_request(spec, item, config) for _, item in valid]
             results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
-            rows = [
-                prediction_row(
-                    spec,
-                    item,
-                    result.text,
-                    model,
-                    request.messages[-1].content,
-                    config.seed,
-                    result.prompt_tokens,
-                    result.completion_tokens,
+            rows = []
+            for (position, item), request, result in zip(valid, requests, results, strict=True):
+                if result.error_reason is not None:  # the engine refused this question alone
+                    refused = Rejected(result.error_reason, result.error_detail)
+                    quarantined.append(_quarantine_row(first + position, item, refused))
+                    continue
+                rows.append(
+                    prediction_row(
+                        spec,
+                        item,
+                        result.text,
+                        model,
+                        request.messages[-1].content,
+                        config.seed,
+                        result.prompt_tokens,
+                        result.completion_tokens,
+                    )
                 )
-                for item, request, result in zip(valid, requests, results)
-            ]
             writer.write_shard(
                 index,
                 PREDICTIONS.to_table(rows),

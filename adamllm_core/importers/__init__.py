@@ -4,7 +4,6 @@
 gives a fingerprint that changes when the source does.
 """
 
-import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from adamllm_core.importers.records import (
     count_records,
     first_record,
     read_records,
+    scan_record_file,
 )
 from adamllm_core.storage import filesystem, listing_fingerprint, normalise_uri, redact
 
@@ -74,8 +74,8 @@ class RecordFileImporter:
         )
 
     def fingerprint(self) -> str:
-        fs, path = filesystem(self.source)
-        return listing_fingerprint(self.base, hashlib.sha256(fs.cat_file(path)).digest())
+        # the file's sha256 from the same streaming pass that counts its records
+        return listing_fingerprint(self.base, bytes.fromhex(scan_record_file(self.source).sha256))
 
     def count(self) -> int:
         return count_records(self.source)

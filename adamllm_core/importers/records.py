@@ -1,10 +1,16 @@
-"""Reading annotation files (JSON Lines, JSON, CSV/TSV) into dict records, line by line."""
+"""Reading annotation files (JSON Lines, JSON, CSV/TSV) into dict records, streamed."""
 
+import codecs
 import csv
+import functools
+import hashlib
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+import ijson
 
 from adamllm_core.errors import ConfigError, Rejected
 from adamllm_core.storage import filesystem
@@ -20,7 +26,8 @@ def record_file_kind(uri: str) -> str:
 
 
 def read_records(uri: str) -> Iterator[tuple[str, dict[str, Any] | Rejected]]:
-    """(reference, record or rejection) for every record of the file, in file order.
+    """(reference, record or rejection) for every record of the file, in file order,
+    streamed: memory does not grow with the file (a JSON list is parsed item by item).
 
     A line that is not valid UTF-8 or JSON, or not an object, is yielded as a rejection
     naming the file and line, so it becomes a quarantine row instead of stopping the run.
@@ -35,39 +42,150 @@ def read_records(uri: str) -> Iterator[tuple[str, dict[str, Any] | Rejected]]:
                     continue
                 yield f"{name}:{line_number}", _parse_json_object(line, f"{name}:{line_number}")
     elif kind == "json":
-        data = _load_json_file(fs, path, name)
-        for position, item in enumerate(data):
-            ref = f"{name}[{position}]"
-            if isinstance(item, dict):
-                yield ref, item
-            else:
-                yield ref, Rejected("bad_record", f"{ref}: a {type(item).__name__}, not an object")
+        prefix = scan_record_file(uri).json_prefix
+        with fs.open(path, "rb") as handle:
+            items = ijson.items(_Reader(handle), prefix, use_float=True)
+            for position, item in enumerate(_json_errors_named(items, name)):
+                ref = f"{name}[{position}]"
+                if isinstance(item, dict):
+                    yield ref, item
+                else:
+                    yield (
+                        ref,
+                        Rejected("bad_record", f"{ref}: a {type(item).__name__}, not an object"),
+                    )
     else:
-        text = _decode(fs.cat_file(path), name)
-        reader = csv.DictReader(
-            io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ","
-        )
-        if not reader.fieldnames:
-            raise ConfigError(f"{name}: no header row")
-        for row in reader:
-            ref = f"{name}:{reader.line_num}"
-            if None in row:
-                yield ref, Rejected("bad_record", f"{ref}: more cells than header columns")
-                continue
-            yield ref, {k: _cell(v) for k, v in row.items()}
+        with fs.open(path, "rb") as handle:
+            text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+            reader = csv.DictReader(text, delimiter="\t" if kind == "tsv" else ",")
+            try:
+                if not reader.fieldnames:
+                    raise ConfigError(f"{name}: no header row")
+                for row in reader:
+                    ref = f"{name}:{reader.line_num}"
+                    if None in row:
+                        yield ref, Rejected("bad_record", f"{ref}: more cells than header columns")
+                        continue
+                    yield ref, {k: _cell(v) for k, v in row.items()}
+            except UnicodeDecodeError as error:
+                raise ConfigError(
+                    f"{name}: not UTF-8 text ({error.reason} at byte {error.start})"
+                ) from None
+
+
+@dataclass(frozen=True)
+class RecordFileScan:
+    """One streaming pass over an annotation file: its records, its bytes' sha256 and, for
+    JSON, where the list of records is (`item`, or `KEY.item` inside a one-list wrapper)."""
+
+    records: int
+    sha256: str
+    json_prefix: str = "item"
+
+
+@functools.lru_cache(maxsize=64)
+def _scan(uri: str, size: int, modified: str) -> RecordFileScan:
+    kind = record_file_kind(uri)
+    name = uri.rsplit("/", 1)[-1]
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as handle:
+        reader = _Reader(handle)
+        if kind == "jsonl":
+            records = sum(1 for line in iter(reader.readline, b"") if line.strip())
+            return RecordFileScan(records, reader.sha256.hexdigest())
+        if kind == "json":
+            prefix, records = _json_layout(reader, name)
+            reader.drain()
+            return RecordFileScan(records, reader.sha256.hexdigest(), prefix)
+    records = sum(1 for _ in read_records(uri))
+    with fs.open(path, "rb") as handle:
+        reader = _Reader(handle)
+        reader.drain()
+    return RecordFileScan(records, reader.sha256.hexdigest())
+
+
+def scan_record_file(uri: str) -> RecordFileScan:
+    """Count and hash the file in one streaming pass (cached while it is unchanged)."""
+    fs, path = filesystem(uri)
+    info = fs.info(path)
+    modified = str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")
+    return _scan(uri, int(info.get("size") or 0), modified)
 
 
 def count_records(uri: str) -> int:
-    kind = record_file_kind(uri)
-    fs, path = filesystem(uri)
-    if kind == "jsonl":
-        with fs.open(path, "rb") as handle:
-            return sum(1 for line in handle if line.strip())
-    return sum(1 for _ in read_records(uri))
+    return scan_record_file(uri).records
 
 
 def first_record(uri: str) -> dict[str, Any] | None:
     return next((r for _, r in read_records(uri) if isinstance(r, dict)), None)
+
+
+class _Reader:
+    """A binary file that hashes every byte read through it and skips a UTF-8 BOM."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+        self._start = True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.sha256.update(data)
+        if self._start and data:
+            self._start = False
+            data = data.removeprefix(codecs.BOM_UTF8)
+        return data
+
+    def readline(self) -> bytes:
+        line = self.handle.readline()
+        self.sha256.update(line)
+        return line
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _json_errors_named(events: Iterator[Any], name: str) -> Iterator[Any]:
+    try:
+        yield from events
+    except ijson.JSONError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{name}: invalid JSON: {reason}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{name}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+
+
+ITEM_STARTS = {"start_map", "start_array", "string", "number", "boolean", "null"}
+
+
+def _json_layout(reader: _Reader, name: str) -> tuple[str, int]:
+    """Where a JSON file's records are, and how many: a top-level list, or the one list in
+    a wrapper object ({"data": [...]}). Streams the events; never holds the document."""
+    top: str | None = None
+    lists: dict[str, int] = {}  # ijson prefix of a list's items → items seen
+    depth = 0
+    for prefix, event, _ in _json_errors_named(ijson.parse(reader), name):
+        if event in ITEM_STARTS:  # a value starts at `depth`
+            if top is None:
+                top = event
+                if event == "start_array":
+                    lists["item"] = 0
+                elif event != "start_map":
+                    break
+            elif depth == 1 and top == "start_map" and event == "start_array":
+                lists[f"{prefix}.item"] = 0
+            elif prefix in lists and depth == (1 if top == "start_array" else 2):
+                lists[prefix] += 1
+        if event in ("start_map", "start_array"):
+            depth += 1
+        elif event in ("end_map", "end_array"):
+            depth -= 1
+    if len(lists) == 1:
+        return next(iter(lists.items()))
+    raise ConfigError(f"{name}: expected a JSON list of records")
 
 
 def _parse_json_object(line: bytes, ref: str) -> dict[str, Any] | Rejected:
@@ -80,32 +198,6 @@ def _parse_json_object(line: bytes, ref: str) -> dict[str, Any] | Rejected:
     if not isinstance(value, dict):
         return Rejected("bad_record", f"{ref}: a JSON {type(value).__name__}, not an object")
     return value
-
-
-def _load_json_file(fs: Any, path: str, name: str) -> list[Any]:
-    try:
-        data = json.loads(_decode(fs.cat_file(path), name))
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"{name}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
-        ) from None
-    if isinstance(data, dict):
-        # {"data": [...]} and similar single-key wrappers
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            data = lists[0]
-    if not isinstance(data, list):
-        raise ConfigError(f"{name}: expected a JSON list of records")
-    return data
-
-
-def _decode(data: bytes, name: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"{name}: not UTF-8 text ({error.reason} at byte {error.start})"
-        ) from None
 
 
 def _cell(value: str | None) -> Any:

@@ -1,0 +1,116 @@
+"""Peak RSS of ingest against the size of a JSON-list annotation file (LLaVA layout).
+
+    .venv/bin/python benchmarks/ingest_memory.py [--small 4000] [--large 40000]
+
+Writes one JSON list of `images` + `messages` records with 2 KB captions over 64 small
+generated images, at two sizes, ingests each in a fresh process and prints each process's
+peak RSS and the ratio large / small (bounded memory: at most 1.15x for 10x the records).
+"""
+
+import argparse
+import io
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+IMAGES = 64
+CAPTION_BYTES = 2048
+WORDS = [
+    "scan",
+    "shows",
+    "a",
+    "lesion",
+    "in",
+    "the",
+    "left",
+    "lobe",
+    "with",
+    "contrast",
+    "enhancement",
+    "and",
+    "no",
+    "edema",
+]
+
+
+def write_source(root: Path, records: int) -> None:
+    (root / "images").mkdir(parents=True)
+    rng = random.Random(0)
+    for i in range(IMAGES):
+        image = Image.new("RGB", (48, 40), (rng.randrange(256), rng.randrange(256), i * 3))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        (root / "images" / f"{i}.png").write_bytes(buffer.getvalue())
+    with (root / "train.json").open("w") as handle:
+        handle.write("[\n")
+        for n in range(records):
+            words: list[str] = [f"record {n}:"]
+            while sum(len(w) + 1 for w in words) < CAPTION_BYTES:
+                words.append(rng.choice(WORDS))
+            record = {
+                "images": [f"images/{n % IMAGES}.png"],
+                "messages": [
+                    {"role": "user", "content": "<image>Describe the image."},
+                    {"role": "assistant", "content": " ".join(words)},
+                ],
+            }
+            handle.write(("," if n else "") + json.dumps(record) + "\n")
+        handle.write("]\n")
+
+
+def ingest_in_process(source: str, out: str) -> None:
+    from adamllm_core.ingest import IngestConfig, ingest
+
+    manifest = ingest(source, out, IngestConfig(domain="bench"))
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rows": manifest.rows, "peak_mb": round(peak_kb / 1024, 1)}))
+
+
+def measure(records: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_source(root / "src", records)
+        size = (root / "src" / "train.json").stat().st_size
+        result = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(root / "src" / "train.json"),
+                str(root / "out"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+        return {"records": records, "file_mb": round(size / 1e6, 1), **measured}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--small", type=int, default=4000)
+    parser.add_argument("--large", type=int, default=40000)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        ingest_in_process(*args.child)
+        return
+    small, large = measure(args.small), measure(args.large)
+    for row in (small, large):
+        print(
+            f"{row['records']:>7} records, annotation file {row['file_mb']} MB:"
+            f" {row['rows']} rows, peak RSS {row['peak_mb']} MB"
+        )
+    ratio = large["peak_mb"] / small["peak_mb"]
+    print(f"peak RSS {large['records']} / {small['records']} records: {ratio:.2f}x (goal <= 1.15x)")
+
+
+if __name__ == "__main__":
+    main()
