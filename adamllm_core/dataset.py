@@ -2,14 +2,14 @@
 
 Layout of a finished dataset at URI:
 
-    URI/part-00000.parquet ...   shards, readable with pl.scan_parquet(URI + "/*.parquet")
-    URI/_quarantine/             rejected rows (a dataset of schema `quarantine`), when any
-    URI/manifest.json            the commit: written last; without it the dataset is unfinished
+    URI/part-00000-<id>.parquet ...  shards (<id>: the writer's identity, 12 hex digits)
+    URI/_quarantine/<id>/            rejected rows (a dataset of schema `quarantine`), if any
+    URI/manifest.json                the commit: written last; without it, unfinished
 
-While a stage runs, shards are written to URI/_work/ (each atomically, with a completion
-marker after it), so an interrupted writer resumes shard by shard and nothing is visible
-at the top level until the commit moves the shards there and writes the manifest.
-"""
+While a stage runs, each shard is written once where it stays (atomically, with a
+completion marker under URI/_work/ after it), so an interrupted writer resumes shard by
+shard, a commit copies nothing, and a replaced dataset stays whole until the new manifest
+is written (see DatasetWriter). Readers go through the manifest."""
 
 import io
 import json
@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from adamllm_core.hashing import canonical_json, sha256_hex
 from adamllm_core.schemas import QUARANTINE, RecordSchema, get_schema
-from adamllm_core.storage import filesystem, join, move, normalise_uri, redact, write_bytes_atomic
+from adamllm_core.storage import filesystem, join, normalise_uri, redact, write_bytes_atomic
 from adamllm_core.version import CODE_VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -235,6 +235,10 @@ class Dataset:
     def __len__(self) -> int:
         return self.manifest.rows
 
+    def shard_uris(self) -> list[str]:
+        """The published shards' URIs, for readers of their own (polars, duckdb, pyarrow)."""
+        return self.manifest.shard_uris(self.uri)
+
     def iter_batches(
         self, columns: list[str] | None = None, batch_size: int = ROW_GROUP_SIZE
     ) -> Iterator[pa.RecordBatch]:
@@ -286,6 +290,7 @@ class ShardMarker(BaseModel):
     rows_in: int
     counters: dict[str, int]
     seconds: float
+    identity: str = Field(default="", description="the writer's identity: no other adopts it")
 
 
 class DatasetWriter:
@@ -293,6 +298,14 @@ class DatasetWriter:
 
     Usage: `existing()` returns the finished dataset when an equal one is already there;
     otherwise `write_shard(k, ...)` for every shard not `is_done(k)`, then `commit()`.
+
+    Shards are written where they stay (no copy at commit: on object storage a move is a
+    copy of every byte), named with the writer's identity (`part-00000-<id12>.parquet`;
+    quarantine under `_quarantine/<id12>/`), so a replacement's shards sit beside the
+    finished dataset's until its manifest, written last and atomically, switches readers
+    over; the old shards are removed after. A reader through the manifest (`Dataset`,
+    `adamllm inspect`) sees the old complete dataset or the new complete one, never a mix
+    or a gap; a bare `*.parquet` glob also sees a running writer's unpublished shards.
     """
 
     def __init__(
@@ -318,6 +331,7 @@ class DatasetWriter:
         self.identity = identity_hash(schema, parents, config_hash, code_version)
         self._fs, self._path = filesystem(self.uri)
         self._work = join(self._path, WORK_DIR)
+        self._tag = self.identity[:12]
         self._markers: dict[int, ShardMarker] = {}
 
     # -- state --
@@ -327,8 +341,7 @@ class DatasetWriter:
         if self._fs.exists(join(self._path, MANIFEST_NAME)):
             manifest = read_manifest(self.uri)
             if self._identity_of(manifest) == self.identity:
-                if self._fs.exists(self._work):  # killed after the commit, before cleanup
-                    self._fs.rm(self._work, recursive=True)
+                self._collect_garbage(manifest)  # killed after the commit, before cleanup
                 return manifest
             if not self.overwrite:
                 raise DatasetConflictError(
@@ -337,7 +350,8 @@ class DatasetWriter:
                     f"asked for config {self.config_hash}, code {self.code_version}). "
                     "Write to another output, or pass overwrite=True (--overwrite) to replace it."
                 )
-            self._fs.rm(self._path, recursive=True)
+            # Replaced, not deleted: the finished dataset stays readable until this
+            # writer's manifest replaces its own (commit).
         self._prepare_work_area()
         return None
 
@@ -352,9 +366,12 @@ class DatasetWriter:
             if plan.get("identity") == self.identity:
                 self._load_markers()
                 return
-            # Work left by a run with other inputs, config or code: none of it is reusable.
-            self._fs.rm(self._work, recursive=True)
-        if self._fs.exists(self._path) and not self.overwrite:
+            # Work left by a run with other inputs, config or code: none of it is reusable
+            # (the finished dataset's own shards, if any, are kept).
+            self._collect_garbage(self._finished_manifest())
+        if self._finished_manifest() is not None:
+            pass  # replacing a finished dataset (overwrite): it stays until the commit
+        elif self._fs.exists(self._path) and not self.overwrite:
             leftovers = [
                 p
                 for p in self._fs.ls(self._path, detail=False)
@@ -374,6 +391,29 @@ class DatasetWriter:
             canonical_json({"identity": self.identity, "stage": self.stage}).encode(),
         )
 
+    def _finished_manifest(self) -> Manifest | None:
+        if not self._fs.exists(join(self._path, MANIFEST_NAME)):
+            return None
+        return read_manifest(self.uri)
+
+    def _collect_garbage(self, keep: Manifest | None) -> None:
+        """Remove the work area and every shard `keep` (the finished manifest) does not
+        name: an unfinished or replaced run's files. Runs after a manifest is written."""
+        if self._fs.exists(self._work):
+            self._fs.rm(self._work, recursive=True)
+        kept = {s.path for s in keep.shards} if keep else set()
+        quarantine = keep.quarantine.path if keep and keep.quarantine else None
+        for path in self._fs.ls(self._path, detail=False) if self._fs.exists(self._path) else []:
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("part-") and name.endswith(".parquet") and name not in kept:
+                self._fs.rm(path)
+            elif name == QUARANTINE_DIR and quarantine is None:
+                self._fs.rm(path, recursive=True)
+            elif name == QUARANTINE_DIR:
+                for old in self._fs.ls(path, detail=False):
+                    if f"{QUARANTINE_DIR}/{old.rstrip('/').rsplit('/', 1)[-1]}" != quarantine:
+                        self._fs.rm(old, recursive=True)
+
     def _load_markers(self) -> None:
         marker_dir = join(self._work, "done")
         if not self._fs.exists(marker_dir):
@@ -381,7 +421,8 @@ class DatasetWriter:
         for path in self._fs.ls(marker_dir, detail=False):
             if path.endswith(".json") and not path.rsplit("/", 1)[-1].startswith("."):
                 marker = ShardMarker.model_validate_json(self._fs.cat_file(path))
-                self._markers[marker.index] = marker
+                if marker.identity == self.identity:  # never another writer's shard
+                    self._markers[marker.index] = marker
 
     def is_done(self, index: int) -> bool:
         return index in self._markers
@@ -393,7 +434,7 @@ class DatasetWriter:
     def done_column(self, column: str) -> Iterator[Any]:
         """Values of one column over the finished shards (to rebuild state on resume)."""
         for index in self.done_shards:
-            with self._fs.open(join(self._work, "shards", _shard_name(index)), "rb") as handle:
+            with self._fs.open(join(self._path, self._markers[index].rows.path), "rb") as handle:
                 table = pq.read_table(handle, columns=[column])
             yield from table.column(column).to_pylist()
 
@@ -411,12 +452,17 @@ class DatasetWriter:
     ) -> ShardMarker:
         if not rows.schema.equals(self.schema.arrow, check_metadata=False):
             raise DatasetError(f"shard {index}: schema differs from {self.schema.name}")
-        name = _shard_name(index)
-        rows_info = self._put(join(self._work, "shards", name), name, rows)
+        name = f"part-{index:05d}-{self._tag}.parquet"
+        rows_info = self._put(join(self._path, name), name, rows)
         quarantine_info = None
         reasons: Counter[str] = Counter()
         if quarantine.num_rows:
-            quarantine_info = self._put(join(self._work, "quarantine", name), name, quarantine)
+            quarantine_name = f"part-{index:05d}.parquet"
+            quarantine_info = self._put(
+                join(self._path, self._quarantine_path, quarantine_name),
+                quarantine_name,
+                quarantine,
+            )
             reasons.update(quarantine.column("reason").to_pylist())
         marker = ShardMarker(
             index=index,
@@ -426,6 +472,7 @@ class DatasetWriter:
             rows_in=rows_in,
             counters=counters or {},
             seconds=seconds,
+            identity=self.identity,
         )
         write_bytes_atomic(
             self._fs, join(self._work, "done", f"{name}.json"), marker.model_dump_json().encode()
@@ -448,12 +495,8 @@ class DatasetWriter:
                 f"cannot commit {redact(self.uri)}: shards {missing[:5]} not written"
             )
         markers = [self._markers[k] for k in range(n_shards)]
-        shards = [self._publish("shards", m.rows, "") for m in markers]
-        quarantine_shards = [
-            self._publish("quarantine", m.quarantine, QUARANTINE_DIR)
-            for m in markers
-            if m.quarantine
-        ]
+        shards = [m.rows for m in markers]
+        quarantine_shards = [m.quarantine for m in markers if m.quarantine]
         reasons: Counter[str] = Counter()
         counters: Counter[str] = Counter()
         for m in markers:
@@ -461,8 +504,9 @@ class DatasetWriter:
             counters.update(m.counters)
         quarantine_info = None
         if quarantine_shards:
-            quarantine_uri = join(self.uri, QUARANTINE_DIR)
+            quarantine_uri = join(self.uri, self._quarantine_path)
             quarantine_info = QuarantineInfo(
+                path=self._quarantine_path,
                 uri=redact(quarantine_uri),
                 rows=sum(s.rows for s in quarantine_shards),
                 reasons=dict(sorted(reasons.items())),
@@ -484,21 +528,17 @@ class DatasetWriter:
             seconds=round(seconds if seconds is not None else sum(m.seconds for m in markers), 3),
             counters=dict(sorted(counters.items())),
         )
+        for info in shards:
+            if not self._fs.exists(join(self._path, info.path)):
+                raise DatasetError(f"shard {info.path} vanished from {redact(self.uri)}")
+        # The switch: readers move from the replaced dataset (if any) to this one at once.
         manifest = self._write_manifest(self.uri, self.schema, shards, quarantine_info, stats)
-        self._fs.rm(self._work, recursive=True)
+        self._collect_garbage(manifest)
         return manifest
 
-    def _publish(self, kind: str, info: ShardInfo, target_dir: str) -> ShardInfo:
-        source = join(self._work, kind, info.path)
-        target = (
-            join(self._path, target_dir, info.path) if target_dir else join(self._path, info.path)
-        )
-        # A commit interrupted halfway left some shards moved already: keep those.
-        if self._fs.exists(source):
-            move(self._fs, source, target)
-        elif not self._fs.exists(target):
-            raise DatasetError(f"shard {info.path} vanished from {redact(self.uri)}")
-        return info
+    @property
+    def _quarantine_path(self) -> str:
+        return f"{QUARANTINE_DIR}/{self._tag}"
 
     def _write_manifest(
         self,
@@ -525,10 +565,6 @@ class DatasetWriter:
         fs, path = filesystem(uri)
         write_bytes_atomic(fs, join(path, MANIFEST_NAME), manifest.to_json().encode())
         return manifest
-
-
-def _shard_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
 
 
 class Stopwatch:

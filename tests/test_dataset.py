@@ -96,6 +96,7 @@ def test_manifest_fields_and_readers(tmp_path: Path) -> None:
     assert not (tmp_path / "ds" / "_work").exists()
 
     frame = pl.scan_parquet(uri + "/*.parquet").collect()
+    assert pl.scan_parquet(Dataset(uri).shard_uris()).collect().equals(frame)
     assert sorted(frame["id"]) == [f"id{n:03d}" for n in range(6)]
     assert json.loads(frame["metadata"][0]) == {"n": 0, "nested": {"k": [1, 2]}}
     assert duckdb.sql(f"select count(*) from '{uri}/*.parquet'").fetchall() == [(6,)]
@@ -114,7 +115,10 @@ def test_unfinished_dataset_is_refused_and_hidden(tmp_path: Path) -> None:
     w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
     with pytest.raises(DatasetNotFinishedError, match="unfinished"):
         read_manifest(uri)
-    assert list((tmp_path / "ds").glob("*.parquet")) == []  # nothing published before the commit
+    # the shard is where it will stay, named with the writer's identity; no manifest yet
+    assert [p.name for p in (tmp_path / "ds").glob("*.parquet")] == [
+        f"part-00000-{w.identity[:12]}.parquet"
+    ]
     with pytest.raises(DatasetNotFinishedError, match="not a dataset"):
         read_manifest(str(tmp_path / "nothing-here"))
 
@@ -124,7 +128,7 @@ def test_resume_keeps_finished_shards(tmp_path: Path) -> None:
     w = writer(uri)
     w.existing()
     w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
-    shard = tmp_path / "ds" / "_work" / "shards" / "part-00000.parquet"
+    shard = tmp_path / "ds" / f"part-00000-{w.identity[:12]}.parquet"
     written = shard.stat().st_mtime_ns
 
     again = writer(uri)
@@ -134,7 +138,7 @@ def test_resume_keeps_finished_shards(tmp_path: Path) -> None:
     manifest = again.commit(2)
     assert manifest.rows == 2
     # shard 0 was published as written the first time, not redone
-    assert (tmp_path / "ds" / "part-00000.parquet").stat().st_mtime_ns == written
+    assert shard.stat().st_mtime_ns == written and manifest.shards[0].path == shard.name
 
 
 def test_work_of_another_config_is_discarded(tmp_path: Path) -> None:
@@ -155,7 +159,16 @@ def test_identical_dataset_is_reused_and_different_one_conflicts(tmp_path: Path)
         writer(uri, config={"a": 2}).existing()
     replaced = writer(uri, config={"a": 2}, overwrite=True)
     assert replaced.existing() is None
-    assert not (tmp_path / "ds" / "manifest.json").exists()
+    # replaced only at its commit: until then the finished dataset is whole and readable
+    assert read_manifest(uri) == first
+    replaced.write_shard(0, PAIRS.to_table([pair(9)]), QUARANTINE.to_table([]), rows_in=1)
+    assert read_manifest(uri) == first and Dataset(uri).to_table().num_rows == 6
+    Dataset(uri).verify()
+    replaced.commit(1)
+    assert [r["id"] for r in Dataset(uri).iter_rows(["id"])] == ["id009"]
+    # the old shards and quarantine are gone after the switch
+    assert len(list((tmp_path / "ds").glob("*.parquet"))) == 1
+    assert not (tmp_path / "ds" / "_quarantine").exists()
 
 
 def test_foreign_files_are_not_overwritten(tmp_path: Path) -> None:
@@ -171,8 +184,8 @@ def test_equal_content_gives_equal_fingerprint_and_bytes(tmp_path: Path) -> None
     write_all(str(tmp_path / "b"))
     a, b = read_manifest(str(tmp_path / "a")), read_manifest(str(tmp_path / "b"))
     assert a.fingerprint == b.fingerprint and a.shards == b.shards
-    assert (tmp_path / "a" / "part-00001.parquet").read_bytes() == (
-        tmp_path / "b" / "part-00001.parquet"
+    assert (tmp_path / "a" / a.shards[1].path).read_bytes() == (
+        tmp_path / "b" / b.shards[1].path
     ).read_bytes()
 
 

@@ -255,7 +255,7 @@ def test_interrupted_eval_resumes_and_bad_images_are_quarantined(
     assert resumed.requests == 12 - 8  # the two finished shards were not recomputed
     assert summary["questions"] == 13 and summary["unreadable"] == 1
     quarantine = pl.read_parquet(
-        str(tmp_path / "run" / "food101" / "predictions" / "_quarantine" / "*.parquet")
+        str(tmp_path / "run" / "food101" / "predictions" / "_quarantine" / "*" / "*.parquet")
     )
     assert quarantine["reason"].to_list() == ["undecodable"] and quarantine["source_ref"][
         0

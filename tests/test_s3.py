@@ -27,7 +27,9 @@ def test_ingest_to_s3_and_read_back_with_polars_and_duckdb(
     options = storage_settings().polars_storage_options()
     frame = pl.scan_parquet(uri + "/*.parquet", storage_options=options).collect()
     assert len(frame) == expected["valid"] and frame["id"].n_unique() == len(frame)
-    quarantine = pl.scan_parquet(uri + "/_quarantine/*.parquet", storage_options=options).collect()
+    quarantine = pl.scan_parquet(
+        uri + "/_quarantine/*/*.parquet", storage_options=options
+    ).collect()
     assert len(quarantine) == sum(expected["reasons"].values())
 
     fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
