@@ -376,6 +376,7 @@ class DatasetWriter:
                 p
                 for p in self._fs.ls(self._path, detail=False)
                 if not p.rstrip("/").endswith(("/" + WORK_DIR, "/" + QUARANTINE_DIR))
+                and not _is_shard(p)  # a dataset's own files (another data-parallel rank's)
             ]
             if leftovers:
                 raise DatasetConflictError(
@@ -405,7 +406,7 @@ class DatasetWriter:
         quarantine = keep.quarantine.path if keep and keep.quarantine else None
         for path in self._fs.ls(self._path, detail=False) if self._fs.exists(self._path) else []:
             name = path.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("part-") and name.endswith(".parquet") and name not in kept:
+            if _is_shard(path) and name not in kept:
                 self._fs.rm(path)
             elif name == QUARANTINE_DIR and quarantine is None:
                 self._fs.rm(path, recursive=True)
@@ -565,6 +566,11 @@ class DatasetWriter:
         fs, path = filesystem(uri)
         write_bytes_atomic(fs, join(path, MANIFEST_NAME), manifest.to_json().encode())
         return manifest
+
+
+def _is_shard(path: str) -> bool:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return name.startswith("part-") and name.endswith(".parquet")
 
 
 class Stopwatch:

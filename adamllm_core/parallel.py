@@ -9,9 +9,11 @@ output's tail; finished shards stay done for the re-run.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 from adamllm_core.engines import EngineConfig
@@ -32,6 +34,21 @@ def _config_class(stage: str) -> Any:
     from adamllm_core.synthesis import SynthConfig
 
     return SynthConfig if stage == "synthesize" else FilterConfig
+
+
+def exit_reason(returncode: int) -> str | None:
+    """Why a rank process ended, or None when it succeeded."""
+    if returncode == 0:
+        return None
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = (
+            " (most likely the out-of-memory killer: check the node's memory and dmesg)"
+            if -returncode == signal.SIGKILL
+            else ""
+        )
+        return f"was killed by {name}{hint}"
+    return f"exited {returncode}"
 
 
 def run_parallel(stage: str, args: list[str], config: Any, **kwargs: Any) -> Any:
@@ -68,14 +85,23 @@ def run_parallel(stage: str, args: list[str], config: Any, **kwargs: Any) -> Any
             )
         )
     failures = []
+    deadline = time.monotonic() + engine.rank_timeout_s if engine.rank_timeout_s else None
     for rank, process in enumerate(processes):
-        process.wait()
+        try:
+            process.wait(
+                timeout=None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
+            reason = exit_reason(process.returncode)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            reason = f"did not finish within rank_timeout_s {engine.rank_timeout_s:g} (hung?)"
         logs[rank].seek(0)
         output = logs[rank].read()
         logs[rank].close()
-        if process.returncode != 0:
+        if reason:
             failures.append(
-                f"rank {rank} (device {devices[rank]}) exited {process.returncode}:\n"
+                f"rank {rank} (device {devices[rank]}) {reason}:\n"
                 f"{output.decode(errors='replace')[-2000:]}"
             )
     os.unlink(handle.name)

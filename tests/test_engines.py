@@ -19,7 +19,7 @@ from adamllm_core.engines import (
     make_engine,
     run_cached,
 )
-from adamllm_core.engines.base import RequestRejected
+from adamllm_core.engines.base import EngineError, RequestRejected
 from adamllm_core.engines.openai_compat import EngineRequestError, OpenAIEngine
 from adamllm_core.filtering import LABEL_CHOICES, judge_request
 
@@ -118,6 +118,10 @@ def test_openai_engine_against_vllm_serve_matches_transformers(
             )
     text = [ChatRequest(prompt="## Consistent:", sampling=SamplingConfig(max_new_tokens=8))]
     assert served.run(text)[0].text == local.run(text)[0].text
+    # the identity is the model the server reports, and a model it does not serve is refused
+    assert served.model_identity == f"{tiny_models['lm']}@served"
+    with pytest.raises(EngineError, match="does not serve 'other'.*it serves: "):
+        _ = OpenAIEngine("other", base_url=vllm_server).model_identity
     chat = [
         ChatRequest(
             messages=(
@@ -179,6 +183,7 @@ def test_openai_engine_retries_transient_errors_and_reports_others() -> None:
             [ChatRequest(prompt="hello", sampling=SamplingConfig(max_new_tokens=1))]
         )[0]
         assert result.text == "ok" and FlakyHandler.failures == 2
+        assert engine.model_identity == "m@served"  # a server without a model listing
         # A 400 is this request's own fault: not retried, it becomes an error result and
         # the other requests of the batch are answered.
         bad, good = engine.run([ChatRequest(prompt="bad prompt"), ChatRequest(prompt="hello")])
@@ -195,3 +200,26 @@ def test_engine_config_errors_name_the_field() -> None:
         EngineConfig(kind="openai", model="m")
     with pytest.raises(ValueError, match="kind"):
         EngineConfig(kind="tgi", model="m")
+
+
+def test_a_local_model_is_known_by_its_content_not_its_path(tiny_models, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from adamllm_core.engines.hf import model_identity
+
+    monkeypatch.setenv("ADAMLLM_CHECKPOINT_HASHES", str(tmp_path / "hashes"))
+    original = tiny_models["lm"]
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    (copy / "training_args.bin").write_bytes(b"a trainer's pickle, not the model")
+    os.utime(copy / "config.json", (1, 1))
+    identity = model_identity(original, None)
+    assert identity.startswith("local:") and model_identity(str(copy), None) == identity
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\1")
+    assert model_identity(str(copy), None) != identity
+    # what the engine is joins the stage identity, how it runs does not
+    dump = EngineConfig(model=original).identity_dump()
+    assert dump["kind"] == "transformers" and dump["library"].startswith("transformers==")
+    assert EngineConfig(model=original, batch_size=64, device="cpu").identity_dump() == dump

@@ -342,6 +342,14 @@ def test_data_parallel_processes_give_the_same_dataset(
     )
     assert len(two.shards) == 3 and two.shards == one.shards and two.fingerprint == one.fingerprint
     assert two.stats.counters["requests_computed"] == 24
+    # a rank that does not finish in time fails the stage, named, instead of stalling it
+    hung = parallel.model_copy(
+        update={"engine": parallel.engine.model_copy(update={"rank_timeout_s": 0.5})}
+    )
+    with pytest.raises(
+        RuntimeError, match=r"rank 0 \(device \) did not finish within rank_timeout_s 0.5"
+    ):
+        run_parallel("synthesize", [pairs, str(tmp_path / "hung")], hung)
     with pytest.raises(ValueError, match="devices"):
         run_parallel(
             "synthesize",
@@ -379,3 +387,11 @@ def test_a_request_the_engine_refuses_is_one_quarantined_row(tiny_models, tmp_pa
     assert "context 4096" in refused[0]["detail"]
     assert manifest.stats.rows_in == 25 == manifest.rows + len(quarantine)
     assert len(RequestCache(str(tmp_path / "c"))) == 24  # the refusal is asked again next run
+
+
+def test_a_rank_killed_or_hung_is_named() -> None:
+    from adamllm_core.parallel import exit_reason
+
+    assert exit_reason(0) is None and exit_reason(3) == "exited 3"
+    assert "out-of-memory killer" in exit_reason(-9) and "SIGKILL" in exit_reason(-9)
+    assert exit_reason(-15) == "was killed by SIGTERM"

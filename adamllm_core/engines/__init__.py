@@ -40,6 +40,9 @@ class EngineConfig(BaseModel):
     devices: tuple[str, ...] | None = Field(
         default=None, description="CUDA_VISIBLE_DEVICES per process (default 0..N-1)"
     )
+    rank_timeout_s: float | None = Field(
+        default=None, gt=0, description="fail the stage when its processes run longer (hung)"
+    )
     # vllm
     tensor_parallel_size: int = Field(default=1, gt=0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
@@ -53,8 +56,26 @@ class EngineConfig(BaseModel):
         return self
 
     def identity_dump(self) -> dict[str, object]:
-        """What changes results: the model, not the engine or how it is run."""
-        return {"model": self.model, "revision": self.revision, "dtype": self.dtype}
+        """What changes results: the model, the engine and its library's version (they
+        sample and round differently), not how it is run (batch size, device, processes)."""
+        return {
+            "kind": self.kind,
+            "library": _library_version(self.kind),
+            "model": self.model,
+            "revision": self.revision,
+            "dtype": self.dtype,
+        }
+
+
+def _library_version(kind: str) -> str:
+    from importlib import metadata
+
+    if kind == "openai":
+        return "served"  # the server's model is in the engine's model_identity
+    try:
+        return f"{kind}=={metadata.version(kind)}"
+    except metadata.PackageNotFoundError:
+        return f"{kind} (not installed)"
 
 
 def make_engine(config: EngineConfig) -> Engine:

@@ -3,7 +3,9 @@
 The vLLM engine renders with the same `HFRenderer`, so both see identical prompts.
 """
 
+import hashlib
 import io
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,58 @@ from adamllm_core.engines.base import (
     SamplingConfig,
     truncate_at_stop,
 )
+from adamllm_core.hashing import sha256_hex
 from adamllm_core.storage import listing_fingerprint
+
+# Written beside a model by its trainer; they do not change what the model computes.
+NOT_THE_MODEL = {"training_args.bin", "trainer_state.json", "optimizer.pt", "scheduler.pt"}
 
 
 def model_identity(model: str, revision: str | None) -> str:
-    """Hub id and revision, or a local checkpoint's path and content fingerprint."""
+    """What a model computes with, independent of where it lies: a local checkpoint is the
+    hash of its files' content (config, weights, tokenizer; not its path, names of copies or
+    modification times), a hub id its commit (the revision when it is one, else the commit
+    the local Hugging Face cache resolved the revision to, else the revision's name)."""
     if Path(model).is_dir():
-        return f"{Path(model).resolve()}@{listing_fingerprint(str(Path(model).resolve()))}"
-    return f"{model}@{revision or 'main'}"
+        return f"local:{checkpoint_hash(Path(model).resolve())}"
+    return f"{model}@{_hub_commit(model, revision or 'main')}"
+
+
+def checkpoint_hash(folder: Path) -> str:
+    """sha256 over the checkpoint's files (relative name and content), memoised on disk by
+    their names, sizes and times so that a 16 GB checkpoint is read once, not per stage."""
+    memo = Path(
+        os.environ.get("ADAMLLM_CHECKPOINT_HASHES", "~/.cache/adamllm/checkpoint-hashes")
+    ).expanduser() / sha256_hex(f"{folder}\0{listing_fingerprint(str(folder))}".encode())
+    if memo.is_file():
+        return memo.read_text().strip()
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if path.name in NOT_THE_MODEL or path.name.startswith(".") or "/." in relative:
+            continue
+        file_digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                file_digest.update(block)
+        digest.update(f"{relative}\0{file_digest.hexdigest()}\n".encode())
+    value = digest.hexdigest()[:32]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    staging = memo.with_name(f".{memo.name}.{os.getpid()}")
+    staging.write_text(value)
+    staging.replace(memo)
+    return value
+
+
+def _hub_commit(model: str, revision: str) -> str:
+    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover (transformers depends on it)
+        return revision
+    ref = Path(HF_HUB_CACHE) / f"models--{model.replace('/', '--')}" / "refs" / revision
+    return ref.read_text().strip() if ref.is_file() else revision
 
 
 def hf_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
@@ -181,6 +227,7 @@ class TransformersEngine(HFEngine):
                     revision=self.revision,
                     dtype=dtype,
                     trust_remote_code=self.renderer.trust_remote_code,
+                    use_safetensors=True,  # never unpickle weights
                 )
                 .to(device)
                 .eval()

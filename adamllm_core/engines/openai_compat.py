@@ -8,6 +8,7 @@ skip_special_tokens, echo with logprobs) carry the features the method needs.
 import asyncio
 import base64
 import threading
+from functools import cached_property
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from adamllm_core.engines.base import (
     ChatRequest,
     ChatResult,
     Engine,
+    EngineError,
     RequestRejected,
     truncate_at_stop,
 )
@@ -68,10 +70,27 @@ class OpenAIEngine(Engine):
         self.timeout_s = timeout_s
         self.max_retries = max_retries
 
-    @property
+    @cached_property
     def model_identity(self) -> str:
-        # Where it is served does not change what it computes.
-        return f"{self.model}@{self.revision or 'served'}"
+        """The model as the server reports it (vLLM names the checkpoint it loaded, `root`)
+        and the revision the config states; not where it is served."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            response = httpx.get(f"{self.base_url}/v1/models", headers=headers, timeout=30)
+        except httpx.TransportError as error:
+            raise EngineError(f"{redact(self.base_url)}: cannot list its models: {error}") from None
+        served = f"{self.model}@{self.revision or 'served'}"
+        if response.status_code in (404, 405, 501):  # a server without a model listing
+            return served
+        response.raise_for_status()
+        listed = {m.get("id"): m for m in response.json().get("data", [])}
+        if self.model not in listed:
+            raise EngineError(
+                f"{redact(self.base_url)} does not serve {self.model!r}"
+                f" (it serves: {', '.join(sorted(map(str, listed))) or 'nothing'})"
+            )
+        root = listed[self.model].get("root")
+        return f"{served} root={root}" if root and root != self.model else served
 
     def render(self, request: ChatRequest) -> str:
         if request.prompt is not None:

@@ -482,7 +482,10 @@ def train(
         else model_path
     )
     auto = AutoModelForImageTextToText if renderer.multimodal else AutoModelForCausalLM
-    model = auto.from_pretrained(start, dtype=torch.bfloat16 if config.bf16 else torch.float32)
+    # safetensors only: a pickled .bin checkpoint could run code when loaded
+    model = auto.from_pretrained(
+        start, dtype=torch.bfloat16 if config.bf16 else torch.float32, use_safetensors=True
+    )
     _freeze_for(model, config.trainable)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = max(1, config.global_batch_size // (config.per_device_batch_size * world))
