@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from adamllm_core.hashing import canonical_json, sha256_hex
+from adamllm_core.lease import LEASE_NAME, LeaseHeldError, WriterLease
 from adamllm_core.schemas import QUARANTINE, RecordSchema, get_schema
 from adamllm_core.storage import filesystem, join, normalise_uri, redact, write_bytes_atomic
 from adamllm_core.version import CODE_VERSION
@@ -319,6 +320,7 @@ class DatasetWriter:
         config_hash: str,
         code_version: str = CODE_VERSION,
         overwrite: bool = False,
+        lease: bool = True,
     ):
         self.uri = normalise_uri(uri)
         self.schema = schema
@@ -333,6 +335,9 @@ class DatasetWriter:
         self._work = join(self._path, WORK_DIR)
         self._tag = self.identity[:12]
         self._markers: dict[int, ShardMarker] = {}
+        # One writer per output (overlapping refreshes, a retry while the first still runs).
+        # Data-parallel ranks write without one: the process that started them holds it.
+        self._lease = WriterLease(self.uri) if lease else None
 
     # -- state --
 
@@ -341,7 +346,8 @@ class DatasetWriter:
         if self._fs.exists(join(self._path, MANIFEST_NAME)):
             manifest = read_manifest(self.uri)
             if self._identity_of(manifest) == self.identity:
-                self._collect_garbage(manifest)  # killed after the commit, before cleanup
+                if self._fs.exists(self._work):  # killed after the commit, before cleanup
+                    self._clean_up_after(manifest)
                 return manifest
             if not self.overwrite:
                 raise DatasetConflictError(
@@ -352,8 +358,20 @@ class DatasetWriter:
                 )
             # Replaced, not deleted: the finished dataset stays readable until this
             # writer's manifest replaces its own (commit).
+        if self._lease is not None:
+            self._lease.acquire()  # raises, naming the holder, when another run writes here
         self._prepare_work_area()
         return None
+
+    def _clean_up_after(self, manifest: Manifest) -> None:
+        if self._lease is None:
+            return
+        try:
+            self._lease.acquire()
+        except LeaseHeldError:
+            return  # another run is writing here: its files are not leftovers
+        self._collect_garbage(manifest)
+        self._lease.release()
 
     def _identity_of(self, manifest: Manifest) -> str:
         schema = get_schema(manifest.record_schema.name)
@@ -375,7 +393,9 @@ class DatasetWriter:
             leftovers = [
                 p
                 for p in self._fs.ls(self._path, detail=False)
-                if not p.rstrip("/").endswith(("/" + WORK_DIR, "/" + QUARANTINE_DIR))
+                if not p.rstrip("/").endswith(
+                    ("/" + WORK_DIR, "/" + QUARANTINE_DIR, "/" + LEASE_NAME)
+                )
                 and not _is_shard(p)  # a dataset's own files (another data-parallel rank's)
             ]
             if leftovers:
@@ -385,7 +405,9 @@ class DatasetWriter:
                     "Choose an empty or new output, or pass overwrite=True (--overwrite)."
                 )
         elif self._fs.exists(self._path) and self.overwrite:
-            self._fs.rm(self._path, recursive=True)
+            for path in self._fs.ls(self._path, detail=False):  # all but this writer's lease
+                if not path.rstrip("/").endswith("/" + LEASE_NAME):
+                    self._fs.rm(path, recursive=True)
         write_bytes_atomic(
             self._fs,
             plan_path,
@@ -453,6 +475,8 @@ class DatasetWriter:
     ) -> ShardMarker:
         if not rows.schema.equals(self.schema.arrow, check_metadata=False):
             raise DatasetError(f"shard {index}: schema differs from {self.schema.name}")
+        if self._lease is not None:
+            self._lease.check()  # a writer whose lease was taken over writes nothing more
         name = f"part-{index:05d}-{self._tag}.parquet"
         rows_info = self._put(join(self._path, name), name, rows)
         quarantine_info = None
@@ -532,9 +556,13 @@ class DatasetWriter:
         for info in shards:
             if not self._fs.exists(join(self._path, info.path)):
                 raise DatasetError(f"shard {info.path} vanished from {redact(self.uri)}")
+        if self._lease is not None:
+            self._lease.check()
         # The switch: readers move from the replaced dataset (if any) to this one at once.
         manifest = self._write_manifest(self.uri, self.schema, shards, quarantine_info, stats)
         self._collect_garbage(manifest)
+        if self._lease is not None:
+            self._lease.release()
         return manifest
 
     @property

@@ -17,6 +17,8 @@ import time
 from typing import Any
 
 from adamllm_core.engines import EngineConfig
+from adamllm_core.lease import WriterLease
+from adamllm_core.storage import normalise_uri
 
 STAGES = ("synthesize", "filter_triplets")
 
@@ -69,6 +71,11 @@ def run_parallel(stage: str, args: list[str], config: Any, **kwargs: Any) -> Any
         "config": config.model_dump(mode="json"),
         "kwargs": {k: v for k, v in kwargs.items() if k in ("cache_uri", "overwrite")},
     }
+    # The ranks write without leases: this process holds the outputs' leases for them (the
+    # final call below, in this process, takes them over and releases them at its commit).
+    leases = [WriterLease(normalise_uri(uri)) for uri in args[1:]]
+    for lease in leases:
+        lease.acquire()
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
     processes = []

@@ -84,6 +84,7 @@ def run_stage(
             config_hash=config_hash(dumped),
             code_version=code,
             overwrite=overwrite,
+            lease=world == 1,
         )
         for name, out in outputs.items()
     }
@@ -102,6 +103,7 @@ def run_stage(
                 config_hash=config_hash(dumped),
                 code_version=code,
                 overwrite=True,
+                lease=world == 1,
             )
             for name, out in outputs.items()
         }

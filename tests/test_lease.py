@@ -1,0 +1,86 @@
+"""Writer leases: two runs on one output never interleave; a stale writer is taken over and
+writes nothing after (local disk and S3 through moto's server)."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adamllm_core.dataset import Dataset, read_manifest
+from adamllm_core.lease import LEASE_NAME, LeaseHeldError, WriterLease
+from adamllm_core.schemas import PAIRS, QUARANTINE
+
+TESTS = Path(__file__).resolve().parent
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from adamllm_core.schemas import PAIRS, QUARANTINE
+from test_dataset import pair, writer
+w = writer(sys.argv[1], config={{"v": "a"}})
+assert w.existing() is None
+w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture(params=["local", "s3"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "data")
+    return f"{request.getfixturevalue('s3_bucket')}/data"
+
+
+def test_a_second_writer_is_refused_naming_the_holder_until_it_dies(
+    location: str, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(TESTS))
+    from test_dataset import pair, writer
+
+    uri = f"{location}/pairs"
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER.format(tests=str(TESTS)))
+    holder = subprocess.Popen(
+        [sys.executable, str(script), uri], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        assert holder.stdout.readline().decode().strip() == "holding"
+        second = writer(uri, config={"v": "b"}, overwrite=True)
+        with pytest.raises(LeaseHeldError, match=rf"being written by .* pid {holder.pid}"):
+            second.existing()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (SIGKILL: its lease was never given back): taken over at once
+    second = writer(uri, config={"v": "b"}, overwrite=True)
+    assert second.existing() is None
+    second.write_shard(0, PAIRS.to_table([pair(5)]), QUARANTINE.to_table([]), rows_in=1)
+    second.commit(1)
+    assert [r["id"] for r in Dataset(uri).iter_rows(["id"])] == ["id005"]
+    fs = Dataset(uri)._fs
+    assert not fs.exists(f"{Dataset(uri)._path}/{LEASE_NAME}")  # given back at the commit
+
+
+def test_a_stale_lease_is_taken_over_and_its_writer_writes_nothing_more(location: str) -> None:
+    sys.path.insert(0, str(TESTS))
+    from test_dataset import pair, writer
+
+    uri = f"{location}/pairs"
+    late = writer(uri, config={"v": "a"})
+    late._lease = WriterLease(late.uri, ttl_s=0.6)
+    assert late.existing() is None
+    late.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
+    late._lease._stop.set()  # the writer pauses (a stalled node): no heartbeat
+    time.sleep(1.0)
+    taker = writer(uri, config={"v": "a"})
+    assert taker.existing() is None  # the expired lease is taken over
+    with pytest.raises(LeaseHeldError, match="taken over by another run"):
+        late.write_shard(1, PAIRS.to_table([pair(1)]), QUARANTINE.to_table([]), rows_in=1)
+    with pytest.raises(LeaseHeldError):
+        late.commit(1)
+    taker.write_shard(1, PAIRS.to_table([pair(1)]), QUARANTINE.to_table([]), rows_in=1)
+    assert taker.commit(2).rows == 2
+    assert read_manifest(uri).rows == 2
