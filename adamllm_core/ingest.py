@@ -24,7 +24,7 @@ from adamllm_core.hashing import canonical_json, config_hash
 from adamllm_core.images import ImagePolicy, normalise_image
 from adamllm_core.importers import Importer, RawRecord, SourceOptions, open_source
 from adamllm_core.schemas import PAIRS, QUARANTINE, ImageCaptionPair, QuarantineRow
-from adamllm_core.storage import filesystem, normalise_uri, redact
+from adamllm_core.storage import filesystem, normalise_uri, protocol_of, redact
 from adamllm_core.text import CaptionPolicy, clean_caption
 from adamllm_core.version import code_version
 
@@ -170,6 +170,10 @@ def _read_image(uri: str, max_bytes: int) -> bytes:
     except PermissionError as error:
         raise Rejected("unreadable_image", f"{redact(uri)}: {error.strerror or error}") from None
     except OSError as error:
+        if protocol_of(uri) != "file":
+            # Object storage: after the client's own retries a 503 SlowDown or a timeout is
+            # still transient; it fails the shard (a re-run retries it), never a row.
+            raise
         raise Rejected("unreadable_image", f"{redact(uri)}: {error}") from None
 
 

@@ -1,7 +1,11 @@
 """Object storage through a real S3 API (moto's server on 127.0.0.1)."""
 
+import http.client
+import http.server
 import json
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import duckdb
 import polars as pl
@@ -98,3 +102,87 @@ def test_credentials_come_from_the_settings_file(
     assert "s3cr3t" not in repr(settings) and "s3cr3t" not in settings.model_dump_json()
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:10")
     assert storage_settings().aws_endpoint_url == "http://127.0.0.1:10"  # the environment wins
+
+
+class SlowDownProxy(http.server.BaseHTTPRequestHandler):
+    """Loopback proxy to moto that answers image reads with 503 SlowDown, `failures` times
+    per image (None: always), and forwards everything else."""
+
+    protocol_version = "HTTP/1.1"  # answers `Expect: 100-continue` before a PUT's body
+    target: tuple[str, int] = ("127.0.0.1", 0)
+    failures: int | None = 0
+    injected: ClassVar[dict[str, int]] = {}
+
+    def _forward(self) -> None:
+        path = self.path.split("?")[0]
+        if self.command == "GET" and path.endswith(".png"):
+            done = SlowDownProxy.injected.get(path, 0)
+            if SlowDownProxy.failures is None or done < SlowDownProxy.failures:
+                SlowDownProxy.injected[path] = done + 1
+                body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+                self.send_response(503)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+        length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length) if length else None
+        connection = http.client.HTTPConnection(*SlowDownProxy.target, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        connection.request(self.command, self.path, body=data, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            # a HEAD's Content-Length is the object's size: kept as moto sent it
+            if key.lower() not in ("transfer-encoding", "connection") and (
+                key.lower() != "content-length" or self.command == "HEAD"
+            ):
+                self.send_header(key, value)
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+        connection.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_s3_slowdowns_are_retried_or_fail_the_run_never_a_quarantine_row(
+    s3_bucket: str, s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corpus import encode, gradient
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    lines = []
+    for i in range(4):
+        fs.pipe_file(f"{s3_bucket}/raw/img/{i}.png", encode(gradient().rotate(i * 20), "PNG"))
+        lines.append(json.dumps({"image": f"img/{i}.png", "caption": f"caption {i}"}))
+    fs.pipe_file(f"{s3_bucket}/raw/data.jsonl", ("\n".join(lines) + "\n").encode())
+    host, port = s3_server["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
+    SlowDownProxy.target = (host, int(port))
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDownProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    config = IngestConfig(domain="test")
+    try:
+        # two 503s per image: the client retries them, every row is ingested
+        SlowDownProxy.failures, SlowDownProxy.injected = 2, {}
+        manifest = ingest(f"{s3_bucket}/raw", f"{s3_bucket}/retried", config)
+        assert manifest.rows == 4 and manifest.quarantine is None
+        assert sum(SlowDownProxy.injected.values()) == 8
+        # 503 on every try: the run fails and commits nothing; no row is quarantined for it
+        SlowDownProxy.failures, SlowDownProxy.injected = None, {}
+        with pytest.raises(OSError):
+            ingest(f"{s3_bucket}/raw", f"{s3_bucket}/failed", config)
+        with pytest.raises(DatasetNotFinishedError):
+            read_manifest(f"{s3_bucket}/failed")
+    finally:
+        proxy.shutdown()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["AWS_ENDPOINT_URL"])
+    resumed = ingest(f"{s3_bucket}/raw", f"{s3_bucket}/failed", config)  # S3 answers again
+    assert resumed.rows == 4 and resumed.quarantine is None
