@@ -16,6 +16,7 @@ import pytest
 from adamllm_core.dataset import read_manifest
 from adamllm_core.engines import EngineConfig, make_engine
 from adamllm_core.engines.base import Engine
+from adamllm_core.engines.hf import model_identity
 from adamllm_core.evaluation.run import EvalConfig, evaluate
 
 pytestmark = [pytest.mark.integration]
@@ -71,7 +72,8 @@ def test_eval_end_to_end_with_report(
             "fallback",
         }
         summary = json.loads((out / "base" / name / "summary.json").read_text())
-        assert summary["questions"] == 40 and summary["model"].startswith(tiny_models["vlm"])
+        assert summary["questions"] == 40 and summary["model"] == "tiny:vlm"
+        assert summary["model_identity"] == model_identity(tiny_models["vlm"], None)
     food = pl.read_parquet(str(out / "base" / "food101" / "predictions" / "*.parquet"))
     assert food["prompt"][0].startswith(
         "What type of food is shown in this image? Choose one type from the "

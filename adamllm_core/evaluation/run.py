@@ -249,12 +249,13 @@ def evaluate(
     dataset = Dataset(writer.uri)
     summary = _summary(
         spec,
-        model,
+        redact(config.engine.model),  # as the user named it; its identity is beside it
         [
             stored_score(r)
             for r in dataset.iter_rows(["group", "parsed", "score", "score_corrected", "fallback"])
         ],
         predictions=redact(writer.uri),
+        model_identity=model,
         unreadable=dataset.manifest.quarantine.rows if dataset.manifest.quarantine else 0,
     )
     fs, path = filesystem(join(root, "summary.json"))
