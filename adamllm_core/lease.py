@@ -137,7 +137,15 @@ class WriterLease:
         def beat() -> None:
             while not stop.wait(interval):
                 held = lease()
-                if held is None or not held._renew():
+                if held is None:
+                    return
+                try:
+                    renewed = held._renew()
+                except Exception:  # noqa: BLE001 (storage unreachable: try at the next beat;
+                    # past the TTL another run may take over, and check() then says so)
+                    renewed = True
+                del held
+                if not renewed:
                     return
 
         threading.Thread(target=beat, daemon=True, name=f"lease {self.uri}").start()
