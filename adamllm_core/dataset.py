@@ -379,6 +379,7 @@ class DatasetWriter:
 
     def _prepare_work_area(self) -> None:
         plan_path = join(self._work, "plan.json")
+        plan_is_stale = False
         if self._fs.exists(plan_path):
             plan = json.loads(self._fs.cat_file(plan_path))
             if plan.get("identity") == self.identity:
@@ -386,8 +387,11 @@ class DatasetWriter:
                 return
             # Work left by a run with other inputs, config or code: none of it is reusable
             # (the finished dataset's own shards, if any, are kept).
-            self._collect_garbage(self._finished_manifest())
-        if self._finished_manifest() is not None:
+            plan_is_stale = True
+        finished = self._finished_manifest()
+        if plan_is_stale:
+            self._collect_garbage(finished)
+        if finished is not None:
             pass  # replacing a finished dataset (overwrite): it stays until the commit
         elif self._fs.exists(self._path) and not self.overwrite:
             leftovers = [

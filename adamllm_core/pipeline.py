@@ -61,8 +61,8 @@ def _quarantine(
 
 def _refused(result: ChatResult) -> None:
     """A request the engine refused on its own (see run_isolating) quarantines its row."""
-    if result.error_reason is not None:
-        raise Rejected(result.error_reason, result.error_detail)
+    if (refusal := result.refusal()) is not None:
+        raise refusal
 
 
 def _stage_config(config: BaseModel, engine: Engine) -> dict[str, Any]:
@@ -181,10 +181,9 @@ def filter_triplets(
         results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
         output = ShardOutput(rows={"filtered": [], "rejected": []})
         for position, (row, result) in enumerate(zip(rows, results, strict=True)):
-            if result.error_reason is not None:
-                refused = Rejected(result.error_reason, result.error_detail)
+            if (refusal := result.refusal()) is not None:
                 output.quarantine.append(
-                    _quarantine("filter", offset + position, row["id"], refused, row["id"], None)
+                    _quarantine("filter", offset + position, row["id"], refusal, row["id"], None)
                 )
                 continue
             label, scores = label_of(result.choice_scores or {})

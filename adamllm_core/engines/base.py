@@ -90,6 +90,10 @@ class ChatResult(BaseModel):
     error_reason: str | None = None
     error_detail: str = ""
 
+    def refusal(self) -> "Rejected | None":
+        """The engine's refusal of this request, as the quarantine reason it becomes."""
+        return None if self.error_reason is None else Rejected(self.error_reason, self.error_detail)
+
 
 class RequestRejected(Rejected):
     """One request's own content is refused: an HTTP 4xx other than 429, a prompt longer

@@ -218,9 +218,8 @@ def evaluate(
             results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
             rows = []
             for (position, item), request, result in zip(valid, requests, results, strict=True):
-                if result.error_reason is not None:  # the engine refused this question alone
-                    refused = Rejected(result.error_reason, result.error_detail)
-                    quarantined.append(_quarantine_row(first + position, item, refused))
+                if (refusal := result.refusal()) is not None:  # this question alone refused
+                    quarantined.append(_quarantine_row(first + position, item, refusal))
                     continue
                 rows.append(
                     prediction_row(
