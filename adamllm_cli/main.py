@@ -558,7 +558,12 @@ def inspect(
             fail(
                 f"{status.uri} is unfinished: stage {status.stage!r} has written {status.shards_done} "
                 f"shards ({status.rows_done} rows, {status.quarantined_done} quarantined). "
-                "Re-run that stage with the same output to resume it."
+                + (
+                    f"It is being written now by {status.writing_now.get('host')} pid "
+                    f"{status.writing_now.get('pid')}."
+                    if status.writing_now
+                    else "Re-run that stage with the same output to resume it."
+                )
             )
         fail(str(error))
     if as_json:

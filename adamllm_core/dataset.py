@@ -31,6 +31,8 @@ from adamllm_core.version import CODE_VERSION
 
 MANIFEST_NAME = "manifest.json"
 WORK_DIR = "_work"
+PLAN_NAME = "plan.json"
+MARKER_DIR = "done"
 QUARANTINE_DIR = "_quarantine"
 DATASET_FORMAT = "adamllm-dataset/1"
 # Image rows are large: small row groups keep a reader's memory bounded.
@@ -297,8 +299,9 @@ class ShardMarker(BaseModel):
 class DatasetWriter:
     """Writes one dataset shard by shard, resumable, published by a final manifest.
 
-    Usage: `existing()` returns the finished dataset when an equal one is already there;
-    otherwise `write_shard(k, ...)` for every shard not `is_done(k)`, then `commit()`.
+    Usage: `prepare()` returns the finished dataset when an equal one is already there
+    (`finished()` asks without touching anything); otherwise `write_shard(k, ...)` for
+    every shard not `is_done(k)`, then `commit()`. Stages use it through the executor.
 
     Shards are written where they stay (no copy at commit: on object storage a move is a
     copy of every byte), named with the writer's identity (`part-00000-<id12>.parquet`;
@@ -341,27 +344,54 @@ class DatasetWriter:
 
     # -- state --
 
-    def existing(self) -> Manifest | None:
-        """The finished dataset if an identical one is there; prepares the work area otherwise."""
-        if self._fs.exists(join(self._path, MANIFEST_NAME)):
-            manifest = read_manifest(self.uri)
-            if self._identity_of(manifest) == self.identity:
-                if self._fs.exists(self._work):  # killed after the commit, before cleanup
-                    self._clean_up_after(manifest)
-                return manifest
-            if not self.overwrite:
-                raise DatasetConflictError(
-                    f"{redact(self.uri)} already holds a different {manifest.record_schema.name} "
-                    f"dataset (config {manifest.config_hash}, code {manifest.code_version}; "
-                    f"asked for config {self.config_hash}, code {self.code_version}). "
-                    "Write to another output, or pass overwrite=True (--overwrite) to replace it."
-                )
-            # Replaced, not deleted: the finished dataset stays readable until this
-            # writer's manifest replaces its own (commit).
+    def finished(self) -> Manifest | None:
+        """The finished dataset at the URI when it has this writer's identity; None when
+        there is none, or a different one this writer may replace (overwrite). Reads only."""
+        manifest = self._finished_manifest()
+        if manifest is None:
+            return None
+        if self._identity_of(manifest) == self.identity:
+            return manifest
+        if not self.overwrite:
+            raise DatasetConflictError(
+                f"{redact(self.uri)} already holds a different {manifest.record_schema.name} "
+                f"dataset (config {manifest.config_hash}, code {manifest.code_version}; "
+                f"asked for config {self.config_hash}, code {self.code_version}). "
+                "Write to another output, or pass overwrite=True (--overwrite) to replace it."
+            )
+        # Replaced, not deleted: it stays readable until this writer's commit.
+        return None
+
+    def prepare(self) -> Manifest | None:
+        """Ready to write: take the lease and prepare the work area (resuming the work of
+        an interrupted writer of this identity). Returns the finished dataset instead when
+        an identical one is there (removing what a run killed after its commit left)."""
+        manifest = self.finished()
+        if manifest is not None:
+            if self._fs.exists(self._work):
+                self._clean_up_after(manifest)
+            return manifest
         if self._lease is not None:
             self._lease.acquire()  # raises, naming the holder, when another run writes here
         self._prepare_work_area()
         return None
+
+    def attach(self) -> None:
+        """For a data-parallel rank: use the work area its parent prepared for this
+        identity; never prepares, takes a lease or deletes."""
+        plan = self._read_plan()
+        if plan is None or plan.get("identity") != self.identity:
+            raise DatasetError(
+                f"{redact(self.uri)}: no work area prepared for identity {self.identity[:12]};"
+                " the parent process prepares it before starting ranks"
+            )
+        self._load_markers()
+
+    def _read_plan(self) -> dict[str, Any] | None:
+        plan_path = join(self._work, PLAN_NAME)
+        if not self._fs.exists(plan_path):
+            return None
+        return json.loads(self._fs.cat_file(plan_path))
 
     def _clean_up_after(self, manifest: Manifest) -> None:
         if self._lease is None:
@@ -378,45 +408,46 @@ class DatasetWriter:
         return identity_hash(schema, manifest.parents, manifest.config_hash, manifest.code_version)
 
     def _prepare_work_area(self) -> None:
-        plan_path = join(self._work, "plan.json")
-        plan_is_stale = False
-        if self._fs.exists(plan_path):
-            plan = json.loads(self._fs.cat_file(plan_path))
-            if plan.get("identity") == self.identity:
-                self._load_markers()
-                return
-            # Work left by a run with other inputs, config or code: none of it is reusable
-            # (the finished dataset's own shards, if any, are kept).
-            plan_is_stale = True
+        plan = self._read_plan()
+        if plan is not None and plan.get("identity") == self.identity:
+            self._load_markers()
+            return
         finished = self._finished_manifest()
-        if plan_is_stale:
+        if plan is not None:
+            # Work left by a run with other inputs, config or code: none of it is reusable
+            # (the finished dataset's own shards, if any, are kept until the commit).
             self._collect_garbage(finished)
-        if finished is not None:
-            pass  # replacing a finished dataset (overwrite): it stays until the commit
-        elif self._fs.exists(self._path) and not self.overwrite:
-            leftovers = [
-                p
-                for p in self._fs.ls(self._path, detail=False)
-                if not p.rstrip("/").endswith(
-                    ("/" + WORK_DIR, "/" + QUARANTINE_DIR, "/" + LEASE_NAME)
-                )
-                and not _is_shard(p)  # a dataset's own files (another data-parallel rank's)
-            ]
-            if leftovers:
-                raise DatasetConflictError(
-                    f"{redact(self.uri)} exists and holds files that are not a dataset "
-                    f"({len(leftovers)} entries, e.g. {leftovers[0].rsplit('/', 1)[-1]}). "
-                    "Choose an empty or new output, or pass overwrite=True (--overwrite)."
-                )
-        elif self._fs.exists(self._path) and self.overwrite:
-            for path in self._fs.ls(self._path, detail=False):  # all but this writer's lease
-                if not path.rstrip("/").endswith("/" + LEASE_NAME):
-                    self._fs.rm(path, recursive=True)
+        if finished is None and self._fs.exists(self._path):
+            self._check_foreign_files()
         write_bytes_atomic(
             self._fs,
-            plan_path,
+            join(self._work, PLAN_NAME),
             canonical_json({"identity": self.identity, "stage": self.stage}).encode(),
         )
+
+    def _check_foreign_files(self) -> None:
+        """Refuse a folder holding what is not a dataset's, or clear it with overwrite."""
+        entries = [
+            p
+            for p in self._fs.ls(self._path, detail=False)
+            if not p.rstrip("/").endswith("/" + LEASE_NAME)  # this writer's own lease
+        ]
+        if self.overwrite:
+            for path in entries:
+                self._fs.rm(path, recursive=True)
+            return
+        leftovers = [
+            p
+            for p in entries
+            if not p.rstrip("/").endswith(("/" + WORK_DIR, "/" + QUARANTINE_DIR))
+            and not _is_shard(p)  # a dataset's own files (an interrupted writer's)
+        ]
+        if leftovers:
+            raise DatasetConflictError(
+                f"{redact(self.uri)} exists and holds files that are not a dataset "
+                f"({len(leftovers)} entries, e.g. {leftovers[0].rsplit('/', 1)[-1]}). "
+                "Choose an empty or new output, or pass overwrite=True (--overwrite)."
+            )
 
     def _finished_manifest(self) -> Manifest | None:
         if not self._fs.exists(join(self._path, MANIFEST_NAME)):
@@ -442,7 +473,7 @@ class DatasetWriter:
                         self._fs.rm(old, recursive=True)
 
     def _load_markers(self) -> None:
-        marker_dir = join(self._work, "done")
+        marker_dir = join(self._work, MARKER_DIR)
         if not self._fs.exists(marker_dir):
             return
         for path in self._fs.ls(marker_dir, detail=False):
@@ -504,7 +535,9 @@ class DatasetWriter:
             identity=self.identity,
         )
         write_bytes_atomic(
-            self._fs, join(self._work, "done", f"{name}.json"), marker.model_dump_json().encode()
+            self._fs,
+            join(self._work, MARKER_DIR, f"{name}.json"),
+            marker.model_dump_json().encode(),
         )
         self._markers[index] = marker
         return marker
@@ -516,8 +549,12 @@ class DatasetWriter:
 
     # -- commit --
 
-    def commit(self, n_shards: int, *, seconds: float | None = None) -> Manifest:
-        """Publish shards 0..n_shards-1 and write the manifest last."""
+    def commit(
+        self, n_shards: int, *, seconds: float | None = None, finish: bool = True
+    ) -> Manifest:
+        """Publish shards 0..n_shards-1 and write the manifest last. `finish=False` keeps
+        the work area and the lease (a stage with several outputs removes them once every
+        output is committed: `finish()`)."""
         missing = [k for k in range(n_shards) if k not in self._markers]
         if missing:
             raise DatasetError(
@@ -564,10 +601,15 @@ class DatasetWriter:
             self._lease.check()
         # The switch: readers move from the replaced dataset (if any) to this one at once.
         manifest = self._write_manifest(self.uri, self.schema, shards, quarantine_info, stats)
+        if finish:
+            self.finish(manifest)
+        return manifest
+
+    def finish(self, manifest: Manifest) -> None:
+        """After the commit: remove the work area and replaced shards, give the lease back."""
         self._collect_garbage(manifest)
         if self._lease is not None:
             self._lease.release()
-        return manifest
 
     @property
     def _quarantine_path(self) -> str:
@@ -598,6 +640,47 @@ class DatasetWriter:
         fs, path = filesystem(uri)
         write_bytes_atomic(fs, join(path, MANIFEST_NAME), manifest.to_json().encode())
         return manifest
+
+
+class WorkArea(BaseModel):
+    """What an unfinished writer has left at a URI (for `inspect` and status): read only."""
+
+    uri: str
+    stage: str | None
+    identity: str | None
+    markers: list[ShardMarker]
+    lease_holder: dict[str, Any] | None = Field(
+        default=None, description="host and pid of the run holding the lease, if any"
+    )
+
+
+def read_work_area(uri: str) -> WorkArea | None:
+    """The work area of an unfinished dataset at `uri`; None when finished or never begun."""
+    uri = normalise_uri(uri)
+    fs, path = filesystem(uri)
+    work = join(path, WORK_DIR)
+    if fs.exists(join(path, MANIFEST_NAME)) or not fs.exists(work):
+        return None
+    plan = {}
+    if fs.exists(join(work, PLAN_NAME)):
+        plan = json.loads(fs.cat_file(join(work, PLAN_NAME)))
+    markers = []
+    if fs.exists(join(work, MARKER_DIR)):
+        markers = [
+            ShardMarker.model_validate_json(fs.cat_file(p))
+            for p in fs.ls(join(work, MARKER_DIR), detail=False)
+            if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")
+        ]
+    holder = WriterLease(uri).holder_now()
+    return WorkArea(
+        uri=redact(uri),
+        stage=plan.get("stage"),
+        identity=plan.get("identity"),
+        markers=sorted(
+            (m for m in markers if m.identity == plan.get("identity")), key=lambda m: m.index
+        ),
+        lease_holder={k: holder[k] for k in ("host", "pid") if k in holder} if holder else None,
+    )
 
 
 def _is_shard(path: str) -> bool:

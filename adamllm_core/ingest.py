@@ -6,7 +6,6 @@ once and the rest quarantined as `duplicate`, pointing at the row they repeat.
 """
 
 import hashlib
-import itertools
 import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -18,18 +17,25 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adamllm_core.dataset import DatasetWriter, Manifest, ParentRef, Stopwatch, identity_hash
+from adamllm_core.dataset import Manifest, ParentRef, identity_hash
 from adamllm_core.errors import Rejected
+from adamllm_core.executor import (
+    BatchInput,
+    ProgressFn,
+    Shard,
+    ShardedExecutor,
+    ShardOutput,
+    StageOutput,
+)
 from adamllm_core.hashing import canonical_json, config_hash
 from adamllm_core.images import ImagePolicy, normalise_image
 from adamllm_core.importers import Importer, RawRecord, SourceOptions, open_source
-from adamllm_core.schemas import PAIRS, QUARANTINE, ImageCaptionPair, QuarantineRow
+from adamllm_core.schemas import PAIRS, ImageCaptionPair, QuarantineRow
 from adamllm_core.storage import filesystem, normalise_uri, protocol_of, redact
 from adamllm_core.text import CaptionPolicy, clean_caption
 from adamllm_core.version import code_version
 
 STAGE = "ingest"
-ProgressFn = Callable[[int, int], None]
 
 
 class IngestConfig(BaseModel):
@@ -189,19 +195,13 @@ def _quarantine_row(
         input_index=record.index,
         source_ref=record.source_ref,
         reason=rejection.reason,
-        detail=rejection.detail[:2000],
+        detail=rejection.detail,
         record_id=outcome.record_id,
         duplicate_of=duplicate_of,
         image_sha256=outcome.image_sha256,
-        caption=caption[:2000] if caption is not None else None,
-        record=canonical_json(record.raw)[:20_000] if record.raw is not None else None,
+        caption=caption,
+        record=canonical_json(record.raw) if record.raw is not None else None,
     )
-
-
-def batched(items: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
-    iterator = iter(items)
-    while chunk := tuple(itertools.islice(iterator, size)):
-        yield chunk
 
 
 @contextmanager
@@ -238,64 +238,48 @@ def ingest(
     """Ingest `source` into a `pairs` dataset at `out`; resumes an interrupted run, no-op when done."""
     source_uri = normalise_uri(source)
     importer, parent = _open(source_uri, config)
-    writer = DatasetWriter(
-        out,
-        schema=PAIRS,
+    executor = ShardedExecutor(
         stage=STAGE,
+        outputs={"pairs": StageOutput(out, PAIRS)},
         parents=[parent],
         config=config.output_config(),
-        config_hash=config.hash,
-        code_version=code_version(__name__),
+        code=code_version(__name__),
         overwrite=overwrite,
     )
-    finished = writer.existing()
-    if finished is not None:
-        return finished
-
-    total = importer.count()
-    n_shards = max(1, -(-total // config.rows_per_shard))
-    seen: set[str] = set(writer.done_column("id"))
-    done_records = min(len(writer.done_shards) * config.rows_per_shard, total)
-    if progress:
-        progress(done_records, total)
+    if (finished := executor.finished()) is not None:
+        return finished["pairs"]
+    seen: set[str] = set()  # pair ids kept so far: a repeat anywhere is a duplicate
     process = partial(process_record, config=config, source=redact(source_uri))
-    shards = batched(importer.records(), config.rows_per_shard)
+
     with _mapper(config.workers) as mapper:
-        for index, chunk in enumerate(shards):
-            if index >= n_shards:
-                raise RuntimeError(
-                    f"{redact(source_uri)} changed while it was read: more records than counted"
-                )
-            if writer.is_done(index):
-                continue
-            shard_clock = Stopwatch()
-            pairs: list[ImageCaptionPair] = []
-            quarantine: list[QuarantineRow] = []
-            counters: Counter[str] = Counter(records_in=len(chunk))
+
+        def process_shard(chunk: list[RawRecord], shard: Shard) -> ShardOutput:
+            output = ShardOutput(rows={"pairs": []}, counters=Counter(records_in=len(chunk)))
             for record, outcomes in zip(chunk, mapper(process, chunk)):
                 for outcome in outcomes:
-                    counters.update(outcome.counters)
+                    output.counters.update(outcome.counters)
                     if outcome.pair is None:
-                        quarantine.append(_quarantine_row(record, outcome))
+                        output.quarantine.append(_quarantine_row(record, outcome))
                     elif outcome.pair.id in seen:
-                        counters["duplicates"] += 1
-                        quarantine.append(
+                        output.counters["duplicates"] += 1
+                        output.quarantine.append(
                             _quarantine_row(record, outcome, duplicate_of=outcome.pair.id)
                         )
                     else:
                         seen.add(outcome.pair.id)
-                        pairs.append(outcome.pair)
-            writer.write_shard(
-                index,
-                PAIRS.to_table(pairs),
-                QUARANTINE.to_table(quarantine),
-                rows_in=len(pairs) + len(quarantine),
-                counters=dict(counters),
-                seconds=shard_clock.seconds,
-            )
-            done_records += len(chunk)
-            if progress:
-                progress(done_records, total)
-    if total == 0 and not writer.is_done(0):
-        writer.write_shard(0, PAIRS.to_table([]), QUARANTINE.to_table([]), rows_in=0)
-    return writer.commit(n_shards)
+                        output.rows["pairs"].append(outcome.pair)
+            output.rows_in = len(output.rows["pairs"]) + len(output.quarantine)
+            return output
+
+        manifests = executor.execute(
+            BatchInput(
+                lambda wanted: importer.records(),
+                config.rows_per_shard,
+                total=importer.count(),
+                name=redact(source_uri),
+            ),
+            process_shard,
+            progress=progress,
+            on_resume=lambda resumed: seen.update(resumed.done_column("pairs", "id")),
+        )
+    return manifests["pairs"]

@@ -6,14 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from adamllm_core.dataset import (
-    MANIFEST_NAME,
-    WORK_DIR,
-    Dataset,
-    DatasetNotFinishedError,
-    ShardMarker,
-)
-from adamllm_core.storage import filesystem, join, normalise_uri, redact
+from adamllm_core.dataset import Dataset, DatasetNotFinishedError, read_work_area
+from adamllm_core.storage import redact
 
 MAX_TEXT = 160
 
@@ -26,6 +20,7 @@ class WorkStatus(BaseModel):
     shards_done: int
     rows_done: int
     quarantined_done: int
+    writing_now: dict[str, Any] | None = None
 
 
 class DatasetSummary(BaseModel):
@@ -72,27 +67,16 @@ def summarise(uri: str, sample_rows: int = 3) -> DatasetSummary:
 
 def work_status(uri: str) -> WorkStatus | None:
     """Progress of an interrupted writer at `uri`, or None when there is no work area."""
-    uri = normalise_uri(uri)
-    fs, path = filesystem(uri)
-    work = join(path, WORK_DIR)
-    if fs.exists(join(path, MANIFEST_NAME)) or not fs.exists(work):
+    area = read_work_area(uri)
+    if area is None:
         return None
-    stage = None
-    if fs.exists(join(work, "plan.json")):
-        stage = json.loads(fs.cat_file(join(work, "plan.json"))).get("stage")
-    markers = []
-    if fs.exists(join(work, "done")):
-        markers = [
-            ShardMarker.model_validate_json(fs.cat_file(p))
-            for p in fs.ls(join(work, "done"), detail=False)
-            if p.endswith(".json")
-        ]
     return WorkStatus(
-        uri=redact(uri),
-        stage=stage,
-        shards_done=len(markers),
-        rows_done=sum(m.rows.rows for m in markers),
-        quarantined_done=sum(m.quarantine.rows for m in markers if m.quarantine),
+        uri=area.uri,
+        stage=area.stage,
+        shards_done=len(area.markers),
+        rows_done=sum(m.rows.rows for m in area.markers),
+        quarantined_done=sum(m.quarantine.rows for m in area.markers if m.quarantine),
+        writing_now=area.lease_holder,
     )
 
 

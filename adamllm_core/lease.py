@@ -125,6 +125,13 @@ class WriterLease:
             return False  # someone renewed or took it first
         return True
 
+    def holder_now(self) -> dict[str, Any] | None:
+        """Who holds the lease now (None when nobody, or the holder's lease is stale)."""
+        current, _ = self._read()
+        if current is None or self._stale(current):
+            return None
+        return current
+
     # -- keeping it --
 
     def _start(self) -> None:

@@ -1,9 +1,10 @@
 """Data parallelism over shards: one engine process per device.
 
-`run_parallel(stage, kwargs, config)` starts `data_parallel_size` processes, each with its
-own CUDA_VISIBLE_DEVICES, running the stage on shards `k % N == rank` (each shard is
-written and marked done on its own, so processes never touch the same files), then commits
-in this process once every shard is done. A process that fails fails the stage with its
+`run_parallel(stage, kwargs, config)` prepares the outputs' work areas once, in this
+process, then starts `data_parallel_size` processes, each with its own
+CUDA_VISIBLE_DEVICES, running the stage on shards `k % N == rank` (each shard is written
+and marked done on its own, so processes never touch the same files; ranks never prepare
+or delete), then commits in this process once every shard is done. A process that fails fails the stage with its
 output's tail; finished shards stay done for the re-run.
 """
 
@@ -76,6 +77,7 @@ def run_parallel(stage: str, args: list[str], config: Any, **kwargs: Any) -> Any
     leases = [WriterLease(normalise_uri(uri)) for uri in args[1:]]
     for lease in leases:
         lease.acquire()
+    function(*args, config, role="prepare", **kwargs)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
     processes = []
@@ -123,7 +125,9 @@ def _worker(spec_path: str, rank: int, world: int) -> None:
     with open(spec_path) as handle:
         spec = json.load(handle)
     config = _config_class(spec["stage"]).model_validate(spec["config"])
-    _stage_function(spec["stage"])(*spec["args"], config, rank=rank, world=world, **spec["kwargs"])
+    _stage_function(spec["stage"])(
+        *spec["args"], config, role="rank", rank=rank, world=world, **spec["kwargs"]
+    )
 
 
 if __name__ == "__main__":

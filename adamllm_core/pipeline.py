@@ -8,16 +8,27 @@ import hashlib
 import io
 import json
 import random
+import tempfile
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adamllm_core.dataset import Dataset, Manifest
-from adamllm_core.engines import Engine, EngineStats, RequestCache, make_engine, run_cached
+from adamllm_core.dataset import Dataset, DatasetError, Manifest
+from adamllm_core.engines import Engine, EngineStats, make_engine, run_cached, shard_cache
 from adamllm_core.engines.base import ChatResult
 from adamllm_core.engines.hf import HFRenderer, model_identity
 from adamllm_core.errors import Rejected
+from adamllm_core.executor import (
+    ProgressFn,
+    Role,
+    Shard,
+    ShardOutput,
+    StageOutput,
+    run_stage,
+    stage_identity,
+)
 from adamllm_core.filtering import FilterConfig, chain_of_thought, judge_request, label_of
 from adamllm_core.models import resolve_model
 from adamllm_core.schemas import (
@@ -30,8 +41,13 @@ from adamllm_core.schemas import (
     QuarantineRow,
     TaskTriplet,
 )
-from adamllm_core.stage import ProgressFn, ShardOutput, StageOutput, run_stage, stage_identity
-from adamllm_core.storage import filesystem, join, normalise_uri, write_bytes_atomic
+from adamllm_core.storage import (
+    filesystem,
+    join,
+    normalise_uri,
+    put_file_atomic,
+    write_bytes_atomic,
+)
 from adamllm_core.synthesis import (
     SynthConfig,
     parse_triplet,
@@ -53,9 +69,9 @@ def _quarantine(
         input_index=index,
         source_ref=ref,
         reason=error.reason,
-        detail=error.detail[:2000],
+        detail=error.detail,
         record_id=record_id,
-        record=raw[:20_000] if raw is not None else None,
+        record=raw,
     )
 
 
@@ -85,25 +101,29 @@ def synthesize(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     engine: Engine | None = None,
+    role: Role = "all",
     rank: int = 0,
     world: int = 1,
 ) -> Manifest | None:
     """Pairs → task triplets; unparseable outputs are quarantined with their reason and raw text.
 
-    With `world` > 1, writes the shards of `rank` only and returns None (see run_parallel).
+    Roles other than "all" (data parallelism, see run_parallel) return None.
     """
     engine = engine or make_engine(config.engine)
     renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
     if config.template_model or not isinstance(renderer, HFRenderer):
         renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
     delimiters, pattern, stop = prompt_context(renderer, config)
-    cache = RequestCache(cache_uri)
     stats = EngineStats()
 
-    def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
+    def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
         requests = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
         results = run_cached(
-            engine, requests, cache, batch_size=config.engine.batch_size, stats=stats
+            engine,
+            requests,
+            shard_cache(cache_uri, shard.index),
+            batch_size=config.engine.batch_size,
+            stats=stats,
         )
         output = ShardOutput(rows={"triplets": []})
         output.counters.update(requests_cached=stats.cached, requests_computed=stats.computed)
@@ -115,7 +135,12 @@ def synthesize(
             except Rejected as error:
                 output.quarantine.append(
                     _quarantine(
-                        "synthesize", offset + position, row["id"], error, row["id"], result.text
+                        "synthesize",
+                        shard.offset + position,
+                        row["id"],
+                        error,
+                        row["id"],
+                        result.text,
                     )
                 )
                 continue
@@ -147,6 +172,7 @@ def synthesize(
         columns=["id", "image", "caption", "domain"],
         overwrite=overwrite,
         progress=progress,
+        role=role,
         rank=rank,
         world=world,
     )
@@ -166,24 +192,31 @@ def filter_triplets(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     engine: Engine | None = None,
+    role: Role = "all",
     rank: int = 0,
     world: int = 1,
 ) -> tuple[Manifest, Manifest] | None:
     """Triplets → `filtered` (label in keep, with chain-of-thought response) and `rejected`."""
     engine = engine or make_engine(config.engine)
-    cache = RequestCache(cache_uri)
 
-    def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
+    def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
         requests = [
             judge_request(r["instruction"], r["informative"], r["precise"], config.template)
             for r in rows
         ]
-        results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
+        results = run_cached(
+            engine,
+            requests,
+            shard_cache(cache_uri, shard.index),
+            batch_size=config.engine.batch_size,
+        )
         output = ShardOutput(rows={"filtered": [], "rejected": []})
         for position, (row, result) in enumerate(zip(rows, results, strict=True)):
             if (refusal := result.refusal()) is not None:
                 output.quarantine.append(
-                    _quarantine("filter", offset + position, row["id"], refusal, row["id"], None)
+                    _quarantine(
+                        "filter", shard.offset + position, row["id"], refusal, row["id"], None
+                    )
                 )
                 continue
             label, scores = label_of(result.choice_scores or {})
@@ -228,6 +261,7 @@ def filter_triplets(
         columns=["id", "pair_id", "domain", "instruction", "precise", "informative"],
         overwrite=overwrite,
         progress=progress,
+        role=role,
         rank=rank,
         world=world,
     )
@@ -305,9 +339,7 @@ def assemble(
     renderer = HFRenderer(resolve_model(config.target_model))
     if not renderer.multimodal:
         raise ValueError(f"target_model {config.target_model} is not a vision-language model")
-    tasks: dict[str, dict[str, Any]] = {}
-    for row in Dataset(filtered_uri).iter_rows(["pair_id", "id", "instruction", "response"]):
-        tasks.setdefault(row["pair_id"], row)  # one synthetic task per image
+    tasks_of = _kept_tasks(pairs_uri, filtered_uri)
 
     def count_tokens(turns: list[tuple[str, str]], image: bytes) -> int:
         messages = []
@@ -326,8 +358,9 @@ def assemble(
         )
         return len(encoded["input_ids"][0])
 
-    def process(rows: list[dict[str, Any]], offset: int) -> ShardOutput:
+    def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
         output = ShardOutput(rows={name: [] for name in outs})
+        tasks = tasks_of(shard.index, {pair["id"] for pair in rows})
         for position, pair in enumerate(rows):
             task = tasks.get(pair["id"])
             tokens: int | None = None
@@ -344,7 +377,7 @@ def assemble(
                             output.quarantine.append(
                                 _quarantine(
                                     "assemble",
-                                    offset + position,
+                                    shard.offset + position,
                                     pair["id"],
                                     Rejected(
                                         "too_long",
@@ -389,6 +422,55 @@ def assemble(
         extra_inputs=[filtered_uri],
         overwrite=overwrite,
         progress=progress,
+    )
+
+
+TASK_COLUMNS = ["pair_id", "id", "instruction", "response"]
+
+
+def _kept_tasks(
+    pairs_uri: str, filtered_uri: str
+) -> Callable[[int, set[str]], dict[str, dict[str, Any]]]:
+    """`tasks(k, pair_ids)`: the kept synthetic task of each pair of pairs shard k (the
+    first, in filtered order: one per image), without holding every triplet.
+
+    Synthesize and filter keep shard k of their input as their shard k, so when the
+    filtered dataset descends from these very pairs (its lineage says so) shard k of it
+    holds every task of pairs shard k. Otherwise (a filtered dataset made elsewhere) each
+    pairs shard scans the filtered dataset: slower, memory still bounded."""
+    pairs = Dataset(pairs_uri)
+    filtered = Dataset(filtered_uri)
+    aligned = len(filtered.manifest.shards) == len(pairs.manifest.shards) and _descends_from(
+        filtered.manifest, pairs.manifest.fingerprint
+    )
+
+    def tasks(index: int, pair_ids: set[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        rows = (
+            filtered.read_shard(index, TASK_COLUMNS)
+            if aligned
+            else filtered.iter_rows(TASK_COLUMNS)
+        )
+        for row in rows:
+            if row["pair_id"] in pair_ids:
+                found.setdefault(row["pair_id"], row)
+        return found
+
+    return tasks
+
+
+def _descends_from(filtered: Manifest, pairs_fingerprint: str) -> bool:
+    """Whether `filtered` was judged from triplets synthesized from pairs with that fingerprint."""
+    if len(filtered.parents) != 1:
+        return False
+    try:
+        triplets = Dataset(filtered.parents[0].uri).manifest
+    except (DatasetError, OSError):
+        return False  # moved, or unreadable from here: the scan is always right
+    return (
+        triplets.fingerprint == filtered.parents[0].fingerprint
+        and len(triplets.parents) == 1
+        and triplets.parents[0].fingerprint == pairs_fingerprint
     )
 
 
@@ -439,7 +521,11 @@ def variant_outputs(config: AssembleConfig) -> list[str]:
 
 
 def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[str, Any]:
-    """A mixture as LLaMA-Factory sharegpt JSON with its images and dataset_info.json (written last)."""
+    """A mixture as LLaMA-Factory sharegpt JSON with its images and dataset_info.json (written last).
+
+    Streams: rows are read batch by batch, each image is written once (named by its hash)
+    and the JSON list is written record by record to a local file, then published whole.
+    An interrupted export resumes: images already there (one listing) are not written again."""
     dataset = Dataset(mixture_uri)
     out = normalise_uri(out)
     fs, root = filesystem(out)
@@ -451,20 +537,31 @@ def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[s
             and previous.get("name") == dataset_name
         ):
             return previous
-    records = []
-    written: set[str] = set()
-    counts: Counter[str] = Counter()
-    for row in dataset.iter_rows(["image", "image_format", "messages"]):
-        name = f"images/{hashlib.sha256(row['image']).hexdigest()[:32]}.{row['image_format']}"
-        if name not in written:
-            write_bytes_atomic(fs, join(root, name), row["image"])
-            written.add(name)
-        records.append({"messages": row["messages"], "images": [name]})
-        counts["records"] += 1
-    file_name = f"{dataset_name}.json"
-    write_bytes_atomic(
-        fs, join(root, file_name), json.dumps(records, ensure_ascii=False, indent=1).encode()
+    images_dir = join(root, "images")
+    written: set[str] = (
+        {f"images/{p.rstrip('/').rsplit('/', 1)[-1]}" for p in fs.ls(images_dir, detail=False)}
+        if fs.exists(images_dir)
+        else set()
     )
+    referenced: set[str] = set()
+    counts: Counter[str] = Counter()
+    with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as staged:
+        staged.write("[")
+        for row in dataset.iter_rows(["image", "image_format", "messages"]):
+            name = f"images/{hashlib.sha256(row['image']).hexdigest()[:32]}.{row['image_format']}"
+            if name not in written:
+                write_bytes_atomic(fs, join(root, name), row["image"])
+                written.add(name)
+                counts["images_written"] += 1
+            referenced.add(name)
+            record = {"messages": row["messages"], "images": [name]}
+            staged.write(("," if counts["records"] else "") + "\n")
+            staged.write(json.dumps(record, ensure_ascii=False))
+            counts["records"] += 1
+        staged.write("\n]\n")
+        staged.flush()
+        file_name = f"{dataset_name}.json"
+        put_file_atomic(fs, staged.name, join(root, file_name))
     info = {
         dataset_name: {
             "file_name": file_name,
@@ -483,7 +580,8 @@ def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[s
         "uri": out,
         "name": dataset_name,
         "records": counts["records"],
-        "images": len(written),
+        "images": len(referenced),
+        "images_written": counts["images_written"],
         "mixture_fingerprint": dataset.manifest.fingerprint,
         "dataset_info": info,
     }

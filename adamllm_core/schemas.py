@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal, Union
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adamllm_core.hashing import canonical_json
 
@@ -185,8 +185,19 @@ class QuarantineRow(Record):
         default=None, description="the raw caption, cut to 2,000 characters"
     )
     record: str | None = Field(
-        default=None, description="the raw input record as JSON, image bytes left out"
+        default=None, description="the raw input record as JSON, cut to 20,000 characters"
     )
+
+    # Cut here, once for every stage: a quarantine row must stay small whatever came in.
+    @field_validator("detail", "caption", mode="before")
+    @classmethod
+    def _cut_text(cls, value: Any) -> Any:
+        return value[:2000] if isinstance(value, str) else value
+
+    @field_validator("record", mode="before")
+    @classmethod
+    def _cut_record(cls, value: Any) -> Any:
+        return value[:20_000] if isinstance(value, str) else value
 
 
 PAIRS = register_schema(

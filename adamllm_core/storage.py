@@ -3,6 +3,7 @@
 import hashlib
 import os
 import re
+import shutil
 import uuid
 from typing import Any
 
@@ -70,6 +71,20 @@ def write_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+def put_file_atomic(fs: AbstractFileSystem, local_file: str, path: str) -> None:
+    """Publish a finished local file at `path`: readers see the whole object or nothing
+    (a local rename; an object store uploads in parts and shows the object at the end)."""
+    if protocol_of(fs.unstrip_protocol(path)) == "file":
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(
+            os.path.dirname(path), f".tmp-{unique_suffix()}-{os.path.basename(path)}"
+        )
+        shutil.copyfile(local_file, tmp)
+        os.replace(tmp, path)
+    else:
+        fs.put_file(local_file, path)
+
+
 def move(fs: AbstractFileSystem, src: str, dst: str) -> None:
     """Rename on local disk (atomic); copy then delete on object stores (each object atomic)."""
     if protocol_of(fs.unstrip_protocol(src)) == "file":
@@ -85,13 +100,20 @@ def read_bytes(uri: str) -> bytes:
     return fs.cat_file(path)
 
 
-def listing_fingerprint(root: str, *extra: bytes) -> str:
-    """Hash of a folder's file names, sizes and modification stamps (no file is read)."""
+def listing_fingerprint(
+    root: str, *extra: bytes, listing: dict[str, dict[str, Any]] | None = None
+) -> str:
+    """Hash of a folder's file names, sizes and modification stamps (no file is read).
+    `listing`: the folder's `find(detail=True)` when the caller has listed it already
+    (a listing of millions of objects is done once)."""
     fs, path = filesystem(root)
     digest = hashlib.sha256()
     for chunk in extra:
         digest.update(chunk)
-    entries = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    if listing is not None:
+        entries = listing
+    else:
+        entries = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
     for name in sorted(entries):
         info = entries[name]
         stamp = (

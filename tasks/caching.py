@@ -36,11 +36,12 @@ class OutputDatasetPolicy(CachePolicy):
     ) -> str | None:
         try:
             out = self.output(inputs) if self.output else inputs[self.output_parameter]
-            identity = self.expected_identity(inputs)
             stored = self.stored_identity(out)
+            # Nothing finished there: no key, and no expected identity to compute (for
+            # ingest that would list the whole source once more before the task lists it).
+            if stored is None or stored != self.expected_identity(inputs):
+                return None
         except Exception:  # noqa: BLE001 (a bad input: let the task run and raise its own clear error)
             return None
-        if stored != identity:
-            return None
         task_name = task_ctx.task.name if task_ctx else "task"
-        return sha256_hex(f"{task_name}\0{out}\0{identity}")
+        return sha256_hex(f"{task_name}\0{out}\0{stored}")

@@ -100,7 +100,7 @@ def test_inspect_unfinished_and_missing(tmp_path: Path) -> None:
         config={},
         config_hash="c",
     )
-    writer.existing()
+    writer.prepare()
     writer.write_shard(0, PAIRS.to_table([]), QUARANTINE.to_table([]), rows_in=0)
     result = runner.invoke(app, ["inspect", str(tmp_path / "half")])
     assert result.exit_code == 2

@@ -62,7 +62,7 @@ def writer(uri: str, config: dict | None = None, overwrite: bool = False) -> Dat
 
 def write_all(uri: str, shards: int = 3, **kwargs) -> None:
     w = writer(uri, **kwargs)
-    assert w.existing() is None
+    assert w.prepare() is None
     for k in range(shards):
         w.write_shard(
             k,
@@ -111,7 +111,7 @@ def test_manifest_fields_and_readers(tmp_path: Path) -> None:
 def test_unfinished_dataset_is_refused_and_hidden(tmp_path: Path) -> None:
     uri = str(tmp_path / "ds")
     w = writer(uri)
-    w.existing()
+    w.prepare()
     w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
     with pytest.raises(DatasetNotFinishedError, match="unfinished"):
         read_manifest(uri)
@@ -126,13 +126,13 @@ def test_unfinished_dataset_is_refused_and_hidden(tmp_path: Path) -> None:
 def test_resume_keeps_finished_shards(tmp_path: Path) -> None:
     uri = str(tmp_path / "ds")
     w = writer(uri)
-    w.existing()
+    w.prepare()
     w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
     shard = tmp_path / "ds" / f"part-00000-{w.identity[:12]}.parquet"
     written = shard.stat().st_mtime_ns
 
     again = writer(uri)
-    assert again.existing() is None
+    assert again.prepare() is None
     assert again.done_shards == [0] and list(again.done_column("id")) == ["id000"]
     again.write_shard(1, PAIRS.to_table([pair(1)]), QUARANTINE.to_table([]), rows_in=1)
     manifest = again.commit(2)
@@ -144,21 +144,21 @@ def test_resume_keeps_finished_shards(tmp_path: Path) -> None:
 def test_work_of_another_config_is_discarded(tmp_path: Path) -> None:
     uri = str(tmp_path / "ds")
     w = writer(uri, config={"a": 1})
-    w.existing()
+    w.prepare()
     w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
     other = writer(uri, config={"a": 2})
-    assert other.existing() is None and other.done_shards == []
+    assert other.prepare() is None and other.done_shards == []
 
 
 def test_identical_dataset_is_reused_and_different_one_conflicts(tmp_path: Path) -> None:
     uri = str(tmp_path / "ds")
     write_all(uri)
     first = read_manifest(uri)
-    assert writer(uri).existing() == first
+    assert writer(uri).prepare() == first
     with pytest.raises(DatasetConflictError, match="already holds a different"):
-        writer(uri, config={"a": 2}).existing()
+        writer(uri, config={"a": 2}).prepare()
     replaced = writer(uri, config={"a": 2}, overwrite=True)
-    assert replaced.existing() is None
+    assert replaced.prepare() is None
     # replaced only at its commit: until then the finished dataset is whole and readable
     assert read_manifest(uri) == first
     replaced.write_shard(0, PAIRS.to_table([pair(9)]), QUARANTINE.to_table([]), rows_in=1)
@@ -175,7 +175,7 @@ def test_foreign_files_are_not_overwritten(tmp_path: Path) -> None:
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "precious.txt").write_text("keep me")
     with pytest.raises(DatasetConflictError, match="not a dataset"):
-        writer(str(tmp_path / "ds")).existing()
+        writer(str(tmp_path / "ds")).prepare()
     assert (tmp_path / "ds" / "precious.txt").exists()
 
 
@@ -191,7 +191,7 @@ def test_equal_content_gives_equal_fingerprint_and_bytes(tmp_path: Path) -> None
 
 def test_commit_refuses_missing_shards(tmp_path: Path) -> None:
     w = writer(str(tmp_path / "ds"))
-    w.existing()
+    w.prepare()
     w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
     with pytest.raises(Exception, match=r"shards \[1\] not written"):
         w.commit(2)

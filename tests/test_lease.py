@@ -20,7 +20,7 @@ sys.path.insert(0, {tests!r})
 from adamllm_core.schemas import PAIRS, QUARANTINE
 from test_dataset import pair, writer
 w = writer(sys.argv[1], config={{"v": "a"}})
-assert w.existing() is None
+assert w.prepare() is None
 w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
 print("holding", flush=True)
 time.sleep(60)
@@ -50,13 +50,13 @@ def test_a_second_writer_is_refused_naming_the_holder_until_it_dies(
         assert holder.stdout.readline().decode().strip() == "holding"
         second = writer(uri, config={"v": "b"}, overwrite=True)
         with pytest.raises(LeaseHeldError, match=rf"being written by .* pid {holder.pid}"):
-            second.existing()
+            second.prepare()
     finally:
         holder.kill()
         holder.wait()
     # the holder is gone (SIGKILL: its lease was never given back): taken over at once
     second = writer(uri, config={"v": "b"}, overwrite=True)
-    assert second.existing() is None
+    assert second.prepare() is None
     second.write_shard(0, PAIRS.to_table([pair(5)]), QUARANTINE.to_table([]), rows_in=1)
     second.commit(1)
     assert [r["id"] for r in Dataset(uri).iter_rows(["id"])] == ["id005"]
@@ -71,12 +71,12 @@ def test_a_stale_lease_is_taken_over_and_its_writer_writes_nothing_more(location
     uri = f"{location}/pairs"
     late = writer(uri, config={"v": "a"})
     late._lease = WriterLease(late.uri, ttl_s=0.6)
-    assert late.existing() is None
+    assert late.prepare() is None
     late.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
     late._lease._stop.set()  # the writer pauses (a stalled node): no heartbeat
     time.sleep(1.0)
     taker = writer(uri, config={"v": "a"})
-    assert taker.existing() is None  # the expired lease is taken over
+    assert taker.prepare() is None  # the expired lease is taken over
     with pytest.raises(LeaseHeldError, match="taken over by another run"):
         late.write_shard(1, PAIRS.to_table([pair(1)]), QUARANTINE.to_table([]), rows_in=1)
     with pytest.raises(LeaseHeldError):

@@ -44,7 +44,7 @@ def dying_write_manifest(self, target, *args, **kwargs):
 DatasetWriter.write_shard = dying_write_shard
 DatasetWriter._write_manifest = dying_write_manifest
 w = writer(uri, config={{"v": config}}, overwrite=True)
-if w.existing() is None:  # else: this very dataset is finished there already
+if w.prepare() is None:  # else: this very dataset is finished there already
     shards = 3 if config == "a" else 2
     for k in range(shards):
         if not w.is_done(k):

@@ -38,10 +38,16 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> str:
     return out
 
 
-def hand_triplets(pairs_uri: str, out: str, n: int = 10) -> str:
-    """Triplets written by hand (what a tuned synthesizer would give), as a real dataset."""
+def hand_triplets(pairs_uri: str, out: str, n: int = 10, *, aligned: bool = False) -> str:
+    """Triplets written by hand (what a tuned synthesizer would give), as a real dataset:
+    one shard, or (`aligned`) shard k from pairs shard k with the pairs as parent, as
+    synthesize writes them."""
     rows = []
-    for i, pair in enumerate(list(Dataset(pairs_uri).iter_rows(["id", "domain"]))[:n]):
+    pairs = Dataset(pairs_uri)
+    shard_of = {}
+    for index in range(len(pairs.manifest.shards)):
+        shard_of.update({row["id"]: index for row in pairs.read_shard(index, ["id"])})
+    for i, pair in enumerate(list(pairs.iter_rows(["id", "domain"]))[:n]):
         instruction = f"Which imaging modality is used in case {i}?"
         precise = ["CT", "The answer is MRI.", "Axial"][i % 3]
         informative = [
@@ -68,13 +74,18 @@ def hand_triplets(pairs_uri: str, out: str, n: int = 10) -> str:
         out,
         schema=TRIPLETS,
         stage="hand",
-        parents=[ParentRef(uri=pairs_uri, fingerprint="hand")],
+        parents=[
+            ParentRef(uri=pairs_uri, fingerprint=pairs.manifest.fingerprint if aligned else "hand")
+        ],
         config={},
         config_hash="hand",
     )
-    writer.existing()
-    writer.write_shard(0, TRIPLETS.to_table(rows), QUARANTINE.to_table([]), rows_in=len(rows))
-    writer.commit(1)
+    writer.prepare()
+    shards = len(pairs.manifest.shards) if aligned else 1
+    for k in range(shards):
+        part = [r for r in rows if not aligned or shard_of[r.pair_id] == k]
+        writer.write_shard(k, TRIPLETS.to_table(part), QUARANTINE.to_table([]), rows_in=len(part))
+    writer.commit(shards)
     return out
 
 
@@ -144,7 +155,7 @@ def test_synth_killed_mid_shard_resumes_without_recomputing(
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        if cache.is_dir() and len(list(cache.glob("batch-*.json"))) >= 3:
+        if cache.is_dir() and len(list(cache.glob("shard-*/batch-*.json"))) >= 3:
             break
         time.sleep(0.01)
     assert process.poll() is None, process.stdout.read().decode()[-3000:]
@@ -152,7 +163,9 @@ def test_synth_killed_mid_shard_resumes_without_recomputing(
         process.pid, signal.SIGKILL
     )  # the group: its ephemeral Prefect server must not outlive it
     process.wait()
-    finished = {key for f in cache.glob("batch-*.json") for key in json.loads(f.read_text())}
+    finished = {
+        key for f in cache.glob("shard-*/batch-*.json") for key in json.loads(f.read_text())
+    }
     assert 6 <= len(finished) < 24
     assert not (tmp_path / "runs" / "demo" / "triplets" / "manifest.json").exists()
 
@@ -277,6 +290,46 @@ def test_assemble_variants_tokens_and_export(pairs: str, tiny_models, tmp_path: 
         export_llamafactory(outs["single_stage"], str(tmp_path / "export"), "adamllm_biomed")
         == exported
     )
+    # killed before dataset_info.json (written last): the re-run writes only missing images
+    exported_json = (tmp_path / "export" / "adamllm_biomed.json").read_text()
+    (tmp_path / "export" / "dataset_info.json").unlink()
+    (tmp_path / "export" / records[0]["images"][0]).unlink()
+    resumed = export_llamafactory(outs["single_stage"], str(tmp_path / "export"), "adamllm_biomed")
+    assert resumed["images_written"] == 1 and resumed["images"] == exported["images"]
+    assert (tmp_path / "export" / "adamllm_biomed.json").read_text() == exported_json
+
+
+def test_assemble_joins_shard_by_shard_with_the_same_result_as_a_scan(
+    pairs: str, tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks descend from the pairs shard by shard: assemble reads filtered shard k for
+    pairs shard k; a filtered dataset of other lineage is scanned; both give equal data."""
+    from adamllm_core import pipeline
+
+    triplets = hand_triplets(pairs, str(tmp_path / "triplets"), n=24, aligned=True)
+    kept, _ = filter_triplets(
+        triplets,
+        str(tmp_path / "kept"),
+        str(tmp_path / "rejected"),
+        FilterConfig(engine=EngineConfig(model="tiny:lm"), keep=("Yes", "No", "Open")),
+    )
+    assert len(kept.shards) == len(Dataset(pairs).manifest.shards) == 3
+    assert pipeline._descends_from(kept, Dataset(pairs).manifest.fingerprint)
+    config = AssembleConfig(target_model="tiny:vlm")
+    read: list[int] = []
+    original = Dataset.read_shard
+    monkeypatch.setattr(
+        Dataset,
+        "read_shard",
+        lambda self, index, columns=None: read.append(index) or original(self, index, columns),
+    )
+    joined = assemble(pairs, str(tmp_path / "kept"), {"single_stage": str(tmp_path / "a")}, config)
+    assert read.count(0) == read.count(1) == read.count(2) == 2  # a pairs and a kept shard each
+    monkeypatch.setattr(pipeline, "_descends_from", lambda *args: False)
+    scanned = assemble(pairs, str(tmp_path / "kept"), {"single_stage": str(tmp_path / "b")}, config)
+    assert joined["single_stage"].shards == scanned["single_stage"].shards
+    rows = list(Dataset(str(tmp_path / "a")).iter_rows(["kind"]))
+    assert sum(r["kind"] != "caption" for r in rows) == kept.rows > 0
 
 
 def test_stage_identity_follows_settings_not_how_the_engine_runs(pairs: str, tiny_models) -> None:
@@ -295,23 +348,31 @@ def test_stage_identity_follows_settings_not_how_the_engine_runs(pairs: str, tin
     assert make_engine(base.engine).kind == "transformers"
 
 
-def test_refresh_synthesizes_only_new_pairs(tiny_models, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["end", "start"])
+def test_refresh_synthesizes_only_new_pairs(tiny_models, tmp_path: Path, where: str) -> None:
+    """The request cache is per shard; new records at the end, or at the start (every old
+    pair moves within a shard's reach), still leave only the new pairs to compute."""
     import shutil
 
     source = tmp_path / "source"
     shutil.copytree(SAMPLE, source)
     config = SynthConfig(engine=EngineConfig(model="tiny:vlm"), max_new_tokens=16)
     cache = str(tmp_path / "cache")
-    ingest(str(source), str(tmp_path / "pairs-1"), IngestConfig(domain="biomed"))
+    ingest_config = IngestConfig(domain="biomed", rows_per_shard=10)
+    ingest(str(source), str(tmp_path / "pairs-1"), ingest_config)
     first = synthesize(
         str(tmp_path / "pairs-1"), str(tmp_path / "triplets-1"), config, cache_uri=cache
     )
     assert first.stats.counters["requests_computed"] == 24
 
     lines = (source / "data.jsonl").read_text().splitlines()
-    extra = [json.loads(lines[0]) | {"caption": f"A new caption number {i}."} for i in range(2)]
-    (source / "data.jsonl").write_text("\n".join(lines + [json.dumps(e) for e in extra]) + "\n")
-    ingest(str(source), str(tmp_path / "pairs-2"), IngestConfig(domain="biomed"))
+    extra = [
+        json.dumps(json.loads(lines[0]) | {"caption": f"A new caption number {i}."})
+        for i in range(2)
+    ]
+    lines = lines + extra if where == "end" else extra + lines
+    (source / "data.jsonl").write_text("\n".join(lines) + "\n")
+    ingest(str(source), str(tmp_path / "pairs-2"), ingest_config)
     refreshed = synthesize(
         str(tmp_path / "pairs-2"), str(tmp_path / "triplets-2"), config, cache_uri=cache
     )
@@ -366,7 +427,7 @@ def test_a_request_the_engine_refuses_is_one_quarantined_row(tiny_models, tmp_pa
     `prompt_too_long`, every other pair is synthesized, and the refusal is not cached."""
     import shutil
 
-    from adamllm_core.engines import RequestCache
+    from adamllm_core.engines import shard_cache
 
     source = tmp_path / "src"
     shutil.copytree(SAMPLE, source)
@@ -386,7 +447,8 @@ def test_a_request_the_engine_refuses_is_one_quarantined_row(tiny_models, tmp_pa
     assert [q["record_id"] for q in refused] == [long_id]
     assert "context 4096" in refused[0]["detail"]
     assert manifest.stats.rows_in == 25 == manifest.rows + len(quarantine)
-    assert len(RequestCache(str(tmp_path / "c"))) == 24  # the refusal is asked again next run
+    # One shard of 25 rows: its cache has every answer but the refusal (asked again next run).
+    assert len(shard_cache(str(tmp_path / "c"), 0)) == 24
 
 
 def test_a_rank_killed_or_hung_is_named() -> None:

@@ -114,7 +114,7 @@ def test_flow_resumes_unfinished_output(prefect_server: str, broken_corpus, tmp_
         config={},
         config_hash="z",
     )
-    stale.existing()
+    stale.prepare()
     ref = ingest_flow(source=str(source), out=str(out), config=config)
     assert ref.rows == expected["valid"]
     assert not (out / "_work").exists()

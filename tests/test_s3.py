@@ -77,7 +77,7 @@ def test_s3_source_and_unfinished_dataset(
         config={},
         config_hash="c",
     )
-    writer.existing()
+    writer.prepare()
     with pytest.raises(DatasetNotFinishedError, match="unfinished"):
         read_manifest(f"{s3_bucket}/half")
 

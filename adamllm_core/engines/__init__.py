@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adamllm_core.engines.base import ChatRequest, ChatResult, Engine, Message, SamplingConfig
-from adamllm_core.engines.cache import EngineStats, RequestCache, run_cached
+from adamllm_core.engines.cache import EngineStats, RequestCache, run_cached, shard_cache
 from adamllm_core.errors import ConfigError
 
 
@@ -136,4 +136,5 @@ __all__ = [
     "SamplingConfig",
     "make_engine",
     "run_cached",
+    "shard_cache",
 ]

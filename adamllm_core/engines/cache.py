@@ -1,7 +1,8 @@
 """Per-request result cache on any fsspec URI, so an interrupted stage resumes mid-shard.
 
-Results are written in small batch files (one object each, atomic), never appended to;
-on start every batch file under the cache URI is read back into memory.
+Results are written in small batch files (one object each, atomic), never appended to.
+A stage keeps one cache per shard (`shard_cache`): only that shard's batch files are read
+back, so memory is bounded by a shard's results, not a dataset's.
 """
 
 import json
@@ -20,11 +21,13 @@ from adamllm_core.storage import filesystem, join, write_bytes_atomic
 
 
 class RequestCache:
-    def __init__(self, uri: str | None):
+    """Results under `uri` (written there), plus those under `read_also` (looked up only)."""
+
+    def __init__(self, uri: str | None, *, read_also: tuple[str, ...] = ()):
         self.uri = uri
         self._results: dict[str, ChatResult] = {}
-        if uri is not None:
-            fs, path = filesystem(uri)
+        for folder in (*read_also, *([uri] if uri is not None else [])):
+            fs, path = filesystem(folder)
             if fs.exists(path):
                 for file in sorted(fs.ls(path, detail=False)):
                     if file.endswith(".json") and not file.rsplit("/", 1)[-1].startswith("."):
@@ -48,6 +51,19 @@ class RequestCache:
         write_bytes_atomic(
             fs, join(path, f"batch-{sha256_hex(''.join(sorted(results)))[:24]}.json"), body.encode()
         )
+
+
+def shard_cache(uri: str | None, index: int) -> RequestCache:
+    """The cache of shard `index` of a stage whose cache lives at `uri` (None: no cache).
+
+    It also reads its neighbours' results: a refresh that inserts or removes fewer than a
+    shard's worth of records before a row moves that row by one shard at most, and its
+    result is still found (a larger reshuffle asks the engine again)."""
+    if uri is None:
+        return RequestCache(None)
+    folder = lambda k: join(uri, f"shard-{k:05d}")
+    neighbours = tuple(folder(k) for k in (index - 1, index + 1) if k >= 0)
+    return RequestCache(folder(index), read_also=neighbours)
 
 
 class EngineStats:

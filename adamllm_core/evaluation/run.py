@@ -10,17 +10,15 @@ frame); a question whose image is rejected is quarantined with the reason and co
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
-from itertools import islice
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adamllm_core.dataset import Dataset, DatasetWriter, ParentRef
+from adamllm_core.dataset import Dataset, ParentRef
 from adamllm_core.engines import ChatRequest, EngineConfig, Message, SamplingConfig, make_engine
 from adamllm_core.engines.base import Engine
-from adamllm_core.engines.cache import RequestCache, run_cached
+from adamllm_core.engines.cache import run_cached, shard_cache
 from adamllm_core.errors import Rejected
 from adamllm_core.evaluation.adapters import read_items
 from adamllm_core.evaluation.benchmarks import BenchmarkSpec, benchmark, item_prompt
@@ -32,9 +30,16 @@ from adamllm_core.evaluation.scoring import (
     stored_score,
     summarise,
 )
-from adamllm_core.hashing import config_hash
+from adamllm_core.executor import (
+    BatchInput,
+    ProgressFn,
+    Shard,
+    ShardedExecutor,
+    ShardOutput,
+    StageOutput,
+)
 from adamllm_core.images import ImagePolicy, normalise_image
-from adamllm_core.schemas import PREDICTIONS, QUARANTINE, Prediction, QuarantineRow
+from adamllm_core.schemas import PREDICTIONS, Prediction, QuarantineRow
 from adamllm_core.storage import (
     filesystem,
     join,
@@ -44,8 +49,6 @@ from adamllm_core.storage import (
     write_bytes_atomic,
 )
 from adamllm_core.version import code_version
-
-ProgressFn = Callable[[int, int], None]
 
 
 class EvalConfig(BaseModel):
@@ -124,34 +127,29 @@ def prediction_row(
     )
 
 
-def _chunks(items: Iterator[EvalItem], size: int) -> Iterator[list[EvalItem]]:
-    while chunk := list(islice(items, size)):
-        yield chunk
-
-
 def predictions_uri(config: EvalConfig, run_uri: str) -> str:
     return join(normalise_uri(run_uri), benchmark(config.benchmark).name, "predictions")
 
 
-def _writer(config: EvalConfig, run_uri: str, model: str, overwrite: bool = False) -> DatasetWriter:
+def _executor(
+    config: EvalConfig, run_uri: str, model: str, overwrite: bool = False
+) -> ShardedExecutor:
     spec = benchmark(config.benchmark)
     settings = config.model_dump(
         mode="json", exclude={"data"}
     )  # rows_per_shard decides what a shard holds
     settings["engine"] = config.engine.identity_dump()
     settings.update(model_identity=model, spec=spec.model_dump(mode="json"))
-    return DatasetWriter(
-        predictions_uri(config, run_uri),
-        schema=PREDICTIONS,
+    return ShardedExecutor(
         stage="evaluate",
+        outputs={"predictions": StageOutput(predictions_uri(config, run_uri), PREDICTIONS)},
         parents=[
             ParentRef(
                 uri=redact(config.data), fingerprint=listing_fingerprint(config.data), kind="source"
             )
         ],
         config=settings,
-        config_hash=config_hash(settings),
-        code_version=code_version(__name__),
+        code=code_version(__name__),
         overwrite=overwrite,
     )
 
@@ -162,14 +160,14 @@ def _quarantine_row(input_index: int, item: Any, problem: Rejected) -> Quarantin
         input_index=input_index,
         source_ref=item.source,
         reason=problem.reason,
-        detail=problem.detail[:2000],
+        detail=problem.detail,
         record_id=item.qid,
     )
 
 
 def evaluation_identity(config: EvalConfig) -> str:
     """What the predictions dataset is made from (benchmark files, settings, model, code)."""
-    return _writer(config, "", make_engine(config.engine).model_identity).identity
+    return _executor(config, "", make_engine(config.engine).model_identity).identity
 
 
 def evaluate(
@@ -185,67 +183,58 @@ def evaluate(
     root = join(normalise_uri(out_uri), spec.name)
     engine = engine or make_engine(config.engine)
     model = engine.model_identity
-    writer = _writer(config, out_uri, model, overwrite)
-    if writer.existing() is None:  # else an identical finished dataset is there
-        cache = RequestCache(join(root, "_cache"))
-        started = time.monotonic()
-        total = config.limit or 0
-        shards = 0
-        done_items = 0
-        done = set(writer.done_shards)
-        items = read_items(
-            spec.name,
-            config.data,
-            limit=config.limit,
-            images=lambda position: position // config.rows_per_shard not in done,
-        )
-        for index, chunk in enumerate(_chunks(items, config.rows_per_shard)):
-            shards = index + 1
-            done_items += len(chunk)
-            if writer.is_done(index):
-                continue
-            valid, quarantined = [], []
-            first = index * config.rows_per_shard
+    executor = _executor(config, out_uri, model, overwrite)
 
-            for position, item in enumerate(chunk):
-                try:  # as ingest does: decoded in full, pixel-limited, 8-bit RGB/L, one frame
-                    image = normalise_image(item.image, config.images)
-                except Rejected as problem:
-                    quarantined.append(_quarantine_row(first + position, item, problem))
-                else:
-                    valid.append((position, item.model_copy(update={"image": image.data})))
-            requests = [eval_request(spec, item, config) for _, item in valid]
-            results = run_cached(engine, requests, cache, batch_size=config.engine.batch_size)
-            rows = []
-            for (position, item), request, result in zip(valid, requests, results, strict=True):
-                if (refusal := result.refusal()) is not None:  # this question alone refused
-                    quarantined.append(_quarantine_row(first + position, item, refusal))
-                    continue
-                rows.append(
-                    prediction_row(
-                        spec,
-                        item,
-                        result.text,
-                        model,
-                        request.messages[-1].content,
-                        config.seed,
-                        result.prompt_tokens,
-                        result.completion_tokens,
-                    )
+    def process(chunk: list[EvalItem], shard: Shard) -> ShardOutput:
+        output = ShardOutput(rows={"predictions": []})
+        valid = []
+        for position, item in enumerate(chunk):
+            try:  # as ingest does: decoded in full, pixel-limited, 8-bit RGB/L, one frame
+                image = normalise_image(item.image, config.images)
+            except Rejected as problem:
+                output.quarantine.append(_quarantine_row(shard.offset + position, item, problem))
+            else:
+                valid.append((position, item.model_copy(update={"image": image.data})))
+        requests = [eval_request(spec, item, config) for _, item in valid]
+        results = run_cached(
+            engine,
+            requests,
+            shard_cache(join(root, "_cache"), shard.index),
+            batch_size=config.engine.batch_size,
+        )
+        for (position, item), request, result in zip(valid, requests, results, strict=True):
+            if (refusal := result.refusal()) is not None:  # this question alone refused
+                output.quarantine.append(_quarantine_row(shard.offset + position, item, refusal))
+                continue
+            output.rows["predictions"].append(
+                prediction_row(
+                    spec,
+                    item,
+                    result.text,
+                    model,
+                    request.messages[-1].content,
+                    config.seed,
+                    result.prompt_tokens,
+                    result.completion_tokens,
                 )
-            writer.write_shard(
-                index,
-                PREDICTIONS.to_table(rows),
-                QUARANTINE.to_table(quarantined),
-                rows_in=len(chunk),
-                counters={"fallbacks": sum(r.fallback for r in rows)},
             )
-            if progress:
-                progress(done_items, max(total, done_items))
-        if shards == 0:
+        output.counters["fallbacks"] = sum(r.fallback for r in output.rows["predictions"])
+        return output
+
+    def questions(wanted: Callable[[int], bool]) -> Iterator[EvalItem]:
+        count = 0
+        for item in read_items(spec.name, config.data, limit=config.limit, images=wanted):
+            count += 1
+            yield item
+        if count == 0:
             raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
-        writer.commit(shards, seconds=time.monotonic() - started)
-    dataset = Dataset(writer.uri)
+
+    manifest = executor.execute(
+        BatchInput(questions, config.rows_per_shard, total=config.limit, name=redact(config.data)),
+        process,
+        progress=progress,
+    )["predictions"]
+    dataset = Dataset(predictions_uri(config, out_uri))
     summary = _summary(
         spec,
         redact(config.engine.model),  # as the user named it; its identity is beside it
@@ -253,9 +242,9 @@ def evaluate(
             stored_score(r)
             for r in dataset.iter_rows(["group", "parsed", "score", "score_corrected", "fallback"])
         ],
-        predictions=redact(writer.uri),
+        predictions=redact(dataset.uri),
         model_identity=model,
-        unreadable=dataset.manifest.quarantine.rows if dataset.manifest.quarantine else 0,
+        unreadable=manifest.quarantine.rows if manifest.quarantine else 0,
     )
     fs, path = filesystem(join(root, "summary.json"))
     write_bytes_atomic(fs, path, (json.dumps(summary, indent=2) + "\n").encode())

@@ -99,7 +99,8 @@ class SidecarImporter:
         self.source = folder
         self.options = options
         fs, path = filesystem(folder)
-        files = sorted(fs.find(path))
+        self._listing = fs.find(path, detail=True)  # once: also the fingerprint's input
+        files = sorted(self._listing)
         self._fs = fs
         texts = {f.rsplit(".", 1)[0]: f for f in files if f.lower().endswith(".txt")}
         self._pairs = [
@@ -115,7 +116,7 @@ class SidecarImporter:
         self._root = path
 
     def fingerprint(self) -> str:
-        return listing_fingerprint(self.source)
+        return listing_fingerprint(self.source, listing=self._listing)
 
     def count(self) -> int:
         return len(self._pairs)
@@ -155,10 +156,12 @@ class ParquetImporter:
         self.batch_size = batch_size
         fs, path = filesystem(uri)
         self._fs = fs
+        self._listing = None
         if any(ch in path for ch in "*?["):
             files = sorted(fs.glob(path))
         elif fs.isdir(path):
-            files = sorted(f for f in fs.find(path) if f.endswith(".parquet"))
+            self._listing = fs.find(path, detail=True)  # once: also the fingerprint's input
+            files = sorted(f for f in self._listing if f.endswith(".parquet"))
         else:
             files = [path]
         if not files:
@@ -180,7 +183,7 @@ class ParquetImporter:
         raise ConfigError(f"{redact(self.source)}: the Parquet files hold no rows")
 
     def fingerprint(self) -> str:
-        return listing_fingerprint(self._fs.unstrip_protocol(self._root))
+        return listing_fingerprint(self._fs.unstrip_protocol(self._root), listing=self._listing)
 
     def count(self) -> int:
         total = 0

@@ -1,0 +1,348 @@
+"""The one executor for sharded work: an input cut into shards → a process function → the
+outputs' writers (rows per output, quarantine on the primary one).
+
+Ingest, synthesize, filter, assemble, evaluate and seed building all run through it. It
+owns the work area (through `DatasetWriter`: plan, shard markers, leases): `finished()`
+only reads; `prepare()` takes the outputs' leases and readies their work areas (resuming
+one left by an interrupted run of the same identity); `run_shards` writes every shard not
+yet done; `commit()` publishes, primary output last. Data-parallel ranks `attach()` to the
+work area their parent prepared: they never prepare or delete.
+"""
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+from adamllm_core.dataset import (
+    Dataset,
+    DatasetWriter,
+    Manifest,
+    ParentRef,
+    Stopwatch,
+    identity_hash,
+)
+from adamllm_core.hashing import config_hash
+from adamllm_core.schemas import QUARANTINE, QuarantineRow, Record, RecordSchema
+
+ProgressFn = Callable[[int, int], None]
+Role = Literal["all", "prepare", "rank"]
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    offset: int = 0  # position of its first row in the whole input
+
+
+@dataclass
+class ShardOutput:
+    """What `process` made of one shard: rows per output name, the rejected inputs."""
+
+    rows: dict[str, list[Record]]
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+    # Inputs this shard consumed, when not one per input row (ingest: a record may give
+    # several pairs, one per caption): rows_in == rows_out + quarantined.
+    rows_in: int | None = None
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    uri: str
+    schema: RecordSchema
+
+
+ProcessFn = Callable[[list[Any], Shard], ShardOutput]
+
+
+class ShardInput(Protocol):
+    def total(self) -> int | None:
+        """Input rows, when known up front (for progress)."""
+
+    def shards(
+        self, skip: Callable[[int], bool]
+    ) -> Iterator[tuple[Shard, int, Callable[[], list[Any]]]]:
+        """(shard, its row count or -1 if unknown before reading, a reader of its rows)."""
+
+
+class DatasetInput:
+    """The shards of a finished dataset: input shard k becomes output shard k."""
+
+    def __init__(self, uri: str, columns: list[str] | None = None):
+        self.dataset = Dataset(uri)
+        self.columns = columns
+
+    def total(self) -> int:
+        return self.dataset.manifest.rows
+
+    def shards(
+        self, skip: Callable[[int], bool]
+    ) -> Iterator[tuple[Shard, int, Callable[[], list[Any]]]]:
+        offset = 0
+        for index, info in enumerate(self.dataset.manifest.shards):
+            shard = Shard(index, offset)
+            yield shard, info.rows, lambda index=index: self.dataset.read_shard(index, self.columns)
+            offset += info.rows
+
+
+class BatchInput:
+    """Shards cut from a stream of items, `size` at a time (a source's records, benchmark
+    questions). `items(wanted)` makes the stream; `wanted(position)` is False for items of
+    shards already done, so a reader can skip their costly part (an image read)."""
+
+    def __init__(
+        self,
+        items: Callable[[Callable[[int], bool]], Iterable[Any]],
+        size: int,
+        *,
+        total: int | None = None,
+        name: str = "the input",
+    ):
+        self.items = items
+        self.size = size
+        self._total = total
+        self.name = name
+
+    def total(self) -> int | None:
+        return self._total
+
+    def shards(
+        self, skip: Callable[[int], bool]
+    ) -> Iterator[tuple[Shard, int, Callable[[], list[Any]]]]:
+        expected = None if self._total is None else -(-self._total // self.size)
+        stream = iter(self.items(lambda position: not skip(position // self.size)))
+        index = 0
+        while chunk := list(islice(stream, self.size)):
+            if expected is not None and index >= expected:
+                raise RuntimeError(
+                    f"{self.name} changed while it was read: more items than counted"
+                )
+            yield Shard(index, index * self.size), len(chunk), lambda chunk=chunk: chunk
+            index += 1
+
+
+def stage_parents(inputs: list[str]) -> list[ParentRef]:
+    return [ParentRef(uri=uri, fingerprint=Dataset(uri).manifest.fingerprint) for uri in inputs]
+
+
+def stage_identity(
+    inputs: list[str], output: StageOutput, config: BaseModel | dict[str, Any], code: str
+) -> str:
+    """`code`: the stage's code version (`version.code_version` of its module)."""
+    return identity_hash(output.schema, stage_parents(inputs), config_hash(config), code)
+
+
+class ShardedExecutor:
+    """Writes the outputs of one stage; the first output is the primary one: it holds the
+    stage's quarantine and counters, and its manifest is written last (its presence means
+    the whole stage is done)."""
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        outputs: dict[str, StageOutput],
+        parents: list[ParentRef],
+        config: BaseModel | dict[str, Any],
+        code: str,
+        overwrite: bool = False,
+        lease: bool = True,
+    ):
+        self.stage = stage
+        self.outputs = outputs
+        self.primary = next(iter(outputs))
+        dumped = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+        self.writers = {
+            name: DatasetWriter(
+                out.uri,
+                schema=out.schema,
+                stage=stage,
+                parents=parents,
+                config=dumped,
+                config_hash=config_hash(dumped),
+                code_version=code,
+                overwrite=overwrite,
+                lease=lease,
+            )
+            for name, out in outputs.items()
+        }
+        self._pending: dict[str, DatasetWriter] = dict(self.writers)
+
+    @property
+    def identity(self) -> str:
+        return self.writers[self.primary].identity
+
+    # -- the work area --
+
+    def finished(self) -> dict[str, Manifest] | None:
+        """Every output's manifest when all are finished with this identity; reads only."""
+        manifests = {name: writer.finished() for name, writer in self.writers.items()}
+        if any(m is None for m in manifests.values()):
+            return None
+        return manifests  # type: ignore[return-value]
+
+    def prepare(self) -> dict[str, Manifest] | None:
+        """Take the leases and ready the work areas; the manifests when already finished.
+
+        An output already finished with this identity (a commit interrupted between two
+        outputs' manifests) is left as it is; only the others are written."""
+        finished = {name: writer.finished() for name, writer in self.writers.items()}
+        if all(m is not None for m in finished.values()):
+            return {name: self.writers[name].prepare() for name in self.writers}  # type: ignore[misc]
+        self._pending = {name: w for name, w in self.writers.items() if finished[name] is None}
+        for writer in self._pending.values():
+            writer.prepare()
+        return None
+
+    def attach(self) -> None:
+        """For a data-parallel rank: adopt the work areas the parent prepared."""
+        self._pending = {name: w for name, w in self.writers.items() if w.finished() is None}
+        for writer in self._pending.values():
+            writer.attach()
+
+    def is_done(self, index: int) -> bool:
+        return all(writer.is_done(index) for writer in self._pending.values())
+
+    def done_column(self, output: str, column: str) -> Iterator[Any]:
+        """Values of one column over an output's finished shards (state to resume with)."""
+        return self.writers[output].done_column(column)
+
+    # -- running --
+
+    def run_shards(
+        self,
+        source: ShardInput,
+        process: ProcessFn,
+        *,
+        progress: ProgressFn | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ) -> int:
+        """Process and write every shard `k % world == rank` not yet done; returns the
+        number of shards the input has."""
+        total = source.total()
+        done_rows = 0
+        shards = 0
+
+        def skip(index: int) -> bool:
+            return index % world != rank or self.is_done(index)
+
+        for shard, size, read in source.shards(skip):
+            shards = shard.index + 1
+            if skip(shard.index):
+                done_rows += max(size, 0)
+                continue
+            clock = Stopwatch()
+            rows = read()
+            result = process(rows, shard)
+            for name, writer in self._pending.items():
+                primary = name == self.primary
+                out_rows = result.rows.get(name, [])
+                rows_in = result.rows_in if result.rows_in is not None else len(rows)
+                writer.write_shard(
+                    shard.index,
+                    self.outputs[name].schema.to_table(out_rows),
+                    QUARANTINE.to_table(result.quarantine if primary else []),
+                    rows_in=rows_in if primary else len(out_rows),
+                    counters=dict(result.counters) if primary else {},
+                    seconds=clock.seconds,
+                )
+            done_rows += len(rows)
+            if progress:
+                progress(done_rows, max(total or 0, done_rows))
+        return shards
+
+    def commit(self, shards: int) -> dict[str, Manifest]:
+        """Publish every output (an empty input gives one empty shard), primary last; the
+        work areas are removed after the primary's manifest, so an interrupted commit
+        resumes without redoing a shard."""
+        if shards == 0:  # an empty input: one empty shard per output
+            shards = 1
+            for name, writer in self._pending.items():
+                writer.write_shard(
+                    0, self.outputs[name].schema.to_table([]), QUARANTINE.to_table([]), rows_in=0
+                )
+        manifests = {
+            name: writer.finished()
+            for name, writer in self.writers.items()
+            if name not in self._pending
+        }
+        order = [n for n in self._pending if n != self.primary]
+        order += [self.primary] if self.primary in self._pending else []
+        for name in order:
+            manifests[name] = self._pending[name].commit(shards, finish=False)
+        for name in order:
+            self._pending[name].finish(manifests[name])
+        return {name: manifests[name] for name in self.outputs}  # type: ignore[misc]
+
+    def execute(
+        self,
+        source: ShardInput,
+        process: ProcessFn,
+        *,
+        progress: ProgressFn | None = None,
+        role: Role = "all",
+        rank: int = 0,
+        world: int = 1,
+        on_resume: Callable[["ShardedExecutor"], None] | None = None,
+    ) -> dict[str, Manifest]:
+        """The whole stage (role "all"): prepare, run, commit; a no-op returning the
+        manifests when finished. Data parallelism: the parent runs role "prepare" once,
+        each rank role "rank" (its shards only, no commit), then the parent role "all"
+        finds every shard done and commits. Roles other than "all" return {}.
+        `on_resume` runs once the work area is ready (to rebuild state from done shards)."""
+        if role == "rank":
+            self.attach()
+            self.run_shards(source, process, progress=progress, rank=rank, world=world)
+            return {}
+        finished = self.prepare()
+        if finished is not None:
+            return finished
+        if role == "prepare":
+            return {}
+        if on_resume:
+            on_resume(self)
+        shards = self.run_shards(source, process, progress=progress)
+        return self.commit(shards)
+
+
+def run_stage(
+    *,
+    stage: str,
+    input_uri: str,
+    outputs: dict[str, StageOutput],
+    config: BaseModel | dict[str, Any],
+    process: ProcessFn,
+    code: str,
+    columns: list[str] | None = None,
+    extra_inputs: list[str] = (),
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    role: Role = "all",
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, Manifest]:
+    """A dataset-to-dataset stage (synthesize, filter, assemble): input shard k of
+    `input_uri` becomes shard k of every output; see `ShardedExecutor.execute` for roles."""
+    executor = ShardedExecutor(
+        stage=stage,
+        outputs=outputs,
+        parents=stage_parents([input_uri, *extra_inputs]),
+        config=config,
+        code=code,
+        overwrite=overwrite,
+        # Ranks, and the parent preparing for them, write under the leases run_parallel holds.
+        lease=role == "all",
+    )
+    return executor.execute(
+        DatasetInput(input_uri, columns),
+        process,
+        progress=progress,
+        role=role,
+        rank=rank,
+        world=world,
+    )
