@@ -194,8 +194,8 @@ class ShardedExecutor:
         if all(m is not None for m in finished.values()):
             return {name: self.writers[name].prepare() for name in self.writers}  # type: ignore[misc]
         self._pending = {name: w for name, w in self.writers.items() if finished[name] is None}
-        for writer in self._pending.values():
-            writer.prepare()
+        for writer in self.writers.values():
+            writer.prepare()  # a finished output: only removes what its commit left behind
         return None
 
     def attach(self) -> None:

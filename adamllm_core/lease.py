@@ -128,9 +128,11 @@ class WriterLease:
     def holder_now(self) -> dict[str, Any] | None:
         """Who holds the lease now (None when nobody, or the holder's lease is stale)."""
         current, _ = self._read()
-        if current is None or self._stale(current):
+        if current is None:
             return None
-        return current
+        if current.get("pid") == os.getpid() and current.get("host") == self.holder["host"]:
+            return current  # a writer in this very process (stale only to a new writer here)
+        return None if self._stale(current) else current
 
     # -- keeping it --
 
