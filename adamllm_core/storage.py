@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -110,14 +111,37 @@ def listing_fingerprint(
     digest = hashlib.sha256()
     for chunk in extra:
         digest.update(chunk)
-    if listing is not None:
-        entries = listing
+    if listing is None and protocol_of(root) == "file" and os.path.isdir(path):
+        lines = sorted(_local_listing_lines(path.rstrip("/")))  # "\0" sorts first: name order
     else:
-        entries = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
-    for name in sorted(entries):
-        info = entries[name]
-        stamp = (
-            info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
-        )
-        digest.update(f"{name[len(path) :]}\0{info.get('size')}\0{stamp}\n".encode())
+        if listing is None:
+            listing = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+        lines = [_listing_line(name[len(path) :], listing[name]) for name in sorted(listing)]
+    for line in lines:
+        digest.update(line.encode())
     return digest.hexdigest()[:32]
+
+
+def _listing_line(name: str, info: dict[str, Any]) -> str:
+    stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+    return f"{name}\0{info.get('size')}\0{stamp}\n"
+
+
+def _local_listing_lines(root: str) -> Iterator[str]:
+    """The lines `fs.find(root, detail=True)` would give, from os.scandir: one short string
+    per file instead of a dict of eleven fields (a folder of 1.5M images is listed in a
+    fraction of the memory)."""
+    folders = [root]
+    seen = {(os.stat(root).st_dev, os.stat(root).st_ino)}  # a symlink loop is walked once
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    stat = entry.stat()
+                    if (stat.st_dev, stat.st_ino) not in seen:
+                        seen.add((stat.st_dev, stat.st_ino))
+                        folders.append(entry.path)
+                    continue
+                stat = entry.stat()
+                line = {"size": stat.st_size, "mtime": stat.st_mtime, "created": stat.st_ctime}
+                yield _listing_line(entry.path[len(root) :], line)

@@ -144,11 +144,11 @@ def run_stage(stage: str, work: str) -> dict:
     }
 
 
-def measure(count: int) -> dict[str, dict]:
+def measure(count: int, stages: list[str]) -> dict[str, dict]:
     results = {}
     with tempfile.TemporaryDirectory() as work:
         write_world(Path(work) / "source", count)
-        for stage in STAGES:
+        for stage in stages:
             done = subprocess.run(
                 [sys.executable, __file__, "--child", stage, work],
                 capture_output=True,
@@ -174,14 +174,16 @@ def main() -> None:
     )
     parser.add_argument("--small", type=int, default=5000)
     parser.add_argument("--large", type=int, default=50000)
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="the last stage to run")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_stage(*args.child)))
         return
-    small, large = measure(args.small), measure(args.large)
+    stages = list(STAGES[: STAGES.index(args.until) + 1])
+    small, large = measure(args.small, stages), measure(args.large, stages)
     worst = 0.0
-    for stage in STAGES:
+    for stage in stages:
         ratio = large[stage]["peak_mb"] / small[stage]["peak_mb"]
         worst = max(worst, ratio)
         print(

@@ -359,3 +359,20 @@ def test_json_annotation_files_stream_and_hash_in_one_pass(tmp_path: Path) -> No
     cut.write_text('[{"image": "a.png", "caption": ')
     with pytest.raises(ConfigError, match=r"cut.json: invalid JSON: .*premature EOF"):
         scan_record_file(str(cut))
+
+
+def test_local_listing_fingerprint_matches_fsspecs_listing(tmp_path: Path) -> None:
+    """The compact local walk hashes exactly what an fsspec listing of the folder gives
+    (identities of datasets made before it stay valid), and follows content changes."""
+    import fsspec
+
+    from adamllm_core.storage import listing_fingerprint
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name, body in [("x.png", b"1"), ("a/y.jpg", b"22"), ("a/b/z.txt", b"333"), ("a.png", b"")]:
+        (tmp_path / name).write_bytes(body)
+    listing = fsspec.filesystem("file").find(str(tmp_path), detail=True)
+    walked = listing_fingerprint(str(tmp_path))
+    assert walked == listing_fingerprint(str(tmp_path), listing=listing)
+    (tmp_path / "a" / "y.jpg").write_bytes(b"223")
+    assert listing_fingerprint(str(tmp_path)) != walked

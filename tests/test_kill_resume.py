@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from adamllm_core.dataset import read_manifest
+from adamllm_core.dataset import read_manifest, read_work_area
 from adamllm_core.importers import SourceOptions
 from adamllm_core.ingest import IngestConfig, ingest
 
@@ -24,11 +24,11 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "adamllm_cli.main", *args]
 
 
-def finished_markers(done: Path) -> list[str]:
-    # a kill can land mid-write: ".tmp-*" files are unpublished markers, which the writer ignores too
-    return sorted(
-        p.name.removesuffix(".json") for p in done.glob("*.json") if not p.name.startswith(".")
-    )
+def finished_shards(out: Path) -> list[str]:
+    """The shard files an interrupted writer has marked done, read through the data plane's
+    own view of its work area (a kill can land mid-write: unpublished markers are ignored)."""
+    area = read_work_area(str(out))
+    return sorted(m.rows.path for m in area.markers) if area else []
 
 
 def test_killed_ingest_resumes_to_the_same_dataset(
@@ -53,12 +53,10 @@ def test_killed_ingest_resumes_to_the_same_dataset(
         "PREFECT_API_URL": prefect_server,
         "PREFECT_HOME": str(tmp_path / "prefect"),
     }
-    done = out / "_work" / "done"
-
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
-        if done.is_dir() and len(finished_markers(done)) >= 3:
+        if len(finished_shards(out)) >= 3:
             break
         time.sleep(0.005)
     assert process.poll() is None, (
@@ -67,7 +65,7 @@ def test_killed_ingest_resumes_to_the_same_dataset(
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    finished_before = finished_markers(done)
+    finished_before = finished_shards(out)
     assert 3 <= len(finished_before) < 29  # 1152 records / 40 per shard = 29 shards
     assert not (out / "manifest.json").exists()
     # shards are written where they stay; no reader through the manifest sees them yet
