@@ -376,3 +376,27 @@ def test_local_listing_fingerprint_matches_fsspecs_listing(tmp_path: Path) -> No
     assert walked == listing_fingerprint(str(tmp_path), listing=listing)
     (tmp_path / "a" / "y.jpg").write_bytes(b"223")
     assert listing_fingerprint(str(tmp_path)) != walked
+
+
+def test_a_csv_file_is_counted_and_hashed_in_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from adamllm_core.importers.records import scan_record_file
+
+    path = tmp_path / "metadata.csv"
+    path.write_bytes(b'\xef\xbb\xbfimage,caption\na.png,"two\nlines"\nb.png,x\n')
+    opened: list[str] = []
+    original = LocalFileSystem._open
+    monkeypatch.setattr(
+        LocalFileSystem,
+        "_open",
+        lambda self, p, *a, **k: opened.append(p) or original(self, p, *a, **k),
+    )
+    scan = scan_record_file(str(path))
+    assert scan.records == 2  # a quoted line break is inside one record
+    assert scan.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # BOM included
+    assert opened == [str(path)]

@@ -56,21 +56,27 @@ def read_records(uri: str) -> Iterator[tuple[str, dict[str, Any] | Rejected]]:
                     )
     else:
         with fs.open(path, "rb") as handle:
-            text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
-            reader = csv.DictReader(text, delimiter="\t" if kind == "tsv" else ",")
-            try:
-                if not reader.fieldnames:
-                    raise ConfigError(f"{name}: no header row")
-                for row in reader:
-                    ref = f"{name}:{reader.line_num}"
-                    if None in row:
-                        yield ref, Rejected("bad_record", f"{ref}: more cells than header columns")
-                        continue
-                    yield ref, {k: _cell(v) for k, v in row.items()}
-            except UnicodeDecodeError as error:
-                raise ConfigError(
-                    f"{name}: not UTF-8 text ({error.reason} at byte {error.start})"
-                ) from None
+            yield from _csv_records(handle, kind, name)
+
+
+def _csv_records(
+    handle: Any, kind: str, name: str
+) -> Iterator[tuple[str, dict[str, Any] | Rejected]]:
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+    reader = csv.DictReader(text, delimiter="\t" if kind == "tsv" else ",")
+    try:
+        if not reader.fieldnames:
+            raise ConfigError(f"{name}: no header row")
+        for row in reader:
+            ref = f"{name}:{reader.line_num}"
+            if None in row:
+                yield ref, Rejected("bad_record", f"{ref}: more cells than header columns")
+                continue
+            yield ref, {k: _cell(v) for k, v in row.items()}
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{name}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,10 @@ def _scan(uri: str, size: int, modified: str) -> RecordFileScan:
             prefix, records = _json_layout(reader, name)
             reader.drain()
             return RecordFileScan(records, reader.sha256.hexdigest(), prefix)
-    records = sum(1 for _ in read_records(uri))
-    with fs.open(path, "rb") as handle:
-        reader = _Reader(handle)
-        reader.drain()
-    return RecordFileScan(records, reader.sha256.hexdigest())
+        hashing = _HashingRaw(handle)  # CSV/TSV: counted and hashed in the same pass
+        # the CSV reader reads to the end: every byte has passed through the hash
+        records = sum(1 for _ in _csv_records(io.BufferedReader(hashing), kind, name))
+    return RecordFileScan(records, hashing.sha256.hexdigest())
 
 
 def scan_record_file(uri: str) -> RecordFileScan:
@@ -118,6 +123,23 @@ def count_records(uri: str) -> int:
 
 def first_record(uri: str) -> dict[str, Any] | None:
     return next((r for _, r in read_records(uri) if isinstance(r, dict)), None)
+
+
+class _HashingRaw(io.RawIOBase):
+    """A raw stream over a binary file that hashes every byte read through it."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.handle.read(len(buffer))
+        self.sha256.update(data)
+        buffer[: len(data)] = data
+        return len(data)
 
 
 class _Reader:

@@ -923,11 +923,20 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
     return json.loads((root / "models.json").read_text())
 
 
+def synthesizer_identity(config: ProveConfig) -> dict[str, Any]:
+    """What makes the tuned synthesizer: the base models, the seed data's size and the
+    tuning settings (its folder's key, and what a models pack records)."""
+    return {
+        "base": config.base_identity(),
+        "synthesizer": {"seed_images": config.sizes.seed_images, "settings": config.synthesizer},
+    }
+
+
 def synthesizer_folder(config: ProveConfig) -> str:
-    """The tuned synthesizer's folder beside the base models: keyed by the base models, the
-    seed data's size and the tuning settings."""
-    key = cache_key(config.base_identity(), config.sizes.seed_images, config.synthesizer)
-    return f"synthesizer-{key}"
+    """The tuned synthesizer's folder beside the base models, keyed by its identity."""
+    identity = synthesizer_identity(config)
+    parts = identity["synthesizer"]
+    return f"synthesizer-{cache_key(identity['base'], parts['seed_images'], parts['settings'])}"
 
 
 def ensure_synthesizer(config: ProveConfig, world: str, models: dict[str, Any]) -> dict[str, Any]:

@@ -13,20 +13,13 @@ from typing import Any
 
 from adamllm_core.errors import ConfigError
 from adamllm_core.hashing import canonical_json, sha256_hex
-from adamllm_core.proving.experiment import ProveConfig, synthesizer_folder
+from adamllm_core.proving.experiment import ProveConfig, synthesizer_folder, synthesizer_identity
 from adamllm_core.proving.models import cache_key, proving_cache
 from adamllm_core.training.trainer import finished_run
 
 PACK_FILE = "pack.json"
 # training_args.bin is a pickle the models do not need (and a pack should not execute)
 SKIPPED = {"training_args.bin"}
-
-
-def _identity(config: ProveConfig) -> dict[str, Any]:
-    return {
-        "base": config.base_identity(),
-        "synthesizer": {"seed_images": config.sizes.seed_images, "settings": config.synthesizer},
-    }
 
 
 def _copy_model(source: Path, target: Path) -> dict[str, str]:
@@ -64,7 +57,7 @@ def export_pack(config: ProveConfig, out: str | Path) -> Path:
     files = {role: _copy_model(Path(path), staging / role) for role, path in sources.items()}
     measured = {key: models.get(key) for key in ("llm_reading", "judge_accuracy", "training")}
     meta = {
-        "identity": _identity(config),
+        "identity": synthesizer_identity(config),
         "seed": config.seed,
         "scale": config.scale,
         "files": files,
@@ -85,7 +78,7 @@ def install_pack(pack: str | Path, config: ProveConfig) -> dict[str, Any]:
     if not (pack / PACK_FILE).is_file():
         raise ConfigError(f"{pack}: not a models pack (no {PACK_FILE})")
     meta = json.loads((pack / PACK_FILE).read_text())
-    wanted = _identity(config)
+    wanted = synthesizer_identity(config)
     if canonical_json(meta["identity"]) != canonical_json(wanted):
         differs = sorted(
             f"{part}.{key}"
