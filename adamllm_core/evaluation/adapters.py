@@ -49,14 +49,12 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from adamllm_core.evaluation.benchmarks import BENCHMARKS as REGISTRY
-from adamllm_core.evaluation.benchmarks import option_letters
 from adamllm_core.evaluation.classes import (
     CLRS,
     FOOD101,
@@ -65,11 +63,11 @@ from adamllm_core.evaluation.classes import (
     UC_MERCED,
 )
 from adamllm_core.evaluation.items import BenchmarkFormatError, EvalItem
+from adamllm_core.evaluation.spec import CLASSIFY_SCENE, BenchmarkSpec, option_letters
 from adamllm_core.storage import filesystem, protocol_of, redact
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS: tuple[str, ...] = tuple(REGISTRY)  # the names of benchmarks.py, one registry
 ANSWER_TYPES = ("OPEN", "CLOSED")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 PMC_LETTERS = ("A", "B", "C", "D")
@@ -95,14 +93,12 @@ def read_items(
     Raises ValueError for an unknown benchmark name, and `BenchmarkFormatError` (naming the file,
     line or row, and field) for anything malformed, when the offending row is reached.
     """
-    if benchmark not in BENCHMARKS:
-        raise ValueError(
-            f"unknown benchmark {benchmark!r}; expected one of: {', '.join(BENCHMARKS)}"
-        )
+    if benchmark not in RELEASES:
+        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of: {', '.join(RELEASES)}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     fs, root = filesystem(path)
-    reader = _Reader(benchmark, _SPECS[benchmark], fs, shown_root=redact(path), images=images)
+    reader = RELEASES[benchmark](fs, shown_root=redact(path), images=images)
     items = reader.items(root.rstrip("/") or "/")
     return islice(items, limit) if limit is not None else items
 
@@ -112,7 +108,9 @@ def read_items(
 
 
 @dataclass(frozen=True)
-class _Spec:
+class RowConventions:
+    """How a benchmark's rows name their fields (generic and release forms alike)."""
+
     kind: str = "text"  # text | class | multi | choice
     vqa: bool = False  # OPEN/CLOSED answer types; derived from yes/no when a row has none
     question_fields: tuple[str, ...] = ("question",)
@@ -122,50 +120,6 @@ class _Spec:
     # (field, folders relative to the row file's folder to look in, in order)
     image_fields: tuple[tuple[str, tuple[str, ...]], ...] = (("image", ("",)),)
     parquet_splits: tuple[str, ...] = ("test",)
-
-
-_SPECS: dict[str, _Spec] = {
-    "slake": _Spec(vqa=True, image_fields=(("image", ("",)), ("img_name", ("imgs", "")))),
-    "pathvqa": _Spec(vqa=True),
-    # "VQA_RAD Image Folder" is the official release's folder name [M].
-    "vqa_rad": _Spec(
-        vqa=True,
-        image_fields=(("image", ("",)), ("image_name", ("images", "", "VQA_RAD Image Folder"))),
-    ),
-    "pmc_vqa": _Spec(
-        kind="choice",
-        question_fields=("question", "Question"),
-        image_fields=(("image", ("",)), ("Figure_path", ("images", "figures", ""))),
-    ),
-    "recipe1m": _Spec(),  # generic rows name their question (or AdaptLLM's `input`)
-    "nutrition5k": _Spec(
-        kind="multi", question_required=False, answer_fields=("answer", "label", "ingredients")
-    ),
-    # HF ethz/food101 names its test split "validation".
-    "food101": _Spec(
-        kind="class",
-        classes=FOOD101,
-        question_required=False,
-        parquet_splits=("validation", "test"),
-    ),
-    # HF EduardoPacheco/FoodSeg103: train + validation (2,135 = the test set) [M].
-    "foodseg103": _Spec(
-        kind="multi",
-        classes=tuple(FOODSEG103.values()),
-        question_required=False,
-        answer_fields=("answer", "classes_on_image", "label"),
-        parquet_splits=("validation", "test"),
-    ),
-    "clrs": _Spec(kind="class", classes=CLRS, question_required=False),
-    "ucmerced": _Spec(kind="class", classes=UC_MERCED, question_required=False),
-    "floodnet": _Spec(
-        question_fields=("question", "Question"),
-        answer_fields=("answer", "label", "Ground_Truth"),
-        image_fields=(("image", ("",)), ("Image_ID", ())),  # () = search the folder by name
-    ),
-    "nwpu_captions": _Spec(question_required=False, answer_fields=("answer", "label", "raw")),
-    "proving_ground": _Spec(),  # generic rows with `choices` (the skill's answers) and `skill`
-}
 
 
 def _key(name: str) -> str:
@@ -209,16 +163,24 @@ def _type_name(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Reader:
+class BenchmarkRelease:
+    """One benchmark: its Table 13-14 entry (`spec`: prompt, generation limit, metric), its
+    rows' conventions (`rows`: fields, class list) and how its files are read. This base
+    reads the generic forms (jsonl, Parquet, JSON rows); a benchmark's class adds its
+    release's own forms through the hooks below and registers itself (`@register`)."""
+
+    spec: ClassVar[BenchmarkSpec]
+    rows: ClassVar[RowConventions] = RowConventions()
+    release_hint: ClassVar[str] = ""  # the release forms, for the error when none is found
+
     def __init__(
         self,
-        benchmark: str,
-        spec: _Spec,
         fs: AbstractFileSystem,
         shown_root: str,
         images: bool | Callable[[int], bool] = True,
     ):
-        self.benchmark, self.spec, self.fs = benchmark, spec, fs
+        self.name = self.spec.name
+        self.fs = fs
         # False: items carry no image bytes (scoring text needs none); a predicate on the
         # item's position decides per item (a resumed evaluation skips finished shards')
         self.images = images
@@ -253,7 +215,7 @@ class _Reader:
     # -- detection ----------------------------------------------------------------------------
 
     def items(self, root: str) -> Iterator[EvalItem]:
-        fs, b = self.fs, self.benchmark
+        fs = self.fs
         if fs.isfile(root):
             return self.file_items(root)
         if not fs.isdir(root):
@@ -267,40 +229,64 @@ class _Reader:
         parquet = self.pick_parquet(root)
         if parquet:
             return self.generic_parquet(parquet)
-        if b in ("clrs", "ucmerced"):
-            images = self.find_images(root)
-            if images:
-                return self.class_folders(root, images)
+        fallback = self.folder_fallback(root)
+        if fallback is not None:
+            return fallback
         raise self.where(root, None).error(
             None,
-            f"no {b} data found: expected data.jsonl, Parquet files{_RELEASE_HINTS.get(b, '')}",
+            f"no {self.name} data found: expected data.jsonl, Parquet files{self.release_hint}",
         )
 
     def file_items(self, path: str) -> Iterator[EvalItem]:
-        b, name = self.benchmark, self.basename(path).lower()
+        name = self.basename(path).lower()
         if name.endswith(".jsonl"):
             return self.generic_jsonl(path)
         if name.endswith(".parquet"):
             return self.generic_parquet([path])
+        release = self.release_file(path, name)
+        if release is not None:
+            return release
         if name.endswith(".json"):
-            if b == "nwpu_captions":
-                return self.nwpu(path)
-            if b == "floodnet":
-                return self.floodnet(path)
-            if b == "recipe1m":
-                return self.recipe1m(path)
             return self.json_rows(path)
-        if name.endswith(".csv") and b == "pmc_vqa":
-            return self.pmc_csv(path)
-        if name.endswith(".csv") and b == "nutrition5k":
-            folder = self.parent(path)
-            root = self.parent(folder) if self.basename(folder) == "metadata" else folder
-            return self.nutrition5k(root, [path])
-        if name.endswith(".txt") and b == "food101":
-            folder = self.parent(path)
-            root = self.parent(folder) if self.basename(folder) == "meta" else folder
-            return self.food101_tarball(root, path)
-        raise self.where(path, None).error(None, f"not a file form that {b} is read from")
+        raise self.where(path, None).error(None, f"not a file form that {self.name} is read from")
+
+    # -- hooks: a release's own forms and rules (the base knows none) -------------------------
+
+    def release_file(self, path: str, name: str) -> Iterator[EvalItem] | None:
+        """Items of a file in the release's own form (`name`: its lower-case file name)."""
+        return None
+
+    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
+        """Items of the release's files when `root` holds them (no generic data.jsonl)."""
+        return None
+
+    def folder_fallback(self, root: str) -> Iterator[EvalItem] | None:
+        """Items of a folder holding neither generic nor release files (class folders)."""
+        return None
+
+    def keep(self, row: dict[str, Any]) -> bool:
+        """Rows a benchmark leaves out by design (not malformed ones)."""
+        return True
+
+    def split_filter(self, rows: list[Any]) -> Callable[[dict[str, Any]], bool] | None:
+        """For a JSON list of rows holding several splits: which rows are the test set."""
+        return None
+
+    def choice_text(self, text: str) -> str:
+        return text.strip()
+
+    def class_of_id(self, where: "_Where", name: str, value: int) -> str:
+        raise where.error(name, f"expected a class name, got an integer ({value})")
+
+    def label_entry(self, where: "_Where", name: str, entry: Any) -> Any:
+        """A multi-label answer's entry as a name; None drops it (a label excluded by design)."""
+        return entry
+
+    def generic_vocabulary(
+        self, path: str, rows: Callable[[], Iterable[dict[str, Any]]]
+    ) -> tuple[str, ...] | None:
+        """The names a multi-label answer may use, for generic rows without `choices`."""
+        return None
 
     def pick_jsonl(self, root: str) -> str | None:
         names = sorted(p for p in self.fs.ls(root, detail=False) if p.lower().endswith(".jsonl"))
@@ -325,56 +311,16 @@ class _Reader:
         def tokens(p: str) -> set[str]:
             return set(re.split(r"[/\-_.]", p[len(root) :].lower()))
 
-        for split in self.spec.parquet_splits:
+        for split in self.rows.parquet_splits:
             hits = [p for p in paths if split in tokens(p)]
             if hits:
                 return hits
         if not any(tokens(p) & _SPLIT_TOKENS for p in paths):
             return paths
-        wanted = " or ".join(self.spec.parquet_splits)
+        wanted = " or ".join(self.rows.parquet_splits)
         raise self.where(root, None).error(
             None, f"no {wanted} split among the Parquet files here; pass the file to read itself"
         )
-
-    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
-        b, fs, j = self.benchmark, self.fs, self.join
-        if b == "slake" and fs.isfile(j(root, "test.json")):
-            return self.json_rows(j(root, "test.json"))
-        if b == "vqa_rad":
-            for name in ("testset.json", "VQA_RAD Dataset Public.json"):
-                if fs.isfile(j(root, name)):
-                    return self.json_rows(j(root, name))
-        if b == "pmc_vqa":
-            # test_clean.csv: the 2,000-row test set; test_2.csv (v2) has the letter in Answer [M].
-            for name in ("test_clean.csv", "test.csv", "test_2.csv"):
-                if fs.isfile(j(root, name)):
-                    return self.pmc_csv(j(root, name))
-            csvs = [p for p in fs.ls(root, detail=False) if p.lower().endswith(".csv")]
-            if len(csvs) == 1:
-                return self.pmc_csv(csvs[0])
-        if b == "recipe1m" and fs.isfile(j(root, "layer1.json")):
-            return self.recipe1m(j(root, "layer1.json"))
-        if b == "nutrition5k":
-            csvs = sorted(fs.glob(j(root, "metadata", "dish_metadata_cafe*.csv")))
-            csvs = csvs or sorted(fs.glob(j(root, "dish_metadata_cafe*.csv")))
-            if csvs:
-                return self.nutrition5k(root, csvs)
-        if b == "food101" and fs.isfile(j(root, "meta", "test.txt")):
-            return self.food101_tarball(root, j(root, "meta", "test.txt"))
-        if b == "nwpu_captions" and fs.isfile(j(root, "dataset_nwpu.json")):
-            return self.nwpu(j(root, "dataset_nwpu.json"))
-        if b == "floodnet":
-            # Question file names are unverified [M]: the only JSON, else the one named "test".
-            jsons = sorted(p for p in fs.ls(root, detail=False) if p.lower().endswith(".json"))
-            tests = [p for p in jsons if "test" in self.basename(p).lower()]
-            if len(jsons) == 1 or len(tests) == 1:
-                return self.floodnet(jsons[0] if len(jsons) == 1 else tests[0])
-            if jsons:
-                shown = ", ".join(self.basename(p) for p in jsons)
-                raise self.where(root, None).error(
-                    None, f"several question files ({shown}); pass one"
-                )
-        return None
 
     # -- generic rows -------------------------------------------------------------------------
 
@@ -438,7 +384,7 @@ class _Reader:
         for path in paths:
             handle = self.parquet_file(path)
             columns = [
-                c for c in self.spec.answer_fields + ("choices",) if c in handle.schema_arrow.names
+                c for c in self.rows.answer_fields + ("choices",) if c in handle.schema_arrow.names
             ]
             for batch in handle.iter_batches(batch_size=1024, columns=columns):
                 yield from batch.to_pylist()
@@ -450,18 +396,14 @@ class _Reader:
             raise self.where(path, None).error(
                 None, f"expected a JSON list of rows, not {_type_name(data)}"
             )
-        test_only = self.benchmark == "vqa_rad" and any(
-            isinstance(r, dict) and str(r.get("phrase_type", "")).startswith("test") for r in data
-        )
+        in_split = self.split_filter(data)
         vocabulary = self.generic_vocabulary(path, lambda: (r for r in data if isinstance(r, dict)))
         base, skipped = self.parent(path), 0
         for index, row in enumerate(data):
             where = self.row(path, index)
             if not isinstance(row, dict):
                 raise where.error(None, f"a row must be a JSON object, not {_type_name(row)}")
-            if not self.keep(row) or (
-                test_only and not str(row.get("phrase_type", "")).startswith("test")
-            ):
+            if not self.keep(row) or (in_split is not None and not in_split(row)):
                 skipped += 1
                 continue
             yield self.item(
@@ -474,10 +416,6 @@ class _Reader:
                 len(data) - skipped,
                 skipped,
             )
-
-    def keep(self, row: dict[str, Any]) -> bool:
-        """Rows a benchmark leaves out by design (not malformed ones): SLAKE's Chinese half."""
-        return not (self.benchmark == "slake" and row.get("q_lang", "en") != "en")
 
     def load_json(self, path: str) -> Any:
         where = self.where(path, None)
@@ -497,10 +435,10 @@ class _Reader:
     # -- images -------------------------------------------------------------------------------
 
     def image_of(self, where: _Where, row: dict[str, Any], base: str) -> _Image:
-        for name, folders in self.spec.image_fields:
+        for name, folders in self.rows.image_fields:
             if name in row and row[name] is not None:
                 return self.image_value(where, name, row[name], base, folders)
-        names = [name for name, _ in self.spec.image_fields]
+        names = [name for name, _ in self.rows.image_fields]
         also = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
         raise where.error(names[0], f"missing required field{also}")
 
@@ -575,7 +513,7 @@ class _Reader:
         vocabulary: tuple[str, ...] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> EvalItem:
-        spec, used = self.spec, {image.key}
+        spec, used = self.rows, {image.key}
         meta: dict[str, Any] = {}
 
         qid_field = None
@@ -673,22 +611,16 @@ class _Reader:
             raise where.error(
                 "choices", f"expected a non-empty list of strings, got {_type_name(value)}"
             )
-        if self.benchmark == "food101":
-            return [c.replace("_", " ").strip() for c in value]
-        return [c.strip() for c in value]
+        return [self.choice_text(c) for c in value]
 
     def class_answer(self, where: _Where, name: str, value: Any, choices: list[str]) -> str:
         if isinstance(value, int) and not isinstance(value, bool):
-            if self.benchmark != "food101":
-                raise where.error(name, f"expected a class name, got an integer ({value})")
-            if not 0 <= value < len(FOOD101):
-                raise where.error(name, f"class id {value} is outside 0..{len(FOOD101) - 1}")
-            value = FOOD101[value]
+            value = self.class_of_id(where, name, value)
         label = _string(where, name, value).strip()
         by_key = {_key(c): c for c in choices}
         if _key(label) not in by_key:
             raise where.error(
-                name, f"{label!r} is not one of the {len(choices)} {self.benchmark} classes"
+                name, f"{label!r} is not one of the {len(choices)} {self.name} classes"
             )
         return by_key[_key(label)]
 
@@ -701,26 +633,16 @@ class _Reader:
         known = {c.lower(): c for c in choices} if choices else None
         names: list[str] = []
         dropped: list[Any] = []
-        for entry in values:
-            if (
-                self.benchmark == "foodseg103"
-                and isinstance(entry, int)
-                and not isinstance(entry, bool)
-            ):
-                if entry in FOODSEG103_EXCLUDED:
-                    dropped.append(entry)
-                    continue
-                if entry not in FOODSEG103:
-                    raise where.error(name, f"class id {entry} is outside 0..103")
-                entry = FOODSEG103[entry]
+        for raw in values:
+            entry = self.label_entry(where, name, raw)
+            if entry is None:
+                dropped.append(raw.strip() if isinstance(raw, str) else raw)
+                continue
             if not isinstance(entry, str):
                 raise where.error(
                     name, f"expected names (strings), got a {_type_name(entry)} in the list"
                 )
             entry = entry.strip()
-            if self.benchmark == "foodseg103" and entry.lower() in FOODSEG103_EXCLUDED.values():
-                dropped.append(entry)
-                continue
             if known is not None:
                 if entry.lower() not in known:
                     raise where.error(name, f"{entry!r} is not in the {len(known)}-name vocabulary")
@@ -794,53 +716,6 @@ class _Reader:
         meta["answer_text"] = choices[letters.index(label)]
         return label, choices
 
-    # -- generic vocabulary (Nutrition5K) -----------------------------------------------------
-
-    def generic_vocabulary(
-        self, path: str, rows: Callable[[], Iterable[dict[str, Any]]]
-    ) -> tuple[str, ...] | None:
-        """Nutrition5K rows without `choices`: a vocabulary file beside, else the answers' union."""
-        if self.benchmark != "nutrition5k":
-            return None
-        from_file = self.vocabulary_file(self.parent(path))
-        if from_file is not None:
-            return from_file
-        # Without the official list, longest-first matching only knows the gold names.
-        log.warning(
-            "nutrition5k: no ingredients.txt/.json or nutrition5k_ingredients.py beside %s: "
-            "matching against the union of the gold ingredients",
-            self.show(path),
-        )
-        names: set[str] = set()
-        for row in rows():
-            for f in self.spec.answer_fields:
-                value = row.get(f)
-                if value is not None:
-                    values = value if isinstance(value, list) else [value]
-                    names.update(v.strip() for v in values if isinstance(v, str) and v.strip())
-                    break
-        return tuple(sorted(names))
-
-    def vocabulary_file(self, root: str) -> tuple[str, ...] | None:
-        """`ingredients.txt` (a name a line), `ingredients.json` (a list), or the official
-        `nutrition5k_ingredients.py` (its `all_ingredients` list, read with `ast`, never run)."""
-        for name in ("ingredients.txt", "ingredients.json", "nutrition5k_ingredients.py"):
-            path = self.join(root, name)
-            if not self.fs.isfile(path):
-                continue
-            where = self.where(path, None)
-            text = self.fs.cat_file(path).decode("utf-8-sig")
-            if name.endswith(".txt"):
-                names: list[Any] = [line.strip() for line in text.splitlines() if line.strip()]
-            elif name.endswith(".json"):
-                names = self.load_json(path)
-            else:
-                names = _python_list(text, "all_ingredients", where)
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise where.error(None, "expected a list of ingredient names")
-            return tuple(dict.fromkeys(n.strip() for n in names))  # 'deprecated' repeats
-        return None
-
     # -- release forms that are not row lists -------------------------------------------------
 
     def csv_rows(self, path: str) -> Iterator[tuple[_Where, dict[str, Any]]]:
@@ -880,11 +755,350 @@ class _Reader:
 
         return names, records()
 
+
+def _require(where: _Where, row: dict[str, Any], *names: str) -> None:
+    """A release form's own required fields, so that errors name them as the file does."""
+    for name in names:
+        if row.get(name) is None:
+            raise where.error(name, "missing required field")
+
+
+def _string(where: _Where, name: str, value: Any, *, numbers: bool = False) -> str:
+    if isinstance(value, str):
+        return value
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if value is None:
+        raise where.error(name, "missing required field")
+    raise where.error(name, f"expected a string, got {_type_name(value)}")
+
+
+def _texts(where: _Where, name: str, value: Any) -> list[str]:
+    """Recipe1M `[{"text": ...}, ...]` lists."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, dict) and isinstance(v.get("text"), str) for v in value
+    ):
+        raise where.error(name, 'expected a list of {"text": ...} objects')
+    return [v["text"].strip() for v in value if v["text"].strip()]
+
+
+def _plain(value: Any) -> bool:
+    """JSON-like values worth keeping in metadata (not image bytes or masks)."""
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _python_list(text: str, name: str, where: _Where) -> list[Any]:
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as exc:
+        raise _Where(where.file, exc.lineno).error(None, f"not Python: {exc.msg}") from None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                raise _Where(where.file, node.lineno).error(name, "not a literal list") from None
+    raise where.error(name, "no such list in the file")
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmarks: one registered class each (Table 13-14 entry, row conventions, release forms)
+
+RELEASES: dict[str, type[BenchmarkRelease]] = {}
+
+
+def register(release: type[BenchmarkRelease]) -> type[BenchmarkRelease]:
+    name = release.spec.name
+    if name in RELEASES:
+        raise ValueError(f"benchmark {name!r} registered twice")
+    RELEASES[name] = release
+    return release
+
+
+@register
+class Slake(BenchmarkRelease):
+    """Slake1.0 `test.json`; only English questions (`q_lang == "en"`) are kept."""
+
+    spec = BenchmarkSpec(
+        name="slake",
+        title="SLAKE",
+        domain="biomed",
+        task="VQA (open) / binary (closed)",
+        template="{question}",
+        metric="vqa",
+        max_new_tokens=1024,
+        paper_test_size=645 + 416,
+    )
+    rows = RowConventions(vqa=True, image_fields=(("image", ("",)), ("img_name", ("imgs", ""))))
+    release_hint = " or test.json"
+
+    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
+        if self.fs.isfile(self.join(root, "test.json")):
+            return self.json_rows(self.join(root, "test.json"))
+        return None
+
+    def keep(self, row: dict[str, Any]) -> bool:
+        return row.get("q_lang", "en") == "en"  # the Chinese half is not the paper's test set
+
+
+@register
+class PathVqa(BenchmarkRelease):
+    spec = BenchmarkSpec(
+        name="pathvqa",
+        title="PathVQA",
+        domain="biomed",
+        task="VQA (open) / binary (closed)",
+        template="{question}",
+        metric="vqa",
+        max_new_tokens=1024,
+        paper_test_size=3357 + 3362,
+    )
+    rows = RowConventions(vqa=True)
+
+
+@register
+class VqaRad(BenchmarkRelease):
+    """MEVF `testset.json` or the official `VQA_RAD Dataset Public.json`."""
+
+    spec = BenchmarkSpec(
+        name="vqa_rad",
+        title="VQA-RAD",
+        domain="biomed",
+        task="VQA (open) / binary (closed)",
+        template="{question}",
+        metric="vqa",
+        max_new_tokens=1024,
+        paper_test_size=179 + 272,
+    )
+    # "VQA_RAD Image Folder" is the official release's folder name [M].
+    rows = RowConventions(
+        vqa=True,
+        image_fields=(("image", ("",)), ("image_name", ("images", "", "VQA_RAD Image Folder"))),
+    )
+    release_hint = ", testset.json or 'VQA_RAD Dataset Public.json'"
+
+    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
+        for name in ("testset.json", "VQA_RAD Dataset Public.json"):
+            if self.fs.isfile(self.join(root, name)):
+                return self.json_rows(self.join(root, name))
+        return None
+
+    def split_filter(self, rows: list[Any]) -> Callable[[dict[str, Any]], bool] | None:
+        """The official file holds every split: when any row's phrase_type is test*, those."""
+
+        def is_test(row: dict[str, Any]) -> bool:
+            return str(row.get("phrase_type", "")).startswith("test")
+
+        if any(isinstance(r, dict) and is_test(r) for r in rows):
+            return is_test
+        return None
+
+
+@register
+class PmcVqa(BenchmarkRelease):
+    """`test_clean.csv`: the answer is a letter, options in `Choice A..D`."""
+
+    spec = BenchmarkSpec(
+        name="pmc_vqa",
+        title="PMC-VQA",
+        domain="biomed",
+        task="Multi-choice QA",
+        template="Question: {question} The choices are: {options}",
+        metric="choice",
+        max_new_tokens=1024,
+        paper_test_size=2000,
+    )
+    rows = RowConventions(
+        kind="choice",
+        question_fields=("question", "Question"),
+        image_fields=(("image", ("",)), ("Figure_path", ("images", "figures", ""))),
+    )
+    release_hint = " or test_clean.csv"
+
+    def release_file(self, path: str, name: str) -> Iterator[EvalItem] | None:
+        return self.pmc_csv(path) if name.endswith(".csv") else None
+
+    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
+        # test_clean.csv: the 2,000-row test set; test_2.csv (v2) has the letter in Answer [M].
+        for name in ("test_clean.csv", "test.csv", "test_2.csv"):
+            if self.fs.isfile(self.join(root, name)):
+                return self.pmc_csv(self.join(root, name))
+        csvs = [p for p in self.fs.ls(root, detail=False) if p.lower().endswith(".csv")]
+        if len(csvs) == 1:
+            return self.pmc_csv(csvs[0])
+        return None
+
     def pmc_csv(self, path: str) -> Iterator[EvalItem]:
         base = self.parent(path)
         for index, (where, row) in enumerate(self.csv_rows(path)):
             _require(where, row, "Figure_path", "Question")
             yield self.item(where, index, row, self.image_of(where, row, base))
+
+
+@register
+class Recipe1M(BenchmarkRelease):
+    spec = BenchmarkSpec(
+        name="recipe1m",
+        title="Recipe1M",
+        domain="food",
+        task="Recipe generation",
+        template="{question}",
+        metric="rouge_l",
+        max_new_tokens=1024,
+        paper_test_size=1000,
+    )
+    rows = RowConventions()  # generic rows name their question (or AdaptLLM's `input`)
+    release_hint = " or layer1.json"
+
+    def release_file(self, path: str, name: str) -> Iterator[EvalItem] | None:
+        return self.recipe1m(path) if name.endswith(".json") else None
+
+    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
+        if self.fs.isfile(self.join(root, "layer1.json")):
+            return self.recipe1m(self.join(root, "layer1.json"))
+        return None
+
+    def recipe1m(self, path: str, partition: str = "test") -> Iterator[EvalItem]:
+        """Recipe1M `layer1.json` + `layer2.json` [M: the answer's layout and the image folders]."""
+        recipes = self.load_json(path)
+        if not isinstance(recipes, list):
+            raise self.where(path, None).error(
+                None, f"expected a JSON list of recipes, not {_type_name(recipes)}"
+            )
+        base = self.parent(path)
+        layer2 = self.join(base, "layer2.json")
+        if not self.fs.isfile(layer2):
+            raise self.where(layer2, None).error(
+                None, "missing: layer2.json maps recipes to their images"
+            )
+        images: dict[str, str] = {}
+        for index, entry in enumerate(self.load_json(layer2)):
+            where = self.row(layer2, index)
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                raise where.error("id", "expected an object with a string id")
+            listed = entry.get("images") or []
+            if not isinstance(listed, list) or not all(
+                isinstance(i, dict) and isinstance(i.get("id"), str) for i in listed
+            ):
+                raise where.error("images", "expected a list of {id, url} objects")
+            if listed:
+                images[entry["id"]] = listed[0]["id"]
+        skipped = 0
+        for index, recipe in enumerate(recipes):
+            where = self.row(path, index)
+            if not isinstance(recipe, dict):
+                raise where.error(None, f"a recipe must be a JSON object, not {_type_name(recipe)}")
+            if recipe.get("partition") != partition:
+                continue
+            recipe_id = _string(where, "id", recipe.get("id")).strip()
+            if recipe_id not in images:
+                skipped += 1  # most recipes have no image: not part of an image benchmark
+                continue
+            title = _string(where, "title", recipe.get("title")).strip()
+            ingredients = _texts(where, "ingredients", recipe.get("ingredients"))
+            instructions = _texts(where, "instructions", recipe.get("instructions"))
+            answer = "\n".join(
+                [title, "Ingredients:", *ingredients, "Instructions:", *instructions]
+            )
+            image_id = images[recipe_id]
+            image = _Image(
+                "images",
+                paths=[
+                    (self.fs, self.join(base, "images", partition, *image_id[:4], image_id)),
+                    (self.fs, self.join(base, "images", image_id)),
+                ],
+            )
+            row = {
+                "question": RECIPE1M_QUESTION,
+                "answer": answer,
+                "title": title,
+                "url": recipe.get("url"),
+                "partition": partition,
+            }
+            yield self.item(where, index, row, image, qid=recipe_id)
+        if skipped:
+            log.info("recipe1m: %d %s recipes have no image in layer2.json", skipped, partition)
+
+
+@register
+class Nutrition5K(BenchmarkRelease):
+    spec = BenchmarkSpec(
+        name="nutrition5k",
+        title="Nutrition5K",
+        domain="food",
+        task="Ingredient prediction",
+        template="What ingredients are used to make the dish in the image?",
+        metric="multilabel_recall",
+        max_new_tokens=256,
+        paper_test_size=507,
+    )
+    rows = RowConventions(
+        kind="multi", question_required=False, answer_fields=("answer", "label", "ingredients")
+    )
+    release_hint = " or metadata/dish_metadata_cafe*.csv"
+
+    def release_file(self, path: str, name: str) -> Iterator[EvalItem] | None:
+        if not name.endswith(".csv"):
+            return None
+        folder = self.parent(path)
+        root = self.parent(folder) if self.basename(folder) == "metadata" else folder
+        return self.nutrition5k(root, [path])
+
+    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
+        csvs = sorted(self.fs.glob(self.join(root, "metadata", "dish_metadata_cafe*.csv")))
+        csvs = csvs or sorted(self.fs.glob(self.join(root, "dish_metadata_cafe*.csv")))
+        return self.nutrition5k(root, csvs) if csvs else None
+
+    def generic_vocabulary(
+        self, path: str, rows: Callable[[], Iterable[dict[str, Any]]]
+    ) -> tuple[str, ...] | None:
+        """Nutrition5K rows without `choices`: a vocabulary file beside, else the answers' union."""
+        from_file = self.vocabulary_file(self.parent(path))
+        if from_file is not None:
+            return from_file
+        # Without the official list, longest-first matching only knows the gold names.
+        log.warning(
+            "nutrition5k: no ingredients.txt/.json or nutrition5k_ingredients.py beside %s: "
+            "matching against the union of the gold ingredients",
+            self.show(path),
+        )
+        names: set[str] = set()
+        for row in rows():
+            for f in self.rows.answer_fields:
+                value = row.get(f)
+                if value is not None:
+                    values = value if isinstance(value, list) else [value]
+                    names.update(v.strip() for v in values if isinstance(v, str) and v.strip())
+                    break
+        return tuple(sorted(names))
+
+    def vocabulary_file(self, root: str) -> tuple[str, ...] | None:
+        """`ingredients.txt` (a name a line), `ingredients.json` (a list), or the official
+        `nutrition5k_ingredients.py` (its `all_ingredients` list, read with `ast`, never run)."""
+        for name in ("ingredients.txt", "ingredients.json", "nutrition5k_ingredients.py"):
+            path = self.join(root, name)
+            if not self.fs.isfile(path):
+                continue
+            where = self.where(path, None)
+            text = self.fs.cat_file(path).decode("utf-8-sig")
+            if name.endswith(".txt"):
+                names: list[Any] = [line.strip() for line in text.splitlines() if line.strip()]
+            elif name.endswith(".json"):
+                names = self.load_json(path)
+            else:
+                names = _python_list(text, "all_ingredients", where)
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise where.error(None, "expected a list of ingredient names")
+            return tuple(dict.fromkeys(n.strip() for n in names))  # 'deprecated' repeats
+        return None
 
     def nutrition5k(self, root: str, csv_paths: list[str]) -> Iterator[EvalItem]:
         dishes: list[tuple[_Where, str, list[str], list[tuple[str, str]]]] = []
@@ -970,6 +1184,51 @@ class _Reader:
                     f"none of the {skipped} dishes has imagery/realsense_overhead/<dish>/rgb.png",
                 )
 
+
+@register
+class Food101(BenchmarkRelease):
+    """HF parquet (`label` a ClassLabel id) or the tarball layout (`meta/test.txt`)."""
+
+    spec = BenchmarkSpec(
+        name="food101",
+        title="Food101",
+        domain="food",
+        task="Category classification",
+        template="What type of food is shown in this image? Choose one type from the following options: {options}",
+        metric="classification",
+        max_new_tokens=256,
+        paper_test_size=25250,
+        class_parser="indexed",
+    )
+    # HF ethz/food101 names its test split "validation".
+    rows = RowConventions(
+        kind="class",
+        classes=FOOD101,
+        question_required=False,
+        parquet_splits=("validation", "test"),
+    )
+    release_hint = " or meta/test.txt"
+
+    def release_file(self, path: str, name: str) -> Iterator[EvalItem] | None:
+        if not name.endswith(".txt"):
+            return None
+        folder = self.parent(path)
+        root = self.parent(folder) if self.basename(folder) == "meta" else folder
+        return self.food101_tarball(root, path)
+
+    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
+        if self.fs.isfile(self.join(root, "meta", "test.txt")):
+            return self.food101_tarball(root, self.join(root, "meta", "test.txt"))
+        return None
+
+    def choice_text(self, text: str) -> str:
+        return text.replace("_", " ").strip()
+
+    def class_of_id(self, where: "_Where", name: str, value: int) -> str:
+        if not 0 <= value < len(FOOD101):
+            raise where.error(name, f"class id {value} is outside 0..{len(FOOD101) - 1}")
+        return FOOD101[value]
+
     def food101_tarball(self, root: str, listing: str) -> Iterator[EvalItem]:
         text = self.fs.cat_file(listing).decode("utf-8")
         index = 0
@@ -985,15 +1244,62 @@ class _Reader:
             yield self.item(where, index, {"label": label}, image, qid=entry)
             index += 1
 
+
+@register
+class FoodSeg103(BenchmarkRelease):
+    """HF parquet (`classes_on_image` ids); ids 0 and 103 (background, other) are dropped."""
+
+    spec = BenchmarkSpec(
+        name="foodseg103",
+        title="FoodSeg103",
+        domain="food",
+        task="Multi-label classification",
+        template="Identify the food categories present in the image. The available categories are: {options} "
+        "Please return a list of the selected food categories, formatted as a list of names like "
+        "[candy, egg tart, french fries, chocolate].",
+        metric="multilabel_f1",
+        max_new_tokens=256,
+        paper_test_size=2135,
+    )
+    # HF EduardoPacheco/FoodSeg103: train + validation (2,135 = the test set) [M].
+    rows = RowConventions(
+        kind="multi",
+        classes=tuple(FOODSEG103.values()),
+        question_required=False,
+        answer_fields=("answer", "classes_on_image", "label"),
+        parquet_splits=("validation", "test"),
+    )
+
+    def label_entry(self, where: "_Where", name: str, entry: Any) -> Any:
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            if entry in FOODSEG103_EXCLUDED:
+                return None
+            if entry not in FOODSEG103:
+                raise where.error(name, f"class id {entry} is outside 0..103")
+            return FOODSEG103[entry]
+        if isinstance(entry, str) and entry.strip().lower() in FOODSEG103_EXCLUDED.values():
+            return None
+        return entry
+
+
+class ClassFolders(BenchmarkRelease):
+    """Scene classification releases: one folder of images per class."""
+
+    release_hint = " or one folder of images per class"
+
+    def folder_fallback(self, root: str) -> Iterator[EvalItem] | None:
+        images = self.find_images(root)
+        return self.class_folders(root, images) if images else None
+
     def class_folders(self, root: str, images: list[str]) -> Iterator[EvalItem]:
-        classes = self.spec.classes or ()
+        classes = self.rows.classes or ()
         by_key = {_key(c): c for c in classes}
         for path in images:  # check every folder before the first item
             folder = self.basename(self.parent(path))
             if _key(folder) not in by_key:
                 raise self.where(path, None).error(
                     "class",
-                    f"folder {folder!r} is not one of the {len(classes)} {self.benchmark} classes",
+                    f"folder {folder!r} is not one of the {len(classes)} {self.name} classes",
                 )
         for index, path in enumerate(images):
             folder = self.basename(self.parent(path))
@@ -1008,6 +1314,72 @@ class _Reader:
                 qid=f"{folder}/{self.basename(path)}",
                 metadata=meta,
             )
+
+
+@register
+class Clrs(ClassFolders):
+    spec = BenchmarkSpec(
+        name="clrs",
+        title="CLRS",
+        domain="remote-sensing",
+        task="Scene classification",
+        template=CLASSIFY_SCENE,
+        metric="classification",
+        max_new_tokens=256,
+        paper_test_size=15000,
+    )
+    rows = RowConventions(kind="class", classes=CLRS, question_required=False)
+
+
+@register
+class UcMerced(ClassFolders):
+    spec = BenchmarkSpec(
+        name="ucmerced",
+        title="UC Merced",
+        domain="remote-sensing",
+        task="Land-use classification",
+        template=CLASSIFY_SCENE,
+        metric="classification",
+        max_new_tokens=256,
+        paper_test_size=21000,
+    )
+    rows = RowConventions(kind="class", classes=UC_MERCED, question_required=False)
+
+
+@register
+class FloodNet(BenchmarkRelease):
+    """Track 2 question JSON keyed by id; images found by file name under its folder."""
+
+    spec = BenchmarkSpec(
+        name="floodnet",
+        title="FloodNet",
+        domain="remote-sensing",
+        task="VQA",
+        template="{question}",
+        metric="floodnet",
+        max_new_tokens=1024,
+        paper_test_size=11000,
+    )
+    rows = RowConventions(
+        question_fields=("question", "Question"),
+        answer_fields=("answer", "label", "Ground_Truth"),
+        image_fields=(("image", ("",)), ("Image_ID", ())),  # () = search the folder by name
+    )
+    release_hint = " or a question JSON file"
+
+    def release_file(self, path: str, name: str) -> Iterator[EvalItem] | None:
+        return self.floodnet(path) if name.endswith(".json") else None
+
+    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
+        # Question file names are unverified [M]: the only JSON, else the one named "test".
+        jsons = sorted(p for p in self.fs.ls(root, detail=False) if p.lower().endswith(".json"))
+        tests = [p for p in jsons if "test" in self.basename(p).lower()]
+        if len(jsons) == 1 or len(tests) == 1:
+            return self.floodnet(jsons[0] if len(jsons) == 1 else tests[0])
+        if jsons:
+            shown = ", ".join(self.basename(p) for p in jsons)
+            raise self.where(root, None).error(None, f"several question files ({shown}); pass one")
+        return None
 
     def floodnet(self, path: str) -> Iterator[EvalItem]:
         """FloodNet Track 2: {id: {Image_ID, Question, Ground_Truth, Question_Type}} [M]."""
@@ -1028,6 +1400,32 @@ class _Reader:
             if "Image_ID" in row:  # the release's fields (else generic ones)
                 _require(where, row, "Question", "Ground_Truth")
             yield self.item(where, index, row, self.image_of(where, row, base), qid=key)
+
+
+@register
+class NwpuCaptions(BenchmarkRelease):
+    """`dataset_nwpu.json` (class -> entries, split `test`); the other captions as references."""
+
+    spec = BenchmarkSpec(
+        name="nwpu_captions",
+        title="NWPU-Captions",
+        domain="remote-sensing",
+        task="Image captioning",
+        template="Please provide an one-sentence caption for the provided remote sensing image in details.",
+        metric="rouge_l",
+        max_new_tokens=1024,
+        paper_test_size=31500,
+    )
+    rows = RowConventions(question_required=False, answer_fields=("answer", "label", "raw"))
+    release_hint = " or dataset_nwpu.json"
+
+    def release_file(self, path: str, name: str) -> Iterator[EvalItem] | None:
+        return self.nwpu(path) if name.endswith(".json") else None
+
+    def release_in_folder(self, root: str) -> Iterator[EvalItem] | None:
+        if self.fs.isfile(self.join(root, "dataset_nwpu.json")):
+            return self.nwpu(self.join(root, "dataset_nwpu.json"))
+        return None
 
     def nwpu(self, path: str, split: str = "test") -> Iterator[EvalItem]:
         data = self.load_json(path)
@@ -1073,130 +1471,24 @@ class _Reader:
                 meta = {"class": class_name, "references": references}
                 yield self.item(where, position, row, image, qid=filename, metadata=meta)
 
-    def recipe1m(self, path: str, partition: str = "test") -> Iterator[EvalItem]:
-        """Recipe1M `layer1.json` + `layer2.json` [M: the answer's layout and the image folders]."""
-        recipes = self.load_json(path)
-        if not isinstance(recipes, list):
-            raise self.where(path, None).error(
-                None, f"expected a JSON list of recipes, not {_type_name(recipes)}"
-            )
-        base = self.parent(path)
-        layer2 = self.join(base, "layer2.json")
-        if not self.fs.isfile(layer2):
-            raise self.where(layer2, None).error(
-                None, "missing: layer2.json maps recipes to their images"
-            )
-        images: dict[str, str] = {}
-        for index, entry in enumerate(self.load_json(layer2)):
-            where = self.row(layer2, index)
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-                raise where.error("id", "expected an object with a string id")
-            listed = entry.get("images") or []
-            if not isinstance(listed, list) or not all(
-                isinstance(i, dict) and isinstance(i.get("id"), str) for i in listed
-            ):
-                raise where.error("images", "expected a list of {id, url} objects")
-            if listed:
-                images[entry["id"]] = listed[0]["id"]
-        skipped = 0
-        for index, recipe in enumerate(recipes):
-            where = self.row(path, index)
-            if not isinstance(recipe, dict):
-                raise where.error(None, f"a recipe must be a JSON object, not {_type_name(recipe)}")
-            if recipe.get("partition") != partition:
-                continue
-            recipe_id = _string(where, "id", recipe.get("id")).strip()
-            if recipe_id not in images:
-                skipped += 1  # most recipes have no image: not part of an image benchmark
-                continue
-            title = _string(where, "title", recipe.get("title")).strip()
-            ingredients = _texts(where, "ingredients", recipe.get("ingredients"))
-            instructions = _texts(where, "instructions", recipe.get("instructions"))
-            answer = "\n".join(
-                [title, "Ingredients:", *ingredients, "Instructions:", *instructions]
-            )
-            image_id = images[recipe_id]
-            image = _Image(
-                "images",
-                paths=[
-                    (self.fs, self.join(base, "images", partition, *image_id[:4], image_id)),
-                    (self.fs, self.join(base, "images", image_id)),
-                ],
-            )
-            row = {
-                "question": RECIPE1M_QUESTION,
-                "answer": answer,
-                "title": title,
-                "url": recipe.get("url"),
-                "partition": partition,
-            }
-            yield self.item(where, index, row, image, qid=recipe_id)
-        if skipped:
-            log.info("recipe1m: %d %s recipes have no image in layer2.json", skipped, partition)
+
+@register
+class ProvingGround(BenchmarkRelease):
+    """Not the paper's: the proving ground's generated domain (adamllm_core/proving), one-word
+    answers by skill; generic rows with `choices` (the skill's answers) and `skill`. A
+    chain-of-thought answer counts by the last option it names."""
+
+    spec = BenchmarkSpec(
+        name="proving_ground",
+        title="Proving ground",
+        domain="proving",
+        task="Short-answer VQA by skill",
+        template="{question}",
+        metric="short_answer",
+        max_new_tokens=64,
+        paper_test_size=0,
+        paper=False,
+    )
 
 
-_RELEASE_HINTS = {
-    "slake": " or test.json",
-    "vqa_rad": ", testset.json or 'VQA_RAD Dataset Public.json'",
-    "pmc_vqa": " or test_clean.csv",
-    "recipe1m": " or layer1.json",
-    "nutrition5k": " or metadata/dish_metadata_cafe*.csv",
-    "food101": " or meta/test.txt",
-    "clrs": " or one folder of images per class",
-    "ucmerced": " or one folder of images per class",
-    "floodnet": " or a question JSON file",
-    "nwpu_captions": " or dataset_nwpu.json",
-}
-
-
-def _require(where: _Where, row: dict[str, Any], *names: str) -> None:
-    """A release form's own required fields, so that errors name them as the file does."""
-    for name in names:
-        if row.get(name) is None:
-            raise where.error(name, "missing required field")
-
-
-def _string(where: _Where, name: str, value: Any, *, numbers: bool = False) -> str:
-    if isinstance(value, str):
-        return value
-    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if value is None:
-        raise where.error(name, "missing required field")
-    raise where.error(name, f"expected a string, got {_type_name(value)}")
-
-
-def _texts(where: _Where, name: str, value: Any) -> list[str]:
-    """Recipe1M `[{"text": ...}, ...]` lists."""
-    if not isinstance(value, list) or not all(
-        isinstance(v, dict) and isinstance(v.get("text"), str) for v in value
-    ):
-        raise where.error(name, 'expected a list of {"text": ...} objects')
-    return [v["text"].strip() for v in value if v["text"].strip()]
-
-
-def _plain(value: Any) -> bool:
-    """JSON-like values worth keeping in metadata (not image bytes or masks)."""
-    if isinstance(value, _PLAIN):
-        return True
-    if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
-
-
-def _python_list(text: str, name: str, where: _Where) -> list[Any]:
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as exc:
-        raise _Where(where.file, exc.lineno).error(None, f"not Python: {exc.msg}") from None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in node.targets
-        ):
-            try:
-                return ast.literal_eval(node.value)
-            except ValueError:
-                raise _Where(where.file, node.lineno).error(name, "not a literal list") from None
-    raise where.error(name, "no such list in the file")
+BENCHMARKS: tuple[str, ...] = tuple(RELEASES)  # the registered names, in registration order

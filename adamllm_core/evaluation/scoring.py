@@ -10,7 +10,6 @@ import random
 import re
 from dataclasses import dataclass
 
-from adamllm_core.evaluation.benchmarks import BenchmarkSpec, option_letters
 from adamllm_core.evaluation.items import EvalItem
 from adamllm_core.evaluation.metrics import (
     closed_hit_corrected,
@@ -24,6 +23,7 @@ from adamllm_core.evaluation.metrics import (
     set_f1,
     set_recall,
 )
+from adamllm_core.evaluation.spec import BenchmarkSpec, option_letters
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,7 @@ def score_item(spec: BenchmarkSpec, item: EvalItem, prediction: str, seed: int =
         return ItemScore("choice", key, float(key == _gold_letter(item)), None, fallback)
     if spec.metric == "classification":
         names = list(item.choices or [])
-        if (
-            spec.name == "food101"
-        ):  # the official parser: option indices, then names, last mention wins
+        if spec.class_parser == "indexed":  # option indices, then names, last mention wins
             key, fallback = parse_choice(
                 prediction, {str(i): name for i, name in enumerate(names)}, rng_key
             )
