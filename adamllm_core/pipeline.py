@@ -10,7 +10,7 @@ import json
 import random
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,7 @@ from adamllm_core.storage import (
     join,
     normalise_uri,
     put_file_atomic,
+    redact,
     write_bytes_atomic,
 )
 from adamllm_core.synthesis import (
@@ -402,9 +403,7 @@ def assemble(
                         domain=pair["domain"],
                         variant=variant,
                         kind=kind,
-                        image=pair["image"],
-                        image_format=pair["image_format"],
-                        messages=messages,
+                        messages=messages,  # the image stays in the pairs: see conversation_rows
                         tokens=tokens,
                     )
                 )
@@ -457,6 +456,72 @@ def _kept_tasks(
         return found
 
     return tasks
+
+
+def conversation_rows(uri: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a training dataset; a conversations dataset's with their image bytes.
+
+    A row whose `image` is null takes the image of its pair (`pair_id`) from the pairs the
+    mixture was assembled from (its manifest's first parent), so the ablation variants
+    share one copy of each image. Shard k of a mixture comes from shard k of those pairs:
+    one shard of each is held at a time."""
+    dataset = Dataset(uri)
+    if dataset.manifest.record_schema.name != CONVERSATIONS.name:  # text-only: no images
+        yield from dataset.iter_rows(columns)
+        return
+    if columns is not None:
+        columns = list(dict.fromkeys([*columns, "pair_id", "image", "image_format"]))
+    pairs: Callable[[int, set[str]], dict[str, dict[str, Any]]] | None = None
+    for index in range(len(dataset.manifest.shards)):
+        rows = dataset.read_shard(index, columns)
+        wanted = {row["pair_id"] for row in rows if row["image"] is None}
+        if wanted:
+            pairs = pairs or _referenced_pairs(uri, dataset.manifest)
+            images = pairs(index, wanted)
+            for row in rows:
+                if row["image"] is None:
+                    pair = images[row["pair_id"]]
+                    row["image"], row["image_format"] = pair["image"], pair["image_format"]
+        yield from rows
+
+
+def _referenced_pairs(
+    uri: str, manifest: Manifest
+) -> Callable[[int, set[str]], dict[str, dict[str, Any]]]:
+    """`images(k, pair_ids)` from the mixture's pairs, checked unchanged since assembly."""
+    if not manifest.parents:
+        raise DatasetError(f"{redact(uri)}: rows reference pair images but it names no pairs")
+    parent = manifest.parents[0]
+    try:
+        pairs = Dataset(parent.uri)
+    except (DatasetError, OSError) as error:
+        raise DatasetError(
+            f"{redact(uri)} takes its images from the pairs at {parent.uri}, which cannot be "
+            f"read: {error}"
+        ) from error
+    if pairs.manifest.fingerprint != parent.fingerprint:
+        raise DatasetError(
+            f"{redact(uri)} takes its images from the pairs at {parent.uri}, which changed since "
+            f"it was assembled (fingerprint {parent.fingerprint[:12]} then, "
+            f"{pairs.manifest.fingerprint[:12]} now): assemble it again"
+        )
+    columns = ["id", "image", "image_format"]
+
+    def images(index: int, pair_ids: set[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        # shard `index` holds them all; the others are a fallback, read only if it does not
+        for source in sorted(range(len(pairs.manifest.shards)), key=lambda k: k != index):
+            for row in pairs.read_shard(source, columns):
+                if row["id"] in pair_ids:
+                    found[row["id"]] = row
+            if len(found) == len(pair_ids):
+                return found
+        missing = sorted(pair_ids - found.keys())
+        raise DatasetError(
+            f"{redact(uri)}: {len(missing)} pair(s) not in {parent.uri}, e.g. {missing[0]}"
+        )
+
+    return images
 
 
 def _descends_from(filtered: Manifest, pairs_fingerprint: str) -> bool:
@@ -547,7 +612,7 @@ def export_llamafactory(mixture_uri: str, out: str, dataset_name: str) -> dict[s
     counts: Counter[str] = Counter()
     with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as staged:
         staged.write("[")
-        for row in dataset.iter_rows(["image", "image_format", "messages"]):
+        for row in conversation_rows(mixture_uri, ["messages"]):
             name = f"images/{hashlib.sha256(row['image']).hexdigest()[:32]}.{row['image_format']}"
             if name not in written:
                 write_bytes_atomic(fs, join(root, name), row["image"])

@@ -267,8 +267,13 @@ class Conversation(Record):
         description="single_stage, caption_only, synthetic_only, two_stage_1, two_stage_2"
     )
     kind: str = Field(description="caption+task, task+caption, caption, task")
-    image: bytes
-    image_format: str
+    image: bytes | None = Field(
+        default=None,
+        description="the image, or null for the image of pair `pair_id` in the pairs dataset "
+        "the mixture was assembled from (its manifest's first parent): assemble stores each "
+        "image once, in the pairs; read rows with their images through conversation_rows",
+    )
+    image_format: str | None = None
     messages: list[ChatTurn] = Field(
         description="role/content turns; <image> opens the first user turn"
     )
@@ -304,7 +309,7 @@ JUDGED = register_schema(
     RecordSchema("judged", 1, JudgedTriplet, "triplets with consistency labels")
 )
 CONVERSATIONS = register_schema(
-    RecordSchema("conversations", 1, Conversation, "training conversations")
+    RecordSchema("conversations", 2, Conversation, "training conversations")
 )
 SEED = register_schema(RecordSchema("seed", 1, SeedExample, "synthesizer tuning examples"))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adamllm_core.dataset import Dataset, DatasetWriter, ParentRef
+from adamllm_core.dataset import Dataset, DatasetError, DatasetWriter, ParentRef
 from adamllm_core.engines import EngineConfig, make_engine
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.filtering import FilterConfig
@@ -19,6 +19,7 @@ from adamllm_core.ingest import IngestConfig, ingest
 from adamllm_core.pipeline import (
     AssembleConfig,
     assemble,
+    conversation_rows,
     export_llamafactory,
     filter_triplets,
     synthesize,
@@ -231,7 +232,14 @@ def test_assemble_variants_tokens_and_export(pairs: str, tiny_models, tmp_path: 
         "caption_only": 24,
         "synthetic_only": 10,
     }
-    rows = list(Dataset(outs["single_stage"]).iter_rows())
+    # each image is stored once, in the pairs; every variant resolves it from there
+    for out in outs.values():
+        assert {r["image"] for r in Dataset(out).iter_rows(["image"])} == {None}
+    pair_images = {r["id"]: r for r in Dataset(pairs).iter_rows(["id", "image", "image_format"])}
+    rows = list(conversation_rows(outs["single_stage"]))
+    for row in rows:
+        pair = pair_images[row["pair_id"]]
+        assert (row["image"], row["image_format"]) == (pair["image"], pair["image_format"])
     with_task = [r for r in rows if r["kind"] in ("caption+task", "task+caption")]
     assert len(with_task) == kept.rows == 10 and {r["kind"] for r in with_task} == {
         "caption+task",
@@ -297,6 +305,29 @@ def test_assemble_variants_tokens_and_export(pairs: str, tiny_models, tmp_path: 
     resumed = export_llamafactory(outs["single_stage"], str(tmp_path / "export"), "adamllm_biomed")
     assert resumed["images_written"] == 1 and resumed["images"] == exported["images"]
     assert (tmp_path / "export" / "adamllm_biomed.json").read_text() == exported_json
+
+
+def test_a_mixture_refuses_pairs_that_changed_since_assembly(tiny_models, tmp_path: Path) -> None:
+    pairs = str(tmp_path / "pairs")
+    ingest(str(SAMPLE), pairs, IngestConfig(domain="biomed", rows_per_shard=10))
+    filter_triplets(
+        hand_triplets(pairs, str(tmp_path / "triplets"), n=4),
+        str(tmp_path / "kept"),
+        str(tmp_path / "rejected"),
+        FilterConfig(engine=EngineConfig(model="tiny:lm"), keep=("Yes", "No", "Open")),
+    )
+    mixture = str(tmp_path / "mixture")
+    assemble(
+        pairs,
+        str(tmp_path / "kept"),
+        {"single_stage": mixture},
+        AssembleConfig(target_model="tiny:vlm"),
+    )
+    assert len(list(conversation_rows(mixture))) == 24
+    # the pairs are made again with other shards: the images the rows name may have moved
+    ingest(str(SAMPLE), pairs, IngestConfig(domain="biomed", rows_per_shard=8), overwrite=True)
+    with pytest.raises(DatasetError, match="changed since it was assembled"):
+        next(conversation_rows(mixture))
 
 
 def test_assemble_joins_shard_by_shard_with_the_same_result_as_a_scan(

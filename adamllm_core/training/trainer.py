@@ -19,7 +19,7 @@ from adamllm_core.dataset import Dataset
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.hashing import config_hash
 from adamllm_core.models import resolve_model
-from adamllm_core.pipeline import CAPTION_PROMPTS
+from adamllm_core.pipeline import CAPTION_PROMPTS, conversation_rows
 from adamllm_core.training.encoding import (
     IGNORE_INDEX,
     Encoded,
@@ -199,7 +199,12 @@ def encode_dataset(
     """Encoded examples within max_seq_len, and how many were longer (dropped)."""
     examples: list[Encoded] = []
     too_long = 0
-    for row in Dataset(data_uri).iter_rows():
+    rows = (
+        conversation_rows(data_uri)
+        if config.task == "post_train"
+        else Dataset(data_uri).iter_rows()
+    )
+    for row in rows:
         if config.task == "synthesizer":
             segments = synthesizer_segments(
                 renderer, row["caption"], row["instruction"], row["precise"], row["informative"]
