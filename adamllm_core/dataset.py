@@ -11,10 +11,11 @@ completion marker under URI/_work/ after it), so an interrupted writer resumes s
 shard, a commit copies nothing, and a replaced dataset stays whole until the new manifest
 is written (see DatasetWriter). Readers go through the manifest."""
 
+import bisect
 import io
 import json
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -281,6 +282,57 @@ class Dataset:
 
 
 # --- writing -----------------------------------------------------------------------------
+
+
+class RowGroupReader:
+    """Rows of a finished dataset by index, read one Parquet row group at a time (the
+    smallest piece a Parquet reader fetches alone), keeping the last `keep` groups."""
+
+    def __init__(self, dataset: Dataset, columns: list[str] | None = None, keep: int = 4):
+        self.dataset = dataset
+        self.columns = columns
+        self.keep = max(1, keep)
+        self._starts = [0]
+        for shard in dataset.manifest.shards:
+            self._starts.append(self._starts[-1] + shard.rows)
+        self._footers: dict[int, tuple[pq.FileMetaData, list[int]]] = {}
+        self._groups: OrderedDict[tuple[int, int], list[dict[str, Any]]] = OrderedDict()
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(shard, row within it) of the dataset's row `index`."""
+        if not 0 <= index < self._starts[-1]:
+            raise IndexError(f"row {index} of a dataset of {self._starts[-1]} rows")
+        shard = bisect.bisect_right(self._starts, index) - 1
+        return shard, index - self._starts[shard]
+
+    def row(self, shard: int, position: int) -> dict[str, Any]:
+        footer, group_starts = self._footer(shard)
+        group = bisect.bisect_right(group_starts, position) - 1
+        key = (shard, group)
+        rows = self._groups.get(key)
+        if rows is None:
+            path = join(self.dataset._path, self.dataset.manifest.shards[shard].path)
+            with self.dataset._fs.open(path, "rb") as handle:
+                table = pq.ParquetFile(handle, metadata=footer).read_row_group(
+                    group, columns=self.columns
+                )
+            rows = self._groups[key] = table.to_pylist()
+            while len(self._groups) > self.keep:
+                self._groups.popitem(last=False)
+        else:
+            self._groups.move_to_end(key)
+        return dict(rows[position - group_starts[group]])
+
+    def _footer(self, shard: int) -> tuple[pq.FileMetaData, list[int]]:
+        if shard not in self._footers:
+            path = join(self.dataset._path, self.dataset.manifest.shards[shard].path)
+            with self.dataset._fs.open(path, "rb") as handle:
+                footer = pq.ParquetFile(handle).metadata
+            starts = [0]
+            for group in range(footer.num_row_groups):
+                starts.append(starts[-1] + footer.row_group(group).num_rows)
+            self._footers[shard] = (footer, starts[:-1])
+        return self._footers[shard]
 
 
 class ShardMarker(BaseModel):

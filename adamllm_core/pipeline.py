@@ -9,13 +9,13 @@ import io
 import json
 import random
 import tempfile
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adamllm_core.dataset import Dataset, DatasetError, Manifest
+from adamllm_core.dataset import Dataset, DatasetError, Manifest, RowGroupReader
 from adamllm_core.engines import Engine, EngineStats, make_engine, run_cached, shard_cache
 from adamllm_core.engines.base import ChatResult
 from adamllm_core.engines.hf import HFRenderer, model_identity
@@ -463,65 +463,66 @@ def conversation_rows(uri: str, columns: list[str] | None = None) -> Iterator[di
 
     A row whose `image` is null takes the image of its pair (`pair_id`) from the pairs the
     mixture was assembled from (its manifest's first parent), so the ablation variants
-    share one copy of each image. Shard k of a mixture comes from shard k of those pairs:
-    one shard of each is held at a time."""
+    share one copy of each image. Shard k of a mixture comes from shard k of those pairs,
+    read one row group at a time."""
     dataset = Dataset(uri)
     if dataset.manifest.record_schema.name != CONVERSATIONS.name:  # text-only: no images
         yield from dataset.iter_rows(columns)
         return
     if columns is not None:
         columns = list(dict.fromkeys([*columns, "pair_id", "image", "image_format"]))
-    pairs: Callable[[int, set[str]], dict[str, dict[str, Any]]] | None = None
+    images: PairImages | None = None
     for index in range(len(dataset.manifest.shards)):
-        rows = dataset.read_shard(index, columns)
-        wanted = {row["pair_id"] for row in rows if row["image"] is None}
-        if wanted:
-            pairs = pairs or _referenced_pairs(uri, dataset.manifest)
-            images = pairs(index, wanted)
-            for row in rows:
-                if row["image"] is None:
-                    pair = images[row["pair_id"]]
-                    row["image"], row["image_format"] = pair["image"], pair["image_format"]
-        yield from rows
+        for row in dataset.read_shard(index, columns):
+            if row["image"] is None:
+                images = images or PairImages(uri, dataset.manifest)
+                row["image"], row["image_format"] = images.image(index, row["pair_id"])
+            yield row
 
 
-def _referenced_pairs(
-    uri: str, manifest: Manifest
-) -> Callable[[int, set[str]], dict[str, dict[str, Any]]]:
-    """`images(k, pair_ids)` from the mixture's pairs, checked unchanged since assembly."""
-    if not manifest.parents:
-        raise DatasetError(f"{redact(uri)}: rows reference pair images but it names no pairs")
-    parent = manifest.parents[0]
-    try:
-        pairs = Dataset(parent.uri)
-    except (DatasetError, OSError) as error:
-        raise DatasetError(
-            f"{redact(uri)} takes its images from the pairs at {parent.uri}, which cannot be "
-            f"read: {error}"
-        ) from error
-    if pairs.manifest.fingerprint != parent.fingerprint:
-        raise DatasetError(
-            f"{redact(uri)} takes its images from the pairs at {parent.uri}, which changed since "
-            f"it was assembled (fingerprint {parent.fingerprint[:12]} then, "
-            f"{pairs.manifest.fingerprint[:12]} now): assemble it again"
-        )
-    columns = ["id", "image", "image_format"]
+class PairImages:
+    """The images a mixture's rows name, from the pairs it was assembled from (checked
+    unchanged since by fingerprint): pair p of mixture shard k is found in pairs shard k
+    (by one read of its ids), else, for a mixture assembled otherwise, in any shard."""
 
-    def images(index: int, pair_ids: set[str]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        # shard `index` holds them all; the others are a fallback, read only if it does not
-        for source in sorted(range(len(pairs.manifest.shards)), key=lambda k: k != index):
-            for row in pairs.read_shard(source, columns):
-                if row["id"] in pair_ids:
-                    found[row["id"]] = row
-            if len(found) == len(pair_ids):
-                return found
-        missing = sorted(pair_ids - found.keys())
-        raise DatasetError(
-            f"{redact(uri)}: {len(missing)} pair(s) not in {parent.uri}, e.g. {missing[0]}"
-        )
+    def __init__(self, mixture_uri: str, manifest: Manifest, keep: int = 4):
+        uri = redact(mixture_uri)
+        if not manifest.parents:
+            raise DatasetError(f"{uri}: rows reference pair images but it names no pairs")
+        parent = manifest.parents[0]
+        try:
+            pairs = Dataset(parent.uri)
+        except (DatasetError, OSError) as error:
+            raise DatasetError(
+                f"{uri} takes its images from the pairs at {parent.uri}, which cannot be "
+                f"read: {error}"
+            ) from error
+        if pairs.manifest.fingerprint != parent.fingerprint:
+            raise DatasetError(
+                f"{uri} takes its images from the pairs at {parent.uri}, which changed since "
+                f"it was assembled (fingerprint {parent.fingerprint[:12]} then, "
+                f"{pairs.manifest.fingerprint[:12]} now): assemble it again"
+            )
+        self.uri, self.pairs_uri, self.pairs = uri, parent.uri, pairs
+        self.rows = RowGroupReader(pairs, ["image", "image_format"], keep=keep)
+        self._ids: OrderedDict[int, dict[str, int]] = OrderedDict()
 
-    return images
+    def image(self, shard: int, pair_id: str) -> tuple[bytes, str]:
+        count = len(self.pairs.manifest.shards)
+        for source in sorted(range(count), key=lambda k: k != shard):  # shard k first
+            position = self._positions(source).get(pair_id)
+            if position is not None:
+                row = self.rows.row(source, position)
+                return row["image"], row["image_format"]
+        raise DatasetError(f"{self.uri}: pair {pair_id} is not in {self.pairs_uri}")
+
+    def _positions(self, shard: int) -> dict[str, int]:
+        if shard not in self._ids:
+            ids = [row["id"] for row in self.pairs.read_shard(shard, ["id"])]
+            self._ids[shard] = {pair_id: position for position, pair_id in enumerate(ids)}
+            while len(self._ids) > 2:
+                self._ids.popitem(last=False)
+        return self._ids[shard]
 
 
 def _descends_from(filtered: Manifest, pairs_fingerprint: str) -> bool:

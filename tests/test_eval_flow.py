@@ -198,6 +198,18 @@ def test_eval_cli_errors_are_clear(prefect_server: str, tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_a_file_without_questions_is_refused_before_any_output(tiny_models, tmp_path: Path) -> None:
+    (tmp_path / "test.jsonl").write_text("")
+    config = EvalConfig(
+        benchmark="vqa-rad",
+        data=str(tmp_path / "test.jsonl"),
+        engine=EngineConfig(model="tiny:vlm"),
+    )
+    with pytest.raises(ValueError, match="no VQA-RAD questions in it"):
+        evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # no work area, plan or lease left behind
+
+
 class StopsAfter(Engine):
     """The real tiny engine, interrupted after `calls` engine calls (a crash mid-run)."""
 

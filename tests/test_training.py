@@ -28,6 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "biomed_pairs"
 
 
+def encode_all(uri: str, renderer, config) -> list:
+    """Every record of a training dataset encoded as the trainer encodes each one."""
+    from adamllm_core.pipeline import conversation_rows
+    from adamllm_core.training.trainer import encode_row
+
+    return [encode_row(row, renderer, config) for row in conversation_rows(uri)]
+
+
 def write_seed_sources(root: Path) -> dict[str, str]:
     """Small files in the public formats of Vision-Flan and ALLaVA-{Caption,Instruct}-VFLAN."""
     lines = [json.loads(line) for line in (SAMPLE / "data.jsonl").read_text().splitlines()]
@@ -206,15 +214,15 @@ def test_world_text_corpus_trains_replies_or_all_after_the_caption(tiny_models, 
         LONG_INSTRUCTIONS,
         WorldConfig,
     )
-    from adamllm_core.training.trainer import encode_dataset, load_train_config
+    from adamllm_core.training.trainer import load_train_config
 
     uri = str(tmp_path / "text")
     write_text_corpus(uri, 0, WorldConfig(), 4)
     renderer = HFRenderer(tiny_models["lm"])
     rows = list(Dataset(uri).iter_rows())
     assert sorted(row["task"] for row in rows) == ["copy"] * 2 + ["reading"] * 4
-    replies, _ = encode_dataset(uri, renderer, load_train_config({"model": tiny_models["lm"]}))
-    after, _ = encode_dataset(
+    replies = encode_all(uri, renderer, load_train_config({"model": tiny_models["lm"]}))
+    after = encode_all(
         uri, renderer, load_train_config({"model": tiny_models["lm"], "loss_on": "after_opening"})
     )
 
@@ -250,7 +258,7 @@ def test_caption_replies_trains_only_the_caption_turn_in_either_order(
     caption comes first or second; the synthetic turn stays in the context."""
     from adamllm_core.proving.bundles import _commit_rows, _dataset_writer
     from adamllm_core.schemas import CONVERSATIONS, ChatTurn, Conversation
-    from adamllm_core.training.trainer import encode_dataset, load_train_config
+    from adamllm_core.training.trainer import load_train_config
 
     image = next((SAMPLE / "images").glob("*.png")).read_bytes()
     caption = [
@@ -282,8 +290,8 @@ def test_caption_replies_trains_only_the_caption_turn_in_either_order(
     _commit_rows(_dataset_writer(uri, CONVERSATIONS, "test", {}), CONVERSATIONS, rows)
     renderer = HFRenderer(tiny_models["vlm"])
     config = load_train_config({"model": tiny_models["vlm"], "loss_on": "caption_replies"})
-    masked, _ = encode_dataset(uri, renderer, config)
-    replies, _ = encode_dataset(uri, renderer, load_train_config({"model": tiny_models["vlm"]}))
+    masked = encode_all(uri, renderer, config)
+    replies = encode_all(uri, renderer, load_train_config({"model": tiny_models["vlm"]}))
 
     def trained(encoded) -> str:
         ids = [i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
@@ -452,8 +460,12 @@ def test_deepspeed_launcher_two_ranks_zero3(tiny_models, seed_dataset: str, tmp_
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
-    # per rank 2 examples, no accumulation: an epoch is examples / 4 steps
-    assert summary["steps_per_epoch"] == -(-summary["examples"] // 4)
+    # per rank 2 examples, no accumulation: an epoch is examples / 4 steps, the examples
+    # counted with the rows repeated to give both ranks equal full batches
+    assert summary["steps_per_epoch"] == -(
+        -(summary["examples"] + summary["repeated_for_balance"]) // 4
+    )
+    assert summary["repeated_for_balance"] < 2 * (64 + 2)
     # ZeRO-3 partitions every weight across ranks; the saved model must hold them whole
     initial = load_file(Path(resolve_model("tiny:vlm")) / "model.safetensors")
     final = load_file(out / "final" / "model.safetensors")
@@ -602,6 +614,110 @@ def test_a_changed_run_does_not_resume_from_the_old_runs_checkpoints(
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
+def write_mixture(uri: str, replies: list[str], images: list[bytes]) -> None:
+    """A conversations dataset with images inline and `tokens` 0 (as if counted short)."""
+    from adamllm_core.proving.bundles import _commit_rows, _dataset_writer
+    from adamllm_core.schemas import CONVERSATIONS, ChatTurn, Conversation
+
+    rows = [
+        Conversation(
+            id=f"row-{i}",
+            pair_id=f"pair-{i}",
+            triplet_id=None,
+            domain="test",
+            variant="caption_only",
+            kind="caption",
+            image=image,
+            image_format="png",
+            messages=[
+                ChatTurn(role="user", content="<image>Describe the image."),
+                ChatTurn(role="assistant", content=reply),
+            ],
+            tokens=0,
+        )
+        for i, (reply, image) in enumerate(zip(replies, images, strict=True))
+    ]
+    _commit_rows(_dataset_writer(uri, CONVERSATIONS, "test", {}), CONVERSATIONS, rows)
+
+
+def test_records_the_processor_refuses_are_skipped_with_their_ids(
+    tiny_models, tmp_path: Path
+) -> None:
+    """An unreadable image and a record longer than max_seq_len (its `tokens` said short)
+    are found while training, in DataLoader worker processes: each is counted with its id
+    and replaced by another row; every other row is trained."""
+    from adamllm_core.training.trainer import encode_row, load_train_config, preset, train_to
+
+    images = sorted((SAMPLE / "images").glob("*.png"))[:8]
+    replies = [f"A scan, case {i}." for i in range(8)]
+    pictures = [path.read_bytes() for path in images]
+    replies[5] = " ".join(["lesion"] * 400)
+    pictures[2] = b"not an image"
+    uri = str(tmp_path / "mixture")
+    write_mixture(uri, replies, pictures)
+    renderer = HFRenderer(tiny_models["vlm"])
+    model = load_train_config({"model": tiny_models["vlm"]})
+    good = [
+        encode_row(
+            {
+                "messages": [
+                    {"role": "user", "content": "<image>Describe the image."},
+                    {"role": "assistant", "content": reply},
+                ],
+                "image": pictures[i],
+            },
+            renderer,
+            model,
+        )
+        for i, reply in enumerate(replies)
+        if i not in (2, 5)
+    ]
+    fits = max(len(encoded.input_ids) for encoded in good)
+    config = preset(
+        "tiny",
+        task="post_train",
+        epochs=1,
+        global_batch_size=2,
+        per_device_batch_size=2,
+        max_seq_len=fits + 8,
+        dataloader_workers=2,
+    )
+    summary = train_to(config, uri, str(tmp_path / "run"))
+    assert summary["refused"] == 2 and summary["refused_ids"] == ["row-2", "row-5"]
+    assert summary["refused_by_reason"] == {"processor_error": 1, "too_long": 1}
+    assert summary["examples"] == 8 and summary["steps"] == 4
+    # the six good rows are trained once each, and two of them once more in place of the
+    # refused ones
+    tokens = sorted(encoded.trained_tokens for encoded in good)
+    assert sum(tokens) + 2 * tokens[0] <= summary["trained_tokens"] <= sum(tokens) + 2 * tokens[-1]
+
+
+def test_gradient_checkpointing_trains_the_same_steps(tiny_models, tmp_path: Path) -> None:
+    from adamllm_core.training.trainer import preset, train_to
+
+    images = [path.read_bytes() for path in sorted((SAMPLE / "images").glob("*.png"))[:8]]
+    uri = str(tmp_path / "mixture")
+    write_mixture(uri, [f"A scan, case {i}." for i in range(8)], images)
+    runs = {}
+    for checkpointing in (False, True):
+        config = preset(
+            "tiny",
+            task="post_train",
+            max_steps=3,
+            global_batch_size=4,
+            per_device_batch_size=4,
+            gradient_checkpointing=checkpointing,
+        )
+        out = tmp_path / f"run-{checkpointing}"
+        runs[checkpointing] = train_to(config, uri, str(out))
+        runs[checkpointing]["losses"] = [
+            json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+        ]
+    assert runs[True]["gradient_checkpointing"] and not runs[False]["gradient_checkpointing"]
+    assert len(runs[True]["losses"]) == 3
+    assert runs[True]["losses"] == pytest.approx(runs[False]["losses"], rel=1e-4)
+
+
 def test_collator_pads_per_token_processor_outputs_and_stacks_per_image_ones() -> None:
     # Qwen2-VL's processor returns mm_token_type_ids (1, tokens), which its M-RoPE needs
     # for the whole padded batch, beside image_grid_thw (1 row per image).
@@ -618,10 +734,8 @@ def test_collator_pads_per_token_processor_outputs_and_stacks_per_image_ones() -
             "image_grid_thw": torch.tensor([grid]),
         }
 
-    stats = {"tokens": 0, "slots": 0}
-    batch = make_collator(0, stats)([item([0, 1, 1, 0, 0], [1, 2, 2]), item([1, 1, 0], [1, 4, 4])])
+    batch = make_collator(0)([item([0, 1, 1, 0, 0], [1, 2, 2]), item([1, 1, 0], [1, 4, 4])])
     assert batch["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
     assert batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 4, 4]]
     assert batch["pixel_values"].shape == (8, 3)
     assert batch["attention_mask"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
-    assert stats == {"tokens": 8, "slots": 10}

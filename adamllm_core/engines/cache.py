@@ -61,9 +61,8 @@ def shard_cache(uri: str | None, index: int) -> RequestCache:
     result is still found (a larger reshuffle asks the engine again)."""
     if uri is None:
         return RequestCache(None)
-    folder = lambda k: join(uri, f"shard-{k:05d}")
-    neighbours = tuple(folder(k) for k in (index - 1, index + 1) if k >= 0)
-    return RequestCache(folder(index), read_also=neighbours)
+    folders = [join(uri, f"shard-{k:05d}") for k in (index, index - 1, index + 1) if k >= 0]
+    return RequestCache(folders[0], read_also=tuple(folders[1:]))
 
 
 class EngineStats:

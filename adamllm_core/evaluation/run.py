@@ -222,13 +222,11 @@ def evaluate(
         return output
 
     def questions(wanted: Callable[[int], bool]) -> Iterator[EvalItem]:
-        count = 0
-        for item in read_items(spec.name, config.data, limit=config.limit, images=wanted):
-            count += 1
-            yield item
-        if count == 0:
-            raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
+        yield from read_items(spec.name, config.data, limit=config.limit, images=wanted)
 
+    # refused before the executor prepares a work area for it
+    if next(read_items(spec.name, config.data, limit=1, images=False), None) is None:
+        raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
     manifest = executor.execute(
         BatchInput(questions, config.rows_per_shard, total=config.limit, name=redact(config.data)),
         process,

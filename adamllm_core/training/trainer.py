@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adamllm_core.dataset import Dataset
+from adamllm_core.dataset import ROW_GROUP_SIZE, Dataset
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.hashing import config_hash
 from adamllm_core.models import resolve_model
-from adamllm_core.pipeline import CAPTION_PROMPTS, conversation_rows
+from adamllm_core.pipeline import CAPTION_PROMPTS
+from adamllm_core.training.data import RejectLog, StreamedRecords, training_order
 from adamllm_core.training.encoding import (
     IGNORE_INDEX,
     Encoded,
@@ -73,6 +74,17 @@ class TrainConfig(BaseModel):
     seed: int = 0
     bf16: bool = False
     deepspeed: Literal["zero2", "zero3"] | None = None
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="recompute activations in the backward pass: less memory, ~30% more"
+        " compute; on in the real presets (full fine-tuning of 8B/11B at 6,144 tokens needs it)",
+    )
+    dataloader_workers: int = Field(
+        default=0,
+        ge=0,
+        description="processes per rank that read and encode records ahead of the model"
+        " (0: the training process itself)",
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -85,6 +97,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_ratio": 0.1,
         "deepspeed": "zero2",
         "bf16": True,
+        "gradient_checkpointing": True,
+        "dataloader_workers": 4,
     },
     "llava-v1.6-8b": {
         "model": "llava-hf/llama3-llava-next-8b-hf",
@@ -94,6 +108,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_ratio": 0.03,
         "deepspeed": "zero3",
         "bf16": True,
+        "gradient_checkpointing": True,
+        "dataloader_workers": 4,
     },
     "llama-3.2-11b": {
         "model": "meta-llama/Llama-3.2-11B-Vision-Instruct",
@@ -103,6 +119,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_ratio": 0.1,
         "deepspeed": "zero3",
         "bf16": True,
+        "gradient_checkpointing": True,
+        "dataloader_workers": 4,
     },
     # Table 9 (synthesizer tuning on LLaVA-v1.6-8B): 2 epochs, no weight decay.
     "synthesizer-llava-v1.6-8b": {
@@ -115,6 +133,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_ratio": 0.03,
         "deepspeed": "zero3",
         "bf16": True,
+        "gradient_checkpointing": True,
+        "dataloader_workers": 4,
     },
     # The tiny demo model: same code path, CPU-sized.
     "tiny": {
@@ -193,40 +213,52 @@ def deepspeed_config(stage: Literal["zero2", "zero3"], bf16: bool) -> dict[str, 
     return config
 
 
-def encode_dataset(
+def training_segments(
+    row: dict[str, Any], renderer: HFRenderer, config: TrainConfig
+) -> list[tuple[str, bool]]:
+    """A record's text as (segment, trained) pieces for `config.task` and `config.loss_on`."""
+    if config.task == "synthesizer":
+        return synthesizer_segments(
+            renderer, row["caption"], row["instruction"], row["precise"], row["informative"]
+        )
+    if config.task == "completion":
+        return [(row["prompt"], False), (row["completion"], True)]
+    segments = conversation_segments(renderer, row["messages"])
+    if config.loss_on == "after_opening":  # segments alternate (prompt, reply)
+        return [(text, index >= 2) for index, (text, _) in enumerate(segments)]
+    if config.loss_on == "caption_replies":
+        asked = _caption_requests(row["messages"])
+        return [
+            (text, trained and asked[index // 2]) for index, (text, trained) in enumerate(segments)
+        ]
+    return segments
+
+
+def encode_row(row: dict[str, Any], renderer: HFRenderer, config: TrainConfig) -> Encoded:
+    """One training record as token ids and labels (its image through the processor)."""
+    return encode_segments(renderer, training_segments(row, renderer, config), row.get("image"))
+
+
+def record_lengths(
     data_uri: str, renderer: HFRenderer, config: TrainConfig
-) -> tuple[list[Encoded], int]:
-    """Encoded examples within max_seq_len, and how many were longer (dropped)."""
-    examples: list[Encoded] = []
-    too_long = 0
-    rows = (
-        conversation_rows(data_uri)
-        if config.task == "post_train"
-        else Dataset(data_uri).iter_rows()
-    )
-    for row in rows:
-        if config.task == "synthesizer":
-            segments = synthesizer_segments(
-                renderer, row["caption"], row["instruction"], row["precise"], row["informative"]
+) -> tuple[list[int], list[int]]:
+    """Each shard's row count and each row's length in tokens, read without images: a
+    mixture's `tokens` column (the target processor's count, image tokens included), else
+    the tokens of its text (each image counted as its one placeholder token)."""
+    dataset = Dataset(data_uri)
+    shard_rows = [shard.rows for shard in dataset.manifest.shards]
+    if "tokens" in dataset.schema.arrow.names:
+        lengths = [row["tokens"] for row in dataset.iter_rows(["tokens"])]
+    else:
+        text = [name for name in dataset.schema.arrow.names if name not in ("image",)]
+        lengths = [
+            sum(
+                len(renderer.tokenizer(piece, add_special_tokens=False)["input_ids"])
+                for piece, _ in training_segments(row, renderer, config)
             )
-        elif config.task == "completion":
-            segments = [(row["prompt"], False), (row["completion"], True)]
-        else:
-            segments = conversation_segments(renderer, row["messages"])
-            if config.loss_on == "after_opening":  # segments alternate (prompt, reply)
-                segments = [(text, index >= 2) for index, (text, _) in enumerate(segments)]
-            elif config.loss_on == "caption_replies":
-                asked = _caption_requests(row["messages"])
-                segments = [
-                    (text, trained and asked[index // 2])
-                    for index, (text, trained) in enumerate(segments)
-                ]
-        encoded = encode_segments(renderer, segments, row.get("image"))
-        if len(encoded.input_ids) > config.max_seq_len:
-            too_long += 1
-            continue
-        examples.append(encoded)
-    return examples, too_long
+            for row in dataset.iter_rows(text)
+        ]
+    return shard_rows, lengths
 
 
 def _caption_requests(turns: list[dict[str, Any]]) -> list[bool]:
@@ -238,46 +270,7 @@ def _caption_requests(turns: list[dict[str, Any]]) -> list[bool]:
     ]
 
 
-def length_grouped_order(
-    lengths: list[int], batch_size: int, seed: int, group_batches: int = 50
-) -> list[int]:
-    """A seeded order in which each batch holds examples of similar length (less padding).
-
-    It depends only on (lengths, batch_size, seed), so a resumed run skips exactly the
-    batches it had trained: the Trainer reads it sequentially.
-    """
-    import random
-
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    group = batch_size * group_batches
-    batches = []
-    for start in range(0, len(order), group):
-        chunk = sorted(order[start : start + group], key=lambda i: lengths[i], reverse=True)
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return [i for batch in batches for i in batch]
-
-
-class _Examples:
-    def __init__(self, examples: list[Encoded]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        example = self.examples[index]
-        return {
-            "input_ids": example.input_ids,
-            "labels": example.labels,
-            "pixel_values": example.pixel_values,
-            **example.extra,
-        }
-
-
-def make_collator(pad_id: int, padding_stats: dict[str, int]) -> Any:
+def make_collator(pad_id: int) -> Any:
     import torch
 
     def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -290,8 +283,6 @@ def make_collator(pad_id: int, padding_stats: dict[str, int]) -> Any:
             ids[row, :n] = torch.tensor(item["input_ids"])
             labels[row, :n] = torch.tensor(item["labels"])
             mask[row, :n] = 1
-        padding_stats["tokens"] += int(mask.sum())
-        padding_stats["slots"] += mask.numel()
         out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
         if batch[0]["pixel_values"] is not None:
             out["pixel_values"] = torch.cat([item["pixel_values"] for item in batch])
@@ -419,6 +410,8 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
 
 
 RUN_IDENTITY = "run_identity"
+RUN_COUNTS = "run_counts.json"
+REFUSAL_KINDS = ("processor_error", "too_long")
 
 
 def _own_checkpoints(out: Path, identity: str) -> list[Path]:
@@ -469,7 +462,11 @@ def train(
     set_seed(config.seed)
     model_path = resolve_model(config.model)
     renderer = HFRenderer(model_path)
-    examples, too_long = encode_dataset(data_uri, renderer, config)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    shard_rows, lengths = record_lengths(data_uri, renderer, config)
+    too_long = sum(length > config.max_seq_len for length in lengths)
+    examples = len(lengths) - too_long
     if not examples:
         reason = (
             f"all {too_long} are longer than max_seq_len {config.max_seq_len}"
@@ -477,6 +474,17 @@ def train(
             else "it has no rows"
         )
         raise ValueError(f"{data_uri}: nothing to train on: {reason}")
+    plan = training_order(
+        shard_rows,
+        ROW_GROUP_SIZE,
+        [length if length <= config.max_seq_len else -1 for length in lengths],
+        batch_size=config.per_device_batch_size,
+        world=world,
+        workers=config.dataloader_workers,
+        seed=config.seed,
+        group_by_length=config.group_by_length,
+    )
+    del lengths
 
     checkpoints = _own_checkpoints(out, identity or train_identity(config, data_uri))
     # Weights come from the checkpoint itself: the Trainer's own reload of a LLaVA checkpoint
@@ -492,9 +500,22 @@ def train(
         start, dtype=torch.bfloat16 if config.bf16 else torch.float32, use_safetensors=True
     )
     _freeze_for(model, config.trainable)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = max(1, config.global_batch_size // (config.per_device_batch_size * world))
-    padding = {"tokens": 0, "slots": 0}
+    # tokens and padding slots trained here, plus those before the checkpoint resumed from
+    counted = {"tokens": 0, "slots": 0, "trained": 0}
+    before = (
+        json.loads((checkpoints[-1] / RUN_COUNTS).read_text())
+        if checkpoints and (checkpoints[-1] / RUN_COUNTS).exists()
+        else {}
+    )
+
+    def run_counts(device: Any) -> dict[str, int]:
+        summed = _sum_over_ranks(list(counted.values()), device)  # a collective: every rank
+        return {k: before.get(k, 0) + n for k, n in zip(counted, summed, strict=True)}
+
+    rejects = RejectLog(out / "refused", rank)
+    if not checkpoints:
+        rejects.clear()  # a fresh run: refusals of an earlier one are not this run's
     metrics_path = out / "metrics.jsonl"
 
     class Metrics(TrainerCallback):
@@ -531,8 +552,12 @@ def train(
             print(progress_line(row, state.max_steps, *self.began, now), flush=True)
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if after_checkpoint is not None and state.is_world_process_zero:
-                after_checkpoint()
+            totals = run_counts(args.device)
+            if state.is_world_process_zero:
+                checkpoint = out / f"checkpoint-{state.global_step}"
+                (checkpoint / RUN_COUNTS).write_text(json.dumps(totals))
+                if after_checkpoint is not None:
+                    after_checkpoint()
 
     arguments = TrainingArguments(
         output_dir=str(out),
@@ -553,22 +578,22 @@ def train(
         train_sampling_strategy="sequential",  # the order above: seeded, and exact on resume
         remove_unused_columns=False,
         report_to=[],
-        dataloader_num_workers=0,
+        dataloader_num_workers=config.dataloader_workers,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         deepspeed=deepspeed_config(config.deepspeed, config.bf16) if config.deepspeed else None,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
     )
-    if config.group_by_length:
-        order = length_grouped_order(
-            [len(e.input_ids) for e in examples], config.per_device_batch_size * world, config.seed
-        )
-    else:
-        import random
-
-        order = list(range(len(examples)))
-        random.Random(config.seed).shuffle(order)
-    train_set = _Examples([examples[i] for i in order])
+    train_set = StreamedRecords(
+        data_uri,
+        plan,
+        lambda row: encode_row(row, renderer, config),
+        batch_size=config.per_device_batch_size,
+        max_seq_len=config.max_seq_len,
+        rejects=rejects,
+    )
 
     class GroupedTrainer(Trainer):
         def create_optimizer(self) -> Any:
@@ -576,11 +601,19 @@ def train(
                 self.optimizer = torch.optim.AdamW(_optimizer_groups(self.model, config))
             return self.optimizer
 
+        def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any):
+            # counted here, in the training process: the collator may run in workers
+            mask = inputs["attention_mask"]
+            counted["tokens"] += int(mask.sum())
+            counted["slots"] += mask.numel()
+            counted["trained"] += int((inputs["labels"] != IGNORE_INDEX).sum())
+            return super().training_step(model, inputs, *args, **kwargs)
+
     trainer = GroupedTrainer(
         model=model,
         args=arguments,
         train_dataset=train_set,
-        data_collator=make_collator(renderer.tokenizer.pad_token_id, padding),
+        data_collator=make_collator(renderer.tokenizer.pad_token_id),
         callbacks=[Metrics()],
     )
     # One progress line per log (step of total, time left) in place of the raw log dicts:
@@ -589,22 +622,31 @@ def train(
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     final = out / "final"
     trainer.save_model(str(final))  # rank 0 writes; ZeRO-3 gathers the shards first
-    padded_tokens, padded_slots = _sum_over_ranks(
-        [padding["tokens"], padding["slots"]], trainer.args.device
+    totals = run_counts(trainer.args.device)
+    refused, refused_kinds = rejects.read()
+    refused_total, *kind_totals = _sum_over_ranks(
+        [len(refused), *(refused_kinds.get(kind, 0) for kind in REFUSAL_KINDS)],
+        trainer.args.device,
     )
     summary = {
-        "examples": len(examples),
+        "examples": examples,
         "dropped_too_long": too_long,
+        "refused": refused_total,
+        "refused_by_reason": {k: n for k, n in zip(REFUSAL_KINDS, kind_totals, strict=True) if n},
+        "refused_ids": sorted(refused)[:20],
+        "repeated_for_balance": plan.padded,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
-        "padding_fraction": round(1 - padded_tokens / max(1, padded_slots), 4),
+        "padding_fraction": round(1 - totals["tokens"] / max(1, totals["slots"]), 4),
         "world_size": world,
+        "dataloader_workers": config.dataloader_workers,
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
         "resumed_from": checkpoints[-1].name if checkpoints else None,
         "final": str(final),
-        "trained_tokens": sum(e.trained_tokens for e in examples),
+        "trained_tokens": totals["trained"],
         "epochs": config.epochs,
         "steps_per_epoch": math.ceil(
-            len(examples) / (config.per_device_batch_size * accumulation * world)
+            len(plan.order) / (config.per_device_batch_size * accumulation * world)
         ),
         "identity": identity or train_identity(config, data_uri),
         "seconds": round(result.metrics.get("train_runtime", 0.0), 1),
