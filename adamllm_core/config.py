@@ -91,6 +91,15 @@ class DomainConfig(BaseModel):
             raise ValueError(
                 "post_train.pipeline two_stage needs assemble.variants to include two_stage"
             )
+        if self.post_train:
+            train = load_train_config(self.post_train.train)
+            if train.image_resolution != self.assemble.image_resolution:
+                raise ValueError(
+                    "assemble.image_resolution and post_train.train.image_resolution differ "
+                    f"({self.assemble.image_resolution.bounds()} and "
+                    f"{train.image_resolution.bounds()}): the mixture's token counts would not "
+                    "be the trained ones"
+                )
         return self
 
     def ingest_config(self) -> IngestConfig:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import Dataset, DatasetError, Manifest, RowGroupReader
 from adamllm_core.engines import Engine, EngineStats, make_engine, run_cached, shard_cache
-from adamllm_core.engines.base import ChatResult
+from adamllm_core.engines.base import ChatResult, ImageResolution
 from adamllm_core.engines.hf import HFRenderer, model_identity
 from adamllm_core.errors import Rejected
 from adamllm_core.executor import (
@@ -301,6 +301,10 @@ class AssembleConfig(BaseModel):
     variants: tuple[Literal["single_stage", "two_stage", "caption_only", "synthetic_only"], ...] = (
         "single_stage",
     )
+    image_resolution: ImageResolution = Field(
+        default_factory=ImageResolution,
+        description="pixel bounds for a Qwen2-VL-family target: the training's own",
+    )
 
 
 def seeded_rng(seed: int, *parts: str) -> random.Random:
@@ -337,7 +341,7 @@ def assemble(
     """Pairs + kept triplets → training mixtures, one dataset per variant (`outs` keys from VARIANTS)."""
     from PIL import Image
 
-    renderer = HFRenderer(resolve_model(config.target_model))
+    renderer = HFRenderer(resolve_model(config.target_model), resolution=config.image_resolution)
     if not renderer.multimodal:
         raise ValueError(f"target_model {config.target_model} is not a vision-language model")
     tasks_of = _kept_tasks(pairs_uri, filtered_uri)

@@ -223,3 +223,49 @@ def test_a_local_model_is_known_by_its_content_not_its_path(tiny_models, tmp_pat
     dump = EngineConfig(model=original).identity_dump()
     assert dump["kind"] == "transformers" and dump["library"].startswith("transformers==")
     assert EngineConfig(model=original, batch_size=64, device="cpu").identity_dump() == dump
+
+
+def test_pixel_bounds_cap_a_qwen2_vl_image_and_leave_llava_alone(tiny_models) -> None:
+    """Qwen2-VL's image processor (its PIL class builds here without torchvision), as
+    loaded from a hub config that allows 12.8M pixels: a 4000x3000 photo is 15K visual
+    tokens unless the paper's bound (1280*28*28) is set."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    from adamllm_core.engines import ImageResolution
+    from adamllm_core.engines.hf import HFRenderer
+
+    photo = Image.new("RGB", (4000, 3000))
+
+    def visual_tokens(processor) -> int:
+        grid = processor(images=[photo])["image_grid_thw"][0].tolist()
+        return grid[0] * grid[1] * grid[2] // processor.merge_size**2
+
+    hub = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056)
+    assert visual_tokens(hub) > 15000
+    assert ImageResolution(max_pixels=None).apply(hub) and visual_tokens(hub) > 15000
+    assert ImageResolution().apply(hub)
+    assert 1000 < visual_tokens(hub) <= 1280
+    assert ImageResolution(max_pixels=256 * 28 * 28).apply(hub) and visual_tokens(hub) <= 256
+    # a LLaVA processor bounds its tokens itself: left as it is
+    renderer = HFRenderer(str(tiny_models["vlm"]), resolution=ImageResolution(max_pixels=784))
+    before = dict(HFRenderer(str(tiny_models["vlm"])).processor.image_processor.size)
+    assert dict(renderer.processor.image_processor.size) == before
+    assert not ImageResolution().apply(renderer.processor)
+    with pytest.raises(ValueError, match="min_pixels 5000 > max_pixels 4000"):
+        ImageResolution(min_pixels=5000, max_pixels=4000)
+
+
+def test_pixel_bounds_join_the_cache_key_and_the_stage_identity(tiny_models) -> None:
+    """Another bound gives other visual tokens for the same prompt text: cached results
+    and finished datasets made under the old bound are not reused."""
+    from adamllm_core.engines import ImageResolution
+
+    capped = EngineConfig(model="tiny:vlm", image_resolution=ImageResolution(max_pixels=784))
+    default = EngineConfig(model="tiny:vlm")
+    assert make_engine(capped).results_identity != make_engine(default).results_identity
+    assert make_engine(capped).model_identity == make_engine(default).model_identity
+    text = EngineConfig(model="tiny:lm", image_resolution=ImageResolution(max_pixels=784))
+    assert make_engine(text).results_identity == make_engine(text).model_identity
+    assert capped.identity_dump() != default.identity_dump()

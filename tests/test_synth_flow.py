@@ -138,6 +138,21 @@ def test_bad_domain_config_is_a_clear_error(tmp_path: Path) -> None:
     )
 
 
+def test_pixel_bounds_of_the_mixture_and_its_training_must_agree(tmp_path: Path) -> None:
+    from adamllm_core.config import load_domain_config
+    from adamllm_core.errors import ConfigError
+
+    config = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
+    config["post_train"] = {"train": {"preset": "tiny", "image_resolution": {"max_pixels": 50176}}}
+    path = tmp_path / "domain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="image_resolution differ"):
+        load_domain_config(path)
+    config["assemble"]["image_resolution"] = {"max_pixels": 50176}
+    path.write_text(yaml.safe_dump(config))
+    assert load_domain_config(path).assemble.image_resolution.max_pixels == 50176
+
+
 def test_deployment_runs_on_a_worker(prefect_server: str, tiny_models, tmp_path: Path) -> None:
     env = {
         **os.environ,

@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adamllm_core.engines.base import ChatRequest, ChatResult, Engine, Message, SamplingConfig
+from adamllm_core.engines.base import (
+    ChatRequest,
+    ChatResult,
+    Engine,
+    ImageResolution,
+    Message,
+    SamplingConfig,
+)
 from adamllm_core.engines.cache import EngineStats, RequestCache, run_cached, shard_cache
 from adamllm_core.errors import ConfigError
 
@@ -48,6 +55,11 @@ class EngineConfig(BaseModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_model_len: int | None = None
     trust_remote_code: bool = False
+    image_resolution: ImageResolution = Field(
+        default_factory=ImageResolution,
+        description="pixel bounds for Qwen2-VL-family processors (transformers and vllm; an"
+        " openai-compatible server applies its own)",
+    )
 
     @model_validator(mode="after")
     def _needs_url(self) -> "EngineConfig":
@@ -64,6 +76,7 @@ class EngineConfig(BaseModel):
             "model": self.model,
             "revision": self.revision,
             "dtype": self.dtype,
+            "image_resolution": self.image_resolution.model_dump(),
         }
 
 
@@ -94,6 +107,7 @@ def make_engine(config: EngineConfig) -> Engine:
             dtype=config.dtype,
             batch_size=config.batch_size,
             trust_remote_code=config.trust_remote_code,
+            resolution=config.image_resolution,
         )
     if config.kind == "openai":
         from adamllm_core.engines.openai_compat import OpenAIEngine
@@ -122,6 +136,7 @@ def make_engine(config: EngineConfig) -> Engine:
         max_model_len=config.max_model_len,
         dtype=config.dtype,
         trust_remote_code=config.trust_remote_code,
+        resolution=config.image_resolution,
     )
 
 
@@ -131,6 +146,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineStats",
+    "ImageResolution",
     "Message",
     "RequestCache",
     "SamplingConfig",

@@ -16,6 +16,52 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from adamllm_core.errors import Rejected
 from adamllm_core.hashing import canonical_json
 
+# The official evaluation's cap for Qwen2-VL: 1,280 visual tokens of 28x28 pixels.
+PAPER_MAX_PIXELS = 1280 * 28 * 28
+
+
+class ImageResolution(BaseModel):
+    """Pixel bounds for processors that size an image by its pixel count (the Qwen2-VL
+    family): the image is resized to within [min_pixels, max_pixels] before it becomes
+    visual tokens, so a 4000x3000 photo is not 15K tokens that overflow max_model_len.
+    LLaVA-NeXT (a grid of at most 672-pixel tiles) and Mllama (at most 4 tiles) bound
+    their tokens themselves; these settings leave them as they are."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_pixels: int | None = Field(default=None, gt=0, description="null: the processor's own")
+    max_pixels: int | None = Field(
+        default=PAPER_MAX_PIXELS,
+        gt=0,
+        description="1280*28*28, the official evaluation's; null: the processor's own",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ImageResolution":
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        return self
+
+    def bounds(self) -> dict[str, int]:
+        """The set bounds, as processors and vLLM's mm_processor_kwargs take them."""
+        return {
+            name: value
+            for name, value in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels))
+            if value is not None
+        }
+
+    def apply(self, processor: object) -> bool:
+        """Set the bounds on a loaded processor; whether it sizes images by pixel count."""
+        images = getattr(processor, "image_processor", processor)
+        size = getattr(images, "size", None)
+        if not hasattr(images, "temporal_patch_size") or size is None:
+            return False
+        if self.min_pixels is not None:
+            size["shortest_edge"] = self.min_pixels
+        if self.max_pixels is not None:
+            size["longest_edge"] = self.max_pixels
+        return True
+
 
 class SamplingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -138,6 +184,12 @@ class Engine(ABC):
     @abstractmethod
     def model_identity(self) -> str:
         """Model id and revision (or a local checkpoint's content fingerprint)."""
+
+    @property
+    def results_identity(self) -> str:
+        """What a cached result depends on beyond the request: the model, and how this
+        engine turns images into tokens where that is not in the prompt text."""
+        return self.model_identity
 
     @abstractmethod
     def render(self, request: ChatRequest) -> str:

@@ -84,7 +84,7 @@ def run_cached(
 ) -> list[ChatResult]:
     """Results for `requests` in order: cached ones read back, the others computed in
     batches of `batch_size`, each batch cached as soon as it is done."""
-    keys = [request_key(engine.model_identity, engine.render(r), r) for r in requests]
+    keys = [request_key(engine.results_identity, engine.render(r), r) for r in requests]
     results: list[ChatResult | None] = [cache.get(k) for k in keys]
     missing = [i for i, r in enumerate(results) if r is None]
     if stats:

@@ -16,6 +16,7 @@ from adamllm_core.engines.base import (
     ChatRequest,
     ChatResult,
     Engine,
+    ImageResolution,
     Message,
     RequestRejected,
     SamplingConfig,
@@ -95,10 +96,17 @@ def decode_images(request: ChatRequest) -> list[Image.Image]:
 class HFRenderer:
     """The model's own processor or tokenizer, loaded from its id or path."""
 
-    def __init__(self, model: str, revision: str | None = None, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model: str,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        resolution: ImageResolution | None = None,
+    ):
         self.model = model
         self.revision = revision
         self.trust_remote_code = trust_remote_code
+        self.resolution = resolution or ImageResolution()
 
     @cached_property
     def config(self) -> Any:
@@ -123,6 +131,8 @@ class HFRenderer:
             if self.multimodal
             else AutoTokenizer.from_pretrained(self.model, **kwargs)
         )
+        if self.multimodal:
+            self.resolution.apply(loaded)
         tokenizer = getattr(loaded, "tokenizer", loaded)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -162,14 +172,26 @@ class HFRenderer:
 class HFEngine(Engine):
     """An engine that renders prompts with the model's own Hugging Face processor."""
 
-    def __init__(self, model: str, revision: str | None, trust_remote_code: bool):
-        self.renderer = HFRenderer(model, revision, trust_remote_code)
+    def __init__(
+        self,
+        model: str,
+        revision: str | None,
+        trust_remote_code: bool,
+        resolution: ImageResolution | None = None,
+    ):
+        self.renderer = HFRenderer(model, revision, trust_remote_code, resolution)
         self.model_name = model
         self.revision = revision
 
     @cached_property
     def model_identity(self) -> str:
         return model_identity(self.model_name, self.revision)
+
+    @cached_property
+    def results_identity(self) -> str:
+        if not self.renderer.multimodal:
+            return self.model_identity
+        return f"{self.model_identity} pixels {self.renderer.resolution.bounds()}"
 
     def render(self, request: ChatRequest) -> str:
         return self.renderer.render(request)
@@ -204,8 +226,9 @@ class TransformersEngine(HFEngine):
         dtype: str = "auto",
         batch_size: int = 8,
         trust_remote_code: bool = False,
+        resolution: ImageResolution | None = None,
     ):
-        super().__init__(model, revision, trust_remote_code)
+        super().__init__(model, revision, trust_remote_code, resolution)
         self.device_name = device
         self.dtype = dtype
         self.batch_size = batch_size

@@ -6,7 +6,13 @@ Needs the `gpu` extra (`pip install '.[gpu]'`); importing this module does not i
 
 from typing import Any
 
-from adamllm_core.engines.base import ChatRequest, ChatResult, RequestRejected, truncate_at_stop
+from adamllm_core.engines.base import (
+    ChatRequest,
+    ChatResult,
+    ImageResolution,
+    RequestRejected,
+    truncate_at_stop,
+)
 from adamllm_core.engines.hf import HFEngine, decode_images
 
 
@@ -24,8 +30,9 @@ class VLLMEngine(HFEngine):
         dtype: str = "auto",
         max_images_per_prompt: int = 1,
         trust_remote_code: bool = False,
+        resolution: ImageResolution | None = None,
     ):
-        super().__init__(model, revision, trust_remote_code)
+        super().__init__(model, revision, trust_remote_code, resolution)
         self.options = {
             "tensor_parallel_size": tensor_parallel_size,
             "gpu_memory_utilization": gpu_memory_utilization,
@@ -45,10 +52,15 @@ class VLLMEngine(HFEngine):
                     "the vllm engine needs the gpu extra: pip install '.[gpu]'"
                 ) from error
             limit = {"image": self.max_images_per_prompt} if self.renderer.multimodal else None
+            # the same pixel bounds as the renderer's processor, where the model takes them
+            sized = self.renderer.multimodal and self.renderer.resolution.apply(
+                self.renderer.processor
+            )
             self._llm = LLM(
                 model=self.model_name,
                 revision=self.revision,
                 limit_mm_per_prompt=limit,
+                mm_processor_kwargs=self.renderer.resolution.bounds() if sized else None,
                 **{k: v for k, v in self.options.items() if v is not None},
             )
         return self._llm

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import ROW_GROUP_SIZE, Dataset
+from adamllm_core.engines.base import ImageResolution
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.hashing import config_hash
 from adamllm_core.models import resolve_model
@@ -74,6 +75,11 @@ class TrainConfig(BaseModel):
     seed: int = 0
     bf16: bool = False
     deepspeed: Literal["zero2", "zero3"] | None = None
+    image_resolution: ImageResolution = Field(
+        default_factory=ImageResolution,
+        description="pixel bounds for Qwen2-VL-family processors; the mixture's assemble"
+        " step must count tokens with the same bounds",
+    )
     gradient_checkpointing: bool = Field(
         default=False,
         description="recompute activations in the backward pass: less memory, ~30% more"
@@ -461,7 +467,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)
     model_path = resolve_model(config.model)
-    renderer = HFRenderer(model_path)
+    renderer = HFRenderer(model_path, resolution=config.image_resolution)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     shard_rows, lengths = record_lengths(data_uri, renderer, config)
