@@ -37,12 +37,24 @@ def encode_all(uri: str, renderer, config) -> list:
 
 
 def write_seed_sources(root: Path) -> dict[str, str]:
-    """Small files in the public formats of Vision-Flan and ALLaVA-{Caption,Instruct}-VFLAN."""
+    """Small files in the releases' layouts: Vision-Flan's annotation_191-task_1k.json
+    (its own ids, `task_name`, the image's bare file name under images_191task_1k/) and
+    ALLaVA-{Caption,Instruct}-VFLAN-4V.json (ids allava_vflan_cap_N / allava_vflan_inst_N,
+    the image under allava_vflan/images/images_191task_1k/). The three share only the image.
+
+    Made to miss: record 5 has no caption; record 7's name has two caption records in two
+    folders (which image is meant cannot be told); one caption record names no image; one
+    instruct record names an image no Vision-Flan record has."""
+    import shutil
+
     lines = [json.loads(line) for line in (SAMPLE / "data.jsonl").read_text().splitlines()]
+    images = root / "images_191task_1k"
+    images.mkdir(parents=True)
     flan, captions, instructs = [], [], []
     for i, line in enumerate(lines):
         task = ["modality_recognition", "plane_recognition"][i % 2]
-        identifier = f"{task}+medpix+{i}"
+        name = f"MedPix+{task}_{i}_{Path(line['image']).name}"
+        shutil.copy(SAMPLE / line["image"], images / name)
         answer = line["modality"] if i % 2 == 0 else line["plane"]
         question = (
             "What imaging modality is this?"
@@ -51,29 +63,33 @@ def write_seed_sources(root: Path) -> dict[str, str]:
         )
         flan.append(
             {
-                "id": identifier,
-                "image": f"images/{Path(line['image']).name}",
+                "id": f"MedPix+{task}_{i}",
+                "task_name": f"MedPix+{task}",
+                "image": name,
                 "conversations": [
                     {"from": "human", "value": question},
                     {"from": "gpt", "value": answer},
                 ],
             }
         )
-        if i != 5:  # one record without a caption
+        allava_image = f"allava_vflan/images/images_191task_1k/{name}"
+        if i != 5:
             captions.append(
                 {
-                    "id": identifier,
-                    "image": flan[-1]["image"],
+                    "id": f"allava_vflan_cap_{100000 + i}",
+                    "image": allava_image,
                     "conversations": [
                         {"from": "human", "value": "<image>\nPlease depict the image in words."},
                         {"from": "gpt", "value": line["caption"]},
                     ],
                 }
             )
+        if i == 7:
+            captions.append({**captions[-1], "image": f"allava_laion/images/{name}"})
         instructs.append(
             {
-                "id": identifier,
-                "image": flan[-1]["image"],
+                "id": f"allava_vflan_inst_{i}",
+                "image": allava_image,
                 "conversations": [
                     {"from": "human", "value": f"<image>\n{question}"},
                     {
@@ -83,6 +99,8 @@ def write_seed_sources(root: Path) -> dict[str, str]:
                 ],
             }
         )
+    captions.append({"id": "allava_vflan_cap_9", "conversations": captions[0]["conversations"]})
+    instructs.append({**instructs[0], "id": "allava_vflan_inst_99", "image": "x/elsewhere.png"})
     paths = {}
     for name, records in (
         ("vision_flan", flan),
@@ -103,7 +121,7 @@ def seed_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
         paths["vision_flan"],
         paths["allava_caption"],
         paths["allava_instruct"],
-        str(SAMPLE),
+        str(root / "images_191task_1k"),
         out,
         SeedConfig(blank_share=0.25, dev_share=0.25),
     )
@@ -113,7 +131,20 @@ def seed_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_seed_join_blank_images_and_dev_split(seed_dataset: str) -> None:
     dataset = Dataset(seed_dataset)
     rows = list(dataset.iter_rows())
-    assert len(rows) == 23 and dataset.manifest.quarantine.reasons == {"missing_caption": 1}
+    assert len(rows) == 22 and dataset.manifest.quarantine.reasons == {
+        "missing_caption": 1,
+        "ambiguous_caption": 1,
+    }
+    counters = dataset.manifest.stats.counters
+    assert counters["caption_without_image"] == 1 and counters["informative_unmatched"] == 1
+    assert "caption_unmatched" not in counters  # the second folder's record names record 7
+    # joined on the image: each row's answers are those of its own image
+    lines = [json.loads(line) for line in (SAMPLE / "data.jsonl").read_text().splitlines()]
+    for row in rows:
+        i = int(row["source_ref"].rsplit("_", 1)[1])
+        assert row["caption"] == lines[i]["caption"].strip()
+        assert row["informative"].endswith(f"the answer is {row['precise']}.")
+        assert row["task"] == f"MedPix+{['modality_recognition', 'plane_recognition'][i % 2]}"
     blanks = [r for r in rows if r["blank_image"]]
     assert 0 < len(blanks) < len(rows) and dataset.manifest.stats.counters["blank_images"] == len(
         blanks
@@ -123,10 +154,55 @@ def test_seed_join_blank_images_and_dev_split(seed_dataset: str) -> None:
     from PIL import Image
 
     assert Image.open(io.BytesIO(blanks[0]["image"])).getextrema() == ((255, 255),) * 3
-    for task in ("modality_recognition", "plane_recognition"):
+    for task in ("MedPix+modality_recognition", "MedPix+plane_recognition"):
         splits = [r["split"] for r in rows if r["task"] == task]
         assert splits.count("dev") == round(len(splits) * 0.25) or splits.count("dev") in (2, 3)
     assert all(r["precise"] and r["informative"].endswith(".") for r in rows)
+
+
+def test_seed_command_builds_the_seed_from_the_three_release_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from adamllm_cli.main import app
+
+    paths = write_seed_sources(tmp_path)
+    out = tmp_path / "seed"
+    arguments = ["seed", "--vision-flan", paths["vision_flan"]]
+    arguments += ["--allava-caption", paths["allava_caption"]]
+    arguments += ["--allava-instruct", paths["allava_instruct"]]
+    arguments += ["--image-root", str(tmp_path / "images_191task_1k"), "--out", str(out)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "seed 22 examples" in result.output
+    for line in ("missing_caption: 1", "ambiguous_caption: 1", "informative_unmatched: 1"):
+        assert line in result.output
+    assert Dataset(str(out)).manifest.rows == 22
+
+
+def test_synthesizer_tuning_holds_out_the_dev_split_for_its_validation_loss(
+    tiny_models, seed_dataset: str, tmp_path: Path
+) -> None:
+    from adamllm_core.training.trainer import preset, train_to
+
+    rows = list(Dataset(seed_dataset).iter_rows(["split"]))
+    dev = sum(row["split"] == "dev" for row in rows)
+    config = preset(
+        "tiny",
+        task="synthesizer",
+        max_steps=4,
+        save_steps=2,
+        global_batch_size=2,
+        per_device_batch_size=2,
+    )
+    out = tmp_path / "run"
+    summary = train_to(config, seed_dataset, str(out))
+    assert 0 < dev < len(rows)
+    assert summary["examples"] == len(rows) - dev and summary["validation_examples"] == dev
+    points = [
+        json.loads(line) for line in (out / "validation_metrics.jsonl").read_text().splitlines()
+    ]
+    assert [p["step"] for p in points][:2] == [2, 4]
+    assert summary["validation_loss"] == pytest.approx(points[-1]["validation_loss"])
 
 
 def test_synthesizer_loss_mask_token_by_token(tiny_models) -> None:

@@ -1,12 +1,18 @@
 """Seed data for synthesizer tuning (paper Appendix B): Vision-Flan gives image, instruction
 and precise answer; ALLaVA-Caption-VFLAN the caption; ALLaVA-Instruct-VFLAN the informative
-answer. Joined on the record id, with a share of images replaced by a blank image
-(modality balancing, 10% in the paper) and a per-task dev split.
+answer. The releases give one image three different ids (`PACS+..._10795-5`,
+`allava_vflan_cap_100000`, `allava_vflan_inst_100000`) but the same image file, so they
+are joined on the image path (normalised relative path, else basename). A share of images
+is replaced by a blank image (modality balancing, 10% in the paper) and each task keeps a
+dev split, held out of tuning and used for its validation loss.
 """
 
 import hashlib
 import io
-from collections import defaultdict
+import posixpath
+import sqlite3
+import tempfile
+from collections import Counter, defaultdict
 from typing import Any
 
 from PIL import Image
@@ -43,13 +49,83 @@ def _unit(seed: int, *parts: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _answers(uri: str) -> dict[str, str | None]:
-    """{id: assistant answer} of an ALLaVA file: its text only, no images, is held."""
-    return {
-        str(record.get("id")): _turn(record, ("gpt", "assistant"))
-        for _, record in read_records(uri)
-        if isinstance(record, dict)
-    }
+def image_keys(value: Any) -> tuple[str, str] | None:
+    """(normalised relative path, basename) of the image a record names, or None. The
+    releases name one image in three ways: Vision-Flan `PACS+guitar_..._10795-5.png`,
+    ALLaVA `allava_vflan/images/images_191task_1k/PACS+guitar_..._10795-5.png`."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    path = posixpath.normpath(value.strip().replace("\\", "/")).lstrip("/")
+    path = path.removeprefix("./")
+    return path, posixpath.basename(path)
+
+
+class AnswerIndex:
+    """ALLaVA answers by image, in an SQLite file beside the run, not in memory: the
+    releases are hundreds of MB of text. A Vision-Flan record finds its caption and its
+    informative answer by the normalised relative image path, else by the basename (when
+    exactly one image has it)."""
+
+    def __init__(self, folder: str):
+        self.db = sqlite3.connect(posixpath.join(folder, "answers.sqlite"))
+        self.db.execute("CREATE TABLE answers (kind TEXT, path TEXT, base TEXT, text TEXT)")
+        self.db.execute("CREATE TABLE images (path TEXT, base TEXT)")
+        self.skipped: Counter[str] = Counter()  # ALLaVA records that are not answers
+
+    def add(self, kind: str, uri: str) -> None:
+        rows = []
+        for _, record in read_records(uri):
+            keys = image_keys(record.get("image")) if isinstance(record, dict) else None
+            answer = _turn(record, ("gpt", "assistant")) if isinstance(record, dict) else None
+            if keys is None or not answer:
+                self.skipped[f"{kind}_without_{'image' if keys is None else 'answer'}"] += 1
+                continue
+            rows.append((kind, *keys, str(answer).strip()))
+            if len(rows) >= 10_000:
+                self.db.executemany("INSERT INTO answers VALUES (?, ?, ?, ?)", rows)
+                rows.clear()
+        self.db.executemany("INSERT INTO answers VALUES (?, ?, ?, ?)", rows)
+        self.db.execute("CREATE INDEX IF NOT EXISTS by_path ON answers (kind, path)")
+        self.db.execute("CREATE INDEX IF NOT EXISTS by_base ON answers (kind, base)")
+        self.db.commit()
+
+    def find(self, kind: str, keys: tuple[str, str]) -> str:
+        """The answer for this image; Rejected naming why there is none."""
+        path, base = keys
+        found = self.db.execute(
+            "SELECT rowid, text FROM answers WHERE kind = ? AND path = ? LIMIT 1", (kind, path)
+        ).fetchall()
+        if not found:
+            found = self.db.execute(
+                "SELECT rowid, text, path FROM answers WHERE kind = ? AND base = ? LIMIT 2",
+                (kind, base),
+            ).fetchall()
+            if len({row[2] for row in found}) > 1:
+                raise Rejected(
+                    f"ambiguous_{kind}",
+                    f"{base}: several {SOURCE_NAMES[kind]} images have this name",
+                )
+        if not found:
+            raise Rejected(f"missing_{kind}", f"no {SOURCE_NAMES[kind]} record for image {path}")
+        return found[0][1]
+
+    def add_images(self, keys: list[tuple[str, str]]) -> None:
+        """Images the Vision-Flan records name (to count ALLaVA records none matches)."""
+        self.db.executemany("INSERT INTO images VALUES (?, ?)", keys)
+
+    def unmatched(self) -> Counter[str]:
+        """ALLaVA records whose image no Vision-Flan record names, by file."""
+        self.db.execute("CREATE INDEX IF NOT EXISTS image_path ON images (path)")
+        self.db.execute("CREATE INDEX IF NOT EXISTS image_base ON images (base)")
+        query = """SELECT kind, COUNT(*) FROM answers AS a
+            WHERE NOT EXISTS (SELECT 1 FROM images AS i WHERE i.path = a.path)
+            AND NOT EXISTS (SELECT 1 FROM images AS i WHERE i.base = a.base) GROUP BY kind"""
+        return Counter({f"{kind}_unmatched": n for kind, n in self.db.execute(query)})
+
+
+SOURCE_NAMES = {"caption": "ALLaVA-Caption-VFLAN", "informative": "ALLaVA-Instruct-VFLAN"}
 
 
 def _turn(record: dict[str, Any], speaker: tuple[str, ...]) -> str | None:
@@ -100,12 +176,22 @@ def build_seed(
     )
     if (finished := executor.finished()) is not None:
         return finished["seed"]
-    caption_of = _answers(sources[1])
-    informative_of = _answers(sources[2])
+    scratch = tempfile.TemporaryDirectory(prefix="adamllm-seed-")
+    answers = AnswerIndex(scratch.name)
+    answers.add("caption", sources[1])
+    answers.add("informative", sources[2])
     by_task: dict[str, list[str]] = defaultdict(list)
+    images: list[tuple[str, str]] = []
     for _, record in read_records(sources[0]):
         if isinstance(record, dict):
             by_task[task_name(record)].append(str(record.get("id")))
+            if keys := image_keys(record.get("image")):
+                images.append(keys)
+            if len(images) >= 10_000:
+                answers.add_images(images)
+                images.clear()
+    answers.add_images(images)
+    unmatched = answers.unmatched() + answers.skipped
     dev: set[str] = set()
     for task, ids in by_task.items():
         ordered = sorted(ids, key=lambda i: _unit(config.seed, "split", task, i))
@@ -119,20 +205,18 @@ def build_seed(
         precise = _turn(record, ("gpt", "assistant"))
         if not instruction or precise is None:
             raise Rejected("bad_record", "Vision-Flan record without instruction and answer turns")
-        if not caption_of.get(identifier):
-            raise Rejected("missing_caption", "no ALLaVA-Caption-VFLAN record with this id")
-        if not informative_of.get(identifier):
-            raise Rejected("missing_informative", "no ALLaVA-Instruct-VFLAN record with this id")
-        image_value = record.get("image")
-        if isinstance(image_value, list):
-            image_value = image_value[0] if image_value else None
-        if not image_value:
+        keys = image_keys(record.get("image"))
+        if keys is None:
             raise Rejected("missing_image", "record names no image")
-        fs, path = filesystem(resolve_image_uri(str(image_value), root))
+        caption = answers.find("caption", keys)
+        informative = answers.find("informative", keys)
+        fs, path = filesystem(resolve_image_uri(keys[0], root))
         try:
             data = fs.cat_file(path)
         except FileNotFoundError:
-            raise Rejected("missing_image", f"{image_value} does not exist") from None
+            raise Rejected(
+                "missing_image", f"{keys[0]} does not exist under the image root"
+            ) from None
         image = normalise_image(data, config.image)
         blank = _unit(config.seed, "blank", identifier) < config.blank_share
         return SeedExample(
@@ -142,10 +226,10 @@ def build_seed(
             image=blank_like(image.width, image.height) if blank else image.data,
             image_format="png" if blank else image.format,
             blank_image=blank,
-            caption=str(caption_of[identifier]).strip(),
+            caption=caption,
             instruction=_strip_image_tag(instruction),
             precise=str(precise).strip(),
-            informative=str(informative_of[identifier]).strip(),
+            informative=informative,
             source_ref=identifier,
         )
 
@@ -172,11 +256,20 @@ def build_seed(
             output.rows["seed"].append(row)
             output.counters["blank_images"] += row.blank_image
             output.counters["dev"] += row.split == "dev"
+        if shard.index == 0:  # the ALLaVA records that are not rows, counted once
+            output.counters.update(unmatched)
         return output
 
-    return executor.execute(
-        BatchInput(
-            lambda wanted: read_records(sources[0]), config.rows_per_shard, name=redact(sources[0])
-        ),
-        process,
-    )["seed"]
+    try:
+        manifest = executor.execute(
+            BatchInput(
+                lambda wanted: read_records(sources[0]),
+                config.rows_per_shard,
+                name=redact(sources[0]),
+            ),
+            process,
+        )["seed"]
+    finally:
+        answers.db.close()
+        scratch.cleanup()
+    return manifest

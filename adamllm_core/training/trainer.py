@@ -21,7 +21,7 @@ from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.hashing import config_hash
 from adamllm_core.models import resolve_model
 from adamllm_core.pipeline import CAPTION_PROMPTS
-from adamllm_core.training.data import RejectLog, StreamedRecords, training_order
+from adamllm_core.training.data import Plan, RejectLog, StreamedRecords, training_order
 from adamllm_core.training.encoding import (
     IGNORE_INDEX,
     Encoded,
@@ -247,24 +247,28 @@ def encode_row(row: dict[str, Any], renderer: HFRenderer, config: TrainConfig) -
 
 def record_lengths(
     data_uri: str, renderer: HFRenderer, config: TrainConfig
-) -> tuple[list[int], list[int]]:
-    """Each shard's row count and each row's length in tokens, read without images: a
-    mixture's `tokens` column (the target processor's count, image tokens included), else
-    the tokens of its text (each image counted as its one placeholder token)."""
+) -> tuple[list[int], list[int], list[bool]]:
+    """Each shard's row count, each row's length in tokens, read without images (a
+    mixture's `tokens` column: the target processor's count, image tokens included; else
+    the tokens of its text, each image its one placeholder token), and whether the row is
+    held out for validation (a seed dataset's `dev` split)."""
     dataset = Dataset(data_uri)
     shard_rows = [shard.rows for shard in dataset.manifest.shards]
-    if "tokens" in dataset.schema.arrow.names:
+    names = dataset.schema.arrow.names
+    if "tokens" in names:
         lengths = [row["tokens"] for row in dataset.iter_rows(["tokens"])]
-    else:
-        text = [name for name in dataset.schema.arrow.names if name not in ("image",)]
-        lengths = [
+        held_out = [False] * len(lengths)
+        return shard_rows, lengths, held_out
+    lengths, held_out = [], []
+    for row in dataset.iter_rows([name for name in names if name != "image"]):
+        lengths.append(
             sum(
                 len(renderer.tokenizer(piece, add_special_tokens=False)["input_ids"])
                 for piece, _ in training_segments(row, renderer, config)
             )
-            for row in dataset.iter_rows(text)
-        ]
-    return shard_rows, lengths
+        )
+        held_out.append(row.get("split") == "dev")
+    return shard_rows, lengths, held_out
 
 
 def _caption_requests(turns: list[dict[str, Any]]) -> list[bool]:
@@ -349,9 +353,20 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-    axis.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="#d95f02")
+    axis.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="#d95f02", label="train")
+    validation = metrics_path.parent / VALIDATION_METRICS
+    if validation.exists():
+        points = [json.loads(line) for line in validation.read_text().splitlines() if line]
+        axis.plot(
+            [p["step"] for p in points],
+            [p["validation_loss"] for p in points],
+            color="#1b9e77",
+            marker="o",
+            label="validation (dev split)",
+        )
+        axis.legend()
     axis.set_xlabel("step")
-    axis.set_ylabel("training loss")
+    axis.set_ylabel("loss")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(png_path)
@@ -417,6 +432,7 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
 
 RUN_IDENTITY = "run_identity"
 RUN_COUNTS = "run_counts.json"
+VALIDATION_METRICS = "validation_metrics.jsonl"
 REFUSAL_KINDS = ("processor_error", "too_long")
 
 
@@ -470,27 +486,38 @@ def train(
     renderer = HFRenderer(model_path, resolution=config.image_resolution)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    shard_rows, lengths = record_lengths(data_uri, renderer, config)
-    too_long = sum(length > config.max_seq_len for length in lengths)
-    examples = len(lengths) - too_long
+    shard_rows, lengths, held_out = record_lengths(data_uri, renderer, config)
+    fits = [length <= config.max_seq_len for length in lengths]
+    too_long = fits.count(False)
+    examples = sum(fit and not dev for fit, dev in zip(fits, held_out, strict=True))
     if not examples:
         reason = (
             f"all {too_long} are longer than max_seq_len {config.max_seq_len}"
             if too_long
+            else "it has no rows outside its dev split"
+            if lengths
             else "it has no rows"
         )
         raise ValueError(f"{data_uri}: nothing to train on: {reason}")
-    plan = training_order(
-        shard_rows,
-        ROW_GROUP_SIZE,
-        [length if length <= config.max_seq_len else -1 for length in lengths],
-        batch_size=config.per_device_batch_size,
-        world=world,
-        workers=config.dataloader_workers,
-        seed=config.seed,
-        group_by_length=config.group_by_length,
-    )
-    del lengths
+
+    def order(dev: bool, readers_world: int, readers_workers: int) -> Plan:
+        return training_order(
+            shard_rows,
+            ROW_GROUP_SIZE,
+            [
+                n if fit and d == dev else -1
+                for n, fit, d in zip(lengths, fits, held_out, strict=True)
+            ],
+            batch_size=config.per_device_batch_size,
+            world=readers_world,
+            workers=readers_workers,
+            seed=config.seed,
+            group_by_length=config.group_by_length,
+        )
+
+    plan = order(False, world, config.dataloader_workers)
+    # the dev split (validation loss): small, read by one reader per rank
+    validation = order(True, 1, 0) if any(fit and d for fit, d in zip(fits, held_out)) else None
 
     checkpoints = _own_checkpoints(out, identity or train_identity(config, data_uri))
     # Weights come from the checkpoint itself: the Trainer's own reload of a LLaVA checkpoint
@@ -541,7 +568,14 @@ def train(
             logs: dict[str, Any] | None = None,
             **kwargs: Any,
         ) -> None:
-            if not logs or "loss" not in logs or not state.is_world_process_zero:
+            if not logs or not state.is_world_process_zero:
+                return
+            if "eval_loss" in logs:  # the dev split's loss, in a file of its own
+                row = {"step": state.global_step, "validation_loss": logs["eval_loss"]}
+                with open(out / VALIDATION_METRICS, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                return
+            if "loss" not in logs:
                 return
             now = time.perf_counter()
             seen = int(state.num_input_tokens_seen)  # non-padding tokens, counted by the Trainer
@@ -585,6 +619,10 @@ def train(
         remove_unused_columns=False,
         report_to=[],
         dataloader_num_workers=config.dataloader_workers,
+        eval_strategy="steps" if validation else "no",
+        eval_steps=config.save_steps,
+        per_device_eval_batch_size=config.per_device_batch_size,
+        prediction_loss_only=True,
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         deepspeed=deepspeed_config(config.deepspeed, config.bf16) if config.deepspeed else None,
@@ -592,13 +630,18 @@ def train(
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
     )
-    train_set = StreamedRecords(
-        data_uri,
-        plan,
-        lambda row: encode_row(row, renderer, config),
-        batch_size=config.per_device_batch_size,
-        max_seq_len=config.max_seq_len,
-        rejects=rejects,
+    train_set, validation_set = (
+        StreamedRecords(
+            data_uri,
+            records,
+            lambda row: encode_row(row, renderer, config),
+            batch_size=config.per_device_batch_size,
+            max_seq_len=config.max_seq_len,
+            rejects=rejects,
+        )
+        if records
+        else None
+        for records in (plan, validation)
     )
 
     class GroupedTrainer(Trainer):
@@ -619,13 +662,19 @@ def train(
         model=model,
         args=arguments,
         train_dataset=train_set,
+        eval_dataset=validation_set,
         data_collator=make_collator(renderer.tokenizer.pad_token_id),
         callbacks=[Metrics()],
     )
     # One progress line per log (step of total, time left) in place of the raw log dicts:
     # tqdm bars garble Prefect's captured logs.
     trainer.remove_callback(PrinterCallback)
+    if not checkpoints:
+        (out / VALIDATION_METRICS).unlink(missing_ok=True)
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    validation_loss = (
+        trainer.evaluate()["eval_loss"] if validation_set is not None else None
+    )  # after the last step
     final = out / "final"
     trainer.save_model(str(final))  # rank 0 writes; ZeRO-3 gathers the shards first
     totals = run_counts(trainer.args.device)
@@ -643,6 +692,8 @@ def train(
         "repeated_for_balance": plan.padded,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
+        "validation_loss": validation_loss,
+        "validation_examples": len(set(validation.order)) if validation else 0,
         "padding_fraction": round(1 - totals["tokens"] / max(1, totals["slots"]), 4),
         "world_size": world,
         "dataloader_workers": config.dataloader_workers,
