@@ -53,6 +53,31 @@ def _domains_of(benchmarks: dict) -> list[str]:
     return [benchmark(name).domain for name in benchmarks]
 
 
+def test_a_trained_model_is_where_its_domain_evaluation_reads_it() -> None:
+    """train/<model> (run alone), synth/<domain> (which triggers it) and evaluate/<domain>
+    name one folder: the model's `final/` under the domain's outputs."""
+    from adamllm_core.config import load_domain_config
+    from adamllm_core.evaluation.suite import load_suite
+
+    trains = [d for d in SPEC["deployments"] if d["entrypoint"].startswith("flows/train.py")]
+    evaluations = {
+        d["name"]: load_suite(REPO / d["parameters"]["config"])
+        for d in SPEC["deployments"]
+        if d["entrypoint"].startswith("flows/evaluate.py")
+    }
+    checked = 0
+    for train in trains:
+        data, out = train["parameters"]["data"], train["parameters"]["out"]
+        domain = data.split("/")[1]  # runs/<domain>/mixture
+        if domain not in evaluations or domain == "demo":
+            continue
+        synth = load_domain_config(REPO / "deployments" / f"{domain}.yaml")
+        assert out == synth.uri("model").removeprefix(str(REPO) + "/")
+        assert evaluations[domain].engine.model == f"{out}/final"
+        checked += 1
+    assert checked >= 1
+
+
 def test_every_eval_config_validates() -> None:
     from adamllm_core.evaluation.suite import load_suite
 

@@ -269,3 +269,32 @@ def test_pixel_bounds_join_the_cache_key_and_the_stage_identity(tiny_models) -> 
     text = EngineConfig(model="tiny:lm", image_resolution=ImageResolution(max_pixels=784))
     assert make_engine(text).results_identity == make_engine(text).model_identity
     assert capped.identity_dump() != default.identity_dump()
+
+
+def test_batched_choice_scores_equal_one_forward_per_choice(tiny_models) -> None:
+    """The judge's choices share one forward over their prompt (then a short one per choice
+    on its cache); the scores are those of a full forward over each prompt + choice."""
+    from adamllm_core.engines.hf import HFRenderer
+
+    engine = make_engine(EngineConfig(model="tiny:lm"))
+    requests = [
+        judge_request(f"Which organ is shown, case {i}?", "It is the liver, as seen.", "Liver")
+        for i in range(3)
+    ]
+    requests += [judge_request("Is it axial?", "Yes, axial.", "Yes", template="short")]
+    requests += [ChatRequest(prompt="The answer is", choices=(" liver", " a long answer here"))]
+    results = engine.run(requests)
+    renderer = HFRenderer(tiny_models["lm"])
+    model = engine._load()
+    several_tokens = 0
+    for request, result in zip(requests, results, strict=True):
+        for choice in request.choices:
+            ids, positions = renderer.choice_token_positions(request.prompt, choice)
+            several_tokens += len(positions) > 1
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            expected = float(sum(logprobs[p - 1, ids[p]] for p in positions))
+            assert result.choice_scores[choice] == pytest.approx(expected, abs=1e-4)
+        assert result.text == max(result.choice_scores, key=result.choice_scores.get)
+    assert several_tokens >= 2  # the per-choice continuation on the cache was exercised

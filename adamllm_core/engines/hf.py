@@ -6,6 +6,7 @@ The vLLM engine renders with the same `HFRenderer`, so both see identical prompt
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -155,16 +156,28 @@ class HFRenderer:
             continue_final_message=request.continue_final_message,
         )
 
+    @cached_property
+    def leading_special_ids(self) -> list[int]:
+        """What the tokenizer puts before a text by default (Llama's BOS; nothing for Qwen)."""
+        plain = self.tokenizer("x", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("x")["input_ids"]
+        return full[: len(full) - len(plain)] if full[len(full) - len(plain) :] == plain else []
+
     def choice_token_positions(self, prompt: str, choice: str) -> tuple[list[int], list[int]]:
-        """Token ids of prompt+choice, and the positions of the tokens that start in the choice."""
+        """Token ids of prompt+choice, and the positions of the tokens that start in the
+        choice. A raw prompt gets the tokenizer's default leading tokens (BOS), as vLLM and
+        the official judge give it, unless its text already starts with them."""
         encoded = self.tokenizer(
             prompt + choice, add_special_tokens=False, return_offsets_mapping=True
         )
-        ids = encoded["input_ids"]
+        lead = self.leading_special_ids
+        if lead and encoded["input_ids"][: len(lead)] == lead:
+            lead = []
+        ids = lead + encoded["input_ids"]
         positions = [
-            i
+            i + len(lead)
             for i, (start, _) in enumerate(encoded["offset_mapping"])
-            if start >= len(prompt) and i > 0
+            if start >= len(prompt) and i + len(lead) > 0
         ]
         return ids, positions
 
@@ -196,20 +209,39 @@ class HFEngine(Engine):
     def render(self, request: ChatRequest) -> str:
         return self.renderer.render(request)
 
-    def score_choices(self, request: ChatRequest, logprob_sum: Any) -> ChatResult:
-        """Scores of each choice: `logprob_sum(ids, positions)` over the choice's tokens."""
-        scores: dict[str, float] = {}
-        prompt_tokens = 0
-        for choice in request.choices or ():
-            ids, positions = self.renderer.choice_token_positions(request.prompt or "", choice)
-            scores[choice] = float(logprob_sum(ids, positions)) if positions else float("-inf")
-            prompt_tokens = len(ids) - len(positions)
-        return ChatResult(
-            text=max(scores, key=scores.get),
-            prompt_tokens=prompt_tokens,
-            finish_reason="scored",
-            choice_scores=scores,
-        )
+    def score_choices(
+        self,
+        requests: list[ChatRequest],
+        logprob_sums: Callable[[list[tuple[list[int], list[int]]]], list[float]],
+    ) -> list[ChatResult]:
+        """Every choice of every request scored in one call of `logprob_sums` over all
+        (ids, positions) sequences: the log-probability of the tokens at `positions`. The
+        engine batches them (the choices share their request's prompt as a prefix)."""
+        sequences = [
+            self.renderer.choice_token_positions(request.prompt or "", choice)
+            for request in requests
+            for choice in request.choices or ()
+        ]
+        sums = iter(logprob_sums(sequences)) if sequences else iter(())
+        encoded = iter(sequences)
+        results = []
+        for request in requests:
+            scores: dict[str, float] = {}
+            prompt_tokens = 0
+            for choice in request.choices or ():
+                ids, positions = next(encoded)
+                total = next(sums)
+                scores[choice] = float(total) if positions else float("-inf")
+                prompt_tokens = len(ids) - len(positions)
+            results.append(
+                ChatResult(
+                    text=max(scores, key=scores.get),
+                    prompt_tokens=prompt_tokens,
+                    finish_reason="scored",
+                    choice_scores=scores,
+                )
+            )
+        return results
 
 
 class TransformersEngine(HFEngine):
@@ -260,11 +292,10 @@ class TransformersEngine(HFEngine):
     def run(self, requests: list[ChatRequest]) -> list[ChatResult]:
         results: list[ChatResult | None] = [None] * len(requests)
         scoring = [i for i, r in enumerate(requests) if r.choices is not None]
-        for i in scoring:
-            try:
-                results[i] = self._score(requests[i])
-            except RequestRejected as error:
-                results[i] = error.result()
+        if scoring:
+            scored = self.score_choices([requests[i] for i in scoring], self._logprob_sums)
+            for i, result in zip(scoring, scored, strict=True):
+                results[i] = result
         groups: dict[SamplingConfig, list[int]] = {}
         for i, request in enumerate(requests):
             if request.choices is None:
@@ -361,15 +392,46 @@ class TransformersEngine(HFEngine):
         config = getattr(config, "text_config", None) or config
         return getattr(config, "max_position_embeddings", None)
 
-    def _score(self, request: ChatRequest) -> ChatResult:
+    def _logprob_sums(self, sequences: list[tuple[list[int], list[int]]]) -> list[float]:
+        """One forward over each distinct prefix (a request's prompt, shared by its choices:
+        ~2,100 tokens for the paper's judge) and a short one per choice on its cache."""
         import torch
 
+        context = self.context_length()
+        longest = max(len(ids) for ids, _ in sequences)
+        if context is not None and longest > context:
+            raise RequestRejected(
+                "prompt_too_long", f"{longest} tokens with a choice > the model's context {context}"
+            )
         model = self._load()
-
-        def logprob_sum(ids: list[int], positions: list[int]) -> float:
+        sums = [float("-inf")] * len(sequences)
+        by_prefix: dict[tuple[int, ...], list[int]] = {}
+        for k, (ids, positions) in enumerate(sequences):
+            if positions:
+                by_prefix.setdefault(tuple(ids[: positions[0]]), []).append(k)
+        for prefix, members in by_prefix.items():
+            # a cache only when a choice has tokens after its first (labels are one token)
+            longer = any(len(sequences[k][0]) - len(prefix) > 1 for k in members)
             with torch.inference_mode():
-                logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            return float(sum(logprobs[p - 1, ids[p]] for p in positions))
-
-        return self.score_choices(request, logprob_sum)
+                out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=longer)
+                first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+                cache = out.past_key_values
+                for k in members:
+                    ids, positions = sequences[k]
+                    choice = ids[len(prefix) :]
+                    total = float(first[choice[0]])
+                    if len(choice) > 1:
+                        tail = model(
+                            input_ids=torch.tensor([choice[:-1]], device=model.device),
+                            past_key_values=cache,
+                            use_cache=True,
+                        )
+                        logprobs = torch.log_softmax(tail.logits[0].float(), dim=-1)
+                        total += float(
+                            sum(logprobs[j, choice[j + 1]] for j in range(len(choice) - 1))
+                        )
+                        cache.crop(
+                            -(len(choice) - 1)
+                        )  # back to the prompt alone, for the next choice
+                    sums[k] = total
+        return sums

@@ -34,6 +34,8 @@ class VLLMEngine(HFEngine):
     ):
         super().__init__(model, revision, trust_remote_code, resolution)
         self.options = {
+            # the judge's choices share their ~2,100-token prompt: computed once per request
+            "enable_prefix_caching": True,
             "tensor_parallel_size": tensor_parallel_size,
             "gpu_memory_utilization": gpu_memory_utilization,
             "max_model_len": max_model_len,
@@ -110,20 +112,29 @@ class VLLMEngine(HFEngine):
                     if stopped or completion.finish_reason == "stop"
                     else "length",
                 )
-        for i, request in enumerate(requests):
-            if request.choices is not None:
-                results[i] = self._score(llm, request)
+        scoring = [i for i, r in enumerate(requests) if r.choices is not None]
+        if scoring:
+            scored = self.score_choices(
+                [requests[i] for i in scoring], lambda sequences: self._logprob_sums(llm, sequences)
+            )
+            for i, result in zip(scoring, scored, strict=True):
+                results[i] = result
         return [r for r in results if r is not None]
 
-    def _score(self, llm: Any, request: ChatRequest) -> ChatResult:
+    def _logprob_sums(self, llm: Any, sequences: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Every choice of the batch in one generate call; with prefix caching on, the
+        prompt the choices share is computed once."""
         from vllm import SamplingParams, TokensPrompt
 
-        def logprob_sum(ids: list[int], positions: list[int]) -> float:
-            output = llm.generate(
-                [TokensPrompt(prompt_token_ids=ids)],
+        try:
+            outputs = llm.generate(
+                [TokensPrompt(prompt_token_ids=ids) for ids, _ in sequences],
                 SamplingParams(max_tokens=1, prompt_logprobs=0),
                 use_tqdm=False,
-            )[0]
-            return sum(output.prompt_logprobs[p][ids[p]].logprob for p in positions)
-
-        return self.score_choices(request, logprob_sum)
+            )
+        except ValueError as error:  # one sequence over max_model_len: narrowed down by the caller
+            raise RequestRejected("engine_refused", str(error)) from None
+        return [
+            sum(output.prompt_logprobs[p][ids[p]].logprob for p in positions)
+            for output, (ids, positions) in zip(outputs, sequences, strict=True)
+        ]
