@@ -627,9 +627,47 @@ def test_training_output_on_object_storage(
     ):
         assert expected in keys, expected
     assert json.loads(fs.cat_file(f"{out}/train_summary.json"))["identity"] == summary["identity"]
+    assert fs.cat_file(f"{out}/checkpoint-6/run_identity").decode() == summary["identity"]
     # a finished identical run is not trained again, even from a new machine's empty staging area
     monkeypatch.setenv("ADAMLLM_TRAIN_STAGING", str(tmp_path / "elsewhere"))
     assert train_to(config, seed_dataset, out) == summary and not (tmp_path / "elsewhere").exists()
+    # killed after step 3's checkpoint (no later one, no summary, no final/): another
+    # machine resumes from the latest checkpoint in the bucket, its counts carried over
+    for gone in ("train_summary.json", "final", "checkpoint-6"):
+        fs.rm(f"{out}/{gone}", recursive=True)
+    monkeypatch.setenv("ADAMLLM_TRAIN_STAGING", str(tmp_path / "third"))
+    resumed = train_to(config, seed_dataset, out)
+    assert resumed["resumed_from"] == "checkpoint-3" and resumed["steps"] == 6
+    assert resumed["trained_tokens"] == summary["trained_tokens"]
+    assert fs.exists(f"{out}/final/model.safetensors") and fs.exists(f"{out}/train_summary.json")
+
+
+def test_a_checkpoint_of_another_run_is_refused(
+    tiny_models, seed_dataset: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    from adamllm_core.training.trainer import preset, train_to
+
+    def config(rate: float):
+        return preset(
+            "tiny",
+            task="synthesizer",
+            learning_rate=rate,
+            max_steps=2,
+            save_steps=2,
+            global_batch_size=2,
+            per_device_batch_size=2,
+        )
+
+    train_to(config(1e-3), seed_dataset, str(tmp_path / "a"))
+    train_to(config(2e-3), seed_dataset, str(tmp_path / "b"))
+    # b's folder is b's run, but its checkpoint came from a (copied over by hand)
+    shutil.rmtree(tmp_path / "b" / "checkpoint-2")
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-2")
+    (tmp_path / "b" / "train_summary.json").unlink()
+    with pytest.raises(ValueError, match="checkpoint-2 was made by run .* not by this run"):
+        train_to(config(2e-3), seed_dataset, str(tmp_path / "b"))
 
 
 @pytest.mark.integration

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import ROW_GROUP_SIZE, Dataset
@@ -419,15 +420,51 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
         / identity
     )
     staging.mkdir(parents=True, exist_ok=True)
-    if fs.exists(remote) and not any(staging.glob("checkpoint-*")):
-        fs.get(remote + "/", str(staging) + "/", recursive=True)
+    # One process per node restores (the others wait on the lock, then find it done): the
+    # latest complete checkpoint, when this node lacks it (a fresh node, or one that held
+    # only its own ranks' partitions of it)
+    with FileLock(str(staging / ".restore.lock")):
+        latest = _latest_checkpoint(
+            [p.rsplit("/", 2)[-2] for p in fs.glob(f"{remote}/checkpoint-*/{RUN_IDENTITY}")]
+        )
+        here = _latest_checkpoint(
+            [p.parent.name for p in staging.glob(f"checkpoint-*/{RUN_IDENTITY}")]
+        )
+        if latest is not None and (here is None or latest[0] > here[0]):
+            name = latest[1]
+            fs.get(f"{remote}/{name}/", str(staging / name) + "/", recursive=True)
+            for small in (RUN_IDENTITY, "metrics.jsonl", VALIDATION_METRICS):
+                if fs.exists(f"{remote}/{small}"):
+                    fs.get_file(f"{remote}/{small}", str(staging / small))
 
-    def upload() -> None:
-        fs.put(str(staging) + "/", remote + "/", recursive=True)
+    def upload(checkpoint: Path) -> None:
+        """The new checkpoint (this node's files of it), then the run's small files; remote
+        checkpoints the Trainer rotated out locally go too."""
+        fs.put(str(checkpoint) + "/", f"{remote}/{checkpoint.name}/", recursive=True)
+        for name in (RUN_IDENTITY, "metrics.jsonl", VALIDATION_METRICS):
+            if (staging / name).exists():
+                fs.put_file(str(staging / name), f"{remote}/{name}")
+        kept = {p.name for p in staging.glob("checkpoint-*")}
+        for path in fs.glob(f"{remote}/checkpoint-*"):
+            if path.rstrip("/").rsplit("/", 1)[-1] not in kept:
+                fs.rm(path, recursive=True)
 
     summary = train(config, data_uri, str(staging), identity=identity, after_checkpoint=upload)
-    upload()
+    # final/ first, the rest, the summary last: a reader that finds the summary finds it all
+    fs.put(str(staging / "final") + "/", f"{remote}/final/", recursive=True)
+    for path in staging.iterdir():
+        if path.name not in ("final", "train_summary.json") and not path.name.startswith("."):
+            if path.is_dir():
+                fs.put(str(path) + "/", f"{remote}/{path.name}/", recursive=True)
+            else:
+                fs.put_file(str(path), f"{remote}/{path.name}")
+    fs.put_file(str(staging / "train_summary.json"), f"{remote}/train_summary.json")
     return summary
+
+
+def _latest_checkpoint(names: list[str]) -> tuple[int, str] | None:
+    steps = [(int(name.split("-")[1]), name) for name in names if name.split("-")[1].isdigit()]
+    return max(steps) if steps else None
 
 
 RUN_IDENTITY = "run_identity"
@@ -452,11 +489,20 @@ def _own_checkpoints(out: Path, identity: str) -> list[Path]:
             staging.write_text(identity)
             staging.replace(marker)
         return []
-    # The Trainer writes trainer_state.json last: a checkpoint without it was cut short.
-    return sorted(
-        (p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+    # Each checkpoint names its run last: a checkpoint without it was cut short.
+    complete = sorted(
+        (p for p in out.glob("checkpoint-*") if (p / RUN_IDENTITY).exists()),
         key=lambda p: int(p.name.split("-")[1]),
     )
+    for checkpoint in complete:
+        made_by = (checkpoint / RUN_IDENTITY).read_text().strip()
+        if made_by != identity:
+            raise ValueError(
+                f"{checkpoint} was made by run {made_by[:12]}, not by this run ({identity[:12]}:"
+                " other data, settings or code); resuming from it would continue that run."
+                " Remove it, or train into another output"
+            )
+    return complete
 
 
 def train(
@@ -519,7 +565,8 @@ def train(
     # the dev split (validation loss): small, read by one reader per rank
     validation = order(True, 1, 0) if any(fit and d for fit, d in zip(fits, held_out)) else None
 
-    checkpoints = _own_checkpoints(out, identity or train_identity(config, data_uri))
+    run_identity = identity or train_identity(config, data_uri)
+    checkpoints = _own_checkpoints(out, run_identity)
     # Weights come from the checkpoint itself: the Trainer's own reload of a LLaVA checkpoint
     # left the freshly initialised weights in place (seen with transformers 5.24).
     start = (
@@ -593,11 +640,13 @@ def train(
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             totals = run_counts(args.device)
+            checkpoint = out / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero:
-                checkpoint = out / f"checkpoint-{state.global_step}"
                 (checkpoint / RUN_COUNTS).write_text(json.dumps(totals))
-                if after_checkpoint is not None:
-                    after_checkpoint()
+                (checkpoint / RUN_IDENTITY).write_text(run_identity)  # last: it is complete
+            _barrier()  # every rank's ZeRO partition is written before any node uploads
+            if after_checkpoint is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                after_checkpoint(checkpoint)  # each node its own ranks' partitions
 
     arguments = TrainingArguments(
         output_dir=str(out),
@@ -733,6 +782,13 @@ def progress_line(
             f"about {left / 60:.0f} min left" if left >= 60 else f"about {left:.0f} s left"
         )
     return " · ".join(parts)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _sum_over_ranks(values: list[int], device: Any) -> list[int]:
