@@ -298,6 +298,9 @@ class RowGroupReader:
         self._footers: dict[int, tuple[pq.FileMetaData, list[int]]] = {}
         self._groups: OrderedDict[tuple[int, int], list[dict[str, Any]]] = OrderedDict()
 
+    def __getstate__(self) -> dict[str, Any]:  # sent to a spawned process: no caches
+        return {**self.__dict__, "_footers": {}, "_groups": OrderedDict()}
+
     def locate(self, index: int) -> tuple[int, int]:
         """(shard, row within it) of the dataset's row `index`."""
         if not 0 <= index < self._starts[-1]:

@@ -511,6 +511,9 @@ class PairImages:
         self.rows = RowGroupReader(pairs, ["image", "image_format"], keep=keep)
         self._ids: OrderedDict[int, dict[str, int]] = OrderedDict()
 
+    def __getstate__(self) -> dict[str, Any]:  # sent to a spawned process: no caches
+        return {**self.__dict__, "_ids": OrderedDict()}
+
     def image(self, shard: int, pair_id: str) -> tuple[bytes, str]:
         count = len(self.pairs.manifest.shards)
         for source in sorted(range(count), key=lambda k: k != shard):  # shard k first

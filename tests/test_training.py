@@ -837,7 +837,7 @@ def test_collator_pads_per_token_processor_outputs_and_stacks_per_image_ones() -
     # for the whole padded batch, beside image_grid_thw (1 row per image).
     import torch
 
-    from adamllm_core.training.trainer import make_collator
+    from adamllm_core.training.trainer import Collator
 
     def item(types: list[int], grid: list[int]) -> dict:
         return {
@@ -848,7 +848,7 @@ def test_collator_pads_per_token_processor_outputs_and_stacks_per_image_ones() -
             "image_grid_thw": torch.tensor([grid]),
         }
 
-    batch = make_collator(0)([item([0, 1, 1, 0, 0], [1, 2, 2]), item([1, 1, 0], [1, 4, 4])])
+    batch = Collator(0)([item([0, 1, 1, 0, 0], [1, 2, 2]), item([1, 1, 0], [1, 4, 4])])
     assert batch["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
     assert batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 4, 4]]
     assert batch["pixel_values"].shape == (8, 3)

@@ -246,6 +246,17 @@ def encode_row(row: dict[str, Any], renderer: HFRenderer, config: TrainConfig) -
     return encode_segments(renderer, training_segments(row, renderer, config), row.get("image"))
 
 
+class RecordEncoder:
+    """`encode_row` as a callable DataLoader workers can unpickle (they are spawned)."""
+
+    def __init__(self, renderer: HFRenderer, config: TrainConfig):
+        self.renderer = renderer
+        self.config = config
+
+    def __call__(self, row: dict[str, Any]) -> Encoded:
+        return encode_row(row, self.renderer, self.config)
+
+
 def record_lengths(
     data_uri: str, renderer: HFRenderer, config: TrainConfig
 ) -> tuple[list[int], list[int], list[bool]]:
@@ -281,10 +292,16 @@ def _caption_requests(turns: list[dict[str, Any]]) -> list[bool]:
     ]
 
 
-def make_collator(pad_id: int) -> Any:
-    import torch
+class Collator:
+    """Pads a batch; a class, not a closure, so spawned DataLoader workers can unpickle it."""
 
-    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        pad_id = self.pad_id
         longest = max(len(item["input_ids"]) for item in batch)
         ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
         labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
@@ -309,8 +326,6 @@ def make_collator(pad_id: int) -> Any:
                 else:  # per image: one row each (image_sizes, image_grid_thw)
                     out[key] = torch.cat([item[key] for item in batch])
         return out
-
-    return collate
 
 
 def _per_token(item: dict[str, Any], key: str) -> bool:
@@ -668,6 +683,10 @@ def train(
         remove_unused_columns=False,
         report_to=[],
         dataloader_num_workers=config.dataloader_workers,
+        # Workers start fresh, not forked: a training process inside a Prefect flow run
+        # holds threads and handlers that made forked workers die at exit (code 1).
+        dataloader_multiprocessing_context="spawn" if config.dataloader_workers else None,
+        dataloader_persistent_workers=config.dataloader_workers > 0,
         eval_strategy="steps" if validation else "no",
         eval_steps=config.save_steps,
         per_device_eval_batch_size=config.per_device_batch_size,
@@ -683,7 +702,7 @@ def train(
         StreamedRecords(
             data_uri,
             records,
-            lambda row: encode_row(row, renderer, config),
+            RecordEncoder(renderer, config),
             batch_size=config.per_device_batch_size,
             max_seq_len=config.max_seq_len,
             rejects=rejects,
@@ -712,7 +731,7 @@ def train(
         args=arguments,
         train_dataset=train_set,
         eval_dataset=validation_set,
-        data_collator=make_collator(renderer.tokenizer.pad_token_id),
+        data_collator=Collator(renderer.tokenizer.pad_token_id),
         callbacks=[Metrics()],
     )
     # One progress line per log (step of total, time left) in place of the raw log dicts:
