@@ -243,16 +243,20 @@ class Dataset:
         """The published shards' URIs, for readers of their own (polars, duckdb, pyarrow)."""
         return self.manifest.shard_uris(self.uri)
 
+    def open_shard(self, index: int) -> Any:
+        """Shard `index`'s Parquet file, opened for reading (a context manager)."""
+        return self._fs.open(join(self._path, self.manifest.shards[index].path), "rb")
+
     def iter_batches(
         self, columns: list[str] | None = None, batch_size: int = ROW_GROUP_SIZE
     ) -> Iterator[pa.RecordBatch]:
-        for shard in self.manifest.shards:
-            with self._fs.open(join(self._path, shard.path), "rb") as handle:
+        for index in range(len(self.manifest.shards)):
+            with self.open_shard(index) as handle:
                 parquet = pq.ParquetFile(handle)
                 yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
     def read_shard(self, index: int, columns: list[str] | None = None) -> list[dict[str, Any]]:
-        with self._fs.open(join(self._path, self.manifest.shards[index].path), "rb") as handle:
+        with self.open_shard(index) as handle:
             return pq.read_table(handle, columns=columns).to_pylist()
 
     def iter_rows(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -279,9 +283,6 @@ class Dataset:
             data = self._fs.cat_file(join(self._path, shard.path))
             if sha256_hex(data) != shard.sha256:
                 raise DatasetError(f"{redact(self.uri)}/{shard.path}: sha256 differs from manifest")
-
-
-# --- writing -----------------------------------------------------------------------------
 
 
 class RowGroupReader:
@@ -314,8 +315,7 @@ class RowGroupReader:
         key = (shard, group)
         rows = self._groups.get(key)
         if rows is None:
-            path = join(self.dataset._path, self.dataset.manifest.shards[shard].path)
-            with self.dataset._fs.open(path, "rb") as handle:
+            with self.dataset.open_shard(shard) as handle:
                 table = pq.ParquetFile(handle, metadata=footer).read_row_group(
                     group, columns=self.columns
                 )
@@ -328,14 +328,16 @@ class RowGroupReader:
 
     def _footer(self, shard: int) -> tuple[pq.FileMetaData, list[int]]:
         if shard not in self._footers:
-            path = join(self.dataset._path, self.dataset.manifest.shards[shard].path)
-            with self.dataset._fs.open(path, "rb") as handle:
+            with self.dataset.open_shard(shard) as handle:
                 footer = pq.ParquetFile(handle).metadata
             starts = [0]
             for group in range(footer.num_row_groups):
                 starts.append(starts[-1] + footer.row_group(group).num_rows)
             self._footers[shard] = (footer, starts[:-1])
         return self._footers[shard]
+
+
+# --- writing -----------------------------------------------------------------------------
 
 
 class ShardMarker(BaseModel):

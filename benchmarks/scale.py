@@ -144,20 +144,22 @@ def run_stage(stage: str, work: str) -> dict:
     }
 
 
+def run_child(script: str, *args: str) -> dict:
+    """`script --child ARGS` in a fresh process (its own peak RSS); its last line's JSON."""
+    done = subprocess.run(
+        [sys.executable, script, "--child", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def measure(count: int, stages: list[str]) -> dict[str, dict]:
     results = {}
     with tempfile.TemporaryDirectory() as work:
         write_world(Path(work) / "source", count)
         for stage in stages:
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", stage, work],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode:
-                raise SystemExit(f"{stage} at {count} pairs failed:\n{done.stderr[-3000:]}")
-            results[stage] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[stage] = run_child(__file__, stage, work)
             row = results[stage]
             print(
                 f"{count:>7} pairs  {stage:<10} rows in {row['rows_in']:>7}, out {row['rows_out']:>7},"

@@ -15,14 +15,13 @@ Goal: peak RSS at the large size within 1.3x of the small size's.
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import write_world
+from scale import run_child, write_world
 
 
 def prepare(work: str) -> int:
@@ -62,20 +61,11 @@ def train(work: str, steps: int, workers: int) -> dict:
     }
 
 
-def child(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False
-    )
-    if done.returncode:
-        raise SystemExit(f"{args[0]} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def measure(count: int, steps: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as work:
         write_world(Path(work) / "source", count)
-        rows = child("prepare", work)["rows"]
-        result = child("train", work, str(steps), str(workers))
+        rows = run_child(__file__, "prepare", work)["rows"]
+        result = run_child(__file__, "train", work, str(steps), str(workers))
     print(
         f"{count:>7} pairs: mixture {rows} records, {result['steps']} steps in "
         f"{result['seconds']} s, peak RSS {result['peak_mb']} MB",

@@ -36,6 +36,21 @@ def encode_all(uri: str, renderer, config) -> list:
     return [encode_row(row, renderer, config) for row in conversation_rows(uri)]
 
 
+def tiny_synthesizer(rate: float, max_steps: int):
+    """Synthesizer tuning of the tiny model: batches of 2, a checkpoint every 2 steps."""
+    from adamllm_core.training.trainer import preset
+
+    return preset(
+        "tiny",
+        task="synthesizer",
+        learning_rate=rate,
+        max_steps=max_steps,
+        save_steps=2,
+        global_batch_size=2,
+        per_device_batch_size=2,
+    )
+
+
 def write_seed_sources(root: Path) -> dict[str, str]:
     """Small files in the releases' layouts: Vision-Flan's annotation_191-task_1k.json
     (its own ids, `task_name`, the image's bare file name under images_191task_1k/) and
@@ -647,18 +662,10 @@ def test_a_checkpoint_of_another_run_is_refused(
 ) -> None:
     import shutil
 
-    from adamllm_core.training.trainer import preset, train_to
+    from adamllm_core.training.trainer import train_to
 
     def config(rate: float):
-        return preset(
-            "tiny",
-            task="synthesizer",
-            learning_rate=rate,
-            max_steps=2,
-            save_steps=2,
-            global_batch_size=2,
-            per_device_batch_size=2,
-        )
+        return tiny_synthesizer(rate, max_steps=2)
 
     train_to(config(1e-3), seed_dataset, str(tmp_path / "a"))
     train_to(config(2e-3), seed_dataset, str(tmp_path / "b"))
@@ -701,18 +708,10 @@ def test_a_changed_run_does_not_resume_from_the_old_runs_checkpoints(
     run gives."""
     from safetensors.torch import load_file
 
-    from adamllm_core.training.trainer import preset, train_to
+    from adamllm_core.training.trainer import train_to
 
     def config(rate: float):
-        return preset(
-            "tiny",
-            task="synthesizer",
-            learning_rate=rate,
-            max_steps=4,
-            save_steps=2,
-            global_batch_size=2,
-            per_device_batch_size=2,
-        )
+        return tiny_synthesizer(rate, max_steps=4)
 
     out = tmp_path / "run"
     first = train_to(config(1e-3), seed_dataset, str(out))
