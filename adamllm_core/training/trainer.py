@@ -782,7 +782,18 @@ def train(
         if metrics_path.exists():
             plot_loss(metrics_path, out / "loss_curve.png")
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    _end_process_group()
     return summary
+
+
+def _end_process_group() -> None:
+    """Every rank done, then the process group closed: a rank that exits with the group's
+    threads still running aborts ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def progress_line(
