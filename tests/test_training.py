@@ -23,6 +23,7 @@ from adamllm_core.training.encoding import (
     synthesizer_segments,
 )
 from adamllm_core.training.seed import SeedConfig, build_seed
+from adamllm_core.training.trainer import RUN_IDENTITY
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "biomed_pairs"
@@ -587,7 +588,8 @@ def test_killed_training_resumes_to_the_same_weights(
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+        # the run-identity file is written last: before it, a checkpoint is incomplete
+        done = [p for p in out.glob("checkpoint-*") if (p / RUN_IDENTITY).exists()]
         if done:
             break
         time.sleep(0.01)
