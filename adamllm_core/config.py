@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from adamllm_core.errors import ConfigError
 from adamllm_core.filtering import FilterConfig
 from adamllm_core.ingest import IngestConfig
-from adamllm_core.pipeline import AssembleConfig, variant_outputs
+from adamllm_core.pipeline import GENERAL_OUTPUTS, AssembleConfig, variant_outputs
 from adamllm_core.storage import join, normalise_uri
 from adamllm_core.synthesis import SynthConfig
 from adamllm_core.training.seed import SeedConfig
@@ -44,9 +44,11 @@ class PostTrain(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     train: dict[str, Any] = Field(description="TrainConfig keys, or a preset")
-    pipeline: Literal["single_stage", "two_stage"] = Field(
+    pipeline: Literal["single_stage", "two_stage", "two_stage_reuse"] = Field(
         default="single_stage",
-        description="two_stage (ablation): captions first, then synthetic tasks",
+        description="single_stage trains on the first assemble variant's mixture; two_stage"
+        " (ablation): captions first, then synthetic tasks; two_stage_reuse (ablation):"
+        " captions first, then synthetic tasks with the captions again",
     )
     deployment: str | None = Field(
         default=None, description="e.g. train/qwen2-vl-2b: run there; else in this flow"
@@ -55,9 +57,9 @@ class PostTrain(BaseModel):
     @model_validator(mode="after")
     def _train_is_valid(self) -> "PostTrain":
         load_train_config(self.train)
-        if self.pipeline == "two_stage" and self.deployment:
+        if self.pipeline != "single_stage" and self.deployment:
             raise ValueError(
-                "two_stage runs in the synth flow; drop deployment or use single_stage"
+                f"{self.pipeline} runs in the synth flow; drop deployment or use single_stage"
             )
         return self
 
@@ -78,18 +80,27 @@ class DomainConfig(BaseModel):
         default=None, description="cron schedule of the refresh deployment"
     )
     tune_synthesizer: TuneSynthesizer | None = None
+    general_seed: str | None = Field(
+        default=None,
+        description="seed dataset (`adamllm seed`) for the general_cot variants; default:"
+        " the one tune_synthesizer builds",
+    )
     post_train: PostTrain | None = None
 
     @model_validator(mode="after")
     def _ingest_is_valid(self) -> "DomainConfig":
         self.ingest_config()  # raises with the failing key
-        if (
-            self.post_train
-            and self.post_train.pipeline == "two_stage"
-            and "two_stage" not in self.assemble.variants
+        pipeline = self.post_train.pipeline if self.post_train else "single_stage"
+        if pipeline != "single_stage" and pipeline not in self.assemble.variants:
+            raise ValueError(
+                f"post_train.pipeline {pipeline} needs assemble.variants to include {pipeline}"
+            )
+        if self.general_seed_uri() is None and any(
+            output in GENERAL_OUTPUTS for output in variant_outputs(self.assemble)
         ):
             raise ValueError(
-                "post_train.pipeline two_stage needs assemble.variants to include two_stage"
+                "the general_cot variants need seed data: set general_seed (a dataset"
+                " `adamllm seed` wrote) or tune_synthesizer"
             )
         if self.post_train:
             train = load_train_config(self.post_train.train)
@@ -107,6 +118,11 @@ class DomainConfig(BaseModel):
 
     def uri(self, stage: str) -> str:
         return join(normalise_uri(self.out), self.domain, stage)
+
+    def general_seed_uri(self) -> str | None:
+        if self.general_seed:
+            return normalise_uri(self.general_seed)
+        return self.uri("seed") if self.tune_synthesizer else None
 
     def mixture_uris(self) -> dict[str, str]:
         names = variant_outputs(self.assemble)

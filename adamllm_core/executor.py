@@ -36,6 +36,12 @@ Role = Literal["all", "prepare", "rank"]
 class Shard:
     index: int
     offset: int = 0  # position of its first row in the whole input
+    source: int = 0  # which of the input's datasets it comes from (DatasetInput of several)
+    source_index: int | None = None  # its index in that dataset (default: `index`)
+
+    @property
+    def local_index(self) -> int:
+        return self.index if self.source_index is None else self.source_index
 
 
 @dataclass
@@ -70,23 +76,30 @@ class ShardInput(Protocol):
 
 
 class DatasetInput:
-    """The shards of a finished dataset: input shard k becomes output shard k."""
+    """The shards of a finished dataset, or of several one after another (their shards
+    numbered on): input shard k becomes output shard k."""
 
-    def __init__(self, uri: str, columns: list[str] | None = None):
-        self.dataset = Dataset(uri)
+    def __init__(self, uris: str | list[str], columns: list[str] | None = None):
+        self.datasets = [Dataset(uri) for uri in ([uris] if isinstance(uris, str) else uris)]
         self.columns = columns
 
     def total(self) -> int:
-        return self.dataset.manifest.rows
+        return sum(dataset.manifest.rows for dataset in self.datasets)
 
     def shards(
         self, skip: Callable[[int], bool]
     ) -> Iterator[tuple[Shard, int, Callable[[], list[Any]]]]:
-        offset = 0
-        for index, info in enumerate(self.dataset.manifest.shards):
-            shard = Shard(index, offset)
-            yield shard, info.rows, lambda index=index: self.dataset.read_shard(index, self.columns)
-            offset += info.rows
+        offset = index = 0
+        for source, dataset in enumerate(self.datasets):
+            for local, info in enumerate(dataset.manifest.shards):
+                shard = Shard(index, offset, source, local)
+                yield (
+                    shard,
+                    info.rows,
+                    lambda dataset=dataset, local=local: dataset.read_shard(local, self.columns),
+                )
+                offset += info.rows
+                index += 1
 
 
 class BatchInput:
@@ -313,7 +326,7 @@ class ShardedExecutor:
 def run_stage(
     *,
     stage: str,
-    input_uri: str,
+    input_uri: str | list[str],
     outputs: dict[str, StageOutput],
     config: BaseModel | dict[str, Any],
     process: ProcessFn,
@@ -327,11 +340,13 @@ def run_stage(
     world: int = 1,
 ) -> dict[str, Manifest]:
     """A dataset-to-dataset stage (synthesize, filter, assemble): input shard k of
-    `input_uri` becomes shard k of every output; see `ShardedExecutor.execute` for roles."""
+    `input_uri` (or of several datasets' shards one after another) becomes shard k of every
+    output; see `ShardedExecutor.execute` for roles."""
+    inputs = [input_uri] if isinstance(input_uri, str) else list(input_uri)
     executor = ShardedExecutor(
         stage=stage,
         outputs=outputs,
-        parents=stage_parents([input_uri, *extra_inputs]),
+        parents=stage_parents([*inputs, *extra_inputs]),
         config=config,
         code=code,
         overwrite=overwrite,
@@ -339,7 +354,7 @@ def run_stage(
         lease=role == "all",
     )
     return executor.execute(
-        DatasetInput(input_uri, columns),
+        DatasetInput(inputs, columns),
         process,
         progress=progress,
         role=role,

@@ -22,3 +22,8 @@ def sha256_hex(data: bytes | str) -> str:
 
 def config_hash(config: BaseModel | dict[str, Any]) -> str:
     return sha256_hex(canonical_json(config))[:16]
+
+
+def pair_id(image_sha256: str, caption: str) -> str:
+    """Stable id of a pair: the hash of its image's bytes (by their sha256) and its caption."""
+    return hashlib.sha256(f"{image_sha256}\0{caption}".encode()).hexdigest()[:32]

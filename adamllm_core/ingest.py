@@ -5,7 +5,6 @@ Every input ends as exactly one pair row or one quarantine row with its reason
 once and the rest quarantined as `duplicate`, pointing at the row they repeat.
 """
 
-import hashlib
 import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +26,7 @@ from adamllm_core.executor import (
     ShardOutput,
     StageOutput,
 )
-from adamllm_core.hashing import canonical_json, config_hash
+from adamllm_core.hashing import canonical_json, config_hash, pair_id
 from adamllm_core.images import ImagePolicy, normalise_image
 from adamllm_core.importers import Importer, RawRecord, SourceOptions, open_source
 from adamllm_core.schemas import PAIRS, ImageCaptionPair, QuarantineRow
@@ -60,11 +59,6 @@ class IngestConfig(BaseModel):
     @property
     def hash(self) -> str:
         return config_hash(self.output_config())
-
-
-def pair_id(image_sha256: str, caption: str) -> str:
-    """Stable id of a pair: the hash of its image's bytes (by their sha256) and its caption."""
-    return hashlib.sha256(f"{image_sha256}\0{caption}".encode()).hexdigest()[:32]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import Dataset, DatasetError, Manifest, RowGroupReader
 from adamllm_core.engines import Engine, EngineStats, make_engine, run_cached, shard_cache
-from adamllm_core.engines.base import ChatResult, ImageResolution
+from adamllm_core.engines.base import ChatResult, ImageResolution, Message
 from adamllm_core.engines.hf import HFRenderer, model_identity
 from adamllm_core.errors import Rejected
 from adamllm_core.executor import (
@@ -30,13 +30,17 @@ from adamllm_core.executor import (
     stage_identity,
 )
 from adamllm_core.filtering import FilterConfig, chain_of_thought, judge_request, label_of
+from adamllm_core.hashing import pair_id
 from adamllm_core.models import resolve_model
 from adamllm_core.schemas import (
     CONVERSATIONS,
     JUDGED,
+    PAIRS,
+    SEED,
     TRIPLETS,
     ChatTurn,
     Conversation,
+    ImageCaptionPair,
     JudgedTriplet,
     QuarantineRow,
     TaskTriplet,
@@ -114,11 +118,12 @@ def synthesize(
     renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
     if config.template_model or not isinstance(renderer, HFRenderer):
         renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
-    delimiters, pattern, stop = prompt_context(renderer, config)
+    context = prompt_context(renderer, config)
+    delimiters = context.delimiters
     stats = EngineStats()
 
     def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
-        requests = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
+        requests = [synth_request(r["caption"], r["image"], config, context) for r in rows]
         results = run_cached(
             engine,
             requests,
@@ -271,7 +276,10 @@ def filter_triplets(
 
 # --- assemble -----------------------------------------------------------------------------
 
-# Caption-task prompts, one drawn per record (the paper draws from ALLaVA's pool).
+# The caption task's instruction when a pair brings none of its own (ingest keeps a
+# record's, e.g. "Generate a recipe for this delicious food.", as metadata.caption_prompt):
+# one drawn per record from a pool of describe-the-image requests, as the paper draws from
+# ALLaVA's (Chen et al., 2024a). The wording here is ours, not a copy of ALLaVA's list.
 CAPTION_PROMPTS = (
     "Describe the image.",
     "Describe the image in detail.",
@@ -286,7 +294,37 @@ CAPTION_PROMPTS = (
     "Can you describe this image for me?",
     "Write a caption that describes the image.",
 )
-VARIANTS = ("single_stage", "two_stage_1", "two_stage_2", "caption_only", "synthetic_only")
+
+Variant = Literal[
+    "single_stage",
+    "two_stage",
+    "caption_only",
+    "synthetic_only",
+    "two_stage_reuse",
+    "no_filter_precise",
+    "no_filter_informative",
+    "general_cot",
+    "general_cot_domain_caption",
+]
+# The mixtures (output datasets) of each variant: paper 3.2, and Table 5's ablations.
+VARIANT_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "single_stage": ("single_stage",),
+    "two_stage": ("two_stage_1", "two_stage_2"),
+    "caption_only": ("caption_only",),
+    "synthetic_only": ("synthetic_only",),
+    "two_stage_reuse": ("two_stage_1", "two_stage_reuse_2"),
+    "no_filter_precise": ("no_filter_precise",),
+    "no_filter_informative": ("no_filter_informative",),
+    "general_cot": ("general_cot",),
+    "general_cot_domain_caption": ("general_cot_domain_caption",),
+}
+VARIANTS = tuple(dict.fromkeys(name for names in VARIANT_OUTPUTS.values() for name in names))
+# Without the consistency filter: every parsed triplet, answered by one of its responses.
+UNFILTERED_RESPONSE = {"no_filter_precise": "precise", "no_filter_informative": "informative"}
+# Trained on the seed data in the task format (general_tasks, then the same filter).
+GENERAL_OUTPUTS = ("general_cot", "general_cot_domain_caption")
+# Outputs with separate caption and task records of one pair
+MIXED_KINDS = ("two_stage_reuse_2", "general_cot_domain_caption")
 
 
 class AssembleConfig(BaseModel):
@@ -298,8 +336,13 @@ class AssembleConfig(BaseModel):
         default="drop", description="records over max_seq_len"
     )
     seed: int = 0
-    variants: tuple[Literal["single_stage", "two_stage", "caption_only", "synthetic_only"], ...] = (
-        "single_stage",
+    variants: tuple[Variant, ...] = Field(
+        default=("single_stage",),
+        description="single_stage (the paper's); Table 5's ablations: two_stage (captions,"
+        " then tasks), caption_only, synthetic_only, two_stage_reuse (captions, then tasks"
+        " with the captions again), no_filter_precise and no_filter_informative (every parsed"
+        " triplet, one response), general_cot (the seed data in the task format, filtered"
+        " the same way) and general_cot_domain_caption (that, with the domain's captions)",
     )
     image_resolution: ImageResolution = Field(
         default_factory=ImageResolution,
@@ -313,20 +356,51 @@ def seeded_rng(seed: int, *parts: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def _record_turns(
-    variant: str, pair: dict[str, Any], task: dict[str, Any] | None, seed: int
-) -> tuple[str, list[tuple[str, str]]] | None:
-    caption = (seeded_rng(seed, "prompt", pair["id"]).choice(CAPTION_PROMPTS), pair["caption"])
-    synthetic = (task["instruction"], task["response"]) if task else None
-    if variant in ("caption_only", "two_stage_1"):
-        return "caption", [caption]
-    if variant in ("synthetic_only", "two_stage_2"):
-        return ("task", [synthetic]) if synthetic else None
-    if synthetic is None:
-        return "caption", [caption]
+def caption_turn(pair: dict[str, Any], seed: int) -> tuple[str, str]:
+    """The caption task of a pair: its own caption prompt where it has one, else one
+    drawn from the pool by the pair's id."""
+    metadata = pair.get("metadata")
+    if isinstance(metadata, str):
+        metadata = json.loads(metadata or "{}")
+    prompt = (metadata or {}).get("caption_prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        prompt = seeded_rng(seed, "prompt", pair["id"]).choice(CAPTION_PROMPTS)
+    return prompt.strip(), pair["caption"]
+
+
+def _records(
+    output: str,
+    pair: dict[str, Any],
+    *,
+    general: bool,
+    kept: dict[str, Any] | None,
+    parsed: dict[str, Any] | None,
+    seed: int,
+) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The records (kind, rounds) a pair gives in one output. `general`: a pair of the
+    seed data; `kept`: its task that passed the filter; `parsed`: its first parsed triplet."""
+    caption = caption_turn(pair, seed)
+    task = (kept["instruction"], kept["response"]) if kept else None
+    if output in GENERAL_OUTPUTS:
+        if general:
+            return [("task", [task])] if task else []
+        return [("caption", [caption])] if output == "general_cot_domain_caption" else []
+    if general:
+        return []
+    if output in UNFILTERED_RESPONSE:
+        task = (parsed["instruction"], parsed[UNFILTERED_RESPONSE[output]]) if parsed else None
+    if output in ("caption_only", "two_stage_1"):
+        return [("caption", [caption])]
+    if output in ("synthetic_only", "two_stage_2"):
+        return [("task", [task])] if task else []
+    if output == "two_stage_reuse_2":  # stage 2 has the tasks and stage 1's captions again
+        return [("caption", [caption])] + ([("task", [task])] if task else [])
+    # single stage (with or without the filter): one record with both tasks, in seeded order
+    if task is None:
+        return [("caption", [caption])]
     if seeded_rng(seed, "order", pair["id"]).random() < 0.5:
-        return "caption+task", [caption, synthetic]
-    return "task+caption", [synthetic, caption]
+        return [("caption+task", [caption, task])]
+    return [("task+caption", [task, caption])]
 
 
 def assemble(
@@ -335,29 +409,34 @@ def assemble(
     outs: dict[str, str],
     config: AssembleConfig,
     *,
+    triplets_uri: str | None = None,
+    general: tuple[str, str] | None = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, Manifest]:
-    """Pairs + kept triplets → training mixtures, one dataset per variant (`outs` keys from VARIANTS)."""
+    """Pairs + kept triplets → training mixtures, one dataset per output (`outs` keys from
+    VARIANTS). The no-filter outputs also read `triplets_uri` (the filter's input); the
+    General CoT outputs read `general`: (pairs, kept triplets) of the seed data in the task
+    format (`general_tasks`, then `filter_triplets`), whose shards follow the domain's."""
     from PIL import Image
 
+    inputs, extra = _assemble_inputs(pairs_uri, filtered_uri, list(outs), triplets_uri, general)
     renderer = HFRenderer(resolve_model(config.target_model), resolution=config.image_resolution)
     if not renderer.multimodal:
         raise ValueError(f"target_model {config.target_model} is not a vision-language model")
-    tasks_of = _kept_tasks(pairs_uri, filtered_uri)
+    kept_of = [_first_tasks(pairs, kept, KEPT_COLUMNS) for pairs, kept in zip(inputs, extra)]
+    parsed_of = (
+        _first_tasks(pairs_uri, triplets_uri, PARSED_COLUMNS)
+        if triplets_uri is not None and triplets_uri in extra
+        else None
+    )
 
     def count_tokens(turns: list[tuple[str, str]], image: bytes) -> int:
         messages = []
         for i, (question, answer) in enumerate(turns):
-            messages.append(
-                {
-                    "role": "user",
-                    "content": [{"type": "image"}] * (i == 0)
-                    + [{"type": "text", "text": question}],
-                }
-            )
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-        text = renderer.processor.apply_chat_template(messages, tokenize=False)
+            messages.append(Message(role="user", content=question, images=int(i == 0)))
+            messages.append(Message(role="assistant", content=answer))
+        text = renderer.chat_text(messages)
         encoded = renderer.processor(
             text=[text], images=[Image.open(io.BytesIO(image)).convert("RGB")]
         )
@@ -365,94 +444,136 @@ def assemble(
 
     def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
         output = ShardOutput(rows={name: [] for name in outs})
-        tasks = tasks_of(shard.index, {pair["id"] for pair in rows})
+        ids = {pair["id"] for pair in rows}
+        kept_tasks = kept_of[shard.source](shard.local_index, ids)
+        is_general = shard.source == 1
+        parsed_tasks = (
+            parsed_of(shard.local_index, ids) if parsed_of is not None and not is_general else {}
+        )
         for position, pair in enumerate(rows):
-            task = tasks.get(pair["id"])
-            tokens: int | None = None
-            for variant in outs:
-                made = _record_turns(variant, pair, task, config.seed)
-                if made is None:
-                    continue
-                kind, turns = made
-                tokens = count_tokens(turns, pair["image"])
-                if tokens > config.max_seq_len:
-                    output.counters[f"over_max_len_{variant}"] += 1
-                    if config.over_length == "drop":
-                        if variant == next(iter(outs)):
-                            output.quarantine.append(
-                                _quarantine(
-                                    "assemble",
-                                    shard.offset + position,
-                                    pair["id"],
-                                    Rejected(
-                                        "too_long",
-                                        f"{tokens} tokens > max_seq_len {config.max_seq_len}",
-                                    ),
-                                    pair["id"],
-                                    None,
-                                )
-                            )
-                        continue
-                messages = []
-                for i, (question, answer) in enumerate(turns):
-                    messages.append(
-                        ChatTurn(role="user", content=("<image>" if i == 0 else "") + question)
-                    )
-                    messages.append(ChatTurn(role="assistant", content=answer))
-                output.rows[variant].append(
-                    Conversation(
-                        id=hashlib.sha256(f"{variant}\0{pair['id']}".encode()).hexdigest()[:32],
-                        pair_id=pair["id"],
-                        triplet_id=task["id"] if task and "task" in kind else None,
-                        domain=pair["domain"],
-                        variant=variant,
-                        kind=kind,
-                        messages=messages,  # the image stays in the pairs: see conversation_rows
-                        tokens=tokens,
-                    )
+            kept, parsed = kept_tasks.get(pair["id"]), parsed_tasks.get(pair["id"])
+            quarantined = False
+            for name in outs:
+                records = _records(
+                    name, pair, general=is_general, kept=kept, parsed=parsed, seed=config.seed
                 )
-                output.counters[f"{variant}_{kind}"] += 1
+                for kind, turns in records:
+                    tokens = count_tokens(turns, pair["image"])
+                    if tokens > config.max_seq_len:
+                        output.counters[f"over_max_len_{name}"] += 1
+                        if config.over_length == "drop":
+                            if not quarantined:  # one quarantine row per pair
+                                quarantined = True
+                                output.quarantine.append(
+                                    _quarantine(
+                                        "assemble",
+                                        shard.offset + position,
+                                        pair["id"],
+                                        Rejected(
+                                            "too_long",
+                                            f"{tokens} tokens > max_seq_len {config.max_seq_len}"
+                                            f" ({name}, {kind})",
+                                        ),
+                                        pair["id"],
+                                        None,
+                                    )
+                                )
+                            continue
+                    messages = []
+                    for i, (question, answer) in enumerate(turns):
+                        messages.append(
+                            ChatTurn(role="user", content=("<image>" if i == 0 else "") + question)
+                        )
+                        messages.append(ChatTurn(role="assistant", content=answer))
+                    # a pair may give a caption and a task record here (the same image
+                    # and caption may be in the general data too): the kind tells them apart
+                    key = f"{name}\0{pair['id']}" + (f"\0{kind}" if name in MIXED_KINDS else "")
+                    task = parsed if name in UNFILTERED_RESPONSE else kept
+                    output.rows[name].append(
+                        Conversation(
+                            id=hashlib.sha256(key.encode()).hexdigest()[:32],
+                            pair_id=pair["id"],
+                            triplet_id=task["id"] if task and "task" in kind else None,
+                            domain=pair["domain"],
+                            variant=name,
+                            kind=kind,
+                            messages=messages,  # the image stays in the pairs: see conversation_rows
+                            tokens=tokens,
+                        )
+                    )
+                    output.counters[f"{name}_{kind}"] += 1
+        # Every pair is accounted for: it gave records, was quarantined, or is counted here.
+        output.rows_in = len(rows)
         return output
 
     return run_stage(
         stage="assemble",
-        input_uri=pairs_uri,
+        input_uri=inputs,
         outputs={name: StageOutput(uri, CONVERSATIONS) for name, uri in outs.items()},
         config=_assemble_config(config),
         process=process,
         code=PIPELINE_CODE,
-        columns=["id", "image", "image_format", "caption", "domain"],
-        extra_inputs=[filtered_uri],
+        columns=["id", "image", "image_format", "caption", "domain", "metadata"],
+        extra_inputs=extra,
         overwrite=overwrite,
         progress=progress,
     )
 
 
-TASK_COLUMNS = ["pair_id", "id", "instruction", "response"]
+def _assemble_inputs(
+    pairs_uri: str,
+    filtered_uri: str,
+    outputs: list[str],
+    triplets_uri: str | None,
+    general: tuple[str, str] | None,
+) -> tuple[list[str], list[str]]:
+    """What assembling these outputs reads: the pairs (the domain's, then the general
+    ones: their shards numbered on), then the kept tasks of each, then the parsed
+    triplets when a no-filter output needs them."""
+    if unknown := set(outputs) - set(VARIANTS):
+        raise ValueError(f"outputs {sorted(unknown)}: not among {', '.join(VARIANTS)}")
+    inputs, extra = [pairs_uri], [filtered_uri]
+    if any(name in GENERAL_OUTPUTS for name in outputs):
+        if general is None:
+            raise ValueError(
+                "the general_cot outputs need the seed data's pairs and kept triplets"
+                " (general_tasks, then the filter)"
+            )
+        inputs.append(general[0])
+        extra.append(general[1])
+    if any(name in UNFILTERED_RESPONSE for name in outputs):
+        if triplets_uri is None:
+            raise ValueError("the no_filter outputs need the filter's input triplets")
+        extra.append(triplets_uri)
+    return inputs, extra
 
 
-def _kept_tasks(
-    pairs_uri: str, filtered_uri: str
+KEPT_COLUMNS = ["pair_id", "id", "instruction", "response"]
+PARSED_COLUMNS = ["pair_id", "id", "instruction", "precise", "informative"]
+
+
+def _first_tasks(
+    pairs_uri: str, tasks_uri: str, columns: list[str]
 ) -> Callable[[int, set[str]], dict[str, dict[str, Any]]]:
-    """`tasks(k, pair_ids)`: the kept synthetic task of each pair of pairs shard k (the
-    first, in filtered order: one per image), without holding every triplet.
+    """`tasks(k, pair_ids)`: the first task (in the tasks dataset's order: one per image)
+    of each pair of pairs shard k, without holding every triplet.
 
-    Synthesize and filter keep shard k of their input as their shard k, so when the
-    filtered dataset descends from these very pairs (its lineage says so) shard k of it
-    holds every task of pairs shard k. Otherwise (a filtered dataset made elsewhere) each
-    pairs shard scans the filtered dataset: slower, memory still bounded."""
+    Synthesize and filter keep shard k of their input as their shard k, so when the tasks
+    descend from these very pairs (their lineage says so) shard k of them holds every task
+    of pairs shard k. Otherwise (tasks made elsewhere) each pairs shard scans the tasks:
+    slower, memory still bounded."""
     pairs = Dataset(pairs_uri)
-    filtered = Dataset(filtered_uri)
-    aligned = len(filtered.manifest.shards) == len(pairs.manifest.shards) and _descends_from(
-        filtered.manifest, pairs.manifest.fingerprint
+    tasks_dataset = Dataset(tasks_uri)
+    aligned = len(tasks_dataset.manifest.shards) == len(pairs.manifest.shards) and _descends_from(
+        tasks_dataset.manifest, pairs.manifest
     )
 
     def tasks(index: int, pair_ids: set[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         rows = (
-            filtered.read_shard(index, TASK_COLUMNS)
+            tasks_dataset.read_shard(index, columns)
             if aligned
-            else filtered.iter_rows(TASK_COLUMNS)
+            else tasks_dataset.iter_rows(columns)
         )
         for row in rows:
             if row["pair_id"] in pair_ids:
@@ -466,9 +587,9 @@ def conversation_rows(uri: str, columns: list[str] | None = None) -> Iterator[di
     """The rows of a training dataset; a conversations dataset's with their image bytes.
 
     A row whose `image` is null takes the image of its pair (`pair_id`) from the pairs the
-    mixture was assembled from (its manifest's first parent), so the ablation variants
-    share one copy of each image. Shard k of a mixture comes from shard k of those pairs,
-    read one row group at a time."""
+    mixture was assembled from (see PairImages), so the variants share one copy of each
+    image. Shard k of a mixture comes from shard k of those pairs, read one row group at a
+    time."""
     dataset = Dataset(uri)
     if dataset.manifest.record_schema.name != CONVERSATIONS.name:  # text-only: no images
         yield from dataset.iter_rows(columns)
@@ -485,66 +606,202 @@ def conversation_rows(uri: str, columns: list[str] | None = None) -> Iterator[di
 
 
 class PairImages:
-    """The images a mixture's rows name, from the pairs it was assembled from (checked
-    unchanged since by fingerprint): pair p of mixture shard k is found in pairs shard k
-    (by one read of its ids), else, for a mixture assembled otherwise, in any shard."""
+    """The images a mixture's rows name, from the pairs datasets it was assembled from (its
+    parents of the pairs schema, checked unchanged since by fingerprint, their shards
+    numbered on one after another as assemble read them): pair p of mixture shard k is
+    found in pairs shard k (by one read of its ids), else, for a mixture assembled
+    otherwise, in any shard."""
 
     def __init__(self, mixture_uri: str, manifest: Manifest, keep: int = 4):
         uri = redact(mixture_uri)
         if not manifest.parents:
             raise DatasetError(f"{uri}: rows reference pair images but it names no pairs")
-        parent = manifest.parents[0]
-        try:
-            pairs = Dataset(parent.uri)
-        except (DatasetError, OSError) as error:
-            raise DatasetError(
-                f"{uri} takes its images from the pairs at {parent.uri}, which cannot be "
-                f"read: {error}"
-            ) from error
-        if pairs.manifest.fingerprint != parent.fingerprint:
-            raise DatasetError(
-                f"{uri} takes its images from the pairs at {parent.uri}, which changed since "
-                f"it was assembled (fingerprint {parent.fingerprint[:12]} then, "
-                f"{pairs.manifest.fingerprint[:12]} now): assemble it again"
+        self.uri = uri
+        self.sources: list[tuple[Dataset, RowGroupReader]] = []
+        self.unreadable: list[str] = []
+        for parent in manifest.parents:
+            try:
+                dataset = Dataset(parent.uri)
+            except (DatasetError, OSError) as error:
+                if self.sources:  # pairs come first: likely a task input, not needed here
+                    self.unreadable.append(parent.uri)
+                    continue
+                raise DatasetError(
+                    f"{uri} takes its images from the pairs at {parent.uri}, which cannot be "
+                    f"read: {error}"
+                ) from error
+            if dataset.manifest.record_schema.name != PAIRS.name:
+                continue
+            if dataset.manifest.fingerprint != parent.fingerprint:
+                raise DatasetError(
+                    f"{uri} takes its images from the pairs at {parent.uri}, which changed "
+                    f"since it was assembled (fingerprint {parent.fingerprint[:12]} then, "
+                    f"{dataset.manifest.fingerprint[:12]} now): assemble it again"
+                )
+            self.sources.append(
+                (dataset, RowGroupReader(dataset, ["image", "image_format"], keep=keep))
             )
-        self.uri, self.pairs_uri, self.pairs = uri, parent.uri, pairs
-        self.rows = RowGroupReader(pairs, ["image", "image_format"], keep=keep)
+        if not self.sources:
+            raise DatasetError(f"{uri}: rows reference pair images but it names no pairs")
+        self.shards = [
+            (source, local)
+            for source, (dataset, _) in enumerate(self.sources)
+            for local in range(len(dataset.manifest.shards))
+        ]
         self._ids: OrderedDict[int, dict[str, int]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:  # sent to a spawned process: no caches
         return {**self.__dict__, "_ids": OrderedDict()}
 
     def image(self, shard: int, pair_id: str) -> tuple[bytes, str]:
-        count = len(self.pairs.manifest.shards)
-        for source in sorted(range(count), key=lambda k: k != shard):  # shard k first
-            position = self._positions(source).get(pair_id)
+        for number in sorted(range(len(self.shards)), key=lambda k: k != shard):  # k first
+            position = self._positions(number).get(pair_id)
             if position is not None:
-                row = self.rows.row(source, position)
+                source, local = self.shards[number]
+                row = self.sources[source][1].row(local, position)
                 return row["image"], row["image_format"]
-        raise DatasetError(f"{self.uri}: pair {pair_id} is not in {self.pairs_uri}")
+        unread = f" (parents not readable: {', '.join(self.unreadable)})" if self.unreadable else ""
+        raise DatasetError(f"{self.uri}: pair {pair_id} is not in the pairs it names{unread}")
 
-    def _positions(self, shard: int) -> dict[str, int]:
-        if shard not in self._ids:
-            ids = [row["id"] for row in self.pairs.read_shard(shard, ["id"])]
-            self._ids[shard] = {pair_id: position for position, pair_id in enumerate(ids)}
+    def _positions(self, number: int) -> dict[str, int]:
+        if number not in self._ids:
+            source, local = self.shards[number]
+            ids = [row["id"] for row in self.sources[source][0].read_shard(local, ["id"])]
+            self._ids[number] = {pair_id: position for position, pair_id in enumerate(ids)}
             while len(self._ids) > 2:
                 self._ids.popitem(last=False)
-        return self._ids[shard]
+        return self._ids[number]
 
 
-def _descends_from(filtered: Manifest, pairs_fingerprint: str) -> bool:
-    """Whether `filtered` was judged from triplets synthesized from pairs with that fingerprint."""
-    if len(filtered.parents) != 1:
-        return False
-    try:
-        triplets = Dataset(filtered.parents[0].uri).manifest
-    except (DatasetError, OSError):
-        return False  # moved, or unreadable from here: the scan is always right
+def _descends_from(tasks: Manifest, pairs: Manifest) -> bool:
+    """Whether `tasks` were made from these pairs shard for shard: synthesized from them
+    (triplets), then judged (filtered); or written beside them by one stage run
+    (general_tasks' pairs and triplets)."""
+    manifest = tasks
+    for _ in range(2):
+        if _siblings(manifest, pairs):
+            return True
+        if len(manifest.parents) != 1:
+            return False
+        parent = manifest.parents[0]
+        if parent.fingerprint == pairs.fingerprint:
+            return True
+        try:
+            manifest = Dataset(parent.uri).manifest
+        except (DatasetError, OSError):
+            return False  # moved, or unreadable from here: the scan is always right
+        if manifest.fingerprint != parent.fingerprint:
+            return False
+    return False
+
+
+def _siblings(a: Manifest, b: Manifest) -> bool:
     return (
-        triplets.fingerprint == filtered.parents[0].fingerprint
-        and len(triplets.parents) == 1
-        and triplets.parents[0].fingerprint == pairs_fingerprint
+        a.parents == b.parents
+        and a.stats.stage == b.stats.stage
+        and a.config_hash == b.config_hash
+        and a.code_version == b.code_version
+        and [s.rows for s in a.shards] == [s.rows for s in b.shards]
     )
+
+
+GENERAL_TASKS_CONFIG = {"domain": "general"}
+
+
+def general_tasks(
+    seed_uri: str,
+    pairs_out: str,
+    triplets_out: str,
+    *,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> tuple[Manifest, Manifest]:
+    """The seed data in the task format (Table 5's "General CoT Task"): each seed example
+    becomes a pair (domain `general`, its ALLaVA caption) and a triplet (its Vision-Flan
+    instruction and precise answer, its ALLaVA informative answer), shard k of both from
+    seed shard k, for the consistency filter and then assembly. An example whose image was
+    replaced by a blank one (for synthesizer tuning) is quarantined as `blank_image`."""
+    from PIL import Image
+
+    seed = Dataset(seed_uri)
+    if seed.manifest.record_schema.name != SEED.name:
+        raise DatasetError(
+            f"{redact(seed_uri)} holds {seed.manifest.record_schema.name} records, not seed"
+            " examples (see `adamllm seed`)"
+        )
+    source, made_by = redact(seed_uri), f"seed@{seed.manifest.fingerprint[:16]}"
+
+    def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
+        output = ShardOutput(rows={"pairs": [], "triplets": []})
+        for position, row in enumerate(rows):
+            try:
+                if row["blank_image"]:
+                    raise Rejected("blank_image", "its image was replaced by a blank one")
+                try:
+                    width, height = Image.open(io.BytesIO(row["image"])).size
+                except (OSError, ValueError) as error:  # PIL's errors for unreadable bytes
+                    raise Rejected("unreadable_image", str(error)) from None
+            except Rejected as error:
+                output.quarantine.append(
+                    _quarantine(
+                        "general_tasks",
+                        shard.offset + position,
+                        row["source_ref"],
+                        error,
+                        row["id"],
+                        None,
+                    )
+                )
+                continue
+            image_sha256 = hashlib.sha256(row["image"]).hexdigest()
+            pair = pair_id(image_sha256, row["caption"])
+            output.rows["pairs"].append(
+                ImageCaptionPair(
+                    id=pair,
+                    image=row["image"],
+                    image_format=row["image_format"],
+                    width=width,
+                    height=height,
+                    image_sha256=image_sha256,
+                    caption=row["caption"],
+                    domain="general",
+                    source=source,
+                    source_ref=row["source_ref"],
+                    metadata={"seed_id": row["id"], "task": row["task"], "split": row["split"]},
+                )
+            )
+            output.rows["triplets"].append(
+                TaskTriplet(
+                    id=triplet_id(pair, row["instruction"]),
+                    pair_id=pair,
+                    domain="general",
+                    instruction=row["instruction"],
+                    precise=row["precise"],
+                    informative=row["informative"],
+                    synthesizer=made_by,
+                    turns=2,
+                    raw_output="",
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                )
+            )
+            output.counters[f"split_{row['split']}"] += 1
+        return output
+
+    manifests = run_stage(
+        stage="general_tasks",
+        input_uri=seed_uri,
+        outputs={
+            "pairs": StageOutput(pairs_out, PAIRS),
+            "triplets": StageOutput(triplets_out, TRIPLETS),
+        },
+        config=GENERAL_TASKS_CONFIG,
+        process=process,
+        code=PIPELINE_CODE,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return manifests["pairs"], manifests["triplets"]
 
 
 def _assemble_config(config: AssembleConfig) -> dict[str, Any]:
@@ -574,20 +831,31 @@ def filter_identity(triplets_uri: str, config: FilterConfig) -> str:
     )
 
 
-def assemble_identity(pairs_uri: str, filtered_uri: str, config: AssembleConfig) -> str:
+def assemble_identity(
+    pairs_uri: str,
+    filtered_uri: str,
+    config: AssembleConfig,
+    triplets_uri: str | None = None,
+    general: tuple[str, str] | None = None,
+) -> str:
+    inputs, extra = _assemble_inputs(
+        pairs_uri, filtered_uri, variant_outputs(config), triplets_uri, general
+    )
     return stage_identity(
-        [pairs_uri, filtered_uri],
+        [*inputs, *extra],
         StageOutput("", CONVERSATIONS),
         _assemble_config(config),
         PIPELINE_CODE,
     )
 
 
+def general_tasks_identity(seed_uri: str) -> str:
+    return stage_identity([seed_uri], StageOutput("", PAIRS), GENERAL_TASKS_CONFIG, PIPELINE_CODE)
+
+
 def variant_outputs(config: AssembleConfig) -> list[str]:
-    names: list[str] = []
-    for variant in config.variants:
-        names += ["two_stage_1", "two_stage_2"] if variant == "two_stage" else [variant]
-    return names
+    """The output datasets of the config's variants, in order, each once."""
+    return list(dict.fromkeys(name for v in config.variants for name in VARIANT_OUTPUTS[v]))
 
 
 # --- export -------------------------------------------------------------------------------

@@ -8,6 +8,14 @@
 """
 
 SYNTH_CAPTION_PROMPT = "Describe the image."
+# The system prompt of LLaVA-NeXT's Llama-3 conversation (Open-LLaVA-NeXT's llava_llama_3):
+# the released synthesizer (AdaptLLM/visual-instruction-synthesizer, LLaVA-NeXT-Llama3-8B)
+# was tuned with it, and the official synthesis prompts it with it.
+LLAVA_LLAMA3_SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. You are able to understand the visual"
+    " content that the user provides, and assist the user with a variety of tasks using"
+    " natural language."
+)
 SYNTH_PRECISE_HINT = "Answer with a precise response."
 SYNTH_INFORMATIVE_HINT = "Answer with an informative response."
 

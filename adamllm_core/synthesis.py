@@ -16,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.engines import ChatRequest, EngineConfig, Message, SamplingConfig
 from adamllm_core.errors import Rejected
-from adamllm_core.prompts import SYNTH_CAPTION_PROMPT, SYNTH_INFORMATIVE_HINT, SYNTH_PRECISE_HINT
+from adamllm_core.prompts import (
+    LLAVA_LLAMA3_SYSTEM_PROMPT,
+    SYNTH_CAPTION_PROMPT,
+    SYNTH_INFORMATIVE_HINT,
+    SYNTH_PRECISE_HINT,
+)
 from adamllm_core.text import CONTROL_TOKEN_PATTERN
 
 # Tokens that end a whole text (not a turn) in common tokenizers: the synthesizer stops there.
@@ -37,7 +42,10 @@ class SynthConfig(BaseModel):
         default=None,
         description="model whose chat template defines the turns (default: engine.model)",
     )
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(
+        default=None,
+        description="default: the synthesizer's own (see synthesizer_system_prompt); '' for none",
+    )
     max_new_tokens: int = Field(default=512, gt=0)
     temperature: float = Field(default=0.0, ge=0)
     seed: int = 0
@@ -85,13 +93,37 @@ def safe_text(text: str, pattern: re.Pattern[str]) -> str:
     return re.sub(r"[ \t]{2,}", " ", pattern.sub(" ", text)).strip()
 
 
-def prompt_context(
-    renderer: Any, config: SynthConfig
-) -> tuple[TurnDelimiters, re.Pattern[str], tuple[str, ...]]:
+def synthesizer_system_prompt(renderer: Any, configured: str | None) -> str | None:
+    """The system prompt a synthesizer is tuned and prompted with: the configured one (""
+    for none), else its family's own. A LLaVA-NeXT model with a Llama-3 chat template (the
+    released AdaptLLM synthesizer) was tuned in LLaVA-NeXT's Llama-3 conversation, which
+    opens with LLAVA_LLAMA3_SYSTEM_PROMPT; its shipped chat_template.json adds none by
+    itself, so without this the prompt would not be the one it learned."""
+    if configured is not None:
+        return configured or None
+    template = getattr(renderer.processor, "chat_template", None) or ""
+    if getattr(renderer.config, "model_type", None) == "llava_next" and (
+        "<|start_header_id|>" in template
+    ):
+        return LLAVA_LLAMA3_SYSTEM_PROMPT
+    return None
+
+
+@dataclass(frozen=True)
+class PromptContext:
+    """What synthesis prompts are made with, from the synthesizer's processor."""
+
+    delimiters: TurnDelimiters
+    special_tokens: re.Pattern[str]  # removed from captions: they could open or close a turn
+    stop: tuple[str, ...]  # strings that end a synthesis
+    system_prompt: str | None
+
+
+def prompt_context(renderer: Any, config: SynthConfig) -> PromptContext:
     """From the synthesizer's processor: its turn delimiters, the pattern of its special
-    tokens (removed from captions) and the stop strings that end a synthesis."""
+    tokens, the stop strings that end a synthesis and its system prompt."""
     delimiters = TurnDelimiters.from_renderer(
-        lambda messages: renderer.processor.apply_chat_template(messages, tokenize=False)
+        lambda messages: renderer.chat_text([Message(**m) for m in messages])
     )
     tokenizer = renderer.tokenizer
     pattern = special_token_pattern(
@@ -102,18 +134,20 @@ def prompt_context(
     stop = tuple(config.stop) + tuple(
         t for t in END_OF_TEXT_TOKENS if t in vocab and t not in inside_turns
     )
-    return delimiters, pattern, stop
+    return PromptContext(
+        delimiters, pattern, stop, synthesizer_system_prompt(renderer, config.system_prompt)
+    )
 
 
 def synth_request(
-    caption: str, image: bytes, config: SynthConfig, pattern: re.Pattern[str], stop: tuple[str, ...]
+    caption: str, image: bytes, config: SynthConfig, context: PromptContext
 ) -> ChatRequest:
     messages = []
-    if config.system_prompt:
-        messages.append(Message(role="system", content=config.system_prompt))
+    if context.system_prompt:
+        messages.append(Message(role="system", content=context.system_prompt))
     messages += [
         Message(role="user", content=SYNTH_CAPTION_PROMPT, images=1),
-        Message(role="assistant", content=safe_text(caption, pattern)),
+        Message(role="assistant", content=safe_text(caption, context.special_tokens)),
         Message(role="user", content=SYNTH_PRECISE_HINT),
     ]
     return ChatRequest(
@@ -124,7 +158,7 @@ def synth_request(
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,
             seed=config.seed,
-            stop=stop,
+            stop=context.stop,
             ignore_eos=True,  # the end-of-turn token ends a turn, not the conversation
             skip_special_tokens=False,  # turn delimiters are what the parser splits on
         ),

@@ -7,9 +7,16 @@ from prefect import flow
 from prefect.deployments import run_deployment
 
 from adamllm_core.config import load_domain_config
+from adamllm_core.pipeline import GENERAL_OUTPUTS, VARIANT_OUTPUTS
 from adamllm_core.training.trainer import idempotency_key, stage1_train_config
 from tasks.ingest import ingest_pairs
-from tasks.synth import assemble_mixtures, export_mixture, filter_consistent, synthesize_triplets
+from tasks.synth import (
+    assemble_mixtures,
+    export_mixture,
+    filter_consistent,
+    general_task_data,
+    synthesize_triplets,
+)
 from tasks.train import build_seed_data, train_model
 
 
@@ -60,9 +67,36 @@ def synth_flow(config: str, source: str | None = None, out: str | None = None) -
         overwrite=True,
     )
     outs = domain.mixture_uris()
+    general = None
+    general_seed = domain.general_seed_uri() if set(outs) & set(GENERAL_OUTPUTS) else None
+    if general_seed:
+        # Table 5's General CoT: the seed data in the task format, through the same filter.
+        general_pairs, general_triplets = general_task_data(
+            general_seed,
+            domain.uri("general-pairs"),
+            domain.uri("general-triplets"),
+            overwrite=True,
+        )
+        general_kept, _ = filter_consistent(
+            general_triplets.uri,
+            domain.uri("general-filtered"),
+            domain.uri("general-rejected"),
+            domain.filter,
+            cache_uri=domain.uri("_cache/general-filter"),
+            overwrite=True,
+        )
+        general = (general_pairs.uri, general_kept.uri)
+        extra.update({"general-pairs": general_pairs, "general-filtered": general_kept})
     primary = next(iter(outs.values()))
     mixtures = assemble_mixtures(
-        pairs.uri, kept.uri, outs, primary, domain.assemble, overwrite=True
+        pairs.uri,
+        kept.uri,
+        outs,
+        primary,
+        domain.assemble,
+        triplets_uri=triplets.uri,
+        general=general,
+        overwrite=True,
     )
     export = export_mixture(
         mixtures[next(iter(outs))].uri,
@@ -90,23 +124,20 @@ def synth_flow(config: str, source: str | None = None, out: str | None = None) -
                 "flow_run": str(run.id),
                 "state": run.state_name,
             }
-        elif post.pipeline == "two_stage":  # Table 5's ablation: captions, then tasks
+        elif post.pipeline != "single_stage":  # Table 5's ablations: captions, then tasks
+            first, second = VARIANT_OUTPUTS[post.pipeline]
             stage1 = train_model(
-                stage1_train_config(post.train),
-                mixtures["two_stage_1"].uri,
-                domain.uri("model-stage1"),
+                stage1_train_config(post.train), mixtures[first].uri, domain.uri("model-stage1")
             )
             extra["model-stage1"] = stage1
-            if mixtures["two_stage_2"].rows:
+            if mixtures[second].rows:
                 extra["model"] = train_model(
                     {**post.train, "model": stage1["final"]},
-                    mixtures["two_stage_2"].uri,
+                    mixtures[second].uri,
                     domain.uri("model"),
                 )
             else:
-                print(
-                    "two-stage: no synthetic task survived, so there is no stage 2; the model is stage 1's"
-                )
+                print(f"{post.pipeline}: stage 2 has no records, so the model is stage 1's")
                 extra["model"] = stage1
         else:
             extra["model"] = train_model(post.train, mixture.uri, domain.uri("model"))

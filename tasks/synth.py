@@ -11,6 +11,8 @@ from adamllm_core.pipeline import (
     assemble_identity,
     export_llamafactory,
     filter_identity,
+    general_tasks,
+    general_tasks_identity,
     synthesize_identity,
 )
 from adamllm_core.synthesis import SynthConfig
@@ -77,10 +79,30 @@ def filter_consistent(
 
 
 @task(
+    name="general-tasks",
+    cache_policy=OutputDatasetPolicy(
+        expected_identity=lambda i: general_tasks_identity(i["seed_uri"]),
+        output_parameter="pairs_out",
+    ),
+    persist_result=True,
+)
+def general_task_data(
+    seed_uri: str, pairs_out: str, triplets_out: str, overwrite: bool = False
+) -> tuple[DatasetRef, DatasetRef]:
+    """The seed data in the task format, for Table 5's General CoT ablations."""
+    with stage_progress("general-tasks") as progress:
+        pairs, triplets = general_tasks(
+            seed_uri, pairs_out, triplets_out, overwrite=overwrite, progress=progress
+        )
+    publish_stats("general-tasks", pairs_out, pairs)
+    return DatasetRef.of(pairs_out, pairs), DatasetRef.of(triplets_out, triplets)
+
+
+@task(
     name="assemble-mixtures",
     cache_policy=OutputDatasetPolicy(
         expected_identity=lambda i: assemble_identity(
-            i["pairs_uri"], i["filtered_uri"], i["config"]
+            i["pairs_uri"], i["filtered_uri"], i["config"], i["triplets_uri"], i["general"]
         ),
         output_parameter="primary_out",
     ),
@@ -92,12 +114,21 @@ def assemble_mixtures(
     outs: dict[str, str],
     primary_out: str,
     config: AssembleConfig,
+    triplets_uri: str | None = None,
+    general: tuple[str, str] | None = None,
     overwrite: bool = False,
 ) -> dict[str, DatasetRef]:
     """Mix each image's caption task with its synthetic task (single-stage) and the ablation variants."""
     with stage_progress("assemble") as progress:
         manifests = assemble(
-            pairs_uri, filtered_uri, outs, config, overwrite=overwrite, progress=progress
+            pairs_uri,
+            filtered_uri,
+            outs,
+            config,
+            triplets_uri=triplets_uri,
+            general=general,
+            overwrite=overwrite,
+            progress=progress,
         )
     for name, manifest in manifests.items():
         publish_stats(f"assemble-{name.replace('_', '-')}", outs[name], manifest)

@@ -86,6 +86,28 @@ def s3_bucket(s3_server: dict[str, str], request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
+def seed_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Seed data built from small files in the releases' layouts (corpus.write_seed_sources):
+    22 examples, a quarter with blank images, a quarter dev."""
+    from corpus import write_seed_sources
+
+    from adamllm_core.training.seed import SeedConfig, build_seed
+
+    root = tmp_path_factory.mktemp("seed")
+    paths = write_seed_sources(root)
+    out = str(root / "seed")
+    build_seed(
+        paths["vision_flan"],
+        paths["allava_caption"],
+        paths["allava_instruct"],
+        str(root / "images_191task_1k"),
+        out,
+        SeedConfig(blank_share=0.25, dev_share=0.25),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The tiny local models, built once (no download); `tiny:vlm` / `tiny:lm` resolve here."""
     from adamllm_core.models import tiny_models_dir

@@ -161,3 +161,82 @@ def write_broken_corpus(root: Path) -> dict[str, object]:
     total = len(lines) + 1
     quarantined = sum(reasons.values())
     return {"inputs": total, "valid": total - quarantined, "reasons": reasons}
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "biomed_pairs"
+
+
+def write_seed_sources(root: Path) -> dict[str, str]:
+    """Small files in the releases' layouts: Vision-Flan's annotation_191-task_1k.json
+    (its own ids, `task_name`, the image's bare file name under images_191task_1k/) and
+    ALLaVA-{Caption,Instruct}-VFLAN-4V.json (ids allava_vflan_cap_N / allava_vflan_inst_N,
+    the image under allava_vflan/images/images_191task_1k/). The three share only the image.
+
+    Made to miss: record 5 has no caption; record 7's name has two caption records in two
+    folders (which image is meant cannot be told); one caption record names no image; one
+    instruct record names an image no Vision-Flan record has."""
+    import shutil
+
+    lines = [json.loads(line) for line in (SAMPLE / "data.jsonl").read_text().splitlines()]
+    images = root / "images_191task_1k"
+    images.mkdir(parents=True)
+    flan, captions, instructs = [], [], []
+    for i, line in enumerate(lines):
+        task = ["modality_recognition", "plane_recognition"][i % 2]
+        name = f"MedPix+{task}_{i}_{Path(line['image']).name}"
+        shutil.copy(SAMPLE / line["image"], images / name)
+        answer = line["modality"] if i % 2 == 0 else line["plane"]
+        question = (
+            "What imaging modality is this?"
+            if i % 2 == 0
+            else "In which plane is this image taken?"
+        )
+        flan.append(
+            {
+                "id": f"MedPix+{task}_{i}",
+                "task_name": f"MedPix+{task}",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": question},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+        )
+        allava_image = f"allava_vflan/images/images_191task_1k/{name}"
+        if i != 5:
+            captions.append(
+                {
+                    "id": f"allava_vflan_cap_{100000 + i}",
+                    "image": allava_image,
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nPlease depict the image in words."},
+                        {"from": "gpt", "value": line["caption"]},
+                    ],
+                }
+            )
+        if i == 7:
+            captions.append({**captions[-1], "image": f"allava_laion/images/{name}"})
+        instructs.append(
+            {
+                "id": f"allava_vflan_inst_{i}",
+                "image": allava_image,
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{question}"},
+                    {
+                        "from": "gpt",
+                        "value": f"Judging from the image and its appearance, the answer is {answer}.",
+                    },
+                ],
+            }
+        )
+    captions.append({"id": "allava_vflan_cap_9", "conversations": captions[0]["conversations"]})
+    instructs.append({**instructs[0], "id": "allava_vflan_inst_99", "image": "x/elsewhere.png"})
+    paths = {}
+    for name, records in (
+        ("vision_flan", flan),
+        ("allava_caption", captions),
+        ("allava_instruct", instructs),
+    ):
+        paths[name] = str(root / f"{name}.json")
+        Path(paths[name]).write_text(json.dumps(records))
+    return paths

@@ -14,8 +14,9 @@ from PIL import Image
 
 from adamllm_core.dataset import Dataset
 from adamllm_core.errors import ConfigError
+from adamllm_core.hashing import pair_id
 from adamllm_core.importers import SourceOptions
-from adamllm_core.ingest import IngestConfig, ingest, pair_id
+from adamllm_core.ingest import IngestConfig, ingest
 
 
 def rows_and_quarantine(uri: str) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -31,6 +31,8 @@ def demo_config(tmp_path: Path) -> Path:
     config["post_train"]["pipeline"] = (
         "two_stage"  # demo.yaml runs single-stage; this covers the ablation
     )
+    # Table 5's ablations that read other data: the seed in the task format, every triplet
+    config["assemble"]["variants"] += ["general_cot_domain_caption", "no_filter_precise"]
     for key in ("vision_flan", "allava_caption", "allava_instruct", "image_root"):
         config["tune_synthesizer"][key] = str(REPO / config["tune_synthesizer"][key])
     path = tmp_path / "demo.yaml"
@@ -81,6 +83,13 @@ def test_synth_flow_runs_then_serves_cached_stages(
     ):
         assert (root / stage / "manifest.json").exists(), stage
     assert summary["pairs"].rows == 24 and summary["mixture:single_stage"].rows == 24
+    # General CoT: the tuning seed's examples with real images, judged by the same filter
+    seed = read_manifest(str(root / "seed"))
+    general = summary["general-pairs"]
+    assert general.rows + general.quarantined == seed.rows > general.rows > 0
+    mixed = summary["mixture:general_cot_domain_caption"]
+    assert mixed.rows == 24 + summary["general-filtered"].rows
+    assert summary["mixture:no_filter_precise"].rows == 24
     assert (root / "export" / "dataset_info.json").exists()
     assert read_manifest(str(root / "triplets")).stats.rows_in == 24
     assert summary["synthesizer"]["steps"] == 6 and summary["model-stage1"]["steps"] == 3
@@ -116,6 +125,7 @@ def test_synth_flow_runs_then_serves_cached_stages(
         "ingest-pairs",
         "synthesize-triplets",
         "filter-consistent",
+        "general-tasks",
         "assemble-mixtures",
         "train-model",
     ):
@@ -136,6 +146,26 @@ def test_bad_domain_config_is_a_clear_error(tmp_path: Path) -> None:
     assert "synthesize.engine.kind" in str(caught.value) and "filter.temperature" in str(
         caught.value
     )
+
+
+def test_ablation_variants_name_what_they_need(tmp_path: Path) -> None:
+    from adamllm_core.config import load_domain_config
+    from adamllm_core.errors import ConfigError
+
+    config = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
+    del config["tune_synthesizer"]
+    config["assemble"]["variants"] = ["single_stage", "general_cot"]
+    path = tmp_path / "domain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="general_cot variants need seed data"):
+        load_domain_config(path)
+    config["general_seed"] = "s3://bucket/seed"
+    path.write_text(yaml.safe_dump(config))
+    assert load_domain_config(path).general_seed_uri() == "s3://bucket/seed"
+    config["post_train"]["pipeline"] = "two_stage_reuse"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="needs assemble.variants to include two_stage_reuse"):
+        load_domain_config(path)
 
 
 def test_pixel_bounds_of_the_mixture_and_its_training_must_agree(tmp_path: Path) -> None:
@@ -202,7 +232,8 @@ def test_deployment_runs_on_a_worker(prefect_server: str, tiny_models, tmp_path:
 
     # post-training on its own deployment: the same mixture and config make one flow run
     config = yaml.safe_load(demo_config(tmp_path).read_text())
-    config["tune_synthesizer"] = None
+    config["tune_synthesizer"] = None  # no seed data: none of the General CoT variants
+    config["assemble"]["variants"] = ["single_stage"]
     config["post_train"] = {"train": {"preset": "tiny", "max_steps": 3}, "deployment": "train/tiny"}
     config_file = tmp_path / "post.yaml"
     config_file.write_text(yaml.safe_dump(config))

@@ -1,6 +1,7 @@
 """Parsing synthesizer continuations, on hand-written outputs, under two chat templates."""
 
 import re
+from pathlib import Path
 
 import pytest
 from jinja2 import Template
@@ -173,3 +174,103 @@ def test_patterns_are_seeded_and_never_inverted() -> None:
 def test_label_is_the_best_score() -> None:
     label, scores = label_of({" Yes": -1.0, " No": -0.5, " Open": -3.0})
     assert label == "No" and scores == {"Yes": -1.0, "No": -0.5, "Open": -3.0}
+
+
+# chat_template.json of AdaptLLM/visual-instruction-synthesizer (LLaVA-NeXT-Llama3-8B):
+# images first, then each text part on a new line; a string content renders nothing.
+RELEASED_SYNTHESIZER_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ '\\n' + content['text'] + '<|eot_id|>' }}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+
+
+def released_style_synthesizer(out: Path) -> Path:
+    """A LLaVA-NeXT config and processor with the released synthesizer's chat template
+    (no weights: prompts are all this needs)."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextProcessor
+    from transformers.models.llava_next import LlavaNextImageProcessorPil
+
+    from adamllm_core.models.tiny import SPECIAL_TOKENS, _text_config, build_tokenizer
+
+    llama3 = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"]
+    tokenizer = build_tokenizer(
+        special_tokens=SPECIAL_TOKENS + llama3, chat_template=RELEASED_SYNTHESIZER_TEMPLATE
+    )
+    LlavaNextConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ),
+        text_config=_text_config(tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    ).save_pretrained(out)
+    LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(),
+        tokenizer=tokenizer,
+        chat_template=RELEASED_SYNTHESIZER_TEMPLATE,
+        patch_size=8,
+        image_token="<image>",
+    ).save_pretrained(out)
+    return out
+
+
+def test_a_released_style_synthesizer_gets_its_own_system_prompt_and_template(
+    tiny_models, tmp_path: Path
+) -> None:
+    """The released synthesizer was tuned in LLaVA-NeXT's Llama-3 conversation: synthesis
+    prompts it with that system prompt through its own chat template (which renders
+    nothing of a string content, so every turn goes in as typed parts); tuning renders the
+    very same prompt; what tuning trains it to write parses back into the triplet."""
+    from adamllm_core.engines import EngineConfig
+    from adamllm_core.engines.hf import HFRenderer
+    from adamllm_core.prompts import LLAVA_LLAMA3_SYSTEM_PROMPT
+    from adamllm_core.synthesis import (
+        SynthConfig,
+        prompt_context,
+        synth_request,
+        synthesizer_system_prompt,
+    )
+    from adamllm_core.training.encoding import synthesizer_segments
+
+    model = str(released_style_synthesizer(tmp_path / "synthesizer"))
+    renderer = HFRenderer(model)
+    assert synthesizer_system_prompt(renderer, None) == LLAVA_LLAMA3_SYSTEM_PROMPT
+    assert synthesizer_system_prompt(renderer, "") is None
+    assert synthesizer_system_prompt(renderer, "Be brief.") == "Be brief."
+    assert synthesizer_system_prompt(HFRenderer(tiny_models["vlm"]), None) is None  # ChatML
+
+    config = SynthConfig(engine=EngineConfig(model=model))
+    context = prompt_context(renderer, config)
+    prompt = renderer.render(synth_request("A CT of the chest.", b"", config, context))
+    header = "<|start_header_id|>{}<|end_header_id|>\n\n"
+    assert prompt == (
+        f"{header.format('system')}\n{LLAVA_LLAMA3_SYSTEM_PROMPT}<|eot_id|>"
+        f"{header.format('user')}<image>\nDescribe the image.<|eot_id|>"
+        f"{header.format('assistant')}\nA CT of the chest.<|eot_id|>"
+        f"{header.format('user')}\nAnswer with a precise response."
+    )
+    segments = synthesizer_segments(
+        renderer,
+        "A CT of the chest.",
+        "Which organ is shown?",
+        "The lung",
+        "The chest CT shows the lung fields.",
+        synthesizer_system_prompt(renderer, None),
+    )
+    assert segments[0] == (prompt, False)  # tuning's prompt is synthesis's
+    parsed = parse_triplet(segments[1][0], context.delimiters)
+    assert (parsed.instruction, parsed.precise, parsed.informative) == (
+        "Which organ is shown?",
+        "The lung",
+        "The chest CT shows the lung fields.",
+    )

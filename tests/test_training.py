@@ -7,11 +7,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from corpus import write_seed_sources
 
 from adamllm_core.dataset import Dataset
 from adamllm_core.engines.hf import HFRenderer
@@ -22,7 +24,6 @@ from adamllm_core.training.encoding import (
     encode_segments,
     synthesizer_segments,
 )
-from adamllm_core.training.seed import SeedConfig, build_seed
 from adamllm_core.training.trainer import RUN_IDENTITY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,98 +51,6 @@ def tiny_synthesizer(rate: float, max_steps: int):
         global_batch_size=2,
         per_device_batch_size=2,
     )
-
-
-def write_seed_sources(root: Path) -> dict[str, str]:
-    """Small files in the releases' layouts: Vision-Flan's annotation_191-task_1k.json
-    (its own ids, `task_name`, the image's bare file name under images_191task_1k/) and
-    ALLaVA-{Caption,Instruct}-VFLAN-4V.json (ids allava_vflan_cap_N / allava_vflan_inst_N,
-    the image under allava_vflan/images/images_191task_1k/). The three share only the image.
-
-    Made to miss: record 5 has no caption; record 7's name has two caption records in two
-    folders (which image is meant cannot be told); one caption record names no image; one
-    instruct record names an image no Vision-Flan record has."""
-    import shutil
-
-    lines = [json.loads(line) for line in (SAMPLE / "data.jsonl").read_text().splitlines()]
-    images = root / "images_191task_1k"
-    images.mkdir(parents=True)
-    flan, captions, instructs = [], [], []
-    for i, line in enumerate(lines):
-        task = ["modality_recognition", "plane_recognition"][i % 2]
-        name = f"MedPix+{task}_{i}_{Path(line['image']).name}"
-        shutil.copy(SAMPLE / line["image"], images / name)
-        answer = line["modality"] if i % 2 == 0 else line["plane"]
-        question = (
-            "What imaging modality is this?"
-            if i % 2 == 0
-            else "In which plane is this image taken?"
-        )
-        flan.append(
-            {
-                "id": f"MedPix+{task}_{i}",
-                "task_name": f"MedPix+{task}",
-                "image": name,
-                "conversations": [
-                    {"from": "human", "value": question},
-                    {"from": "gpt", "value": answer},
-                ],
-            }
-        )
-        allava_image = f"allava_vflan/images/images_191task_1k/{name}"
-        if i != 5:
-            captions.append(
-                {
-                    "id": f"allava_vflan_cap_{100000 + i}",
-                    "image": allava_image,
-                    "conversations": [
-                        {"from": "human", "value": "<image>\nPlease depict the image in words."},
-                        {"from": "gpt", "value": line["caption"]},
-                    ],
-                }
-            )
-        if i == 7:
-            captions.append({**captions[-1], "image": f"allava_laion/images/{name}"})
-        instructs.append(
-            {
-                "id": f"allava_vflan_inst_{i}",
-                "image": allava_image,
-                "conversations": [
-                    {"from": "human", "value": f"<image>\n{question}"},
-                    {
-                        "from": "gpt",
-                        "value": f"Judging from the image and its appearance, the answer is {answer}.",
-                    },
-                ],
-            }
-        )
-    captions.append({"id": "allava_vflan_cap_9", "conversations": captions[0]["conversations"]})
-    instructs.append({**instructs[0], "id": "allava_vflan_inst_99", "image": "x/elsewhere.png"})
-    paths = {}
-    for name, records in (
-        ("vision_flan", flan),
-        ("allava_caption", captions),
-        ("allava_instruct", instructs),
-    ):
-        paths[name] = str(root / f"{name}.json")
-        Path(paths[name]).write_text(json.dumps(records))
-    return paths
-
-
-@pytest.fixture(scope="module")
-def seed_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("seed")
-    paths = write_seed_sources(root)
-    out = str(root / "seed")
-    build_seed(
-        paths["vision_flan"],
-        paths["allava_caption"],
-        paths["allava_instruct"],
-        str(root / "images_191task_1k"),
-        out,
-        SeedConfig(blank_share=0.25, dev_share=0.25),
-    )
-    return out
 
 
 def test_seed_join_blank_images_and_dev_split(seed_dataset: str) -> None:
@@ -347,14 +256,16 @@ def test_caption_replies_trains_only_the_caption_turn_in_either_order(
 ) -> None:
     """`loss_on: caption_replies` (the proving ground's masked-synthetic mutation): in a
     single-stage conversation only the reply to the caption request is trained, whether the
-    caption comes first or second; the synthetic turn stays in the context."""
+    caption comes first or second; the synthetic turn stays in the context. The caption
+    request is the record's own (not one of the pool's): the record's kind says which
+    round is the caption."""
     from adamllm_core.proving.bundles import _commit_rows, _dataset_writer
     from adamllm_core.schemas import CONVERSATIONS, ChatTurn, Conversation
     from adamllm_core.training.trainer import load_train_config
 
     image = next((SAMPLE / "images").glob("*.png")).read_bytes()
     caption = [
-        ChatTurn(role="user", content="Describe the image."),
+        ChatTurn(role="user", content="Generate a report for this scan."),
         ChatTurn(role="assistant", content="A CT of the chest."),
     ]
     task = [
@@ -413,6 +324,21 @@ def test_vision_mode_freezes_exactly_the_language_model(tiny_models) -> None:
     assert not any("language_model" in n for n in trained)
 
 
+def train_command(config: dict, data: str, out: Path | str, config_file: Path) -> list[str]:
+    """`adamllm train`'s module and arguments, its config written to `config_file`."""
+    config_file.write_text(yaml.safe_dump(config))
+    return [
+        "adamllm_cli.main",
+        "train",
+        "--config",
+        str(config_file),
+        "--data",
+        data,
+        "--out",
+        str(out),
+    ]
+
+
 def train_cli(
     config: dict,
     data: str,
@@ -421,21 +347,9 @@ def train_cli(
     config_dir: Path | None = None,
 ) -> subprocess.Popen:
     config_file = (config_dir or Path(out).parent) / f"{Path(str(out)).name}.yaml"
-    config_file.write_text(yaml.safe_dump(config))
     env = {**os.environ, **(env_extra or {})}
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "adamllm_cli.main",
-            "train",
-            "--config",
-            str(config_file),
-            "--data",
-            data,
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", *train_command(config, data, out, config_file)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -498,58 +412,56 @@ def test_zero2_training_lowers_loss_and_the_model_reloads(
     assert generated.shape[1] > inputs["input_ids"].shape[1]
 
 
-@pytest.mark.slow
-def test_deepspeed_launcher_two_ranks_zero3(tiny_models, seed_dataset: str, tmp_path: Path) -> None:
-    """Two CPU processes under the `deepspeed` launcher (the multi-GPU path, gloo instead of NCCL)."""
+def two_rank_training(config: dict, data: str, out: str, tmp_path: Path) -> subprocess.Popen:
+    """`adamllm train` as two CPU ranks under the `deepspeed` launcher (the multi-GPU path,
+    gloo instead of NCCL), in a process group of its own; its output goes to a file (a
+    pipe nobody reads while it runs could fill and stall it), `.log` on the process."""
     import socket
-
-    from safetensors.torch import load_file
-
-    from adamllm_core.models import resolve_model
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    out = tmp_path / "two-ranks"
-    config_file = tmp_path / "two-ranks.yaml"
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "preset": "tiny",
-                "task": "synthesizer",
-                "max_steps": 4,
-                "deepspeed": "zero3",
-                "global_batch_size": 4,
-                "per_device_batch_size": 2,
-            }
-        )
-    )
     launcher = Path(sys.executable).parent / "deepspeed"
-    result = subprocess.run(
-        [
-            str(launcher),
-            "--num_gpus",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            "--module",
-            "adamllm_cli.main",
-            "train",
-            "--config",
-            str(config_file),
-            "--data",
-            seed_dataset,
-            "--out",
-            str(out),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    log = tmp_path / f"two-ranks-{port}.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            [
+                str(launcher),
+                "--num_gpus",
+                "2",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                "--module",
+                *train_command(config, data, out, tmp_path / f"two-ranks-{port}.yaml"),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    process.log = log  # type: ignore[attr-defined]
+    return process
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher_two_ranks_zero3(tiny_models, seed_dataset: str, tmp_path: Path) -> None:
+    """Two CPU processes under the `deepspeed` launcher (the multi-GPU path, gloo instead of NCCL)."""
+    from safetensors.torch import load_file
+
+    from adamllm_core.models import resolve_model
+
+    out = tmp_path / "two-ranks"
+    config = {
+        "preset": "tiny",
+        "task": "synthesizer",
+        "max_steps": 4,
+        "deepspeed": "zero3",
+        "global_batch_size": 4,
+        "per_device_batch_size": 2,
+    }
+    process = two_rank_training(config, seed_dataset, str(out), tmp_path)
+    assert process.wait(timeout=600) == 0, process.log.read_text()[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
     # per rank 2 examples, no accumulation: an epoch is examples / 4 steps, the examples
@@ -584,8 +496,6 @@ def test_killed_training_resumes_to_the_same_weights(
 
     out = tmp_path / "killed"
     process = train_cli(config, seed_dataset, out)
-    import time
-
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         # the run-identity file is written last: before it, a checkpoint is incomplete
@@ -657,6 +567,57 @@ def test_training_output_on_object_storage(
     assert resumed["resumed_from"] == "checkpoint-3" and resumed["steps"] == 6
     assert resumed["trained_tokens"] == summary["trained_tokens"]
     assert fs.exists(f"{out}/final/model.safetensors") and fs.exists(f"{out}/train_summary.json")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_killed_two_rank_run_resumes_from_object_storage(
+    tiny_models, seed_dataset: str, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ranks (ZeRO-2: each rank holds its own optimizer partition) train into the
+    bucket and are killed after a checkpoint is marked complete there; a fresh node (an
+    empty staging folder) resumes from the bucket to the end."""
+    import s3fs
+
+    # no listings cache: the bucket is polled while the ranks write to it
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"], use_listings_cache=False)
+    out = f"{s3_bucket}/runs/two-ranks"
+    config = {
+        "preset": "tiny",
+        "task": "synthesizer",
+        "max_steps": 20,
+        "save_steps": 2,
+        "save_total_limit": 10,
+        "deepspeed": "zero2",
+        "global_batch_size": 4,
+        "per_device_batch_size": 2,
+    }
+    monkeypatch.setenv("ADAMLLM_TRAIN_STAGING", str(tmp_path / "node-a"))
+    process = two_rank_training(config, seed_dataset, out, tmp_path)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if fs.glob(f"{out.removeprefix('s3://')}/checkpoint-*/{RUN_IDENTITY}"):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.log.read_text()[-3000:]
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not fs.exists(f"{out}/train_summary.json")
+    marked = [p.rsplit("/", 2)[-2] for p in fs.glob(f"{out}/checkpoint-*/{RUN_IDENTITY}")]
+    assert marked
+    for name in marked:  # a checkpoint marked complete holds both ranks' partitions
+        files = fs.find(f"{out}/{name}")
+        assert [f for f in files if "zero_pp_rank_0" in f and "optim_states" in f]
+        assert [f for f in files if "zero_pp_rank_1" in f and "optim_states" in f]
+
+    monkeypatch.setenv("ADAMLLM_TRAIN_STAGING", str(tmp_path / "node-b"))
+    resumed = two_rank_training(config, seed_dataset, out, tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.log.read_text()[-3000:]
+    summary = json.loads(fs.cat_file(f"{out}/train_summary.json"))
+    latest = max(marked, key=lambda name: int(name.split("-")[1]))
+    assert summary["world_size"] == 2 and summary["steps"] == 20
+    assert summary["resumed_from"] == latest
+    assert fs.exists(f"{out}/final/model.safetensors")
 
 
 def test_a_checkpoint_of_another_run_is_refused(

@@ -77,15 +77,19 @@ def _hub_commit(model: str, revision: str) -> str:
     return ref.read_text().strip() if ref.is_file() else revision
 
 
-def hf_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+def hf_messages(messages: tuple[Message, ...], *, parts: bool = False) -> list[dict[str, Any]]:
+    """Messages as a chat template takes them. `parts`: every content a list of typed
+    parts, as vision-language processors' templates expect (some, like the released
+    AdaptLLM synthesizer's, render nothing of a string content); else a text-only turn's
+    content is its string, as text-only templates index it."""
     converted = []
     for message in messages:
-        if message.images:
+        if message.images or parts:
             content: Any = [{"type": "image"}] * message.images + [
                 {"type": "text", "text": message.content}
             ]
         else:
-            content = message.content  # text-only templates index content as a string
+            content = message.content
         converted.append({"role": message.role, "content": content})
     return converted
 
@@ -149,11 +153,16 @@ class HFRenderer:
             return request.prompt
         if any(m.images for m in request.messages or ()) and not self.multimodal:
             raise ValueError(f"{self.model} is a text-only model; this request has images")
-        return self.processor.apply_chat_template(
-            hf_messages(request.messages or ()),
-            tokenize=False,
+        return self.chat_text(
+            request.messages or (),
             add_generation_prompt=not request.continue_final_message,
             continue_final_message=request.continue_final_message,
+        )
+
+    def chat_text(self, messages: tuple[Message, ...] | list[Message], **kwargs: Any) -> str:
+        """Messages rendered with the model's chat template (`kwargs` to apply_chat_template)."""
+        return self.processor.apply_chat_template(
+            hf_messages(tuple(messages), parts=self.multimodal), tokenize=False, **kwargs
         )
 
     @cached_property

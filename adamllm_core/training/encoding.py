@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from adamllm_core.engines.base import Message
-from adamllm_core.engines.hf import HFRenderer, hf_messages
+from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.prompts import SYNTH_CAPTION_PROMPT, SYNTH_INFORMATIVE_HINT, SYNTH_PRECISE_HINT
 from adamllm_core.synthesis import END_OF_TEXT_TOKENS
 
@@ -37,12 +37,6 @@ class Encoded:
     @property
     def trained_tokens(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
-
-
-def _render(renderer: HFRenderer, messages: list[Message], **kwargs: Any) -> str:
-    return renderer.processor.apply_chat_template(
-        hf_messages(tuple(messages)), tokenize=False, **kwargs
-    )
 
 
 def encode_segments(
@@ -100,14 +94,12 @@ def synthesizer_segments(
         Message(role="user", content=SYNTH_CAPTION_PROMPT, images=1),
         Message(role="assistant", content=caption),
     ]
-    prompt = _render(
-        renderer,
+    prompt = renderer.chat_text(
         [*head, Message(role="user", content=SYNTH_PRECISE_HINT)],
         continue_final_message=True,
         add_generation_prompt=False,
     )
-    full = _render(
-        renderer,
+    full = renderer.chat_text(
         [
             *head,
             Message(role="user", content=f"{SYNTH_PRECISE_HINT}\n{instruction}"),
@@ -137,8 +129,8 @@ def conversation_segments(
     for i, message in enumerate(messages):
         if message.role != "assistant":
             continue
-        before = _render(renderer, messages[:i], add_generation_prompt=True)
-        after = _render(renderer, messages[: i + 1])
+        before = renderer.chat_text(messages[:i], add_generation_prompt=True)
+        after = renderer.chat_text(messages[: i + 1])
         if not before.startswith(done) or not after.startswith(before):
             raise ValueError("the chat template does not render turns as a growing prefix")
         segments += [(before[len(done) :], False), (after[len(before) :], True)]

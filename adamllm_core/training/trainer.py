@@ -22,6 +22,7 @@ from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.hashing import config_hash
 from adamllm_core.models import resolve_model
 from adamllm_core.pipeline import CAPTION_PROMPTS
+from adamllm_core.synthesis import synthesizer_system_prompt
 from adamllm_core.training.data import Plan, RejectLog, StreamedRecords, training_order
 from adamllm_core.training.encoding import (
     IGNORE_INDEX,
@@ -51,6 +52,11 @@ class TrainConfig(BaseModel):
         " reads a given text without learning to predict it); caption_replies (only replies"
         " to a caption request; the synthetic task's turns stay as context: the proving"
         " ground's masked-synthetic mutation, a broken single-stage method)",
+    )
+    system_prompt: str | None = Field(
+        default=None,
+        description="synthesizer: the system prompt it is tuned with; default: its family's"
+        " own, as synthesis gives it (see synthesis.synthesizer_system_prompt); '' for none",
     )
     trainable: Literal["full", "projector", "vision"] = Field(
         default="full",
@@ -226,7 +232,12 @@ def training_segments(
     """A record's text as (segment, trained) pieces for `config.task` and `config.loss_on`."""
     if config.task == "synthesizer":
         return synthesizer_segments(
-            renderer, row["caption"], row["instruction"], row["precise"], row["informative"]
+            renderer,
+            row["caption"],
+            row["instruction"],
+            row["precise"],
+            row["informative"],
+            synthesizer_system_prompt(renderer, config.system_prompt),
         )
     if config.task == "completion":
         return [(row["prompt"], False), (row["completion"], True)]
@@ -234,7 +245,7 @@ def training_segments(
     if config.loss_on == "after_opening":  # segments alternate (prompt, reply)
         return [(text, index >= 2) for index, (text, _) in enumerate(segments)]
     if config.loss_on == "caption_replies":
-        asked = _caption_requests(row["messages"])
+        asked = _caption_requests(row)
         return [
             (text, trained and asked[index // 2]) for index, (text, trained) in enumerate(segments)
         ]
@@ -283,8 +294,13 @@ def record_lengths(
     return shard_rows, lengths, held_out
 
 
-def _caption_requests(turns: list[dict[str, Any]]) -> list[bool]:
-    """For each assistant turn: whether the user turn before it asked for a caption."""
+def _caption_requests(row: dict[str, Any]) -> list[bool]:
+    """For each assistant turn: whether it answers a caption request. A mixture's `kind`
+    names its rounds in order ("task+caption"); other conversations are read by their
+    prompts (a caption prompt of the pool)."""
+    turns = row["messages"]
+    if row.get("kind"):
+        return [part == "caption" for part in row["kind"].split("+")]
     return [
         i > 0 and turns[i - 1]["content"].removeprefix("<image>") in CAPTION_PROMPTS
         for i, turn in enumerate(turns)
@@ -452,19 +468,37 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
                 if fs.exists(f"{remote}/{small}"):
                     fs.get_file(f"{remote}/{small}", str(staging / small))
 
-    def upload(checkpoint: Path) -> None:
-        """The new checkpoint (this node's files of it), then the run's small files; remote
-        checkpoints the Trainer rotated out locally go too."""
-        fs.put(str(checkpoint) + "/", f"{remote}/{checkpoint.name}/", recursive=True)
-        for name in (RUN_IDENTITY, "metrics.jsonl", VALIDATION_METRICS):
-            if (staging / name).exists():
-                fs.put_file(str(staging / name), f"{remote}/{name}")
-        kept = {p.name for p in staging.glob("checkpoint-*")}
-        for path in fs.glob(f"{remote}/checkpoint-*"):
-            if path.rstrip("/").rsplit("/", 1)[-1] not in kept:
-                fs.rm(path, recursive=True)
+    class BucketSync:
+        def upload(self, checkpoint: Path) -> None:
+            """This node's files of a new checkpoint (its ranks' partitions), all but the
+            run-identity file: in the bucket, too, that file marks a complete checkpoint."""
+            files = [
+                p for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != RUN_IDENTITY
+            ]
+            fs.put(
+                [str(p) for p in files],
+                [
+                    f"{remote}/{checkpoint.name}/{p.relative_to(checkpoint).as_posix()}"
+                    for p in files
+                ],
+            )
 
-    summary = train(config, data_uri, str(staging), identity=identity, after_checkpoint=upload)
+        def complete(self, checkpoint: Path) -> None:
+            """Once every node uploaded: the run's small files (a resume needs the run's
+            identity beside the checkpoint), then the checkpoint's run-identity file;
+            remote checkpoints the Trainer rotated out locally go."""
+            for name in (RUN_IDENTITY, "metrics.jsonl", VALIDATION_METRICS):
+                if (staging / name).exists():
+                    fs.put_file(str(staging / name), f"{remote}/{name}")
+            fs.put_file(
+                str(checkpoint / RUN_IDENTITY), f"{remote}/{checkpoint.name}/{RUN_IDENTITY}"
+            )
+            kept = {p.name for p in staging.glob("checkpoint-*")}
+            for path in fs.glob(f"{remote}/checkpoint-*"):
+                if path.rstrip("/").rsplit("/", 1)[-1] not in kept:
+                    fs.rm(path, recursive=True)
+
+    summary = train(config, data_uri, str(staging), identity=identity, sync=BucketSync())
     # final/ first, the rest, the summary last: a reader that finds the summary finds it all
     fs.put(str(staging / "final") + "/", f"{remote}/final/", recursive=True)
     for path in staging.iterdir():
@@ -526,9 +560,12 @@ def train(
     out_dir: str,
     *,
     identity: str | None = None,
-    after_checkpoint: Any = None,
+    sync: Any = None,
 ) -> dict[str, Any]:
-    """Train and save to `out_dir` (a local folder); resumes from its last checkpoint."""
+    """Train and save to `out_dir` (a local folder); resumes from its last checkpoint.
+
+    `sync`: after each checkpoint every node's local rank 0 calls `sync.upload(checkpoint)`
+    (its own ranks' files), then, once all have, rank 0 `sync.complete(checkpoint)`."""
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -660,8 +697,13 @@ def train(
                 (checkpoint / RUN_COUNTS).write_text(json.dumps(totals))
                 (checkpoint / RUN_IDENTITY).write_text(run_identity)  # last: it is complete
             _barrier()  # every rank's ZeRO partition is written before any node uploads
-            if after_checkpoint is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-                after_checkpoint(checkpoint)  # each node its own ranks' partitions
+            if sync is None:
+                return
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                sync.upload(checkpoint)  # each node its own ranks' partitions
+            _barrier()  # every node's files are up before the checkpoint is marked complete
+            if state.is_world_process_zero:
+                sync.complete(checkpoint)
 
     arguments = TrainingArguments(
         output_dir=str(out),
