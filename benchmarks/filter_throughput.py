@@ -2,8 +2,10 @@
 prompt, against one full forward per label (the scorer it replaced, kept here as baseline).
 
     .venv/bin/python benchmarks/filter_throughput.py [--model tiny:lm] [--triplets 32]
+        [--kind transformers|vllm] [--device cpu|cuda]
 
-Both score the same judge requests on the same model in this process: the paper's few-shot
+Both score the same judge requests on the same model in this process (with `--kind vllm`
+the baseline is one vLLM generate per prompt + label, prefix caching on as in the engine): the paper's few-shot
 template (Figures 6-7, about 2,100 tokens) where the model's context holds it, and the
 short one. Prints triplets/s of each, the largest score difference, and `speedup: X.XXx`.
 Goal: at least 1.5x on CPU.
@@ -18,14 +20,18 @@ from adamllm_core.engines import EngineConfig, make_engine
 from adamllm_core.filtering import judge_request
 
 
-def separately(engine, requests) -> list[dict[str, float]]:
-    """One full forward per (prompt + label), as the judge scored before."""
+def separately(engine, requests, kind: str) -> list[dict[str, float]]:
+    """One engine call per (prompt + label), as the judge scored before: a full forward
+    (transformers), or one generate of that sequence alone (raw vLLM)."""
     model = engine._load()
     scores = []
     for request in requests:
         per_label = {}
         for choice in request.choices:
             ids, positions = engine.renderer.choice_token_positions(request.prompt, choice)
+            if kind == "vllm":
+                per_label[choice] = engine._logprob_sums(model, [(ids, positions)])[0]
+                continue
             with torch.inference_mode():
                 logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
             logprobs = torch.log_softmax(logits.float(), dim=-1)
@@ -40,8 +46,13 @@ def main() -> None:
     )
     parser.add_argument("--model", default="tiny:lm")
     parser.add_argument("--triplets", type=int, default=32)
+    parser.add_argument("--kind", default="transformers", choices=["transformers", "vllm"])
+    parser.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda")
     args = parser.parse_args()
-    engine = make_engine(EngineConfig(model=args.model))
+    options = (
+        {"device": args.device} if args.kind == "transformers" else {"gpu_memory_utilization": 0.3}
+    )
+    engine = make_engine(EngineConfig(kind=args.kind, model=args.model, **options))
     context = engine.context_length()
     worst = None
     for template in ("figures_6_7", "short"):
@@ -61,9 +72,9 @@ def main() -> None:
             print(f"{template}: {length} tokens > the model's context {context}: skipped")
             continue
         engine.run(requests[:2])  # loads the model; warms both paths
-        separately(engine, requests[:2])
+        separately(engine, requests[:2], args.kind)
         started = time.perf_counter()
-        baseline = separately(engine, requests)
+        baseline = separately(engine, requests, args.kind)
         baseline_s = time.perf_counter() - started
         started = time.perf_counter()
         batched = engine.run(requests)

@@ -5,10 +5,15 @@
 1. engines: the transformers engine on CUDA against the same engine on CPU, on the same
    synthesis prompts (identical greedy outputs?) and judge requests (same labels, score
    difference); the vLLM engine too where vllm is installed.
-2. synthesis overhead on CUDA (benchmarks/synth_overhead.py, 64 new tokens).
-3. post-training a tiny randomly initialised Qwen2-VL (built here: its processor needs
-   torchvision) with DeepSpeed ZeRO-2 in bf16: loss, tokens/s, peak GPU memory, reload.
-4. the proving ground's model stage on this GPU (world seed --prove-seed), in what time
+2. post-training a tiny randomly initialised Qwen2-VL (built here: its processor needs
+   torchvision) with DeepSpeed ZeRO-2 in bf16, records streamed from the mixture by
+   DataLoader workers: loss, tokens/s, peak GPU memory, reload.
+3. the synthesize and filter stages with vLLM against transformers on CUDA (a tiny
+   synthesizer tuned here first, so its outputs parse): equal triplets, equal labels.
+4. overheads: benchmarks/synth_overhead.py (stage over bare engine, 64 new tokens) and
+   benchmarks/filter_throughput.py (batched label scoring over one call per label), with
+   the transformers engine on CUDA and with vLLM.
+5. the proving ground's model stage on this GPU (world seed --prove-seed), in what time
    is left before the deadline: how long `make run` would take here.
 
 Every section runs even when one before it fails; nothing is downloaded.
@@ -76,8 +81,8 @@ def engines(work: Path) -> None:
     ingest(str(SAMPLE), pairs, IngestConfig(domain="gpu"))
     rows = list(Dataset(pairs).iter_rows(["caption", "image"]))
     config = SynthConfig(engine=EngineConfig(model="tiny:vlm"), max_new_tokens=64)
-    _, pattern, stop = prompt_context(HFRenderer(resolve_model("tiny:vlm")), config)
-    synth = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
+    context = prompt_context(HFRenderer(resolve_model("tiny:vlm")), config)
+    synth = [synth_request(r["caption"], r["image"], config, context) for r in rows]
     judge = [
         judge_request(f"What is shown in image {i}?", r["caption"][:200], r["caption"].split()[0])
         for i, r in enumerate(rows)
@@ -123,18 +128,117 @@ def engines(work: Path) -> None:
         )
 
 
-def overhead() -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "synth_overhead.py"),
-            "--max-new-tokens",
-            "64",
-            "--repeats",
-            "2",
-        ],
-        check=True,
+def stages_vllm_against_transformers(work: Path) -> None:
+    """The synthesize and filter stages with the vLLM engine against the transformers
+    engine on CUDA: a tiny synthesizer tuned here on the bundled seed sample (so its outputs
+    parse), the same pairs, the same judge."""
+    from adamllm_core.dataset import Dataset
+    from adamllm_core.engines import EngineConfig
+    from adamllm_core.filtering import FilterConfig
+    from adamllm_core.ingest import IngestConfig, ingest
+    from adamllm_core.pipeline import filter_triplets, synthesize
+    from adamllm_core.synthesis import SynthConfig
+    from adamllm_core.training.seed import SeedConfig, build_seed
+    from adamllm_core.training.trainer import preset, train
+
+    engines = {
+        "transformers": {"kind": "transformers", "device": DEVICE},
+        "vllm": {"kind": "vllm", "gpu_memory_utilization": 0.3},
+    }
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        print("vllm: not installed here, the stages run with transformers alone")
+        del engines["vllm"]
+    seed_sample = REPO / "samples" / "seed_biomed"
+    seed = str(work / "seed")
+    build_seed(
+        *(
+            str(seed_sample / f"{name}.json")
+            for name in ("vision_flan", "allava_caption", "allava_instruct")
+        ),
+        str(seed_sample),
+        seed,
+        SeedConfig(),
     )
+    start = time.perf_counter()
+    steps = 1500 if DEVICE == "cuda" else 100  # a CPU dry run: the code path only
+    tuned = train(
+        preset("tiny", task="synthesizer", max_steps=steps), seed, str(work / "synthesizer")
+    )
+
+    print(f"tiny synthesizer tuned: {tuned['steps']} steps in {time.perf_counter() - start:.1f} s")
+    pairs = str(work / "pairs-stages")
+    ingest(str(SAMPLE), pairs, IngestConfig(domain="gpu"))
+    triplets, labels = {}, {}
+    for name, engine in engines.items():
+        out = str(work / f"triplets-{name}")
+        start = time.perf_counter()
+        made = synthesize(
+            pairs,
+            out,
+            SynthConfig(engine=EngineConfig(model=tuned["final"], **engine), max_new_tokens=128),
+        )
+        print(
+            f"synthesize, {name}: {made.rows} triplets of 24 pairs in {time.perf_counter() - start:.1f} s"
+        )
+        triplets[name] = {
+            r["pair_id"]: (r["instruction"], r["precise"], r["informative"])
+            for r in Dataset(out).iter_rows()
+        }
+    if "vllm" in engines:
+        same = sum(triplets["vllm"].get(k) == v for k, v in triplets["transformers"].items())
+        print(f"synthesis: {same} of {len(triplets['transformers'])} triplets identical under vLLM")
+    judged = str(work / "triplets-transformers")  # both judges label the same triplets
+    for name, engine in engines.items():
+        kept, rejected = filter_triplets(
+            judged,
+            str(work / f"kept-{name}"),
+            str(work / f"rejected-{name}"),
+            FilterConfig(engine=EngineConfig(model="tiny:lm", **engine)),
+        )
+        labels[name] = {
+            r["id"]: (r["label"], r["score_yes"], r["score_no"], r["score_open"])
+            for uri in (str(work / f"kept-{name}"), str(work / f"rejected-{name}"))
+            for r in Dataset(uri).iter_rows()
+        }
+        print(f"filter, {name}: {kept.rows} kept, {rejected.rows} rejected")
+    if "vllm" not in engines:
+        return
+    agree = sum(labels["vllm"][k][0] == v[0] for k, v in labels["transformers"].items())
+    drift = max(
+        (
+            abs(a - b)
+            for k, v in labels["transformers"].items()
+            for a, b in zip(v[1:], labels["vllm"][k][1:])
+        ),
+        default=0.0,
+    )
+    print(
+        f"filter: {agree} of {len(labels['transformers'])} labels equal under vLLM,"
+        f" largest score difference {drift:.2e}"
+    )
+
+
+def overhead() -> None:
+    """The synthesize stage and the judge's batched scoring against the bare engine on the
+    same prompts: the transformers engine on CUDA, then vLLM where it is installed."""
+    kinds = [["--kind", "transformers", "--device", DEVICE]]
+    try:
+        import vllm  # noqa: F401
+
+        kinds.append(["--kind", "vllm"])
+    except ImportError:
+        print("vllm: not installed here, only the transformers engine is measured")
+    for kind in kinds:
+        for script, extra in (
+            ("synth_overhead.py", ["--max-new-tokens", "64", "--repeats", "2"]),
+            ("filter_throughput.py", ["--triplets", "64"]),
+        ):
+            print(f"--- {script} {' '.join(kind)}", flush=True)
+            subprocess.run(
+                [sys.executable, str(REPO / "benchmarks" / script), *kind, *extra], check=True
+            )
 
 
 def qwen2_vl_zero2(work: Path) -> None:
@@ -184,6 +288,7 @@ def qwen2_vl_zero2(work: Path) -> None:
         model=str(model),
         deepspeed="zero2",
         bf16=DEVICE == "cuda",
+        dataloader_workers=2,
         max_steps=40,
         global_batch_size=8,
         per_device_batch_size=8,
@@ -266,8 +371,9 @@ def main() -> None:
         sections = [
             ("environment", environment),
             ("engines: CUDA against CPU", engines, work),
-            ("Qwen2-VL, DeepSpeed ZeRO-2, bf16", qwen2_vl_zero2, work),
-            ("synthesis overhead on CUDA", overhead),
+            ("Qwen2-VL, DeepSpeed ZeRO-2, bf16, streamed", qwen2_vl_zero2, work),
+            ("stages: vLLM against transformers", stages_vllm_against_transformers, work),
+            ("stage and judge overhead over the bare engine", overhead),
         ]
         for number, (title, run, *inputs) in enumerate(sections):
             if args.only is None or str(number) in args.only:

@@ -1,7 +1,8 @@
 """Pipeline overhead of synthesis: the synthesize stage's time over the bare engine's time
 on the same prompts, same engine, measured in one run.
 
-    .venv/bin/python benchmarks/synth_overhead.py [--model tiny:vlm] [--max-new-tokens 512] [--repeats 3]
+    .venv/bin/python benchmarks/synth_overhead.py [--model tiny:vlm] [--max-new-tokens 512]
+        [--repeats 3] [--kind transformers|vllm] [--device cpu|cuda]
 
 The stage reads pairs, renders and caches every request, parses outputs and writes
 Parquet; the bare run only calls engine.run on the same requests in the same batches.
@@ -34,10 +35,17 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=512)  # the paper's synthesis limit
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--kind", default="transformers", choices=["transformers", "vllm"])
+    parser.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda")
     args = parser.parse_args()
 
+    engine_options = (
+        {"device": args.device} if args.kind == "transformers" else {"gpu_memory_utilization": 0.3}
+    )
     config = SynthConfig(
-        engine=EngineConfig(model=args.model, batch_size=args.batch_size),
+        engine=EngineConfig(
+            kind=args.kind, model=args.model, batch_size=args.batch_size, **engine_options
+        ),
         max_new_tokens=args.max_new_tokens,
     )
     engine = make_engine(config.engine)
@@ -45,8 +53,8 @@ def main() -> None:
         pairs = f"{work}/pairs"
         ingest(args.source, pairs, IngestConfig(domain="bench"))
         rows = list(Dataset(pairs).iter_rows(["caption", "image"]))
-        _, pattern, stop = prompt_context(HFRenderer(resolve_model(args.model)), config)
-        requests = [synth_request(r["caption"], r["image"], config, pattern, stop) for r in rows]
+        context = prompt_context(HFRenderer(resolve_model(args.model)), config)
+        requests = [synth_request(r["caption"], r["image"], config, context) for r in rows]
         engine.run(requests[: args.batch_size])  # load and warm up once, for both
 
         print(
