@@ -396,7 +396,7 @@ class DatasetWriter:
         self._tag = self.identity[:12]
         self._markers: dict[int, ShardMarker] = {}
         # One writer per output (overlapping refreshes, a retry while the first still runs).
-        # Data-parallel ranks write without one: the process that started them holds it.
+        # Engine-pool workers write without one: the driver that hands them shards holds it.
         self._lease = WriterLease(self.uri) if lease else None
 
     # -- state --
@@ -440,7 +440,7 @@ class DatasetWriter:
         if plan is None or plan.get("identity") != self.identity:
             raise DatasetError(
                 f"{redact(self.uri)}: no work area prepared for identity {self.identity[:12]};"
-                " the parent process prepares it before starting ranks"
+                " the pool's driver prepares it before its workers start"
             )
         self._load_markers()
 

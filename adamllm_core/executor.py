@@ -5,12 +5,12 @@ Ingest, synthesize, filter, assemble, evaluate and seed building all run through
 owns the work area (through `DatasetWriter`: plan, shard markers, leases): `finished()`
 only reads; `prepare()` takes the outputs' leases and readies their work areas (resuming
 one left by an interrupted run of the same identity); `run_shards` writes every shard not
-yet done; `commit()` publishes, primary output last. Data-parallel ranks `attach()` to the
-work area their parent prepared: they never prepare or delete.
+yet done; `commit()` publishes, primary output last. Engine-pool workers `attach()` to the
+work area their driver prepared: they never prepare or delete.
 """
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal, Protocol
@@ -29,7 +29,7 @@ from adamllm_core.hashing import config_hash
 from adamllm_core.schemas import QUARANTINE, QuarantineRow, Record, RecordSchema
 
 ProgressFn = Callable[[int, int], None]
-Role = Literal["all", "prepare", "rank"]
+Role = Literal["all", "prepare", "worker"]
 
 
 @dataclass(frozen=True)
@@ -232,17 +232,16 @@ class ShardedExecutor:
         process: ProcessFn,
         *,
         progress: ProgressFn | None = None,
-        rank: int = 0,
-        world: int = 1,
+        only: Collection[int] | None = None,
     ) -> int:
-        """Process and write every shard `k % world == rank` not yet done; returns the
+        """Process and write every shard not yet done (of `only`, when given); returns the
         number of shards the input has."""
         total = source.total()
         done_rows = 0
         shards = 0
 
         def skip(index: int) -> bool:
-            return index % world != rank or self.is_done(index)
+            return (only is not None and index not in only) or self.is_done(index)
 
         for shard, size, read in source.shards(skip):
             shards = shard.index + 1
@@ -299,18 +298,18 @@ class ShardedExecutor:
         *,
         progress: ProgressFn | None = None,
         role: Role = "all",
-        rank: int = 0,
-        world: int = 1,
+        shards: Collection[int] | None = None,
         on_resume: Callable[["ShardedExecutor"], None] | None = None,
     ) -> dict[str, Manifest]:
         """The whole stage (role "all"): prepare, run, commit; a no-op returning the
-        manifests when finished. Data parallelism: the parent runs role "prepare" once,
-        each rank role "rank" (its shards only, no commit), then the parent role "all"
-        finds every shard done and commits. Roles other than "all" return {}.
-        `on_resume` runs once the work area is ready (to rebuild state from done shards)."""
-        if role == "rank":
+        manifests when finished. On an engine pool (see pool.py) the driver runs role
+        "prepare" once, each worker role "worker" on the shards it is handed (written, never
+        committed), then the driver role "all" finds every shard done and commits. Roles
+        other than "all" return {}. `on_resume` runs once the work area is ready (to rebuild
+        state from done shards)."""
+        if role == "worker":
             self.attach()
-            self.run_shards(source, process, progress=progress, rank=rank, world=world)
+            self.run_shards(source, process, progress=progress, only=shards)
             return {}
         finished = self.prepare()
         if finished is not None:
@@ -336,8 +335,7 @@ def run_stage(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     role: Role = "all",
-    rank: int = 0,
-    world: int = 1,
+    shards: Collection[int] | None = None,
 ) -> dict[str, Manifest]:
     """A dataset-to-dataset stage (synthesize, filter, assemble): input shard k of
     `input_uri` (or of several datasets' shards one after another) becomes shard k of every
@@ -350,7 +348,7 @@ def run_stage(
         config=config,
         code=code,
         overwrite=overwrite,
-        # Ranks, and the parent preparing for them, write under the leases run_parallel holds.
+        # Workers, and the driver preparing for them, write under the leases the pool holds.
         lease=role == "all",
     )
     return executor.execute(
@@ -358,6 +356,5 @@ def run_stage(
         process,
         progress=progress,
         role=role,
-        rank=rank,
-        world=world,
+        shards=shards,
     )

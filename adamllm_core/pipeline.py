@@ -10,7 +10,7 @@ import json
 import random
 import tempfile
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -107,12 +107,11 @@ def synthesize(
     progress: ProgressFn | None = None,
     engine: Engine | None = None,
     role: Role = "all",
-    rank: int = 0,
-    world: int = 1,
+    shards: Collection[int] | None = None,
 ) -> Manifest | None:
     """Pairs → task triplets; unparseable outputs are quarantined with their reason and raw text.
 
-    Roles other than "all" (data parallelism, see run_parallel) return None.
+    Roles other than "all" (an engine pool's driver and workers, see pool.py) return None.
     """
     engine = engine or make_engine(config.engine)
     renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
@@ -179,8 +178,7 @@ def synthesize(
         overwrite=overwrite,
         progress=progress,
         role=role,
-        rank=rank,
-        world=world,
+        shards=shards,
     )
     return manifests.get("triplets")
 
@@ -199,8 +197,7 @@ def filter_triplets(
     progress: ProgressFn | None = None,
     engine: Engine | None = None,
     role: Role = "all",
-    rank: int = 0,
-    world: int = 1,
+    shards: Collection[int] | None = None,
 ) -> tuple[Manifest, Manifest] | None:
     """Triplets → `filtered` (label in keep, with chain-of-thought response) and `rejected`."""
     engine = engine or make_engine(config.engine)
@@ -268,8 +265,7 @@ def filter_triplets(
         overwrite=overwrite,
         progress=progress,
         role=role,
-        rank=rank,
-        world=world,
+        shards=shards,
     )
     return (manifests["filtered"], manifests["rejected"]) if manifests else None
 

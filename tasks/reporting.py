@@ -54,6 +54,31 @@ def publish_stats(stage: str, uri: str, manifest: Manifest) -> None:
     )
 
 
+def publish_pool_stats(stats: Any) -> None:
+    """The engine pool's work per actor (node, shards, busy seconds) and its retries, as a
+    table artifact; kept out of the manifest, whose fingerprint must not depend on which
+    actor wrote a shard."""
+    rows = [
+        {
+            "actor": name,
+            "node": (actor["node"] or "")[:12],
+            "shards": actor["shards"],
+            "busy s": actor["seconds"],
+            "shards/min": round(60 * actor["shards"] / actor["seconds"], 1)
+            if actor["seconds"]
+            else None,
+        }
+        for name, actor in stats.actors.items()
+    ]
+    create_table_artifact(
+        table=rows,
+        key=f"{stats.stage.replace('_', '-')}-pool",
+        description=f"**{stats.stage}** on the engine pool: {stats.shards} shards in"
+        f" {stats.seconds:.1f} s, {len(stats.retried)} retried {stats.retried or ''}",
+    )
+    get_run_logger().info("%s pool: %s", stats.stage, stats.as_dict())
+
+
 @contextmanager
 def stage_progress(stage: str, min_interval: float = 1.0) -> Iterator[Any]:
     """A progress callback (done, total) feeding a Prefect progress artifact and a tqdm bar."""

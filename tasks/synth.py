@@ -4,7 +4,6 @@ from prefect import task
 
 from adamllm_core.dataset import DatasetRef
 from adamllm_core.filtering import FilterConfig
-from adamllm_core.parallel import run_parallel
 from adamllm_core.pipeline import (
     AssembleConfig,
     assemble,
@@ -15,9 +14,10 @@ from adamllm_core.pipeline import (
     general_tasks_identity,
     synthesize_identity,
 )
+from adamllm_core.pool import run_on_pool
 from adamllm_core.synthesis import SynthConfig
 from tasks.caching import OutputDatasetPolicy
-from tasks.reporting import publish_stats, stage_progress
+from tasks.reporting import publish_pool_stats, publish_stats, stage_progress
 
 
 @task(
@@ -36,13 +36,14 @@ def synthesize_triplets(
 ) -> DatasetRef:
     """Synthesize task triplets from image-caption pairs (requests cached for resume)."""
     with stage_progress("synthesize") as progress:
-        manifest = run_parallel(
+        manifest = run_on_pool(
             "synthesize",
             [pairs_uri, out],
             config,
             cache_uri=cache_uri,
             overwrite=overwrite,
             progress=progress,
+            report=publish_pool_stats,
         )
     publish_stats("synthesize", out, manifest)
     return DatasetRef.of(out, manifest)
@@ -66,13 +67,14 @@ def filter_consistent(
 ) -> tuple[DatasetRef, DatasetRef]:
     """Keep triplets whose precise answer follows from the informative one (label Yes)."""
     with stage_progress("filter") as progress:
-        kept, rejected = run_parallel(
+        kept, rejected = run_on_pool(
             "filter_triplets",
             [triplets_uri, out_kept, out_rejected],
             config,
             cache_uri=cache_uri,
             overwrite=overwrite,
             progress=progress,
+            report=publish_pool_stats,
         )
     publish_stats("filter", out_kept, kept)
     return DatasetRef.of(out_kept, kept), DatasetRef.of(out_rejected, rejected)

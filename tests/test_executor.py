@@ -1,4 +1,4 @@
-"""The sharded executor: roles, resume after a commit interrupted between outputs, a rank
+"""The sharded executor: roles, resume after a commit interrupted between outputs, a worker
 that finds no prepared work area, and the read-only view of a work area."""
 
 from pathlib import Path
@@ -98,7 +98,7 @@ def test_finished_only_reads_and_prepare_resumes(tmp_path: Path) -> None:
     assert first.finished() is None
     assert not (tmp_path / "even").exists()  # the query created nothing
     assert first.prepare() is None
-    first.run_shards(DatasetInput(inputs), Counting(), rank=0, world=2)  # shards 0 and 2
+    first.run_shards(DatasetInput(inputs), Counting(), only={0, 2})
     area = read_work_area(str(tmp_path / "even"))
     assert area is not None and [m.index for m in area.markers] == [0, 2]
     assert area.stage == "copy" and area.lease_holder is not None  # this process holds it
@@ -110,11 +110,11 @@ def test_finished_only_reads_and_prepare_resumes(tmp_path: Path) -> None:
     assert read_work_area(str(tmp_path / "even")) is None
 
 
-def test_a_rank_never_prepares(tmp_path: Path) -> None:
+def test_a_worker_never_prepares(tmp_path: Path) -> None:
     inputs = source(tmp_path)
-    rank = executor(tmp_path, inputs)
-    with pytest.raises(DatasetError, match="parent process prepares"):
-        rank.execute(DatasetInput(inputs), Counting(), role="rank", rank=0, world=2)
+    worker = executor(tmp_path, inputs)
+    with pytest.raises(DatasetError, match="driver prepares it before its workers start"):
+        worker.execute(DatasetInput(inputs), Counting(), role="worker", shards=[0])
     assert not (tmp_path / "even").exists() and not (tmp_path / "odd").exists()
 
     parent = ShardedExecutor(
@@ -129,12 +129,12 @@ def test_a_rank_never_prepares(tmp_path: Path) -> None:
         lease=False,
     )
     assert parent.execute(DatasetInput(inputs), Counting(), role="prepare") == {}
-    ranks = [Counting(), Counting()]
-    for index, process in enumerate(ranks):
+    workers = [Counting(), Counting()]
+    for handed, process in zip(([2, 0], [1]), workers, strict=True):  # as a pool hands them out
         executor(tmp_path, inputs).execute(
-            DatasetInput(inputs), process, role="rank", rank=index, world=2
+            DatasetInput(inputs), process, role="worker", shards=handed
         )
-    assert [r.shards for r in ranks] == [[0, 2], [1]]
+    assert [w.shards for w in workers] == [[0, 2], [1]]
     final = Counting()
     manifests = executor(tmp_path, inputs).execute(DatasetInput(inputs), final)
     assert final.shards == [] and manifests["odd"].rows == 6

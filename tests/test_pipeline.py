@@ -411,47 +411,6 @@ def test_refresh_synthesizes_only_new_pairs(tiny_models, tmp_path: Path, where: 
     assert refreshed.stats.counters["requests_computed"] == 2
 
 
-def test_data_parallel_processes_give_the_same_dataset(
-    pairs: str, tiny_models, tmp_path: Path
-) -> None:
-    """Two engine processes (CPU here; one per GPU in production) split the shards."""
-    from adamllm_core.parallel import run_parallel
-
-    single = SynthConfig(engine=EngineConfig(model="tiny:vlm"), max_new_tokens=16)
-    parallel = single.model_copy(
-        update={
-            "engine": single.engine.model_copy(
-                update={"data_parallel_size": 2, "devices": ("", "")}
-            )
-        }
-    )
-    one = synthesize(pairs, str(tmp_path / "one"), single, cache_uri=str(tmp_path / "cache-one"))
-    two = run_parallel(
-        "synthesize",
-        [pairs, str(tmp_path / "two")],
-        parallel,
-        cache_uri=str(tmp_path / "cache-two"),
-    )
-    assert len(two.shards) == 3 and two.shards == one.shards and two.fingerprint == one.fingerprint
-    assert two.stats.counters["requests_computed"] == 24
-    # a rank that does not finish in time fails the stage, named, instead of stalling it
-    hung = parallel.model_copy(
-        update={"engine": parallel.engine.model_copy(update={"rank_timeout_s": 0.5})}
-    )
-    with pytest.raises(
-        RuntimeError, match=r"rank 0 \(device \) did not finish within rank_timeout_s 0.5"
-    ):
-        run_parallel("synthesize", [pairs, str(tmp_path / "hung")], hung)
-    with pytest.raises(ValueError, match="devices"):
-        run_parallel(
-            "synthesize",
-            [pairs, str(tmp_path / "x")],
-            parallel.model_copy(
-                update={"engine": parallel.engine.model_copy(update={"devices": ("0",)})}
-            ),
-        )
-
-
 def test_a_request_the_engine_refuses_is_one_quarantined_row(tiny_models, tmp_path: Path) -> None:
     """One caption far longer than the model's context (tiny: 4,096 positions) among 24
     ordinary pairs: its batch is split until it stands alone, it becomes one quarantine row
@@ -480,14 +439,6 @@ def test_a_request_the_engine_refuses_is_one_quarantined_row(tiny_models, tmp_pa
     assert manifest.stats.rows_in == 25 == manifest.rows + len(quarantine)
     # One shard of 25 rows: its cache has every answer but the refusal (asked again next run).
     assert len(shard_cache(str(tmp_path / "c"), 0)) == 24
-
-
-def test_a_rank_killed_or_hung_is_named() -> None:
-    from adamllm_core.parallel import exit_reason
-
-    assert exit_reason(0) is None and exit_reason(3) == "exited 3"
-    assert "out-of-memory killer" in exit_reason(-9) and "SIGKILL" in exit_reason(-9)
-    assert exit_reason(-15) == "was killed by SIGTERM"
 
 
 def test_table5_ablations_are_assembly_variants(

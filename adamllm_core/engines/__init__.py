@@ -42,13 +42,28 @@ class EngineConfig(BaseModel):
     max_concurrency: int = Field(default=8, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=1)
-    # GPUs: one engine per GPU, each on its own shards (1 = in this process)
-    data_parallel_size: int = Field(default=1, gt=0, description="engine processes, one per device")
-    devices: tuple[str, ...] | None = Field(
-        default=None, description="CUDA_VISIBLE_DEVICES per process (default 0..N-1)"
+    # The engine pool (see pool.py): engines on Ray actors, shards handed out as they free up
+    data_parallel_size: int = Field(
+        default=1,
+        gt=0,
+        description="engine actors on the pool, one warm engine each (1 and no Ray cluster:"
+        " the stage runs in this process)",
     )
-    rank_timeout_s: float | None = Field(
-        default=None, gt=0, description="fail the stage when its processes run longer (hung)"
+    ray_address: str | None = Field(
+        default=None,
+        description="the Ray cluster of the pool (RAY_ADDRESS wins); none: a local Ray when"
+        " data_parallel_size > 1",
+    )
+    gpus_per_engine: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs each actor reserves (default: tensor_parallel_size for vllm, 1 for"
+        " transformers on cuda, else 0: a CPU actor)",
+    )
+    shard_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="a shard running longer (a hung engine) goes to a fresh actor",
     )
     # vllm
     tensor_parallel_size: int = Field(default=1, gt=0)
@@ -66,6 +81,20 @@ class EngineConfig(BaseModel):
         if self.kind == "openai" and not self.base_url:
             raise ValueError("the openai engine needs base_url (e.g. http://127.0.0.1:8000)")
         return self
+
+    def pool_resources(self) -> dict[str, float]:
+        """What each pool actor reserves: its GPUs (Ray never gives two actors one card)
+        and one CPU."""
+        gpus = self.gpus_per_engine
+        if gpus is None:
+            gpus = (
+                self.tensor_parallel_size
+                if self.kind == "vllm"
+                else 1
+                if self.kind == "transformers" and self.device.startswith("cuda")
+                else 0
+            )
+        return {"num_gpus": gpus, "num_cpus": 1}
 
     def identity_dump(self) -> dict[str, object]:
         """What changes results: the model, the engine and its library's version (they

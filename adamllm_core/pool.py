@@ -1,0 +1,293 @@
+"""The engine pool of the inference stages: a stage's shards on Ray actors, each holding
+one warm engine, handed out as actors free up.
+
+`run_on_pool(stage, args, config)` runs `stage(*args, config)` (synthesize or
+filter_triplets):
+
+- in this process, when no Ray cluster is named (`RAY_ADDRESS`, else `engine.ray_address`)
+  and `engine.data_parallel_size` is 1;
+- else on `data_parallel_size` actors (a local Ray is started when no cluster is named),
+  each reserving `engine.pool_resources()` (GPUs per engine for vLLM or CUDA, one CPU for
+  the transformers engine on CPU). The outputs are prepared here and their leases held
+  here; each actor loads its engine once and writes the shards it is handed into the work
+  area, so on a cluster the outputs must be where every node reaches them (object storage).
+  A shard whose actor died, or ran past `engine.shard_timeout_s`, goes to a fresh actor
+  (counted as retried); a shard the stage itself fails fails the stage. The stage commits
+  here: the dataset is the one a single process writes (same shards, rows, fingerprint).
+
+Actors get this process's ADAMLLM_*, AWS_* and HF_* environment (model locations,
+storage endpoints and credentials), so nodes started without them still read and write
+the same places.
+"""
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from adamllm_core.dataset import Dataset
+from adamllm_core.engines import EngineConfig
+from adamllm_core.lease import WriterLease
+from adamllm_core.storage import normalise_uri
+
+STAGES = ("synthesize", "filter_triplets")
+FORWARDED_ENV = ("ADAMLLM_", "AWS_", "HF_")
+MAX_ATTEMPTS = 3  # per shard: a shard that kills three actors fails the stage
+START_TIMEOUT_S = 300  # with no shard running, how long to wait for an actor to start
+
+
+def _stage_function(stage: str) -> Any:
+    from adamllm_core import pipeline
+
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r} cannot run on the engine pool; choose from {STAGES}")
+    return getattr(pipeline, stage)
+
+
+def _config_class(stage: str) -> Any:
+    from adamllm_core.filtering import FilterConfig
+    from adamllm_core.synthesis import SynthConfig
+
+    return SynthConfig if stage == "synthesize" else FilterConfig
+
+
+def ray_address(engine: EngineConfig) -> str | None:
+    return os.environ.get("RAY_ADDRESS") or engine.ray_address
+
+
+@dataclass
+class PoolStats:
+    """What the pool did: per actor (its node, shards, busy seconds), retries, failures."""
+
+    stage: str
+    actors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    retried: list[dict[str, Any]] = field(default_factory=list)
+    # per shard written: (actor, seconds, whether it was the actor's first: engine load in it)
+    shard_seconds: dict[int, tuple[str, float, bool]] = field(default_factory=dict)
+    shards: int = 0
+    seconds: float = 0.0
+
+    def nodes(self) -> Counter[str]:
+        """Shards written per Ray node."""
+        counts: Counter[str] = Counter()
+        for actor in self.actors.values():
+            counts[actor["node"]] += actor["shards"]
+        return counts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "shards": self.shards,
+            "seconds": round(self.seconds, 2),
+            "retried": self.retried,
+            "actors": self.actors,
+            "shards_per_node": dict(self.nodes()),
+        }
+
+
+class StageWorker:
+    """One warm engine on a Ray actor: writes the shards it is handed (role "worker")."""
+
+    def __init__(self, stage: str, args: list[str], config: dict[str, Any], kwargs: dict):
+        import ray
+
+        from adamllm_core.engines import make_engine
+
+        self.stage, self.args, self.kwargs = stage, args, kwargs
+        self.config = _config_class(stage).model_validate(config)
+        self.engine = make_engine(self.config.engine)  # loads on its first request, then stays
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def ready(self) -> bool:
+        return True
+
+    def run(self, shard: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        _stage_function(self.stage)(
+            *self.args,
+            self.config,
+            engine=self.engine,
+            role="worker",
+            shards=[shard],
+            **self.kwargs,
+        )
+        return {
+            "shard": shard,
+            "seconds": time.perf_counter() - started,
+            "node": self.node,
+            "pid": os.getpid(),
+        }
+
+
+def _connect(engine: EngineConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    address = ray_address(engine)
+    # No cluster named: a local Ray on this machine (its CPUs and GPUs), stopped at exit.
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": env},
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+def run_on_pool(
+    stage: str,
+    args: list[str],
+    config: Any,
+    *,
+    report: Callable[[PoolStats], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """`stage(*args, config, **kwargs)`, on the engine pool when one is asked for (see the
+    module docstring); `report` gets the pool's stats, `progress` (shards done, shards)."""
+    engine: EngineConfig = config.engine
+    function = _stage_function(stage)
+    if ray_address(engine) is None and engine.data_parallel_size == 1:
+        return function(*args, config, progress=progress, **kwargs)
+    # The workers write without leases: this process holds the outputs' leases for them
+    # (the final call below, in this process, takes them over and releases them at commit).
+    leases = [WriterLease(normalise_uri(uri)) for uri in args[1:]]
+    for lease in leases:
+        lease.acquire()
+    try:
+        function(*args, config, role="prepare", **kwargs)
+        count = len(Dataset(args[0]).manifest.shards)
+        _connect(engine)
+        stats = _dispatch(stage, args, config, kwargs, count, progress)
+    except BaseException:
+        for lease in leases:
+            lease.release()
+        raise
+    if report:
+        report(stats)
+    return function(*args, config, **kwargs)  # every shard is done: this commits
+
+
+def _dispatch(
+    stage: str,
+    args: list[str],
+    config: Any,
+    kwargs: dict[str, Any],
+    count: int,
+    progress: Callable[[int, int], None] | None,
+) -> PoolStats:
+    """Hands shards 0..count-1 to the actors as they free up; replaces dead actors."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    engine: EngineConfig = config.engine
+    resources = engine.pool_resources()
+    remote = ray.remote(**resources, max_restarts=0, max_concurrency=1)(StageWorker)
+    dumped = config.model_dump(mode="json")
+    stats = PoolStats(stage=stage)
+    began = time.perf_counter()
+    size = min(engine.data_parallel_size, max(count, 1))
+    names = iter(range(10**9))
+
+    def new_actor() -> tuple[str, Any]:
+        name = f"{stage}-{next(names)}"
+        actor = remote.remote(stage, args, dumped, kwargs)
+        stats.actors[name] = {"node": None, "pid": None, "shards": 0, "seconds": 0.0}
+        return name, actor
+
+    def retire(name: str, why: str) -> None:
+        """An actor that is gone: its record says so, and a fresh one is started."""
+        stats.actors[name]["ended"] = why
+        replacement = new_actor()
+        starting[replacement[1].ready.remote()] = replacement
+
+    # An actor is handed shards once it has started: a replacement the cluster cannot
+    # place yet (its node is gone and the others are busy) never holds a shard back.
+    starting = {
+        actor.ready.remote(): (name, actor) for name, actor in (new_actor() for _ in range(size))
+    }
+    idle: list[tuple[str, Any]] = []
+    failed_starts: list[str] = []
+    queue = list(range(count))
+    attempts: Counter[int] = Counter()
+    running: dict[Any, tuple[str, Any, int, float]] = {}
+    done = 0
+    waiting_since = time.monotonic()
+    while queue or running:
+        while queue and idle:
+            name, actor = idle.pop()
+            shard = queue.pop(0)
+            attempts[shard] += 1
+            running[actor.run.remote(shard)] = (name, actor, shard, time.monotonic())
+        if not running and time.monotonic() - waiting_since > START_TIMEOUT_S:
+            raise RuntimeError(
+                f"{stage}: no engine actor could start in {START_TIMEOUT_S} s; the cluster "
+                f"has no free {engine.pool_resources()} (ray status shows what it has)"
+            )
+        ready, _ = ray.wait([*running, *starting], num_returns=1, timeout=1.0)
+        now = time.monotonic()
+        for ref in ready:
+            if ref in starting:
+                name, actor = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                except RayActorError as error:  # died before it started: another one
+                    failed_starts.append(f"{name}: {error}")
+                    if len(failed_starts) >= MAX_ATTEMPTS * size:  # it will not start at all
+                        raise RuntimeError(
+                            f"{stage}: engine actors fail to start:\n" + "\n".join(failed_starts)
+                        ) from error
+                    retire(name, "died while starting")
+                    continue
+                idle.append((name, actor))
+                continue
+            name, actor, shard, _started = running.pop(ref)
+            waiting_since = now
+            try:
+                result = ray.get(ref)
+            except RayActorError as error:  # the actor (or its node) died: elsewhere
+                _retry(stats, queue, attempts, shard, name, f"actor died: {type(error).__name__}")
+                retire(name, "died")
+                continue
+            record = stats.actors[name]
+            stats.shard_seconds[shard] = (name, result["seconds"], record["shards"] == 0)
+            record.update(node=result["node"], pid=result["pid"])
+            record["shards"] += 1
+            record["seconds"] = round(record["seconds"] + result["seconds"], 3)
+            done += 1
+            if progress:
+                progress(done, count)
+            idle.append((name, actor))
+        timeout = engine.shard_timeout_s
+        for ref, (name, actor, shard, started) in list(running.items()) if timeout else []:
+            if now - started > timeout:  # hung: its actor goes, the shard goes elsewhere
+                del running[ref]
+                ray.kill(actor, no_restart=True)
+                _retry(stats, queue, attempts, shard, name, f"over shard_timeout_s {timeout:g}")
+                retire(name, "killed: hung")
+    for _, actor in [*idle, *starting.values()]:
+        ray.kill(actor, no_restart=True)
+    stats.shards = count
+    stats.seconds = time.perf_counter() - began
+    return stats
+
+
+def _retry(
+    stats: PoolStats,
+    queue: list[int],
+    attempts: Counter[int],
+    shard: int,
+    actor: str,
+    reason: str,
+) -> None:
+    stats.retried.append({"shard": shard, "actor": actor, "reason": reason})
+    if attempts[shard] >= MAX_ATTEMPTS:
+        raise RuntimeError(
+            f"{stats.stage}: shard {shard} failed {attempts[shard]} times ({reason}); "
+            f"retries: {stats.retried}"
+        )
+    queue.insert(0, shard)

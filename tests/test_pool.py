@@ -1,0 +1,215 @@
+"""The engine pool on a real local Ray cluster: a head node and worker nodes (`ray start`)
+on 127.0.0.1, one CPU each, started and stopped here. CPU actors run the tiny models (a GPU
+actor differs only in the GPUs it reserves)."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adamllm_core.engines import EngineConfig
+from adamllm_core.filtering import FilterConfig
+from adamllm_core.ingest import IngestConfig, ingest
+from adamllm_core.pipeline import filter_triplets, synthesize
+from adamllm_core.pool import PoolStats, run_on_pool
+from adamllm_core.synthesis import SynthConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+# Quiet, no token auth on this loopback-only cluster (Ray turns it on when a local
+# `ray.init()` has left ~/.ray/auth_token behind), and a dead node noticed in seconds
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_failure_threshold": "4",
+}
+
+
+class LocalCluster:
+    def __init__(self, address: str, tmp: Path):
+        self.address = address
+        self.tmp = tmp
+        self.workers: list[subprocess.Popen] = []
+
+    def add_node(self) -> subprocess.Popen:
+        """A worker node (`ray start --block`, in a process group of its own so a test can
+        kill the whole node)."""
+        log = open(self.tmp / f"node-{len(self.workers)}.log", "w")  # noqa: SIM115 (the node's lifetime)
+        node = subprocess.Popen(
+            [RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1"]
+            + ["--num-cpus=1", "--num-gpus=0", "--block"],
+            env=os.environ.copy(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.workers.append(node)
+        return node
+
+    def alive_nodes(self) -> int:
+        import ray
+
+        return sum(node["Alive"] for node in ray.nodes())
+
+    def wait_for(self, nodes: int, timeout: float = 120) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() != nodes:
+            assert time.monotonic() < deadline, f"{self.alive_nodes()} nodes alive, not {nodes}"
+            time.sleep(0.5)
+
+    def kill(self, node: subprocess.Popen) -> None:
+        """Every process of the node: its session (Ray's workers have process groups of
+        their own, in the node's session)."""
+        subprocess.run(["pkill", "-KILL", "-s", str(node.pid)], check=False)
+        node.wait()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    import ray
+
+    saved = {key: os.environ.get(key) for key in RAY_ENV}
+    os.environ.update(RAY_ENV)  # this process is the cluster's driver
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    head = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1"]
+    head += ["--num-cpus=1", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"]
+    subprocess.run(head, check=True, capture_output=True)
+    cluster = LocalCluster(f"127.0.0.1:{port}", tmp_path_factory.mktemp("ray"))
+    try:
+        cluster.add_node()
+        cluster.wait_for(2)
+        yield cluster
+    finally:
+        ray.shutdown()
+        for node in cluster.workers:
+            if node.poll() is None:
+                cluster.kill(node)
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, check=False)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = str(tmp_path_factory.mktemp("pairs") / "pairs")
+    ingest(
+        str(REPO / "samples" / "biomed_pairs"), out, IngestConfig(domain="biomed", rows_per_shard=4)
+    )
+    return out
+
+
+def busy(node: subprocess.Popen) -> bool:
+    """Whether a process of this node (its session) runs a shard (`ray::StageWorker.run`)."""
+    listing = subprocess.run(
+        ["ps", "-eo", "sid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return any(
+        line.split(None, 1)[0] == str(node.pid) and "StageWorker.run" in line
+        for line in listing.splitlines()
+        if line.strip()
+    )
+
+
+def on_pool(config, cluster: LocalCluster, **update):
+    engine = config.engine.model_copy(
+        update={"data_parallel_size": 2, "ray_address": cluster.address, **update}
+    )
+    return config.model_copy(update={"engine": engine})
+
+
+def test_synthesize_and_filter_on_two_nodes_equal_one_process(
+    ray_cluster: LocalCluster, small_shards: str, tmp_path: Path
+) -> None:
+    """The pool's datasets are the single process's (same shards, rows, fingerprints), and
+    both nodes wrote some of the shards."""
+    synth = SynthConfig(engine=EngineConfig(model="tiny:vlm"), max_new_tokens=16)
+    judge = FilterConfig(engine=EngineConfig(model="tiny:lm"), keep=("Yes", "No"))
+    one = synthesize(small_shards, str(tmp_path / "one"), synth)
+    reports: list[PoolStats] = []
+    shards_done: list[tuple[int, int]] = []
+    two = run_on_pool(
+        "synthesize",
+        [small_shards, str(tmp_path / "two")],
+        on_pool(synth, ray_cluster),
+        report=reports.append,
+        progress=lambda done, total: shards_done.append((done, total)),
+    )
+    assert len(two.shards) == 6 and two.fingerprint == one.fingerprint and two.shards == one.shards
+    stats = reports[0]
+    assert sum(stats.nodes().values()) == 6 and len(stats.nodes()) == 2  # both nodes wrote
+    assert not stats.retried and shards_done[-1] == (6, 6)
+
+    # the filter's two outputs too, from the pool's triplets
+    kept, rejected = filter_triplets(
+        str(tmp_path / "two"), str(tmp_path / "kept-one"), str(tmp_path / "rejected-one"), judge
+    )
+    pooled = run_on_pool(
+        "filter_triplets",
+        [str(tmp_path / "two"), str(tmp_path / "kept-two"), str(tmp_path / "rejected-two")],
+        on_pool(judge, ray_cluster),
+    )
+    assert [m.fingerprint for m in pooled] == [kept.fingerprint, rejected.fingerprint]
+    # a finished stage is not run again, on the pool or not
+    again = run_on_pool(
+        "synthesize", [small_shards, str(tmp_path / "two")], on_pool(synth, ray_cluster)
+    )
+    assert again.fingerprint == one.fingerprint
+
+
+def test_a_node_killed_mid_stage_loses_nothing(
+    ray_cluster: LocalCluster, small_shards: str, tmp_path: Path
+) -> None:
+    """A second worker node joins; once the stage has written a shard, that node is killed
+    with its actor. The shard it held goes to another actor: the stage finishes with the
+    single process's dataset, the killed shard counted as retried."""
+    synth = SynthConfig(engine=EngineConfig(model="tiny:vlm"), max_new_tokens=64)
+    reference = synthesize(small_shards, str(tmp_path / "one"), synth)
+    doomed = ray_cluster.add_node()
+    ray_cluster.wait_for(3)
+    reports: list[PoolStats] = []
+    out = tmp_path / "pooled"
+    result: dict = {}
+
+    def stage() -> None:
+        try:
+            result["manifest"] = run_on_pool(
+                "synthesize",
+                [small_shards, str(out)],
+                on_pool(synth, ray_cluster, data_parallel_size=3),
+                report=reports.append,
+            )
+        except BaseException as error:  # noqa: BLE001 (re-raised in the test's thread)
+            result["error"] = error
+
+    runner = threading.Thread(target=stage)
+    runner.start()
+    # the doomed node's actor is writing a shard: Ray titles its process with the method
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and runner.is_alive() and not busy(doomed):
+        time.sleep(0.02)
+    assert runner.is_alive(), "the stage ended before the doomed node's actor ran"
+    ray_cluster.kill(doomed)
+    runner.join(timeout=600)
+    assert not runner.is_alive() and "error" not in result, result.get("error")
+    manifest = result["manifest"]
+    assert manifest.fingerprint == reference.fingerprint and manifest.rows == reference.rows
+    stats = reports[0]
+    assert stats.retried and all("actor died" in r["reason"] for r in stats.retried)
+    assert sum(actor["shards"] for actor in stats.actors.values()) == 6
