@@ -1,8 +1,8 @@
 """The engine pool of the inference stages: a stage's shards on Ray actors, each holding
 one warm engine, handed out as actors free up.
 
-`run_on_pool(stage, args, config)` runs `stage(*args, config)` (synthesize or
-filter_triplets):
+`run_on_pool(stage, args, config)` runs synthesize or filter_triplets (`stage(*args,
+config)`) or evaluate (`evaluate(config, *args)`):
 
 - in this process, when no Ray cluster is named (`RAY_ADDRESS`, else `engine.ray_address`)
   and `engine.data_parallel_size` is 1;
@@ -32,25 +32,43 @@ from adamllm_core.engines import EngineConfig
 from adamllm_core.lease import WriterLease
 from adamllm_core.storage import normalise_uri
 
-STAGES = ("synthesize", "filter_triplets")
+STAGES = ("synthesize", "filter_triplets", "evaluate")
 FORWARDED_ENV = ("ADAMLLM_", "AWS_", "HF_")
 MAX_ATTEMPTS = 3  # per shard: a shard that kills three actors fails the stage
 START_TIMEOUT_S = 300  # with no shard running, how long to wait for an actor to start
 
 
-def _stage_function(stage: str) -> Any:
-    from adamllm_core import pipeline
-
+def _call(stage: str, args: list[str], config: Any, **kwargs: Any) -> Any:
+    """The stage itself: synthesize and filter take (inputs..., outputs..., config);
+    evaluate takes (config, run URI)."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r} cannot run on the engine pool; choose from {STAGES}")
-    return getattr(pipeline, stage)
+    if stage == "evaluate":
+        from adamllm_core.evaluation.run import evaluate
+
+        return evaluate(config, *args, **kwargs)
+    from adamllm_core import pipeline
+
+    return getattr(pipeline, stage)(*args, config, **kwargs)
 
 
 def _config_class(stage: str) -> Any:
+    from adamllm_core.evaluation.run import EvalConfig
     from adamllm_core.filtering import FilterConfig
     from adamllm_core.synthesis import SynthConfig
 
-    return SynthConfig if stage == "synthesize" else FilterConfig
+    return {"synthesize": SynthConfig, "filter_triplets": FilterConfig, "evaluate": EvalConfig}[
+        stage
+    ]
+
+
+def _outputs_and_shards(stage: str, args: list[str], config: Any) -> tuple[list[str], int]:
+    """The stage's output URIs (their leases are held by the driver) and its shard count."""
+    if stage == "evaluate":
+        from adamllm_core.evaluation.run import predictions_uri, shard_count
+
+        return [predictions_uri(config, args[0])], shard_count(config)
+    return args[1:], len(Dataset(args[0]).manifest.shards)
 
 
 def ray_address(engine: EngineConfig) -> str | None:
@@ -105,8 +123,9 @@ class StageWorker:
 
     def run(self, shard: int) -> dict[str, Any]:
         started = time.perf_counter()
-        _stage_function(self.stage)(
-            *self.args,
+        _call(
+            self.stage,
+            self.args,
             self.config,
             engine=self.engine,
             role="worker",
@@ -150,17 +169,16 @@ def run_on_pool(
     """`stage(*args, config, **kwargs)`, on the engine pool when one is asked for (see the
     module docstring); `report` gets the pool's stats, `progress` (shards done, shards)."""
     engine: EngineConfig = config.engine
-    function = _stage_function(stage)
     if ray_address(engine) is None and engine.data_parallel_size == 1:
-        return function(*args, config, progress=progress, **kwargs)
+        return _call(stage, args, config, progress=progress, **kwargs)
     # The workers write without leases: this process holds the outputs' leases for them
     # (the final call below, in this process, takes them over and releases them at commit).
-    leases = [WriterLease(normalise_uri(uri)) for uri in args[1:]]
+    outputs, count = _outputs_and_shards(stage, args, config)
+    leases = [WriterLease(normalise_uri(uri)) for uri in outputs]
     for lease in leases:
         lease.acquire()
     try:
-        function(*args, config, role="prepare", **kwargs)
-        count = len(Dataset(args[0]).manifest.shards)
+        _call(stage, args, config, role="prepare", **kwargs)
         _connect(engine)
         stats = _dispatch(stage, args, config, kwargs, count, progress)
     except BaseException:
@@ -169,7 +187,7 @@ def run_on_pool(
         raise
     if report:
         report(stats)
-    return function(*args, config, **kwargs)  # every shard is done: this commits
+    return _call(stage, args, config, **kwargs)  # every shard is done: this commits
 
 
 def _dispatch(

@@ -6,9 +6,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from adamllm_core.evaluation.report import write_report
-from adamllm_core.evaluation.run import EvalConfig, evaluate, evaluation_identity, predictions_uri
+from adamllm_core.evaluation.run import EvalConfig, evaluation_identity, predictions_uri
+from adamllm_core.pool import run_on_pool
 from tasks.caching import OutputDatasetPolicy
-from tasks.reporting import stage_progress
+from tasks.reporting import publish_pool_stats, stage_progress
 
 
 @task(
@@ -23,7 +24,14 @@ def evaluate_benchmark(config: EvalConfig, run_uri: str, overwrite: bool = False
     """Predictions + summary for one benchmark. A finished, identical predictions dataset is
     served from storage; an interrupted one resumes (finished shards kept, requests cached)."""
     with stage_progress(f"evaluate {config.benchmark}") as progress:
-        summary = evaluate(config, run_uri, overwrite=overwrite, progress=progress)
+        summary = run_on_pool(
+            "evaluate",
+            [run_uri],
+            config,
+            overwrite=overwrite,
+            progress=progress,
+            report=publish_pool_stats,
+        )
     create_table_artifact(
         table=[
             {**task, "questions": summary["questions"], "unreadable": summary["unreadable"]}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from adamllm_core.dataset import Dataset
 from adamllm_core.engines import EngineConfig
 from adamllm_core.filtering import FilterConfig
 from adamllm_core.ingest import IngestConfig, ingest
@@ -213,3 +214,31 @@ def test_a_node_killed_mid_stage_loses_nothing(
     stats = reports[0]
     assert stats.retried and all("actor died" in r["reason"] for r in stats.retried)
     assert sum(actor["shards"] for actor in stats.actors.values()) == 6
+
+
+def test_evaluation_on_the_pool_equals_one_process(
+    ray_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A benchmark's questions, cut into shards, answered by two actors: the predictions
+    and the summary are the single process's."""
+    from adamllm_core.evaluation.run import EvalConfig, evaluate, predictions_uri
+
+    config = EvalConfig(
+        benchmark="vqa_rad",
+        data=str(REPO / "samples" / "eval_demo" / "vqa_rad"),
+        engine=EngineConfig(model="tiny:vlm"),
+        max_new_tokens=8,
+        rows_per_shard=5,
+    )
+    one = evaluate(config, str(tmp_path / "one"))
+    reports: list[PoolStats] = []
+    two = run_on_pool(
+        "evaluate", [str(tmp_path / "two")], on_pool(config, ray_cluster), report=reports.append
+    )
+    assert {k: v for k, v in two.items() if k != "predictions"} == {
+        k: v for k, v in one.items() if k != "predictions"
+    }
+    pooled = Dataset(predictions_uri(config, str(tmp_path / "two"))).manifest
+    single = Dataset(predictions_uri(config, str(tmp_path / "one"))).manifest
+    assert pooled.fingerprint == single.fingerprint and len(pooled.shards) > 2
+    assert sum(reports[0].nodes().values()) == len(pooled.shards)

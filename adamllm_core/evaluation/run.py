@@ -10,7 +10,7 @@ frame); a question whose image is rejected is quarantined with the reason and co
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +33,7 @@ from adamllm_core.evaluation.scoring import (
 from adamllm_core.executor import (
     BatchInput,
     ProgressFn,
+    Role,
     Shard,
     ShardedExecutor,
     ShardOutput,
@@ -132,7 +133,7 @@ def predictions_uri(config: EvalConfig, run_uri: str) -> str:
 
 
 def _executor(
-    config: EvalConfig, run_uri: str, model: str, overwrite: bool = False
+    config: EvalConfig, run_uri: str, model: str, overwrite: bool = False, lease: bool = True
 ) -> ShardedExecutor:
     spec = benchmark(config.benchmark)
     settings = config.model_dump(
@@ -151,6 +152,7 @@ def _executor(
         config=settings,
         code=code_version(__name__),
         overwrite=overwrite,
+        lease=lease,
     )
 
 
@@ -165,6 +167,13 @@ def _quarantine_row(input_index: int, item: Any, problem: Rejected) -> Quarantin
     )
 
 
+def shard_count(config: EvalConfig) -> int:
+    """How many shards the benchmark's questions make (one pass over them, no images)."""
+    spec = benchmark(config.benchmark)
+    questions = sum(1 for _ in read_items(spec.name, config.data, limit=config.limit, images=False))
+    return -(-questions // config.rows_per_shard)
+
+
 def evaluation_identity(config: EvalConfig) -> str:
     """What the predictions dataset is made from (benchmark files, settings, model, code)."""
     return _executor(config, "", make_engine(config.engine).model_identity).identity
@@ -177,13 +186,17 @@ def evaluate(
     engine: Engine | None = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    role: Role = "all",
+    shards: Collection[int] | None = None,
 ) -> dict[str, Any]:
-    """Predictions dataset + summary for one benchmark; returns the summary."""
+    """Predictions dataset + summary for one benchmark; returns the summary. Roles other
+    than "all" (an engine pool's driver and workers, see pool.py) return {}."""
     spec = benchmark(config.benchmark)
     root = join(normalise_uri(out_uri), spec.name)
     engine = engine or make_engine(config.engine)
     model = engine.model_identity
-    executor = _executor(config, out_uri, model, overwrite)
+    # Pool workers, and the driver preparing for them, write under the lease the pool holds.
+    executor = _executor(config, out_uri, model, overwrite, lease=role == "all")
 
     def process(chunk: list[EvalItem], shard: Shard) -> ShardOutput:
         output = ShardOutput(rows={"predictions": []})
@@ -227,11 +240,16 @@ def evaluate(
     # refused before the executor prepares a work area for it
     if next(read_items(spec.name, config.data, limit=1, images=False), None) is None:
         raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
-    manifest = executor.execute(
+    manifests = executor.execute(
         BatchInput(questions, config.rows_per_shard, total=config.limit, name=redact(config.data)),
         process,
         progress=progress,
-    )["predictions"]
+        role=role,
+        shards=shards,
+    )
+    if role != "all":
+        return {}
+    manifest = manifests["predictions"]
     dataset = Dataset(predictions_uri(config, out_uri))
     summary = _summary(
         spec,
