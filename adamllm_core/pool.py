@@ -145,12 +145,10 @@ def _connect(engine: EngineConfig) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     address = ray_address(engine)
     # No cluster named: a local Ray on this machine (its CPUs and GPUs), stopped at exit.
     ray.init(
         address=address,
-        runtime_env={"env_vars": env},
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
@@ -211,9 +209,12 @@ def _dispatch(
     size = min(engine.data_parallel_size, max(count, 1))
     names = iter(range(10**9))
 
+    # the environment as it is now (not when Ray was first connected): per actor
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+
     def new_actor() -> tuple[str, Any]:
         name = f"{stage}-{next(names)}"
-        actor = remote.remote(stage, args, dumped, kwargs)
+        actor = remote.options(runtime_env={"env_vars": env}).remote(stage, args, dumped, kwargs)
         stats.actors[name] = {"node": None, "pid": None, "shards": 0, "seconds": 0.0}
         return name, actor
 

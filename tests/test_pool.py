@@ -242,3 +242,44 @@ def test_evaluation_on_the_pool_equals_one_process(
     single = Dataset(predictions_uri(config, str(tmp_path / "one"))).manifest
     assert pooled.fingerprint == single.fingerprint and len(pooled.shards) > 2
     assert sum(reports[0].nodes().values()) == len(pooled.shards)
+
+
+def test_a_synthesizer_tuned_into_the_bucket_is_pulled_by_the_actors(
+    ray_cluster: LocalCluster,
+    small_shards: str,
+    seed_dataset: str,
+    s3_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Synthesizer tuning writes to object storage and names its model there; the pool's
+    actors (other Ray nodes) pull it, checked against its manifest, and synthesize what
+    the single process synthesizes with it."""
+    from adamllm_core.training.trainer import preset, train_to
+
+    monkeypatch.setenv("ADAMLLM_TRAIN_STAGING", str(tmp_path / "staging"))
+    monkeypatch.setenv("ADAMLLM_MODEL_CACHE", str(tmp_path / "models"))  # actors get it too
+    tuned = train_to(
+        preset(
+            "tiny",
+            task="synthesizer",
+            max_steps=4,
+            global_batch_size=2,
+            per_device_batch_size=2,
+        ),
+        seed_dataset,
+        f"{s3_bucket}/synthesizer",
+    )
+    assert tuned["final"] == f"{s3_bucket}/synthesizer/final"
+    synth = SynthConfig(engine=EngineConfig(model=tuned["final"]), max_new_tokens=16)
+    one = synthesize(small_shards, str(tmp_path / "one"), synth)
+    reports: list[PoolStats] = []
+    two = run_on_pool(
+        "synthesize",
+        [small_shards, str(tmp_path / "two")],
+        on_pool(synth, ray_cluster),
+        report=reports.append,
+    )
+    assert two.fingerprint == one.fingerprint and len(reports[0].nodes()) == 2
+    # the stage knows the model by its content, the same wherever it was pulled
+    assert one.config["model_identity"].startswith("local:")

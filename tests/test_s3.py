@@ -3,6 +3,7 @@
 import http.client
 import http.server
 import json
+import os
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -186,3 +187,30 @@ def test_s3_slowdowns_are_retried_or_fail_the_run_never_a_quarantine_row(
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["AWS_ENDPOINT_URL"])
     resumed = ingest(f"{s3_bucket}/raw", f"{s3_bucket}/failed", config)  # S3 answers again
     assert resumed.rows == 4 and resumed.quarantine is None
+
+
+def test_a_published_model_is_pulled_once_and_checked(
+    tiny_models, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """publish_model writes the files, then their manifest; resolve_model pulls a model
+    from object storage once per machine, and refuses one whose files differ from it."""
+    from adamllm_core.models import MODEL_MANIFEST, publish_model, resolve_model
+
+    monkeypatch.setenv("ADAMLLM_MODEL_CACHE", str(tmp_path / "cache"))
+    uri = f"{s3_bucket}/models/lm"
+    manifest = publish_model(tiny_models["lm"], uri)
+    local = Path(resolve_model(uri))
+    assert local.parent == tmp_path / "cache" and local.name == manifest["identity"]
+    for name in manifest["files"]:
+        assert (local / name).read_bytes() == (Path(tiny_models["lm"]) / name).read_bytes()
+    assert resolve_model(uri) == str(local)  # pulled once
+
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    fs.pipe_file(f"{uri}/config.json", b'{"changed": true}')  # the bucket's copy altered
+    monkeypatch.setenv("ADAMLLM_MODEL_CACHE", str(tmp_path / "fresh"))
+    with pytest.raises(ValueError, match="differs from its manifest"):
+        resolve_model(uri)
+    assert not any((tmp_path / "fresh").glob("[!.]*"))  # nothing half-pulled left in the cache
+    fs.rm(f"{uri}/{MODEL_MANIFEST}")
+    with pytest.raises(FileNotFoundError, match="not a complete published model"):
+        resolve_model(uri)

@@ -20,7 +20,7 @@ from adamllm_core.dataset import ROW_GROUP_SIZE, Dataset
 from adamllm_core.engines.base import ImageResolution
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.hashing import config_hash
-from adamllm_core.models import resolve_model
+from adamllm_core.models import publish_model, resolve_model
 from adamllm_core.pipeline import CAPTION_PROMPTS
 from adamllm_core.synthesis import synthesizer_system_prompt
 from adamllm_core.training.data import Plan, RejectLog, StreamedRecords, training_order
@@ -499,8 +499,13 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
                     fs.rm(path, recursive=True)
 
     summary = train(config, data_uri, str(staging), identity=identity, sync=BucketSync())
-    # final/ first, the rest, the summary last: a reader that finds the summary finds it all
-    fs.put(str(staging / "final") + "/", f"{remote}/final/", recursive=True)
+    summary["final"] = f"{out_uri}/final"  # not this node's staging folder
+    if int(os.environ.get("RANK", "0")) != 0:
+        return summary  # rank 0 alone holds the whole final model and publishes the run
+    # final/ first (published with its manifest, so an engine on any node pulls and checks
+    # it), the rest, the summary last: a reader that finds the summary finds it all
+    publish_model(staging / "final", f"{out_uri}/final")
+    (staging / "train_summary.json").write_text(json.dumps(summary, indent=2))
     for path in staging.iterdir():
         if path.name not in ("final", "train_summary.json") and not path.name.startswith("."):
             if path.is_dir():
