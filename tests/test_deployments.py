@@ -106,3 +106,80 @@ def test_the_images_lint_clean() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_work_pool_templates_create_pools_and_render_gpu_requests(prefect_server: str) -> None:
+    """Each job template in deployments/work-pools/ makes a work pool on a real Prefect
+    server (`prefect work-pool create --base-job-template`); rendered with a deployment's
+    job variables, the GPU ones request and limit whole cards (Kubernetes) or pass a
+    device request (Docker)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from prefect.utilities.templating import apply_values
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    prefect = [sys.executable, "-m", "prefect"]
+    templates = sorted((REPO / "deployments" / "work-pools").glob("*.json"))
+    assert [t.stem for t in templates] == [
+        "docker-cpu",
+        "docker-gpu",
+        "kubernetes-cpu",
+        "kubernetes-gpu",
+        "process",
+    ]
+    for template in templates:
+        kind = template.stem.split("-")[0]
+        created = subprocess.run(
+            [*prefect, "work-pool", "create", f"test-{template.stem}", "--type", kind]
+            + ["--base-job-template", str(template), "--overwrite"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+        shown = subprocess.run(
+            [*prefect, "work-pool", "inspect", f"test-{template.stem}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert f"type='{kind}'" in shown.stdout or f"'type': '{kind}'" in shown.stdout
+
+    def rendered(name: str, job_variables: dict) -> dict:
+        template = json.loads((REPO / "deployments" / "work-pools" / f"{name}.json").read_text())
+        defaults = {
+            key: spec["default"]
+            for key, spec in template["variables"]["properties"].items()
+            if "default" in spec
+        }
+        return apply_values(template["job_configuration"], {**defaults, **job_variables})
+
+    pod = rendered("kubernetes-gpu", {"gpus": 2})["job_manifest"]["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 2
+    assert pod["containers"][0]["image"] == "adamllm:gpu"
+    assert "nvidia.com/gpu" not in json.dumps(rendered("kubernetes-cpu", {}))
+    docker = rendered("docker-gpu", {})
+    assert docker["container_create_kwargs"]["device_requests"][0]["capabilities"] == [["gpu"]]
+
+
+def test_the_kuberay_example_matches_the_platform() -> None:
+    """The documented RayCluster runs the Ray version the platform pins, in the GPU image,
+    one whole GPU per worker pod (one engine actor each)."""
+    import ray
+
+    cluster = yaml.safe_load((REPO / "deployments" / "kuberay" / "raycluster.yaml").read_text())
+    assert cluster["kind"] == "RayCluster" and cluster["spec"]["rayVersion"] == ray.__version__
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] == "adamllm:gpu"
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        (worker,) = group["template"]["spec"]["containers"]
+        assert worker["image"] == "adamllm:gpu"
+        resources = worker["resources"]
+        assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 1
