@@ -234,11 +234,13 @@ class ShardedExecutor:
         progress: ProgressFn | None = None,
         only: Collection[int] | None = None,
     ) -> int:
-        """Process and write every shard not yet done (of `only`, when given); returns the
-        number of shards the input has."""
+        """Process and write every shard not yet done (of `only`, when given: the input is
+        read no further than the last of them); returns the number of shards the input has
+        (with `only`, shards read)."""
         total = source.total()
         done_rows = 0
         shards = 0
+        last = max(only, default=-1) if only is not None else None
 
         def skip(index: int) -> bool:
             return (only is not None and index not in only) or self.is_done(index)
@@ -247,26 +249,33 @@ class ShardedExecutor:
             shards = shard.index + 1
             if skip(shard.index):
                 done_rows += max(size, 0)
-                continue
-            clock = Stopwatch()
-            rows = read()
-            result = process(rows, shard)
-            for name, writer in self._pending.items():
-                primary = name == self.primary
-                out_rows = result.rows.get(name, [])
-                rows_in = result.rows_in if result.rows_in is not None else len(rows)
-                writer.write_shard(
-                    shard.index,
-                    self.outputs[name].schema.to_table(out_rows),
-                    QUARANTINE.to_table(result.quarantine if primary else []),
-                    rows_in=rows_in if primary else len(out_rows),
-                    counters=dict(result.counters) if primary else {},
-                    seconds=clock.seconds,
-                )
-            done_rows += len(rows)
-            if progress:
-                progress(done_rows, max(total or 0, done_rows))
+            else:
+                rows = self._write(shard, read, process)
+                done_rows += rows
+                if progress:
+                    progress(done_rows, max(total or 0, done_rows))
+            if last is not None and shard.index >= last:
+                break
         return shards
+
+    def _write(self, shard: Shard, read: Callable[[], list[Any]], process: ProcessFn) -> int:
+        """Process one shard and write it to every pending output; returns its input rows."""
+        clock = Stopwatch()
+        rows = read()
+        result = process(rows, shard)
+        for name, writer in self._pending.items():
+            primary = name == self.primary
+            out_rows = result.rows.get(name, [])
+            rows_in = result.rows_in if result.rows_in is not None else len(rows)
+            writer.write_shard(
+                shard.index,
+                self.outputs[name].schema.to_table(out_rows),
+                QUARANTINE.to_table(result.quarantine if primary else []),
+                rows_in=rows_in if primary else len(out_rows),
+                counters=dict(result.counters) if primary else {},
+                seconds=clock.seconds,
+            )
+        return len(rows)
 
     def commit(self, shards: int) -> dict[str, Manifest]:
         """Publish every output (an empty input gives one empty shard), primary last; the

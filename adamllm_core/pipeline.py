@@ -111,7 +111,8 @@ def synthesize(
 ) -> Manifest | None:
     """Pairs → task triplets; unparseable outputs are quarantined with their reason and raw text.
 
-    Roles other than "all" (an engine pool's driver and workers, see pool.py) return None.
+    Roles other than "all" (an engine pool's driver and workers, see pool.py) return None,
+    except that "prepare" returns the manifest when the stage is already finished.
     """
     engine = engine or make_engine(config.engine)
     renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
@@ -368,14 +369,15 @@ def _records(
     output: str,
     pair: dict[str, Any],
     *,
+    caption: tuple[str, str],
     general: bool,
     kept: dict[str, Any] | None,
     parsed: dict[str, Any] | None,
     seed: int,
 ) -> list[tuple[str, list[tuple[str, str]]]]:
-    """The records (kind, rounds) a pair gives in one output. `general`: a pair of the
-    seed data; `kept`: its task that passed the filter; `parsed`: its first parsed triplet."""
-    caption = caption_turn(pair, seed)
+    """The records (kind, rounds) a pair gives in one output. `caption`: its caption turn;
+    `general`: a pair of the seed data; `kept`: its task that passed the filter; `parsed`:
+    its first parsed triplet."""
     task = (kept["instruction"], kept["response"]) if kept else None
     if output in GENERAL_OUTPUTS:
         if general:
@@ -448,10 +450,17 @@ def assemble(
         )
         for position, pair in enumerate(rows):
             kept, parsed = kept_tasks.get(pair["id"]), parsed_tasks.get(pair["id"])
+            caption = caption_turn(pair, config.seed)
             quarantined = False
             for name in outs:
                 records = _records(
-                    name, pair, general=is_general, kept=kept, parsed=parsed, seed=config.seed
+                    name,
+                    pair,
+                    caption=caption,
+                    general=is_general,
+                    kept=kept,
+                    parsed=parsed,
+                    seed=config.seed,
                 )
                 for kind, turns in records:
                     tokens = count_tokens(turns, pair["image"])

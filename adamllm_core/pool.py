@@ -11,6 +11,7 @@ config)`) or evaluate (`evaluate(config, *args)`):
   the transformers engine on CPU). The outputs are prepared here and their leases held
   here; each actor loads its engine once and writes the shards it is handed into the work
   area, so on a cluster the outputs must be where every node reaches them (object storage).
+  A finished stage starts no actor; a resumed one hands out only the shards not yet done.
   A shard whose actor died, or ran past `engine.shard_timeout_s`, goes to a fresh actor
   (counted as retried); a shard the stage itself fails fails the stage. The stage commits
   here: the dataset is the one a single process writes (same shards, rows, fingerprint).
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from adamllm_core.dataset import Dataset
+from adamllm_core.dataset import Dataset, read_work_area
 from adamllm_core.engines import EngineConfig
 from adamllm_core.lease import WriterLease
 from adamllm_core.storage import normalise_uri
@@ -62,13 +63,25 @@ def _config_class(stage: str) -> Any:
     ]
 
 
-def _outputs_and_shards(stage: str, args: list[str], config: Any) -> tuple[list[str], int]:
-    """The stage's output URIs (their leases are held by the driver) and its shard count."""
+def _outputs_and_shards(stage: str, args: list[str], config: Any) -> tuple[list[str], list[int]]:
+    """The stage's output URIs (their leases are held by the driver) and the input rows of
+    each of its shards."""
     if stage == "evaluate":
-        from adamllm_core.evaluation.run import predictions_uri, shard_count
+        from adamllm_core.evaluation.run import predictions_uri, shard_sizes
 
-        return [predictions_uri(config, args[0])], shard_count(config)
-    return args[1:], len(Dataset(args[0]).manifest.shards)
+        return [predictions_uri(config, args[0])], shard_sizes(config)
+    return args[1:], [shard.rows for shard in Dataset(args[0]).manifest.shards]
+
+
+def _pending(outputs: list[str], count: int) -> list[int]:
+    """Shards some unfinished output has not written yet (read from the work areas the
+    driver just prepared; a finished output has none and needs nothing)."""
+    done = [
+        {marker.index for marker in area.markers}
+        for area in map(read_work_area, outputs)
+        if area is not None
+    ]
+    return [index for index in range(count) if not all(index in d for d in done)]
 
 
 def ray_address(engine: EngineConfig) -> str | None:
@@ -77,15 +90,22 @@ def ray_address(engine: EngineConfig) -> str | None:
 
 @dataclass
 class PoolStats:
-    """What the pool did: per actor (its node, shards, busy seconds), retries, failures."""
+    """What the pool does and did: per actor (its node, the shard it runs now and since
+    when, shards written, busy seconds), retries. Reported as it changes and at the end
+    (`finished`)."""
 
     stage: str
     actors: dict[str, dict[str, Any]] = field(default_factory=dict)
     retried: list[dict[str, Any]] = field(default_factory=list)
     # per shard written: (actor, seconds, whether it was the actor's first: engine load in it)
     shard_seconds: dict[int, tuple[str, float, bool]] = field(default_factory=dict)
-    shards: int = 0
+    # actor -> (shard, time.time() it was handed out), for the shards running now
+    running: dict[str, tuple[int, float]] = field(default_factory=dict)
+    shards: int = 0  # the input's shards
+    dispatched: int = 0  # of them, not done before: handed to the actors
+    done: int = 0  # of those, written
     seconds: float = 0.0
+    finished: bool = False
 
     def nodes(self) -> Counter[str]:
         """Shards written per Ray node."""
@@ -98,6 +118,10 @@ class PoolStats:
         return {
             "stage": self.stage,
             "shards": self.shards,
+            "dispatched": self.dispatched,
+            "done": self.done,
+            "running": {actor: shard for actor, (shard, _) in self.running.items()},
+            "finished": self.finished,
             "seconds": round(self.seconds, 2),
             "retried": self.retried,
             "actors": self.actors,
@@ -118,8 +142,8 @@ class StageWorker:
         self.engine = make_engine(self.config.engine)  # loads on its first request, then stays
         self.node = ray.get_runtime_context().get_node_id()
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> dict[str, Any]:
+        return {"node": self.node, "pid": os.getpid()}
 
     def run(self, shard: int) -> dict[str, Any]:
         started = time.perf_counter()
@@ -132,12 +156,7 @@ class StageWorker:
             shards=[shard],
             **self.kwargs,
         )
-        return {
-            "shard": shard,
-            "seconds": time.perf_counter() - started,
-            "node": self.node,
-            "pid": os.getpid(),
-        }
+        return {"shard": shard, "seconds": time.perf_counter() - started}
 
 
 def _connect(engine: EngineConfig) -> None:
@@ -165,26 +184,31 @@ def run_on_pool(
     **kwargs: Any,
 ) -> Any:
     """`stage(*args, config, **kwargs)`, on the engine pool when one is asked for (see the
-    module docstring); `report` gets the pool's stats, `progress` (shards done, shards)."""
+    module docstring); `report` gets the pool's stats as they change (the same object,
+    updated) and once more when it is done; `progress` (input rows done, input rows)."""
     engine: EngineConfig = config.engine
     if ray_address(engine) is None and engine.data_parallel_size == 1:
         return _call(stage, args, config, progress=progress, **kwargs)
     # The workers write without leases: this process holds the outputs' leases for them
     # (the final call below, in this process, takes them over and releases them at commit).
-    outputs, count = _outputs_and_shards(stage, args, config)
+    outputs, sizes = _outputs_and_shards(stage, args, config)
     leases = [WriterLease(normalise_uri(uri)) for uri in outputs]
     for lease in leases:
         lease.acquire()
     try:
-        _call(stage, args, config, role="prepare", **kwargs)
-        _connect(engine)
-        stats = _dispatch(stage, args, config, kwargs, count, progress)
+        finished = _call(stage, args, config, role="prepare", **kwargs)
+        if finished is not None and finished != {}:  # nothing to do: no actor started
+            for lease in leases:
+                lease.release()
+            return finished
+        pending = _pending(outputs, len(sizes))
+        if pending:  # else only the commit was left (it was interrupted)
+            _connect(engine)
+            _dispatch(stage, args, config, kwargs, sizes, pending, report, progress)
     except BaseException:
         for lease in leases:
             lease.release()
         raise
-    if report:
-        report(stats)
     return _call(stage, args, config, **kwargs)  # every shard is done: this commits
 
 
@@ -193,10 +217,12 @@ def _dispatch(
     args: list[str],
     config: Any,
     kwargs: dict[str, Any],
-    count: int,
+    sizes: list[int],
+    pending: list[int],
+    report: Callable[[PoolStats], None] | None,
     progress: Callable[[int, int], None] | None,
 ) -> PoolStats:
-    """Hands shards 0..count-1 to the actors as they free up; replaces dead actors."""
+    """Hands the pending shards to the actors as they free up; replaces dead actors."""
     import ray
     from ray.exceptions import RayActorError
 
@@ -204,10 +230,16 @@ def _dispatch(
     resources = engine.pool_resources()
     remote = ray.remote(**resources, max_restarts=0, max_concurrency=1)(StageWorker)
     dumped = config.model_dump(mode="json")
-    stats = PoolStats(stage=stage)
+    stats = PoolStats(stage=stage, shards=len(sizes), dispatched=len(pending))
     began = time.perf_counter()
-    size = min(engine.data_parallel_size, max(count, 1))
+    size = min(engine.data_parallel_size, len(pending))
     names = iter(range(10**9))
+    rows_total = sum(sizes)
+    rows_done = rows_total - sum(sizes[index] for index in pending)
+
+    def changed() -> None:
+        if report:
+            report(stats)
 
     # the environment as it is now (not when Ray was first connected): per actor
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
@@ -221,6 +253,7 @@ def _dispatch(
     def retire(name: str, why: str) -> None:
         """An actor that is gone: its record says so, and a fresh one is started."""
         stats.actors[name]["ended"] = why
+        stats.running.pop(name, None)
         replacement = new_actor()
         starting[replacement[1].ready.remote()] = replacement
 
@@ -231,17 +264,19 @@ def _dispatch(
     }
     idle: list[tuple[str, Any]] = []
     failed_starts: list[str] = []
-    queue = list(range(count))
+    queue = list(pending)
     attempts: Counter[int] = Counter()
     running: dict[Any, tuple[str, Any, int, float]] = {}
-    done = 0
     waiting_since = time.monotonic()
+    changed()
     while queue or running:
         while queue and idle:
             name, actor = idle.pop()
             shard = queue.pop(0)
             attempts[shard] += 1
             running[actor.run.remote(shard)] = (name, actor, shard, time.monotonic())
+            stats.running[name] = (shard, time.time())
+            changed()
         if not running and time.monotonic() - waiting_since > START_TIMEOUT_S:
             raise RuntimeError(
                 f"{stage}: no engine actor could start in {START_TIMEOUT_S} s; the cluster "
@@ -253,7 +288,7 @@ def _dispatch(
             if ref in starting:
                 name, actor = starting.pop(ref)
                 try:
-                    ray.get(ref)
+                    stats.actors[name].update(ray.get(ref))  # its node and pid
                 except RayActorError as error:  # died before it started: another one
                     failed_starts.append(f"{name}: {error}")
                     if len(failed_starts) >= MAX_ATTEMPTS * size:  # it will not start at all
@@ -271,16 +306,19 @@ def _dispatch(
             except RayActorError as error:  # the actor (or its node) died: elsewhere
                 _retry(stats, queue, attempts, shard, name, f"actor died: {type(error).__name__}")
                 retire(name, "died")
+                changed()
                 continue
             record = stats.actors[name]
             stats.shard_seconds[shard] = (name, result["seconds"], record["shards"] == 0)
-            record.update(node=result["node"], pid=result["pid"])
+            stats.running.pop(name, None)
             record["shards"] += 1
             record["seconds"] = round(record["seconds"] + result["seconds"], 3)
-            done += 1
+            stats.done += 1
+            rows_done += sizes[shard]
             if progress:
-                progress(done, count)
+                progress(rows_done, rows_total)
             idle.append((name, actor))
+            changed()
         timeout = engine.shard_timeout_s
         for ref, (name, actor, shard, started) in list(running.items()) if timeout else []:
             if now - started > timeout:  # hung: its actor goes, the shard goes elsewhere
@@ -288,10 +326,12 @@ def _dispatch(
                 ray.kill(actor, no_restart=True)
                 _retry(stats, queue, attempts, shard, name, f"over shard_timeout_s {timeout:g}")
                 retire(name, "killed: hung")
+                changed()
     for _, actor in [*idle, *starting.values()]:
         ray.kill(actor, no_restart=True)
-    stats.shards = count
     stats.seconds = time.perf_counter() - began
+    stats.finished = True
+    changed()
     return stats
 
 

@@ -9,7 +9,7 @@ from adamllm_core.evaluation.report import write_report
 from adamllm_core.evaluation.run import EvalConfig, evaluation_identity, predictions_uri
 from adamllm_core.pool import run_on_pool
 from tasks.caching import OutputDatasetPolicy
-from tasks.reporting import publish_pool_stats, stage_progress
+from tasks.reporting import pool_reporter, stage_progress
 
 
 @task(
@@ -30,7 +30,7 @@ def evaluate_benchmark(config: EvalConfig, run_uri: str, overwrite: bool = False
             config,
             overwrite=overwrite,
             progress=progress,
-            report=publish_pool_stats,
+            report=pool_reporter(),
         )
     create_table_artifact(
         table=[

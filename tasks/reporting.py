@@ -1,7 +1,8 @@
 """Stage statistics and progress, shown in the Prefect UI and the terminal."""
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,13 +56,24 @@ def publish_stats(stage: str, uri: str, manifest: Manifest) -> None:
 
 
 def publish_pool_stats(stats: Any) -> None:
-    """The engine pool's work per actor (node, shards, busy seconds) and its retries, as a
-    table artifact; kept out of the manifest, whose fingerprint must not depend on which
-    actor wrote a shard."""
+    """The engine pool's work per actor (node, what it runs now, shards, busy seconds) and
+    its retries, as a table artifact (a new version of it each time); kept out of the
+    manifest, whose fingerprint must not depend on which actor wrote a shard."""
+    now = time.time()
+
+    def doing(name: str, actor: dict[str, Any]) -> str:
+        if "ended" in actor:
+            return actor["ended"]
+        if name in stats.running:
+            shard, since = stats.running[name]
+            return f"shard {shard} for {now - since:.0f} s"
+        return "idle" if actor["pid"] else "starting"
+
     rows = [
         {
             "actor": name,
             "node": (actor["node"] or "")[:12],
+            "now": doing(name, actor),
             "shards": actor["shards"],
             "busy s": actor["seconds"],
             "shards/min": round(60 * actor["shards"] / actor["seconds"], 1)
@@ -70,13 +82,34 @@ def publish_pool_stats(stats: Any) -> None:
         }
         for name, actor in stats.actors.items()
     ]
+    state = (
+        f"done in {stats.seconds:.1f} s"
+        if stats.finished
+        else f"{stats.done} of {stats.dispatched} done"
+    )
     create_table_artifact(
         table=rows,
         key=f"{stats.stage.replace('_', '-')}-pool",
-        description=f"**{stats.stage}** on the engine pool: {stats.shards} shards in"
-        f" {stats.seconds:.1f} s, {len(stats.retried)} retried {stats.retried or ''}",
+        description=f"**{stats.stage}** on the engine pool: {stats.shards} shards,"
+        f" {stats.dispatched} to run, {state}; {len(stats.retried)} retried {stats.retried or ''}",
     )
-    get_run_logger().info("%s pool: %s", stats.stage, stats.as_dict())
+    if stats.finished:
+        get_run_logger().info("%s pool: %s", stats.stage, stats.as_dict())
+
+
+def pool_reporter(min_interval: float = 5.0) -> Callable[[Any], None]:
+    """A `report` for run_on_pool: publishes the pool's table as it changes, at most every
+    `min_interval` seconds, and when the pool is done."""
+    last = -math.inf
+
+    def report(stats: Any) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if stats.finished or now - last >= min_interval:
+            last = now
+            publish_pool_stats(stats)
+
+    return report
 
 
 @contextmanager

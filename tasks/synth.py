@@ -17,7 +17,7 @@ from adamllm_core.pipeline import (
 from adamllm_core.pool import run_on_pool
 from adamllm_core.synthesis import SynthConfig
 from tasks.caching import OutputDatasetPolicy
-from tasks.reporting import publish_pool_stats, publish_stats, stage_progress
+from tasks.reporting import pool_reporter, publish_stats, stage_progress
 
 
 @task(
@@ -43,7 +43,7 @@ def synthesize_triplets(
             cache_uri=cache_uri,
             overwrite=overwrite,
             progress=progress,
-            report=publish_pool_stats,
+            report=pool_reporter(),
         )
     publish_stats("synthesize", out, manifest)
     return DatasetRef.of(out, manifest)
@@ -74,7 +74,7 @@ def filter_consistent(
             cache_uri=cache_uri,
             overwrite=overwrite,
             progress=progress,
-            report=publish_pool_stats,
+            report=pool_reporter(),
         )
     publish_stats("filter", out_kept, kept)
     return DatasetRef.of(out_kept, kept), DatasetRef.of(out_rejected, rejected)

@@ -2,6 +2,8 @@
 on 127.0.0.1, one CPU each, started and stopped here. CPU actors run the tiny models (a GPU
 actor differs only in the GPUs it reserves)."""
 
+import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.sorting import ArtifactSort
 
 from adamllm_core.dataset import Dataset
 from adamllm_core.engines import EngineConfig
@@ -20,6 +26,7 @@ from adamllm_core.ingest import IngestConfig, ingest
 from adamllm_core.pipeline import filter_triplets, synthesize
 from adamllm_core.pool import PoolStats, run_on_pool
 from adamllm_core.synthesis import SynthConfig
+from tasks.synth import synthesize_triplets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -144,18 +151,28 @@ def test_synthesize_and_filter_on_two_nodes_equal_one_process(
     judge = FilterConfig(engine=EngineConfig(model="tiny:lm"), keep=("Yes", "No"))
     one = synthesize(small_shards, str(tmp_path / "one"), synth)
     reports: list[PoolStats] = []
-    shards_done: list[tuple[int, int]] = []
+    running_seen: list[dict] = []  # what the actors ran at each report (reports are live)
+    rows_done: list[tuple[int, int]] = []
+
+    def report(stats: PoolStats) -> None:
+        reports.append(stats)
+        running_seen.append(dict(stats.running))
+
     two = run_on_pool(
         "synthesize",
         [small_shards, str(tmp_path / "two")],
         on_pool(synth, ray_cluster),
-        report=reports.append,
-        progress=lambda done, total: shards_done.append((done, total)),
+        report=report,
+        progress=lambda done, total: rows_done.append((done, total)),
     )
     assert len(two.shards) == 6 and two.fingerprint == one.fingerprint and two.shards == one.shards
-    stats = reports[0]
+    stats = reports[-1]
     assert sum(stats.nodes().values()) == 6 and len(stats.nodes()) == 2  # both nodes wrote
-    assert not stats.retried and shards_done[-1] == (6, 6)
+    rows = Dataset(small_shards).manifest.rows
+    assert not stats.retried and rows_done[-1] == (rows, rows) and len(rows_done) == 6
+    # reported while it ran: shards seen running on actors, none left at the end
+    assert any(running_seen[:-1]) and running_seen[-1] == {} and stats.finished
+    assert {shard for seen in running_seen for shard, _ in seen.values()} == set(range(6))
 
     # the filter's two outputs too, from the pool's triplets
     kept, rejected = filter_triplets(
@@ -167,11 +184,26 @@ def test_synthesize_and_filter_on_two_nodes_equal_one_process(
         on_pool(judge, ray_cluster),
     )
     assert [m.fingerprint for m in pooled] == [kept.fingerprint, rejected.fingerprint]
-    # a finished stage is not run again, on the pool or not
+    # a finished stage is not run again: no actor is started for it
+    again_reports: list[PoolStats] = []
     again = run_on_pool(
-        "synthesize", [small_shards, str(tmp_path / "two")], on_pool(synth, ray_cluster)
+        "synthesize",
+        [small_shards, str(tmp_path / "two")],
+        on_pool(synth, ray_cluster),
+        report=again_reports.append,
     )
-    assert again.fingerprint == one.fingerprint
+    assert again.fingerprint == one.fingerprint and again_reports == []
+
+    # an interrupted stage: only the shards not yet written go to the actors
+    resumed = str(tmp_path / "resumed")
+    synthesize(small_shards, resumed, synth, role="prepare")
+    synthesize(small_shards, resumed, synth, role="worker", shards=[0, 2, 5])
+    reports.clear()
+    manifest = run_on_pool(
+        "synthesize", [small_shards, resumed], on_pool(synth, ray_cluster), report=reports.append
+    )
+    assert manifest.fingerprint == one.fingerprint
+    assert set(reports[-1].shard_seconds) == {1, 3, 4} and reports[-1].dispatched == 3
 
 
 def test_a_node_killed_mid_stage_loses_nothing(
@@ -211,7 +243,7 @@ def test_a_node_killed_mid_stage_loses_nothing(
     assert not runner.is_alive() and "error" not in result, result.get("error")
     manifest = result["manifest"]
     assert manifest.fingerprint == reference.fingerprint and manifest.rows == reference.rows
-    stats = reports[0]
+    stats = reports[-1]
     assert stats.retried and all("actor died" in r["reason"] for r in stats.retried)
     assert sum(actor["shards"] for actor in stats.actors.values()) == 6
 
@@ -241,7 +273,7 @@ def test_evaluation_on_the_pool_equals_one_process(
     pooled = Dataset(predictions_uri(config, str(tmp_path / "two"))).manifest
     single = Dataset(predictions_uri(config, str(tmp_path / "one"))).manifest
     assert pooled.fingerprint == single.fingerprint and len(pooled.shards) > 2
-    assert sum(reports[0].nodes().values()) == len(pooled.shards)
+    assert sum(reports[-1].nodes().values()) == len(pooled.shards)
 
 
 def test_a_synthesizer_tuned_into_the_bucket_is_pulled_by_the_actors(
@@ -280,6 +312,44 @@ def test_a_synthesizer_tuned_into_the_bucket_is_pulled_by_the_actors(
         on_pool(synth, ray_cluster),
         report=reports.append,
     )
-    assert two.fingerprint == one.fingerprint and len(reports[0].nodes()) == 2
+    assert two.fingerprint == one.fingerprint and len(reports[-1].nodes()) == 2
     # the stage knows the model by its content, the same wherever it was pulled
     assert one.config["model_identity"].startswith("local:")
+
+
+def test_the_pool_reports_to_the_prefect_ui_while_it_runs(
+    prefect_server: str, ray_cluster: LocalCluster, small_shards: str, tmp_path: Path
+) -> None:
+    """The synthesize task on the pool, in a flow on the test Prefect server: the pool's
+    table artifact is published when the actors start (each one starting, nothing done)
+    and again at the end (every actor idle, every shard counted), and the progress
+    artifact reaches 100."""
+    synth = SynthConfig(engine=EngineConfig(model="tiny:vlm"), max_new_tokens=16)
+
+    @flow
+    def pooled_synth() -> None:
+        synthesize_triplets(small_shards, str(tmp_path / "out"), on_pool(synth, ray_cluster))
+
+    state = pooled_synth(return_state=True)
+    assert state.is_completed(), state
+    run_id = state.state_details.flow_run_id
+
+    async def artifacts() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=50,
+            )
+
+    found = asyncio.run(artifacts())
+    pool = [a for a in found if a.key == "synthesize-pool"][::-1]  # oldest first
+    assert len(pool) >= 2
+    first, last = (
+        json.loads(a.data) if isinstance(a.data, str) else a.data for a in (pool[0], pool[-1])
+    )
+    assert {row["now"] for row in first} == {"starting"} and "0 of 6 done" in pool[0].description
+    assert {row["now"] for row in last} == {"idle"} and sum(row["shards"] for row in last) == 6
+    assert "done in" in pool[-1].description
+    progress = [float(a.data) for a in found if a.type == "progress"]
+    assert progress and progress[0] == 100.0

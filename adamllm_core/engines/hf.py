@@ -23,7 +23,7 @@ from adamllm_core.engines.base import (
     SamplingConfig,
     truncate_at_stop,
 )
-from adamllm_core.hashing import sha256_hex
+from adamllm_core.hashing import file_sha256, sha256_hex
 from adamllm_core.storage import listing_fingerprint
 
 # Written beside a model by its trainer; they do not change what the model computes.
@@ -53,11 +53,7 @@ def checkpoint_hash(folder: Path) -> str:
         relative = path.relative_to(folder).as_posix()
         if path.name in NOT_THE_MODEL or path.name.startswith(".") or "/." in relative:
             continue
-        file_digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                file_digest.update(block)
-        digest.update(f"{relative}\0{file_digest.hexdigest()}\n".encode())
+        digest.update(f"{relative}\0{file_sha256(path)}\n".encode())
     value = digest.hexdigest()[:32]
     memo.parent.mkdir(parents=True, exist_ok=True)
     staging = memo.with_name(f".{memo.name}.{os.getpid()}")

@@ -167,11 +167,12 @@ def _quarantine_row(input_index: int, item: Any, problem: Rejected) -> Quarantin
     )
 
 
-def shard_count(config: EvalConfig) -> int:
-    """How many shards the benchmark's questions make (one pass over them, no images)."""
+def shard_sizes(config: EvalConfig) -> list[int]:
+    """The questions in each shard of the benchmark (one pass over them, no images)."""
     spec = benchmark(config.benchmark)
     questions = sum(1 for _ in read_items(spec.name, config.data, limit=config.limit, images=False))
-    return -(-questions // config.rows_per_shard)
+    full, rest = divmod(questions, config.rows_per_shard)
+    return [config.rows_per_shard] * full + ([rest] if rest else [])
 
 
 def evaluation_identity(config: EvalConfig) -> str:
@@ -190,7 +191,8 @@ def evaluate(
     shards: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """Predictions dataset + summary for one benchmark; returns the summary. Roles other
-    than "all" (an engine pool's driver and workers, see pool.py) return {}."""
+    than "all" (an engine pool's driver and workers, see pool.py) return {}, except that
+    "prepare" returns the summary when the predictions are already finished."""
     spec = benchmark(config.benchmark)
     root = join(normalise_uri(out_uri), spec.name)
     engine = engine or make_engine(config.engine)
@@ -247,7 +249,7 @@ def evaluate(
         role=role,
         shards=shards,
     )
-    if role != "all":
+    if not manifests:  # a worker's shards, or a driver's prepared work area
         return {}
     manifest = manifests["predictions"]
     dataset = Dataset(predictions_uri(config, out_uri))

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from adamllm_core.hashing import file_sha256
 from adamllm_core.storage import filesystem, join, normalise_uri, protocol_of, redact
 
 TINY_PREFIX = "tiny:"
@@ -39,11 +40,7 @@ def publish_model(local: str | Path, uri: str) -> dict:
 
 
 def _file_entry(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def models_cache_dir() -> Path:
