@@ -13,7 +13,10 @@
 4. overheads: benchmarks/synth_overhead.py (stage over bare engine, 64 new tokens) and
    benchmarks/filter_throughput.py (batched label scoring over one call per label), with
    the transformers engine on CUDA and with vLLM.
-5. the proving ground's model stage on this GPU (world seed --prove-seed), in what time
+5. the engine pool (Ray, started here): synthesize and evaluate on two actors that share
+   this GPU (half a card each) against one process, vLLM where installed: equal
+   fingerprints, shards per actor.
+6. the proving ground's model stage on this GPU (world seed --prove-seed), in what time
    is left before the deadline: how long `make run` would take here.
 
 Every section runs even when one before it fails; nothing is downloaded.
@@ -353,6 +356,61 @@ def proving_models(seed: int, budget_s: float) -> None:
         print(f"not finished in {budget_s:.0f} s")
 
 
+def engine_pool(work: Path) -> None:
+    """Synthesize and evaluate on the engine pool: two GPU actors on a local Ray (half a
+    card each, so both fit on one GPU) against the same stage in this process."""
+    from adamllm_core.dataset import Dataset
+    from adamllm_core.engines import EngineConfig
+    from adamllm_core.evaluation.run import EvalConfig, predictions_uri
+    from adamllm_core.ingest import IngestConfig, ingest
+    from adamllm_core.pool import run_on_pool
+    from adamllm_core.synthesis import SynthConfig
+
+    try:
+        import vllm  # noqa: F401
+
+        engine = {"kind": "vllm", "gpu_memory_utilization": 0.3}
+    except ImportError:
+        engine = {"kind": "transformers", "device": DEVICE}
+    one_engine = EngineConfig(model="tiny:vlm", **engine)
+    pooled = one_engine.model_copy(
+        update={"data_parallel_size": 2, "gpus_per_engine": 0.5 if DEVICE == "cuda" else 0}
+    )
+    print(f"engine: {engine}, each actor reserves {pooled.pool_resources()}")
+    pairs = str(work / "pairs-pool")
+    ingest(str(SAMPLE), pairs, IngestConfig(domain="gpu", rows_per_shard=4))
+    reports = []
+    runs = {}
+    for name, config in (("one process", one_engine), ("pool", pooled)):
+        start = time.perf_counter()
+        runs[name] = run_on_pool(
+            "synthesize",
+            [pairs, str(work / f"triplets-{name.replace(' ', '-')}")],
+            SynthConfig(engine=config, max_new_tokens=64),
+            report=reports.append,
+        )
+        print(f"synthesize, {name}: {time.perf_counter() - start:.1f} s")
+    print(
+        f"synthesize: fingerprints equal: {runs['pool'].fingerprint == runs['one process'].fingerprint}"
+    )
+    print(f"pool: {reports[-1].as_dict()}")
+    reports.clear()
+    fingerprints = {}
+    for name, config in (("one process", one_engine), ("pool", pooled)):
+        eval_config = EvalConfig(
+            benchmark="vqa_rad",
+            data=str(REPO / "samples" / "eval_demo" / "vqa_rad"),
+            engine=config,
+            max_new_tokens=8,
+            rows_per_shard=5,
+        )
+        out = str(work / f"eval-{name.replace(' ', '-')}")
+        run_on_pool("evaluate", [out], eval_config, report=reports.append)
+        fingerprints[name] = Dataset(predictions_uri(eval_config, out)).manifest.fingerprint
+    print(f"evaluate: fingerprints equal: {fingerprints['pool'] == fingerprints['one process']}")
+    print(f"pool: {reports[-1].as_dict()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -374,6 +432,7 @@ def main() -> None:
             ("Qwen2-VL, DeepSpeed ZeRO-2, bf16, streamed", qwen2_vl_zero2, work),
             ("stages: vLLM against transformers", stages_vllm_against_transformers, work),
             ("stage and judge overhead over the bare engine", overhead),
+            ("engine pool: two actors on this GPU against one process", engine_pool, work),
         ]
         for number, (title, run, *inputs) in enumerate(sections):
             if args.only is None or str(number) in args.only:
