@@ -9,11 +9,17 @@ yet done; `commit()` publishes, primary output last. Engine-pool workers `attach
 work area their driver prepared: they never prepare or delete.
 """
 
-from collections import Counter
+import multiprocessing
+import os
+import queue
+import threading
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,8 +33,10 @@ from adamllm_core.dataset import (
 )
 from adamllm_core.hashing import config_hash
 from adamllm_core.schemas import QUARANTINE, QuarantineRow, Record, RecordSchema
+from adamllm_core.settings import forwarded_env
 
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
 Role = Literal["all", "prepare", "worker"]
 
 
@@ -149,6 +157,149 @@ def stage_identity(
     return identity_hash(output.schema, stage_parents(inputs), config_hash(config), code)
 
 
+TASKS_IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker process: busy, memory bounded
+_process_pools: dict[int, tuple[dict[str, str], ProcessPoolExecutor]] = {}
+_process_pools_lock = threading.Lock()
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` processes for CPU-bound stage work, started once and reused by later runs
+    in this process while the environment they were started with (storage endpoints and
+    credentials, `settings.forwarded_env`) is unchanged. Spawned, not forked: the caller
+    may hold threads (Prefect's event loop) that a fork would copy."""
+    env = forwarded_env()
+    with _process_pools_lock:
+        started = _process_pools.get(workers)
+        if started is not None and started[0] != env:
+            started[1].shutdown(wait=False, cancel_futures=True)
+            started = None
+        if started is None:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            started = _process_pools[workers] = (env, pool)
+        return started[1]
+
+
+def _apply(fn: Callable[[Any], T], chunk: list[Any]) -> list[T]:
+    return [fn(item) for item in chunk]
+
+
+def ordered_map(
+    fn: Callable[[Any], T], items: Iterable[Any], *, workers: int, chunk: int = 16
+) -> Iterator[T]:
+    """`map(fn, items)` on `workers` processes (`process_pool`), results in input order,
+    up to `chunk` items per task and at most TASKS_IN_FLIGHT_PER_WORKER tasks per worker ahead
+    of the consumer, so memory stays bounded however long `items` is (Python 3.14's
+    `Executor.map(buffersize=...)`). One worker: in this process."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = process_pool(workers)
+    pending: deque[Future] = deque()
+    stream = iter(items)
+    size = 1  # tasks grow 1, 2, 4 ... `chunk` items: every worker starts at once
+    try:
+        while batch := list(islice(stream, size)):
+            size = min(chunk, size * 2)
+            pending.append(pool.submit(_apply, fn, batch))
+            if len(pending) >= workers * TASKS_IN_FLIGHT_PER_WORKER:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    except BrokenProcessPool:
+        with _process_pools_lock:  # a worker died (killed, out of memory): a fresh pool next run
+            if workers in _process_pools and _process_pools[workers][1] is pool:
+                del _process_pools[workers]
+        raise
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+WRITES_IN_FLIGHT = 2  # processed shards waiting for the writer thread (memory bound)
+
+
+def prefetch_default() -> bool:
+    """Read ahead and write behind unless ADAMLLM_PREFETCH=0 (the output is the same)."""
+    return os.environ.get("ADAMLLM_PREFETCH", "1") != "0"
+
+
+def prefetched(items: Iterator[T], enabled: bool) -> Iterator[T]:
+    """`items`, produced one ahead in a thread: the next is read while the caller works on
+    this one. An error in the thread is raised here; leaving early stops the thread."""
+    if not enabled:
+        yield from items
+        return
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item: Any, error: BaseException | None = None) -> bool:
+        """Hands one item over; False once the consumer has left."""
+        while not stop.is_set():
+            try:
+                ready.put((item, error), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(end)
+        except BaseException as error:  # noqa: BLE001 (raised again in the consumer)
+            offer(end, error)
+
+    thread = threading.Thread(target=produce, name="shard-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class ShardWriter:
+    """Writes processed shards in one background thread, in the order submitted, with at
+    most WRITES_IN_FLIGHT waiting; a failed write is raised at the next submit or at the
+    end. Disabled: each write happens at its submit."""
+
+    def __init__(self, enabled: bool):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer") if enabled else None
+        self.pending: deque[Future] = deque()
+
+    def submit(self, write: Callable[..., None], *args: Any) -> None:
+        if self.pool is None:
+            write(*args)
+            return
+        while len(self.pending) >= WRITES_IN_FLIGHT:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(write, *args))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        if self.pool is None:
+            return
+        try:
+            if error is None:
+                while self.pending:
+                    self.pending.popleft().result()
+        finally:
+            for future in self.pending:
+                future.cancel()
+            self.pool.shutdown(wait=True)
+
+
 class ShardedExecutor:
     """Writes the outputs of one stage; the first output is the primary one: it holds the
     stage's quarantine and counters, and its manifest is written last (its presence means
@@ -164,8 +315,10 @@ class ShardedExecutor:
         code: str,
         overwrite: bool = False,
         lease: bool = True,
+        prefetch: bool | None = None,
     ):
         self.stage = stage
+        self.prefetch = prefetch if prefetch is not None else prefetch_default()
         self.outputs = outputs
         self.primary = next(iter(outputs))
         dumped = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
@@ -236,7 +389,12 @@ class ShardedExecutor:
     ) -> int:
         """Process and write every shard not yet done (of `only`, when given: the input is
         read no further than the last of them); returns the number of shards the input has
-        (with `only`, shards read)."""
+        (with `only`, shards read).
+
+        With `prefetch` (the default; `ADAMLLM_PREFETCH=0` turns it off), the next shard is
+        read in a thread while this one is processed, and finished shards are written by
+        another (at most WRITES_IN_FLIGHT waiting), so an engine does not wait for storage.
+        Shards are processed in order in the calling thread either way: same output."""
         total = source.total()
         done_rows = 0
         shards = 0
@@ -245,37 +403,40 @@ class ShardedExecutor:
         def skip(index: int) -> bool:
             return (only is not None and index not in only) or self.is_done(index)
 
-        for shard, size, read in source.shards(skip):
-            shards = shard.index + 1
-            if skip(shard.index):
-                done_rows += max(size, 0)
-            else:
-                rows = self._write(shard, read, process)
-                done_rows += rows
+        def read_ahead() -> Iterator[tuple[Shard, int, list[Any] | None]]:
+            for shard, size, read in source.shards(skip):
+                yield shard, size, None if skip(shard.index) else read()
+                if last is not None and shard.index >= last:
+                    return
+
+        with ShardWriter(self.prefetch) as writer:
+            for shard, size, rows in prefetched(read_ahead(), self.prefetch):
+                shards = shard.index + 1
+                if rows is None:
+                    done_rows += max(size, 0)
+                    continue
+                clock = Stopwatch()
+                result = process(rows, shard)
+                writer.submit(self._write, shard, len(rows), result, clock.seconds)
+                done_rows += len(rows)
                 if progress:
                     progress(done_rows, max(total or 0, done_rows))
-            if last is not None and shard.index >= last:
-                break
         return shards
 
-    def _write(self, shard: Shard, read: Callable[[], list[Any]], process: ProcessFn) -> int:
-        """Process one shard and write it to every pending output; returns its input rows."""
-        clock = Stopwatch()
-        rows = read()
-        result = process(rows, shard)
+    def _write(self, shard: Shard, rows: int, result: ShardOutput, seconds: float) -> None:
+        """Write one processed shard (of `rows` input rows) to every pending output."""
         for name, writer in self._pending.items():
             primary = name == self.primary
             out_rows = result.rows.get(name, [])
-            rows_in = result.rows_in if result.rows_in is not None else len(rows)
+            rows_in = result.rows_in if result.rows_in is not None else rows
             writer.write_shard(
                 shard.index,
                 self.outputs[name].schema.to_table(out_rows),
                 QUARANTINE.to_table(result.quarantine if primary else []),
                 rows_in=rows_in if primary else len(out_rows),
                 counters=dict(result.counters) if primary else {},
-                seconds=clock.seconds,
+                seconds=seconds,
             )
-        return len(rows)
 
     def commit(self, shards: int) -> dict[str, Manifest]:
         """Publish every output (an empty input gives one empty shard), primary last; the

@@ -5,13 +5,12 @@ Every input ends as exactly one pair row or one quarantine row with its reason
 once and the rest quarantined as `duplicate`, pointing at the row they repeat.
 """
 
-import multiprocessing
+import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import tee
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +24,7 @@ from adamllm_core.executor import (
     ShardedExecutor,
     ShardOutput,
     StageOutput,
+    ordered_map,
 )
 from adamllm_core.hashing import canonical_json, config_hash, pair_id
 from adamllm_core.images import ImagePolicy, normalise_image
@@ -158,13 +158,23 @@ def process_record(record: RawRecord, config: IngestConfig, source: str) -> list
 
 def _read_image(uri: str, max_bytes: int) -> bytes:
     try:
+        if protocol_of(uri) == "file":  # the OS directly: fsspec's per-call cost is per image
+            return _read_local_image(uri.removeprefix("file://"), max_bytes)
+        # Object storage: one ranged GET per image (no listing or HEAD first), so a file
+        # over max_bytes is never read past it; a folder is told apart on the error path.
         fs, path = filesystem(uri)
-        if fs.isdir(path):
-            raise Rejected("missing_image", f"{redact(uri)} is a folder, not an image file")
-        size = fs.size(path)
-        if size is not None and size > max_bytes:  # before reading it
+        try:
+            data = fs.cat_file(path, start=0, end=max_bytes + 1)
+        except (FileNotFoundError, IsADirectoryError):
+            if fs.isdir(path):
+                raise Rejected(
+                    "missing_image", f"{redact(uri)} is a folder, not an image file"
+                ) from None
+            raise FileNotFoundError(uri) from None
+        if len(data) > max_bytes:
+            size = fs.size(path)
             raise Rejected("too_large", f"{redact(uri)}: {size} bytes > max_bytes {max_bytes}")
-        return fs.cat_file(path)
+        return data
     except FileNotFoundError:
         raise Rejected("missing_image", f"{redact(uri)} does not exist") from None
     except PermissionError as error:
@@ -175,6 +185,18 @@ def _read_image(uri: str, max_bytes: int) -> bytes:
             # still transient; it fails the shard (a re-run retries it), never a row.
             raise
         raise Rejected("unreadable_image", f"{redact(uri)}: {error}") from None
+
+
+def _read_local_image(path: str, max_bytes: int) -> bytes:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below)
+    except IsADirectoryError:
+        raise Rejected("missing_image", f"{path} is a folder, not an image file") from None
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:  # before reading it
+            raise Rejected("too_large", f"{path}: {size} bytes > max_bytes {max_bytes}")
+        return handle.read()
 
 
 def _quarantine_row(
@@ -198,14 +220,12 @@ def _quarantine_row(
     )
 
 
-@contextmanager
-def _mapper(workers: int) -> Iterator[Callable[..., Iterable[Any]]]:
-    if workers <= 1:
-        yield map
-        return
-    # spawn, not fork: the caller may hold threads (Prefect's event loop) that fork would copy.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield partial(pool.map, chunksize=4)
+def _process_wanted(
+    item: tuple[RawRecord, bool], config: IngestConfig, source: str
+) -> list[Outcome] | None:
+    """A record's outcomes, or None for a record of a shard already done (not read)."""
+    record, wanted = item
+    return process_record(record, config, source) if wanted else None
 
 
 def _open(source_uri: str, config: IngestConfig) -> tuple[Importer, ParentRef]:
@@ -243,37 +263,47 @@ def ingest(
     if (finished := executor.finished()) is not None:
         return finished["pairs"]
     seen: set[str] = set()  # pair ids kept so far: a repeat anywhere is a duplicate
-    process = partial(process_record, config=config, source=redact(source_uri))
+    process = partial(_process_wanted, config=config, source=redact(source_uri))
 
-    with _mapper(config.workers) as mapper:
-
-        def process_shard(chunk: list[RawRecord], shard: Shard) -> ShardOutput:
-            output = ShardOutput(rows={"pairs": []}, counters=Counter(records_in=len(chunk)))
-            for record, outcomes in zip(chunk, mapper(process, chunk)):
-                for outcome in outcomes:
-                    output.counters.update(outcome.counters)
-                    if outcome.pair is None:
-                        output.quarantine.append(_quarantine_row(record, outcome))
-                    elif outcome.pair.id in seen:
-                        output.counters["duplicates"] += 1
-                        output.quarantine.append(
-                            _quarantine_row(record, outcome, duplicate_of=outcome.pair.id)
-                        )
-                    else:
-                        seen.add(outcome.pair.id)
-                        output.rows["pairs"].append(outcome.pair)
-            output.rows_in = len(output.rows["pairs"]) + len(output.quarantine)
-            return output
-
-        manifests = executor.execute(
-            BatchInput(
-                lambda wanted: importer.records(),
-                config.rows_per_shard,
-                total=importer.count(),
-                name=redact(source_uri),
-            ),
-            process_shard,
-            progress=progress,
-            on_resume=lambda resumed: seen.update(resumed.done_column("pairs", "id")),
+    def outcomes(wanted: Callable[[int], bool]) -> Iterator[tuple[RawRecord, Any]]:
+        """Each record with its outcomes, decoded by the workers ahead of the shard being
+        written (in input order)."""
+        items = ((record, wanted(position)) for position, record in enumerate(importer.records()))
+        # tee holds only the records the workers are ahead by (ordered_map bounds that)
+        to_workers, to_rows = tee(items)
+        return zip(
+            (record for record, _ in to_rows),
+            ordered_map(process, to_workers, workers=config.workers),
+            strict=True,
         )
+
+    def process_shard(chunk: list[tuple[RawRecord, Any]], shard: Shard) -> ShardOutput:
+        output = ShardOutput(rows={"pairs": []}, counters=Counter(records_in=len(chunk)))
+        for record, record_outcomes in chunk:
+            for outcome in record_outcomes:
+                output.counters.update(outcome.counters)
+                if outcome.pair is None:
+                    output.quarantine.append(_quarantine_row(record, outcome))
+                elif outcome.pair.id in seen:
+                    output.counters["duplicates"] += 1
+                    output.quarantine.append(
+                        _quarantine_row(record, outcome, duplicate_of=outcome.pair.id)
+                    )
+                else:
+                    seen.add(outcome.pair.id)
+                    output.rows["pairs"].append(outcome.pair)
+        output.rows_in = len(output.rows["pairs"]) + len(output.quarantine)
+        return output
+
+    manifests = executor.execute(
+        BatchInput(
+            outcomes,
+            config.rows_per_shard,
+            total=importer.count(),
+            name=redact(source_uri),
+        ),
+        process_shard,
+        progress=progress,
+        on_resume=lambda resumed: seen.update(resumed.done_column("pairs", "id")),
+    )
     return manifests["pairs"]

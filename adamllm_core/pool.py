@@ -31,10 +31,10 @@ from typing import Any
 from adamllm_core.dataset import Dataset, read_work_area
 from adamllm_core.engines import EngineConfig
 from adamllm_core.lease import WriterLease
+from adamllm_core.settings import forwarded_env
 from adamllm_core.storage import normalise_uri
 
 STAGES = ("synthesize", "filter_triplets", "evaluate")
-FORWARDED_ENV = ("ADAMLLM_", "AWS_", "HF_")
 MAX_ATTEMPTS = 3  # per shard: a shard that kills three actors fails the stage
 START_TIMEOUT_S = 300  # with no shard running, how long to wait for an actor to start
 
@@ -242,7 +242,7 @@ def _dispatch(
             report(stats)
 
     # the environment as it is now (not when Ray was first connected): per actor
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    env = forwarded_env()
 
     def new_actor() -> tuple[str, Any]:
         name = f"{stage}-{next(names)}"

@@ -22,6 +22,15 @@ from pydantic_settings import (
 DEFAULT_SETTINGS_FILE = Path("~/.config/adamllm/settings.yaml").expanduser()
 
 
+# What another process of a run (a pool actor, an ingest worker) needs from this one's
+# environment: model locations, storage endpoints and credentials.
+FORWARDED_ENV = ("ADAMLLM_", "AWS_", "HF_")
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+
+
 def settings_file() -> Path:
     return Path(os.environ.get("ADAMLLM_SETTINGS_FILE", DEFAULT_SETTINGS_FILE)).expanduser()
 

@@ -79,13 +79,31 @@ def test_control_tokens_can_quarantine_instead(broken_corpus, tmp_path: Path) ->
     assert manifest.rows == expected["valid"] - 1
 
 
-def test_parallel_workers_give_identical_output(broken_corpus, tmp_path: Path) -> None:
+def test_workers_and_prefetch_give_identical_output(
+    broken_corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One or two decoding processes, reading ahead and writing behind or not: the same
+    shards (byte for byte: equal sha256), the same quarantine, the same fingerprint."""
     source, _ = broken_corpus
-    one = ingest(str(source), str(tmp_path / "one"), IngestConfig(domain="test", rows_per_shard=9))
-    two = ingest(
-        str(source), str(tmp_path / "two"), IngestConfig(domain="test", rows_per_shard=9, workers=2)
-    )
-    assert one.fingerprint == two.fingerprint and one.shards == two.shards
+    manifests = []
+    for workers, prefetch in ((1, "0"), (1, "1"), (2, "0"), (2, "1")):
+        monkeypatch.setenv("ADAMLLM_PREFETCH", prefetch)
+        manifests.append(
+            ingest(
+                str(source),
+                str(tmp_path / f"{workers}-{prefetch}"),
+                IngestConfig(domain="test", rows_per_shard=9, workers=workers),
+            )
+        )
+
+    def quarantine_files(run: str) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in (tmp_path / run).rglob("_quarantine/**/*.parquet")}
+
+    first = manifests[0]
+    assert len(first.shards) > 2 and len(quarantine_files("1-0")) > 2
+    for other, run in zip(manifests[1:], ("1-1", "2-0", "2-1"), strict=True):
+        assert other.fingerprint == first.fingerprint and other.shards == first.shards
+        assert quarantine_files(run) == quarantine_files("1-0")
 
 
 def test_rerun_is_a_no_op(broken_corpus, tmp_path: Path) -> None:

@@ -47,6 +47,8 @@ def test_killed_ingest_resumes_to_the_same_dataset(
         TEMPLATE,
         "--rows-per-shard",
         "40",
+        "--workers",
+        "2",  # the resumed run's workers decode only the records of shards not yet done
     )
     env = {
         **os.environ,
@@ -68,8 +70,10 @@ def test_killed_ingest_resumes_to_the_same_dataset(
     finished_before = finished_shards(out)
     assert 3 <= len(finished_before) < 29  # 1152 records / 40 per shard = 29 shards
     assert not (out / "manifest.json").exists()
-    # shards are written where they stay; no reader through the manifest sees them yet
-    assert sorted(p.name for p in out.glob("*.parquet")) == finished_before
+    # shards are written where they stay; no reader through the manifest sees them yet.
+    # The kill may fall between the one shard being written and its marker (written after).
+    on_disk = {p.name for p in out.glob("*.parquet")}
+    assert set(finished_before) <= on_disk and len(on_disk - set(finished_before)) <= 1
     with pytest.raises(Exception, match="unfinished"):
         read_manifest(str(out))
     stamps = {name: (out / name).stat().st_mtime_ns for name in finished_before}

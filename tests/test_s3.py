@@ -5,6 +5,7 @@ import http.server
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -105,6 +106,18 @@ def test_credentials_come_from_the_settings_file(
     assert storage_settings().aws_endpoint_url == "http://127.0.0.1:10"  # the environment wins
 
 
+def bucket_source(s3_server: dict[str, str], uri: str, images: int) -> None:
+    """An annotation file and `images` PNGs (img/N.png) under `uri`."""
+    from corpus import encode, gradient
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    lines = []
+    for i in range(images):
+        fs.pipe_file(f"{uri}/img/{i}.png", encode(gradient().rotate(i * 15), "PNG"))
+        lines.append(json.dumps({"image": f"img/{i}.png", "caption": f"caption {i}"}))
+    fs.pipe_file(f"{uri}/data.jsonl", ("\n".join(lines) + "\n").encode())
+
+
 class SlowDownProxy(http.server.BaseHTTPRequestHandler):
     """Loopback proxy to moto that answers image reads with 503 SlowDown, `failures` times
     per image (None: always), and forwards everything else."""
@@ -113,9 +126,24 @@ class SlowDownProxy(http.server.BaseHTTPRequestHandler):
     target: tuple[str, int] = ("127.0.0.1", 0)
     failures: int | None = 0
     injected: ClassVar[dict[str, int]] = {}
+    # every request (method, path with query), and image reads at once (most seen), each
+    # image read held `image_delay_s` so that reads from several processes overlap
+    requests: ClassVar[list[tuple[str, str]]] = []
+    image_delay_s: float = 0.0
+    reading: ClassVar[list[int]] = [0, 0]  # now, most
+    lock = threading.Lock()
 
     def _forward(self) -> None:
         path = self.path.split("?")[0]
+        with SlowDownProxy.lock:
+            SlowDownProxy.requests.append((self.command, self.path))
+        if self.command == "GET" and path.endswith(".png") and SlowDownProxy.image_delay_s:
+            with SlowDownProxy.lock:
+                SlowDownProxy.reading[0] += 1
+                SlowDownProxy.reading[1] = max(SlowDownProxy.reading)
+            time.sleep(SlowDownProxy.image_delay_s)
+            with SlowDownProxy.lock:
+                SlowDownProxy.reading[0] -= 1
         if self.command == "GET" and path.endswith(".png"):
             done = SlowDownProxy.injected.get(path, 0)
             if SlowDownProxy.failures is None or done < SlowDownProxy.failures:
@@ -156,14 +184,7 @@ class SlowDownProxy(http.server.BaseHTTPRequestHandler):
 def test_s3_slowdowns_are_retried_or_fail_the_run_never_a_quarantine_row(
     s3_bucket: str, s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from corpus import encode, gradient
-
-    fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
-    lines = []
-    for i in range(4):
-        fs.pipe_file(f"{s3_bucket}/raw/img/{i}.png", encode(gradient().rotate(i * 20), "PNG"))
-        lines.append(json.dumps({"image": f"img/{i}.png", "caption": f"caption {i}"}))
-    fs.pipe_file(f"{s3_bucket}/raw/data.jsonl", ("\n".join(lines) + "\n").encode())
+    bucket_source(s3_server, f"{s3_bucket}/raw", 4)
     host, port = s3_server["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
     SlowDownProxy.target = (host, int(port))
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDownProxy)
@@ -214,3 +235,37 @@ def test_a_published_model_is_pulled_once_and_checked(
     fs.rm(f"{uri}/{MODEL_MANIFEST}")
     with pytest.raises(FileNotFoundError, match="not a complete published model"):
         resolve_model(uri)
+
+
+def test_an_s3_source_is_listed_once_and_read_by_parallel_workers(
+    s3_bucket: str, s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest of a bucket source through a loopback proxy that records requests: the
+    source is listed once, each image is read once, two workers read at the same time,
+    and the dataset is the one a single worker makes."""
+    bucket_source(s3_server, f"{s3_bucket}/par", 12)
+    single = ingest(f"{s3_bucket}/par", f"{s3_bucket}/par-one", IngestConfig(domain="test"))
+    host, port = s3_server["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
+    SlowDownProxy.target = (host, int(port))
+    SlowDownProxy.failures, SlowDownProxy.injected, SlowDownProxy.requests = 0, {}, []
+    SlowDownProxy.image_delay_s, SlowDownProxy.reading = 0.2, [0, 0]
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDownProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    try:
+        parallel = ingest(
+            f"{s3_bucket}/par", f"{s3_bucket}/par-two", IngestConfig(domain="test", workers=2)
+        )
+    finally:
+        proxy.shutdown()
+        SlowDownProxy.image_delay_s = 0.0
+    assert parallel.fingerprint == single.fingerprint and parallel.rows == 12
+    source = [(m, p) for m, p in SlowDownProxy.requests if "prefix=par%2F" in p or "/par/" in p]
+    # the whole source (recursive: no delimiter) is listed once, for its fingerprint
+    assert sum("prefix=par%2F&delimiter=&" in p for _, p in source) == 1
+    # each image: one GET, and no other request (no listing or HEAD per image)
+    image_requests = [(m, p) for m, p in source if "/img/" in p or "img%2F" in p]
+    assert sorted(image_requests) == sorted(
+        ("GET", f"/{s3_bucket.removeprefix('s3://')}/par/img/{i}.png") for i in range(12)
+    )
+    assert SlowDownProxy.reading[1] >= 2  # two workers' reads overlapped
