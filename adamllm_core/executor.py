@@ -267,10 +267,11 @@ def prefetched(items: Iterator[T], enabled: bool) -> Iterator[T]:
         thread.join()
 
 
-class ShardWriter:
-    """Writes processed shards in one background thread, in the order submitted, with at
-    most WRITES_IN_FLIGHT waiting; a failed write is raised at the next submit or at the
-    end. Disabled: each write happens at its submit."""
+class WriteBehind:
+    """Runs writes (processed shards, cached engine results) in one background thread, in
+    the order submitted, with at most WRITES_IN_FLIGHT waiting; a failed write is raised at
+    the next submit or at the end (`flush`, or leaving the `with` block). Disabled: each
+    write happens at its submit."""
 
     def __init__(self, enabled: bool):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer") if enabled else None
@@ -284,6 +285,11 @@ class ShardWriter:
             self.pending.popleft().result()
         self.pending.append(self.pool.submit(write, *args))
 
+    def flush(self) -> None:
+        """Waits for every write submitted so far; raises the first that failed."""
+        while self.pending:
+            self.pending.popleft().result()
+
     def __enter__(self) -> Self:
         return self
 
@@ -292,8 +298,7 @@ class ShardWriter:
             return
         try:
             if error is None:
-                while self.pending:
-                    self.pending.popleft().result()
+                self.flush()
         finally:
             for future in self.pending:
                 future.cancel()
@@ -409,7 +414,7 @@ class ShardedExecutor:
                 if last is not None and shard.index >= last:
                     return
 
-        with ShardWriter(self.prefetch) as writer:
+        with WriteBehind(self.prefetch) as writer:
             for shard, size, rows in prefetched(read_ahead(), self.prefetch):
                 shards = shard.index + 1
                 if rows is None:

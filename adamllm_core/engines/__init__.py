@@ -1,5 +1,6 @@
 """Inference engines behind one interface; the config picks one."""
 
+import functools
 import importlib.util
 import os
 from typing import Literal
@@ -109,6 +110,7 @@ class EngineConfig(BaseModel):
         }
 
 
+@functools.cache  # reads the package's metadata files: once per process
 def _library_version(kind: str) -> str:
     from importlib import metadata
 

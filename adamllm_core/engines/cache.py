@@ -16,6 +16,7 @@ from adamllm_core.engines.base import (
     RequestRejected,
     request_key,
 )
+from adamllm_core.executor import WriteBehind, prefetch_default
 from adamllm_core.hashing import sha256_hex
 from adamllm_core.storage import filesystem, join, write_bytes_atomic
 
@@ -40,7 +41,9 @@ class RequestCache:
     def get(self, key: str) -> ChatResult | None:
         return self._results.get(key)
 
-    def put_many(self, results: dict[str, ChatResult]) -> None:
+    def put_many(self, results: dict[str, ChatResult], writer: WriteBehind | None = None) -> None:
+        """Keeps `results` and stores them as one batch file, through `writer` when given
+        (in the background, while the engine runs the next batch)."""
         self._results.update(results)
         if self.uri is None or not results:
             return
@@ -48,9 +51,11 @@ class RequestCache:
         body = json.dumps(
             {k: v.model_dump(mode="json") for k, v in results.items()}, sort_keys=True
         )
-        write_bytes_atomic(
-            fs, join(path, f"batch-{sha256_hex(''.join(sorted(results)))[:24]}.json"), body.encode()
-        )
+        name = join(path, f"batch-{sha256_hex(''.join(sorted(results)))[:24]}.json")
+        if writer is None:
+            write_bytes_atomic(fs, name, body.encode())
+        else:
+            writer.submit(write_bytes_atomic, fs, name, body.encode())
 
 
 def shard_cache(uri: str | None, index: int) -> RequestCache:
@@ -89,20 +94,26 @@ def run_cached(
     missing = [i for i, r in enumerate(results) if r is None]
     if stats:
         stats.cached += len(requests) - len(missing)
-    for start in range(0, len(missing), batch_size):
-        batch = missing[start : start + batch_size]
-        computed = run_isolating(engine, [requests[i] for i in batch])
-        cache.put_many(
-            {keys[i]: r for i, r in zip(batch, computed, strict=True) if r.error_reason is None}
-        )
-        for i, result in zip(batch, computed, strict=True):
-            results[i] = result
-        if stats:
-            stats.computed += len(batch)
-            stats.prompt_tokens += sum(r.prompt_tokens for r in computed)
-            stats.completion_tokens += sum(r.completion_tokens for r in computed)
-        if on_batch:
-            on_batch(len(batch))
+    with WriteBehind(prefetch_default()) as writer:  # a batch is cached while the next runs
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start : start + batch_size]
+            computed = run_isolating(engine, [requests[i] for i in batch])
+            cache.put_many(
+                {
+                    keys[i]: r
+                    for i, r in zip(batch, computed, strict=True)
+                    if r.error_reason is None
+                },
+                writer,
+            )
+            for i, result in zip(batch, computed, strict=True):
+                results[i] = result
+            if stats:
+                stats.computed += len(batch)
+                stats.prompt_tokens += sum(r.prompt_tokens for r in computed)
+                stats.completion_tokens += sum(r.completion_tokens for r in computed)
+            if on_batch:
+                on_batch(len(batch))
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
