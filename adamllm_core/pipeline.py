@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adamllm_core.dataset import Dataset, DatasetError, Manifest, RowGroupReader
 from adamllm_core.engines import Engine, EngineStats, make_engine, run_cached, shard_cache
 from adamllm_core.engines.base import ChatResult, ImageResolution, Message
-from adamllm_core.engines.hf import HFRenderer, model_identity
+from adamllm_core.engines.hf import HFRenderer, SizedTokenCounter, model_identity
 from adamllm_core.errors import Rejected
 from adamllm_core.executor import (
     ProgressFn,
@@ -429,16 +429,28 @@ def assemble(
         else None
     )
 
-    def count_tokens(turns: list[tuple[str, str]], image: bytes) -> int:
+    # Image tokens from the stored width and height through the processor's own resize
+    # rule, so assembly reads no pixels; a processor without one is run on the pixels.
+    sized_count = SizedTokenCounter(renderer.processor)
+    from_sizes = sized_count.available
+
+    def count_tokens(turns: list[tuple[str, str]], pair: dict[str, Any]) -> int:
         messages = []
         for i, (question, answer) in enumerate(turns):
             messages.append(Message(role="user", content=question, images=int(i == 0)))
             messages.append(Message(role="assistant", content=answer))
         text = renderer.chat_text(messages)
-        encoded = renderer.processor(
-            text=[text], images=[Image.open(io.BytesIO(image)).convert("RGB")]
-        )
-        return len(encoded["input_ids"][0])
+        if from_sizes:
+            counted = sized_count(text, [(pair["width"], pair["height"])])
+            if counted is not None:
+                return counted
+            raise Rejected(
+                "image_placeholder",
+                "the rendered record does not hold exactly one image placeholder (a caption or"
+                " task with the model's image token?)",
+            )
+        image = Image.open(io.BytesIO(pair["image"])).convert("RGB")
+        return len(renderer.processor(text=[text], images=[image])["input_ids"][0])
 
     def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
         output = ShardOutput(rows={name: [] for name in outs})
@@ -451,6 +463,7 @@ def assemble(
         for position, pair in enumerate(rows):
             kept, parsed = kept_tasks.get(pair["id"]), parsed_tasks.get(pair["id"])
             caption = caption_turn(pair, config.seed)
+            counted: dict[tuple[tuple[str, str], ...], int] = {}  # variants share records
             quarantined = False
             for name in outs:
                 records = _records(
@@ -463,27 +476,33 @@ def assemble(
                     seed=config.seed,
                 )
                 for kind, turns in records:
-                    tokens = count_tokens(turns, pair["image"])
-                    if tokens > config.max_seq_len:
-                        output.counters[f"over_max_len_{name}"] += 1
-                        if config.over_length == "drop":
-                            if not quarantined:  # one quarantine row per pair
-                                quarantined = True
-                                output.quarantine.append(
-                                    _quarantine(
-                                        "assemble",
-                                        shard.offset + position,
-                                        pair["id"],
-                                        Rejected(
-                                            "too_long",
-                                            f"{tokens} tokens > max_seq_len {config.max_seq_len}"
-                                            f" ({name}, {kind})",
-                                        ),
-                                        pair["id"],
-                                        None,
-                                    )
+                    try:
+                        key = tuple(turns)
+                        if key not in counted:
+                            counted[key] = count_tokens(turns, pair)
+                        tokens = counted[key]
+                        if tokens > config.max_seq_len:
+                            output.counters[f"over_max_len_{name}"] += 1
+                            if config.over_length == "drop":
+                                raise Rejected(
+                                    "too_long",
+                                    f"{tokens} tokens > max_seq_len {config.max_seq_len}"
+                                    f" ({name}, {kind})",
                                 )
-                            continue
+                    except Rejected as problem:
+                        if not quarantined:  # one quarantine row per pair
+                            quarantined = True
+                            output.quarantine.append(
+                                _quarantine(
+                                    "assemble",
+                                    shard.offset + position,
+                                    pair["id"],
+                                    problem,
+                                    pair["id"],
+                                    None,
+                                )
+                            )
+                        continue
                     messages = []
                     for i, (question, answer) in enumerate(turns):
                         messages.append(
@@ -518,7 +537,8 @@ def assemble(
         config=_assemble_config(config),
         process=process,
         code=PIPELINE_CODE,
-        columns=["id", "image", "image_format", "caption", "domain", "metadata"],
+        columns=["id", "caption", "domain", "metadata", "width", "height"]
+        + ([] if from_sizes else ["image"]),
         extra_inputs=extra,
         overwrite=overwrite,
         progress=progress,

@@ -46,24 +46,32 @@ def write_world(root: Path, count: int) -> None:
             handle.write(json.dumps(record) + "\n")
 
 
+def derived_writer(parent_uri: str, out: str, schema, stage: str) -> tuple:
+    """The parent dataset, and a prepared writer of `schema` at `out` that descends from
+    it (as a stage's output does, so assembly's shard-by-shard join applies)."""
+    from adamllm_core.dataset import Dataset, DatasetWriter, ParentRef
+
+    parent = Dataset(parent_uri)
+    writer = DatasetWriter(
+        out,
+        schema=schema,
+        stage=stage,
+        parents=[ParentRef(uri=parent_uri, fingerprint=parent.manifest.fingerprint)],
+        config={},
+        config_hash=stage,
+    )
+    writer.prepare()
+    return parent, writer
+
+
 def write_triplets(pairs_uri: str, out: str) -> None:
     """One task per pair from its scene's own questions, aligned shard by shard."""
-    from adamllm_core.dataset import Dataset, DatasetWriter, ParentRef
     from adamllm_core.pipeline import seeded_rng
     from adamllm_core.proving.world import Scene, questions
     from adamllm_core.schemas import QUARANTINE, TRIPLETS, TaskTriplet
     from adamllm_core.synthesis import triplet_id
 
-    pairs = Dataset(pairs_uri)
-    writer = DatasetWriter(
-        out,
-        schema=TRIPLETS,
-        stage="world-tasks",
-        parents=[ParentRef(uri=pairs_uri, fingerprint=pairs.manifest.fingerprint)],
-        config={},
-        config_hash="world-tasks",
-    )
-    writer.prepare()
+    pairs, writer = derived_writer(pairs_uri, out, TRIPLETS, "world-tasks")
     for index in range(len(pairs.manifest.shards)):
         rows = []
         for pair in pairs.read_shard(index, ["id", "domain", "metadata"]):

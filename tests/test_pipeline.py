@@ -1,5 +1,6 @@
 """The data stages on real datasets with the tiny models: synthesize, filter, assemble, export."""
 
+import io
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from adamllm_core.dataset import Dataset, DatasetError, DatasetWriter, ParentRef
 from adamllm_core.engines import EngineConfig, make_engine
@@ -251,21 +253,14 @@ def test_assemble_variants_tokens_and_export(pairs: str, tiny_models, tmp_path: 
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * (
             len(row["messages"]) // 2
         )
-    # tokens are the target processor's count, image tokens included
+    # tokens (counted from each image's stored size, no pixels read) are what the target
+    # processor makes of the record with its image's pixels, image tokens included
     renderer = HFRenderer(tiny_models["vlm"])
-    import io
-
-    from PIL import Image
-
-    first = rows[0]
-    messages = [{"role": m["role"], "content": m["content"]} for m in first["messages"]]
-    text = renderer.processor.apply_chat_template(messages, tokenize=False)
-    count = len(
-        renderer.processor(
-            text=[text], images=[Image.open(io.BytesIO(first["image"])).convert("RGB")]
-        )["input_ids"][0]
-    )
-    assert first["tokens"] == count
+    for row in rows:
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        text = renderer.processor.apply_chat_template(messages, tokenize=False)
+        image = Image.open(io.BytesIO(row["image"])).convert("RGB")
+        assert row["tokens"] == len(renderer.processor(text=[text], images=[image])["input_ids"][0])
 
     again = assemble(
         pairs, str(tmp_path / "kept"), {k: v + "-again" for k, v in outs.items()}, config
@@ -305,6 +300,58 @@ def test_assemble_variants_tokens_and_export(pairs: str, tiny_models, tmp_path: 
     resumed = export_llamafactory(outs["single_stage"], str(tmp_path / "export"), "adamllm_biomed")
     assert resumed["images_written"] == 1 and resumed["images"] == exported["images"]
     assert (tmp_path / "export" / "adamllm_biomed.json").read_text() == exported_json
+
+
+def test_image_tokens_from_sizes_equal_the_processor_on_pixels(tiny_models) -> None:
+    """The size rule against the processor run on images of those sizes: the tiny LLaVA
+    (fixed image tokens) and Qwen2-VL (tokens follow the size, within pixel bounds), over
+    square, wide, tall, tiny and huge images. The Qwen2-VL processor is assembled around
+    its PIL image processor: its video processor needs torchvision, absent here."""
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    from adamllm_core.engines.base import Message
+    from adamllm_core.engines.hf import SizedTokenCounter
+    from adamllm_core.models.tiny import QWEN2_VL_CHAT_TEMPLATE, QWEN2_VL_TOKENS, build_tokenizer
+
+    tokenizer = build_tokenizer(
+        special_tokens=QWEN2_VL_TOKENS,
+        pad_token="<|endoftext|>",
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+    qwen = Qwen2VLProcessor.__new__(Qwen2VLProcessor)  # no video processor: see above
+    qwen.image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 80)
+    qwen.tokenizer, qwen.chat_template = tokenizer, QWEN2_VL_CHAT_TEMPLATE
+    qwen.image_token, qwen.video_token = "<|image_pad|>", "<|video_pad|>"
+    qwen.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    qwen.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    llava = HFRenderer(tiny_models["vlm"]).processor
+    sizes = [(96, 96), (640, 480), (33, 500), (1000, 60), (28, 28), (3000, 2000), (57, 85)]
+    for processor in (llava, qwen):
+        renderer = HFRenderer(tiny_models["vlm"])
+        renderer.__dict__["processor"] = processor  # this processor, not the tiny model's
+        text = renderer.chat_text(
+            [
+                Message(role="user", content="What is shown?", images=1),
+                Message(role="assistant", content="A chest film, frontal."),
+            ]
+        )
+        counter = SizedTokenCounter(processor)
+        assert counter.available
+        counts = set()
+        for width, height in sizes:
+            pixels = Image.new("RGB", (width, height), (90, 120, 200))
+            expected = len(processor(text=[text], images=[pixels])["input_ids"][0])
+            assert counter(text, [(width, height)]) == expected
+            counts.add(expected)
+        # LLaVA: one count for every size; Qwen2-VL: one per size, but 640x480 and
+        # 3000x2000 both resize to the max_pixels bound (70 image tokens)
+        assert len(counts) == (1 if processor is llava else len(sizes) - 1)
+        # a text with another placeholder in it (a caption holding the image token): no count
+        assert counter(text + text, [(96, 96)]) is None
 
 
 def test_a_mixture_refuses_pairs_that_changed_since_assembly(tiny_models, tmp_path: Path) -> None:

@@ -94,6 +94,47 @@ def decode_images(request: ChatRequest) -> list[Image.Image]:
     return [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
 
 
+class SizedTokenCounter:
+    """The tokens `processor(text=[text], images=...)` makes for images of given (width,
+    height), without pixels: the text's tokens, each image placeholder replaced by as many
+    tokens as the processor's own resize rule gives that size (its
+    `_get_num_multimodal_tokens`, which vLLM counts with too; remembered per size).
+    `available` is False when the processor has no such rule: count with pixels."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", None)
+        self.placeholder = getattr(processor, "image_token_id", None)
+        self._rule = getattr(processor, "_get_num_multimodal_tokens", None)
+        self._per_size: dict[tuple[int, int], int] = {}
+        self.available = (
+            None not in (self.tokenizer, self.placeholder, self._rule)
+            and self.image_tokens(28, 28) is not None
+        )
+
+    def image_tokens(self, width: int, height: int) -> int | None:
+        if (width, height) not in self._per_size:
+            try:
+                counted = self._rule(image_sizes=[[height, width]]).num_image_tokens
+            except (NotImplementedError, AttributeError, TypeError):
+                return None  # transformers marks this API as vLLM's: it may change
+            if not counted:
+                return None
+            self._per_size[width, height] = counted[0]
+        return self._per_size[width, height]
+
+    def __call__(self, text: str, image_sizes: list[tuple[int, int]]) -> int | None:
+        """None when the text's placeholders are not one per image (a caption that holds
+        the image token) or the rule fails for a size."""
+        ids = self.tokenizer(text)["input_ids"]  # as the processor tokenizes: special tokens
+        if ids.count(self.placeholder) != len(image_sizes):
+            return None
+        per_image = [self.image_tokens(width, height) for width, height in image_sizes]
+        if None in per_image:
+            return None
+        return len(ids) - len(image_sizes) + sum(per_image)  # type: ignore[arg-type]
+
+
 class HFRenderer:
     """The model's own processor or tokenizer, loaded from its id or path."""
 
