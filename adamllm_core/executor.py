@@ -414,15 +414,19 @@ class ShardedExecutor:
                 if last is not None and shard.index >= last:
                     return
 
+        # A shard's seconds: since the previous one was processed (reading, which overlaps,
+        # included), so that the shards' seconds add up to the stage's time.
+        clock = Stopwatch()
         with WriteBehind(self.prefetch) as writer:
             for shard, size, rows in prefetched(read_ahead(), self.prefetch):
                 shards = shard.index + 1
                 if rows is None:
                     done_rows += max(size, 0)
+                    clock = Stopwatch()
                     continue
-                clock = Stopwatch()
                 result = process(rows, shard)
                 writer.submit(self._write, shard, len(rows), result, clock.seconds)
+                clock = Stopwatch()
                 done_rows += len(rows)
                 if progress:
                     progress(done_rows, max(total or 0, done_rows))

@@ -11,6 +11,7 @@ import random
 import tempfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterator
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +55,7 @@ from adamllm_core.storage import (
     write_bytes_atomic,
 )
 from adamllm_core.synthesis import (
+    PromptContext,
     SynthConfig,
     parse_triplet,
     prompt_context,
@@ -115,15 +117,17 @@ def synthesize(
     except that "prepare" returns the manifest when the stage is already finished.
     """
     engine = engine or make_engine(config.engine)
-    renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
-    if config.template_model or not isinstance(renderer, HFRenderer):
-        renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
-    context = prompt_context(renderer, config)
-    delimiters = context.delimiters
     stats = EngineStats()
 
+    @cache  # on the first shard to do: a finished stage loads no processor
+    def context() -> PromptContext:
+        renderer = getattr(engine, "renderer", None)  # reuse the engine's loaded processor
+        if config.template_model or not isinstance(renderer, HFRenderer):
+            renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
+        return prompt_context(renderer, config)
+
     def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
-        requests = [synth_request(r["caption"], r["image"], config, context) for r in rows]
+        requests = [synth_request(r["caption"], r["image"], config, context()) for r in rows]
         results = run_cached(
             engine,
             requests,
@@ -137,7 +141,7 @@ def synthesize(
         for position, (row, result) in enumerate(zip(rows, results, strict=True)):
             try:
                 _refused(result)
-                parsed = parse_triplet(result.text, delimiters)
+                parsed = parse_triplet(result.text, context().delimiters)
             except Rejected as error:
                 output.quarantine.append(
                     _quarantine(
@@ -420,8 +424,6 @@ def assemble(
 
     inputs, extra = _assemble_inputs(pairs_uri, filtered_uri, list(outs), triplets_uri, general)
     renderer = HFRenderer(resolve_model(config.target_model), resolution=config.image_resolution)
-    if not renderer.multimodal:
-        raise ValueError(f"target_model {config.target_model} is not a vision-language model")
     kept_of = [_first_tasks(pairs, kept, KEPT_COLUMNS) for pairs, kept in zip(inputs, extra)]
     parsed_of = (
         _first_tasks(pairs_uri, triplets_uri, PARSED_COLUMNS)
@@ -430,18 +432,25 @@ def assemble(
     )
 
     # Image tokens from the stored width and height through the processor's own resize
-    # rule, so assembly reads no pixels; a processor without one is run on the pixels.
-    sized_count = SizedTokenCounter(renderer.processor)
-    from_sizes = sized_count.available
+    # rule, so assembly reads no pixels; a processor without one is run on the pixels
+    # (read then, a shard at a time). Loaded at the first shard: a finished stage loads
+    # neither the processor nor transformers.
+    @cache
+    def sized_count() -> SizedTokenCounter:
+        if not renderer.multimodal:
+            raise ValueError(f"target_model {config.target_model} is not a vision-language model")
+        return SizedTokenCounter(renderer.processor)
 
-    def count_tokens(turns: list[tuple[str, str]], pair: dict[str, Any]) -> int:
+    def count_tokens(
+        turns: list[tuple[str, str]], pair: dict[str, Any], pixels: Callable[[], bytes]
+    ) -> int:
         messages = []
         for i, (question, answer) in enumerate(turns):
             messages.append(Message(role="user", content=question, images=int(i == 0)))
             messages.append(Message(role="assistant", content=answer))
         text = renderer.chat_text(messages)
-        if from_sizes:
-            counted = sized_count(text, [(pair["width"], pair["height"])])
+        if sized_count().available:
+            counted = sized_count()(text, [(pair["width"], pair["height"])])
             if counted is not None:
                 return counted
             raise Rejected(
@@ -449,7 +458,7 @@ def assemble(
                 "the rendered record does not hold exactly one image placeholder (a caption or"
                 " task with the model's image token?)",
             )
-        image = Image.open(io.BytesIO(pair["image"])).convert("RGB")
+        image = Image.open(io.BytesIO(pixels())).convert("RGB")
         return len(renderer.processor(text=[text], images=[image])["input_ids"][0])
 
     def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
@@ -459,6 +468,14 @@ def assemble(
         is_general = shard.source == 1
         parsed_tasks = (
             parsed_of(shard.local_index, ids) if parsed_of is not None and not is_general else {}
+        )
+        shard_images = cache(
+            lambda: {
+                r["id"]: r["image"]
+                for r in Dataset(inputs[shard.source]).read_shard(
+                    shard.local_index, ["id", "image"]
+                )
+            }
         )
         for position, pair in enumerate(rows):
             kept, parsed = kept_tasks.get(pair["id"]), parsed_tasks.get(pair["id"])
@@ -479,7 +496,9 @@ def assemble(
                     try:
                         key = tuple(turns)
                         if key not in counted:
-                            counted[key] = count_tokens(turns, pair)
+                            counted[key] = count_tokens(
+                                turns, pair, lambda pair=pair: shard_images()[pair["id"]]
+                            )
                         tokens = counted[key]
                         if tokens > config.max_seq_len:
                             output.counters[f"over_max_len_{name}"] += 1
@@ -537,8 +556,7 @@ def assemble(
         config=_assemble_config(config),
         process=process,
         code=PIPELINE_CODE,
-        columns=["id", "caption", "domain", "metadata", "width", "height"]
-        + ([] if from_sizes else ["image"]),
+        columns=["id", "caption", "domain", "metadata", "width", "height"],
         extra_inputs=extra,
         overwrite=overwrite,
         progress=progress,

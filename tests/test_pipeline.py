@@ -213,7 +213,9 @@ def test_filter_labels_by_score_and_builds_chain_of_thought(
     assert again.shards == kept.shards
 
 
-def test_assemble_variants_tokens_and_export(pairs: str, tiny_models, tmp_path: Path) -> None:
+def test_assemble_variants_tokens_and_export(
+    pairs: str, tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     triplets = hand_triplets(pairs, str(tmp_path / "triplets"))
     kept, _ = filter_triplets(
         triplets,
@@ -268,6 +270,21 @@ def test_assemble_variants_tokens_and_export(pairs: str, tiny_models, tmp_path: 
     assert (
         again["single_stage"].shards == manifests["single_stage"].shards
     )  # seeded order and prompts
+    # a text-only target is refused, naming it
+    with pytest.raises(ValueError, match="tiny:lm is not a vision-language model"):
+        assemble(
+            pairs,
+            str(tmp_path / "kept"),
+            {"single_stage": str(tmp_path / "text-only")},
+            config.model_copy(update={"target_model": "tiny:lm", "variants": ("single_stage",)}),
+        )
+    # a processor without a size rule (older transformers): counted on the pixels, the same
+    monkeypatch.delattr(type(renderer.processor), "_get_num_multimodal_tokens")
+    on_pixels = assemble(
+        pairs, str(tmp_path / "kept"), {k: v + "-pixels" for k, v in outs.items()}, config
+    )
+    assert on_pixels["single_stage"].shards == manifests["single_stage"].shards
+    monkeypatch.undo()
 
     short = assemble(
         pairs,
