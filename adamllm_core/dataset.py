@@ -711,12 +711,14 @@ class WorkArea(BaseModel):
     )
 
 
-def read_work_area(uri: str) -> WorkArea | None:
-    """The work area of an unfinished dataset at `uri`; None when finished or never begun."""
+def read_work_area(uri: str, *, beside_manifest: bool = False) -> WorkArea | None:
+    """The work area of an unfinished dataset at `uri`; None when finished or never begun.
+    `beside_manifest`: also the work area of a replacement being written beside a finished
+    dataset (its manifest is the old one's until the replacement commits)."""
     uri = normalise_uri(uri)
     fs, path = filesystem(uri)
     work = join(path, WORK_DIR)
-    if fs.exists(join(path, MANIFEST_NAME)) or not fs.exists(work):
+    if not fs.exists(work) or (not beside_manifest and fs.exists(join(path, MANIFEST_NAME))):
         return None
     plan = {}
     if fs.exists(join(work, PLAN_NAME)):

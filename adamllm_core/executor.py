@@ -15,8 +15,7 @@ import queue
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal, Protocol, Self, TypeVar
@@ -71,6 +70,8 @@ class StageOutput:
 
 
 ProcessFn = Callable[[list[Any], Shard], ShardOutput]
+# several shards' rows at once (one engine call for all), an output for each, in order
+ManyFn = Callable[[list[tuple[list[Any], Shard]]], list[ShardOutput]]
 
 
 class ShardInput(Protocol):
@@ -158,25 +159,40 @@ def stage_identity(
 
 
 TASKS_IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker process: busy, memory bounded
-_process_pools: dict[int, tuple[dict[str, str], ProcessPoolExecutor]] = {}
+_process_pools: dict[tuple[int, tuple[tuple[str, str], ...]], ProcessPoolExecutor] = {}
+_pool_users: Counter[int] = Counter()  # runs using each pool (by id) now
 _process_pools_lock = threading.Lock()
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
     """`workers` processes for CPU-bound stage work, started once and reused by later runs
-    in this process while the environment they were started with (storage endpoints and
-    credentials, `settings.forwarded_env`) is unchanged. Spawned, not forked: the caller
-    may hold threads (Prefect's event loop) that a fork would copy."""
-    env = forwarded_env()
+    in this process with the same environment (storage endpoints and credentials,
+    `settings.forwarded_env`: a worker keeps the one it was started with). Pools of other
+    environments are shut down once no run uses them. Spawned, not forked: the caller may
+    hold threads (Prefect's event loop) that a fork would copy. The caller releases it
+    (`release_pool`) when done."""
+    key = (workers, tuple(sorted(forwarded_env().items())))
     with _process_pools_lock:
-        started = _process_pools.get(workers)
-        if started is not None and started[0] != env:
-            started[1].shutdown(wait=False, cancel_futures=True)
-            started = None
-        if started is None:
+        pool = _process_pools.get(key)
+        if pool is not None and getattr(pool, "_broken", False):  # a worker died since
+            del _process_pools[key]
+            pool = None
+        if pool is None:
+            for other_key, other in list(_process_pools.items()):
+                if other_key[0] == workers and not _pool_users[id(other)]:
+                    other.shutdown(wait=False)
+                    del _process_pools[other_key]
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            started = _process_pools[workers] = (env, pool)
-        return started[1]
+            _process_pools[key] = pool
+        _pool_users[id(pool)] += 1
+        return pool
+
+
+def release_pool(pool: ProcessPoolExecutor) -> None:
+    with _process_pools_lock:
+        _pool_users[id(pool)] -= 1
+        if _pool_users[id(pool)] <= 0:
+            del _pool_users[id(pool)]
 
 
 def _apply(fn: Callable[[Any], T], chunk: list[Any]) -> list[T]:
@@ -205,14 +221,10 @@ def ordered_map(
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
-    except BrokenProcessPool:
-        with _process_pools_lock:  # a worker died (killed, out of memory): a fresh pool next run
-            if workers in _process_pools and _process_pools[workers][1] is pool:
-                del _process_pools[workers]
-        raise
-    finally:
+    finally:  # a pool broken by a dying worker (killed, out of memory) is replaced next run
         for future in pending:
             future.cancel()
+        release_pool(pool)
 
 
 WRITES_IN_FLIGHT = 2  # processed shards waiting for the writer thread (memory bound)
@@ -229,34 +241,32 @@ def prefetched(items: Iterator[T], enabled: bool) -> Iterator[T]:
     if not enabled:
         yield from items
         return
-    ready: queue.Queue = queue.Queue(maxsize=1)
+    ready: queue.Queue = queue.Queue()
+    slot = threading.Semaphore(1)  # one item ahead of the consumer: read or being read
     stop = threading.Event()
     end = object()
 
-    def offer(item: Any, error: BaseException | None = None) -> bool:
-        """Hands one item over; False once the consumer has left."""
-        while not stop.is_set():
-            try:
-                ready.put((item, error), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def produce() -> None:
         try:
-            for item in items:
-                if not offer(item):
+            while True:
+                while not slot.acquire(timeout=0.1):  # the consumer took the last one
+                    if stop.is_set():
+                        return
+                if stop.is_set():
                     return
-            offer(end)
+                item = next(items, end)
+                ready.put((item, None))
+                if item is end:
+                    return
         except BaseException as error:  # noqa: BLE001 (raised again in the consumer)
-            offer(end, error)
+            ready.put((end, error))
 
     thread = threading.Thread(target=produce, name="shard-reader", daemon=True)
     thread.start()
     try:
         while True:
             item, error = ready.get()
+            slot.release()
             if error is not None:
                 raise error
             if item is end:
@@ -299,9 +309,9 @@ class WriteBehind:
         try:
             if error is None:
                 self.flush()
+            else:  # what was done is still written (a shard, a batch's cached results);
+                wait(self.pending)  # their own errors give way to the one being raised
         finally:
-            for future in self.pending:
-                future.cancel()
             self.pool.shutdown(wait=True)
 
 
@@ -391,10 +401,16 @@ class ShardedExecutor:
         *,
         progress: ProgressFn | None = None,
         only: Collection[int] | None = None,
+        process_many: ManyFn | None = None,
+        rows_per_call: int = 0,
     ) -> int:
         """Process and write every shard not yet done (of `only`, when given: the input is
         read no further than the last of them); returns the number of shards the input has
         (with `only`, shards read).
+
+        With `process_many`, consecutive shards to do are handed over together until they
+        hold `rows_per_call` rows (an engine's batch: shards of any size fill it); each
+        still becomes its own output shard.
 
         With `prefetch` (the default; `ADAMLLM_PREFETCH=0` turns it off), the next shard is
         read in a thread while this one is processed, and finished shards are written by
@@ -404,6 +420,8 @@ class ShardedExecutor:
         done_rows = 0
         shards = 0
         last = max(only, default=-1) if only is not None else None
+        many = process_many or (lambda group: [process(rows, shard) for rows, shard in group])
+        group: list[tuple[list[Any], Shard]] = []
 
         def skip(index: int) -> bool:
             return (only is not None and index not in only) or self.is_done(index)
@@ -414,22 +432,38 @@ class ShardedExecutor:
                 if last is not None and shard.index >= last:
                     return
 
-        # A shard's seconds: since the previous one was processed (reading, which overlaps,
-        # included), so that the shards' seconds add up to the stage's time.
+        # A shard's seconds: its share of the time since the previous call ended (reading,
+        # which overlaps, included), so that the shards' seconds add up to the stage's time.
         clock = Stopwatch()
         with WriteBehind(self.prefetch) as writer:
+
+            def run_group() -> None:
+                nonlocal done_rows, clock
+                results = many(group)
+                if len(results) != len(group):
+                    raise RuntimeError(
+                        f"{self.stage}: {len(results)} outputs for {len(group)} shards"
+                    )
+                rows_in = sum(len(rows) for rows, _ in group) or 1
+                seconds, clock = clock.seconds, Stopwatch()  # a wait for the writer: the next's
+                for (rows, shard), result in zip(group, results, strict=True):
+                    share = seconds * max(len(rows), 1) / rows_in
+                    writer.submit(self._write, shard, len(rows), result, share)
+                done_rows += sum(len(rows) for rows, _ in group)
+                group.clear()
+                if progress:
+                    progress(done_rows, max(total or 0, done_rows))
+
             for shard, size, rows in prefetched(read_ahead(), self.prefetch):
                 shards = shard.index + 1
                 if rows is None:
                     done_rows += max(size, 0)
-                    clock = Stopwatch()
                     continue
-                result = process(rows, shard)
-                writer.submit(self._write, shard, len(rows), result, clock.seconds)
-                clock = Stopwatch()
-                done_rows += len(rows)
-                if progress:
-                    progress(done_rows, max(total or 0, done_rows))
+                group.append((rows, shard))
+                if sum(len(r) for r, _ in group) >= rows_per_call:
+                    run_group()
+            if group:
+                run_group()
         return shards
 
     def _write(self, shard: Shard, rows: int, result: ShardOutput, seconds: float) -> None:
@@ -479,6 +513,8 @@ class ShardedExecutor:
         role: Role = "all",
         shards: Collection[int] | None = None,
         on_resume: Callable[["ShardedExecutor"], None] | None = None,
+        process_many: ManyFn | None = None,
+        rows_per_call: int = 0,
     ) -> dict[str, Manifest]:
         """The whole stage (role "all"): prepare, run, commit; a no-op returning the
         manifests when finished. On an engine pool (see pool.py) the driver runs role
@@ -486,9 +522,10 @@ class ShardedExecutor:
         committed), then the driver role "all" finds every shard done and commits. Roles
         other than "all" return {}. `on_resume` runs once the work area is ready (to rebuild
         state from done shards)."""
+        grouping = {"process_many": process_many, "rows_per_call": rows_per_call}
         if role == "worker":
             self.attach()
-            self.run_shards(source, process, progress=progress, only=shards)
+            self.run_shards(source, process, progress=progress, only=shards, **grouping)
             return {}
         finished = self.prepare()
         if finished is not None:
@@ -497,7 +534,7 @@ class ShardedExecutor:
             return {}
         if on_resume:
             on_resume(self)
-        shards = self.run_shards(source, process, progress=progress)
+        shards = self.run_shards(source, process, progress=progress, **grouping)
         return self.commit(shards)
 
 
@@ -515,6 +552,8 @@ def run_stage(
     progress: ProgressFn | None = None,
     role: Role = "all",
     shards: Collection[int] | None = None,
+    process_many: ManyFn | None = None,
+    rows_per_call: int = 0,
 ) -> dict[str, Manifest]:
     """A dataset-to-dataset stage (synthesize, filter, assemble): input shard k of
     `input_uri` (or of several datasets' shards one after another) becomes shard k of every
@@ -536,4 +575,6 @@ def run_stage(
         progress=progress,
         role=role,
         shards=shards,
+        process_many=process_many,
+        rows_per_call=rows_per_call,
     )

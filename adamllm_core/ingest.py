@@ -171,6 +171,10 @@ def _read_image(uri: str, max_bytes: int) -> bytes:
                     "missing_image", f"{redact(uri)} is a folder, not an image file"
                 ) from None
             raise FileNotFoundError(uri) from None
+        except OSError:
+            if fs.size(path) == 0:  # S3 answers a ranged GET of an empty object with 416
+                return b""
+            raise
         if len(data) > max_bytes:
             size = fs.size(path)
             raise Rejected("too_large", f"{redact(uri)}: {size} bytes > max_bytes {max_bytes}")
@@ -221,11 +225,11 @@ def _quarantine_row(
 
 
 def _process_wanted(
-    item: tuple[RawRecord, bool], config: IngestConfig, source: str
+    item: tuple[RawRecord | None, bool], config: IngestConfig, source: str
 ) -> list[Outcome] | None:
     """A record's outcomes, or None for a record of a shard already done (not read)."""
     record, wanted = item
-    return process_record(record, config, source) if wanted else None
+    return process_record(record, config, source) if wanted and record is not None else None
 
 
 def _open(source_uri: str, config: IngestConfig) -> tuple[Importer, ParentRef]:
@@ -273,7 +277,12 @@ def ingest(
         to_workers, to_rows = tee(items)
         return zip(
             (record for record, _ in to_rows),
-            ordered_map(process, to_workers, workers=config.workers),
+            # a record of a shard already done goes to the workers as nothing to decode
+            ordered_map(
+                process,
+                ((record if wanted else None, wanted) for record, wanted in to_workers),
+                workers=config.workers,
+            ),
             strict=True,
         )
 

@@ -17,8 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adamllm_core.dataset import Dataset, DatasetError, Manifest, RowGroupReader
-from adamllm_core.engines import Engine, EngineStats, make_engine, run_cached, shard_cache
+from adamllm_core.engines import Engine, make_engine
 from adamllm_core.engines.base import ChatResult, ImageResolution, Message
+from adamllm_core.engines.cache import shards_on_engine
 from adamllm_core.engines.hf import HFRenderer, SizedTokenCounter, model_identity
 from adamllm_core.errors import Rejected
 from adamllm_core.executor import (
@@ -117,7 +118,6 @@ def synthesize(
     except that "prepare" returns the manifest when the stage is already finished.
     """
     engine = engine or make_engine(config.engine)
-    stats = EngineStats()
 
     @cache  # on the first shard to do: a finished stage loads no processor
     def context() -> PromptContext:
@@ -126,18 +126,21 @@ def synthesize(
             renderer = HFRenderer(resolve_model(config.template_model or config.engine.model))
         return prompt_context(renderer, config)
 
-    def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
-        requests = [synth_request(r["caption"], r["image"], config, context()) for r in rows]
-        results = run_cached(
+    def process_many(group: list[tuple[list[dict[str, Any]], Shard]]) -> list[ShardOutput]:
+        answered = shards_on_engine(
             engine,
-            requests,
-            shard_cache(cache_uri, shard.index),
-            batch_size=config.engine.batch_size,
-            stats=stats,
+            group,
+            lambda r: synth_request(r["caption"], r["image"], config, context()),
+            cache_uri,
+            config.engine.batch_size,
         )
+        return [build(rows, shard, *found) for (rows, shard), found in zip(group, answered)]
+
+    def build(
+        rows: list[dict[str, Any]], shard: Shard, results: list[ChatResult], counts: Counter
+    ) -> ShardOutput:
         output = ShardOutput(rows={"triplets": []})
-        output.counters.update(requests_cached=stats.cached, requests_computed=stats.computed)
-        stats.cached = stats.computed = 0
+        output.counters.update(counts)
         for position, (row, result) in enumerate(zip(rows, results, strict=True)):
             try:
                 _refused(result)
@@ -177,7 +180,9 @@ def synthesize(
         input_uri=pairs_uri,
         outputs={"triplets": StageOutput(out, TRIPLETS)},
         config=_stage_config(config, engine),
-        process=process,
+        process=lambda rows, shard: process_many([(rows, shard)])[0],
+        process_many=process_many,
+        rows_per_call=config.engine.batch_size,
         code=PIPELINE_CODE,
         columns=["id", "image", "caption", "domain"],
         overwrite=overwrite,
@@ -207,17 +212,19 @@ def filter_triplets(
     """Triplets → `filtered` (label in keep, with chain-of-thought response) and `rejected`."""
     engine = engine or make_engine(config.engine)
 
-    def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
-        requests = [
-            judge_request(r["instruction"], r["informative"], r["precise"], config.template)
-            for r in rows
-        ]
-        results = run_cached(
+    def process_many(group: list[tuple[list[dict[str, Any]], Shard]]) -> list[ShardOutput]:
+        answered = shards_on_engine(
             engine,
-            requests,
-            shard_cache(cache_uri, shard.index),
-            batch_size=config.engine.batch_size,
+            group,
+            lambda r: judge_request(
+                r["instruction"], r["informative"], r["precise"], config.template
+            ),
+            cache_uri,
+            config.engine.batch_size,
         )
+        return [build(rows, shard, results) for (rows, shard), (results, _) in zip(group, answered)]
+
+    def build(rows: list[dict[str, Any]], shard: Shard, results: list[ChatResult]) -> ShardOutput:
         output = ShardOutput(rows={"filtered": [], "rejected": []})
         for position, (row, result) in enumerate(zip(rows, results, strict=True)):
             if (refusal := result.refusal()) is not None:
@@ -264,7 +271,9 @@ def filter_triplets(
             "rejected": StageOutput(out_rejected, JUDGED),
         },
         config=_stage_config(config, engine),
-        process=process,
+        process=lambda rows, shard: process_many([(rows, shard)])[0],
+        process_many=process_many,
+        rows_per_call=config.engine.batch_size,
         code=PIPELINE_CODE,
         columns=["id", "pair_id", "domain", "instruction", "precise", "informative"],
         overwrite=overwrite,
@@ -439,7 +448,11 @@ def assemble(
     def sized_count() -> SizedTokenCounter:
         if not renderer.multimodal:
             raise ValueError(f"target_model {config.target_model} is not a vision-language model")
-        return SizedTokenCounter(renderer.processor)
+        probe = [
+            Message(role="user", content="What is shown?", images=1),
+            Message(role="assistant", content="A scan."),
+        ]
+        return SizedTokenCounter(renderer.processor, renderer.chat_text(probe))
 
     def count_tokens(
         turns: list[tuple[str, str]], pair: dict[str, Any], pixels: Callable[[], bytes]
@@ -449,15 +462,17 @@ def assemble(
             messages.append(Message(role="user", content=question, images=int(i == 0)))
             messages.append(Message(role="assistant", content=answer))
         text = renderer.chat_text(messages)
-        if sized_count().available:
-            counted = sized_count()(text, [(pair["width"], pair["height"])])
-            if counted is not None:
+        counter = sized_count()
+        if counter.available:
+            if counter.placeholders(text) != 1:
+                raise Rejected(
+                    "image_placeholder",
+                    "the rendered record does not hold exactly one image placeholder (a caption"
+                    " or task with the model's image token?)",
+                )
+            counted = counter(text, [(pair["width"], pair["height"])])
+            if counted is not None:  # else the rule fails for this size: the pixels
                 return counted
-            raise Rejected(
-                "image_placeholder",
-                "the rendered record does not hold exactly one image placeholder (a caption or"
-                " task with the model's image token?)",
-            )
         image = Image.open(io.BytesIO(pixels())).convert("RGB")
         return len(renderer.processor(text=[text], images=[image])["input_ids"][0])
 

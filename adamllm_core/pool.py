@@ -76,11 +76,10 @@ def _outputs_and_shards(stage: str, args: list[str], config: Any) -> tuple[list[
 def _pending(outputs: list[str], count: int) -> list[int]:
     """Shards some unfinished output has not written yet (read from the work areas the
     driver just prepared; a finished output has none and needs nothing)."""
-    done = [
-        {marker.index for marker in area.markers}
-        for area in map(read_work_area, outputs)
-        if area is not None
-    ]
+    # Prepare readied a work area for every output not finished under this identity (one
+    # being replaced, --overwrite or a new config, has it beside the old manifest).
+    areas = (read_work_area(uri, beside_manifest=True) for uri in outputs)
+    done = [{marker.index for marker in area.markers} for area in areas if area is not None]
     return [index for index in range(count) if not all(index in d for d in done)]
 
 
@@ -99,8 +98,8 @@ class PoolStats:
     retried: list[dict[str, Any]] = field(default_factory=list)
     # per shard written: (actor, seconds, whether it was the actor's first: engine load in it)
     shard_seconds: dict[int, tuple[str, float, bool]] = field(default_factory=dict)
-    # actor -> (shard, time.time() it was handed out), for the shards running now
-    running: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # actor -> (its shards, time.time() they were handed out), for the actors running now
+    running: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
     shards: int = 0  # the input's shards
     dispatched: int = 0  # of them, not done before: handed to the actors
     done: int = 0  # of those, written
@@ -120,7 +119,7 @@ class PoolStats:
             "shards": self.shards,
             "dispatched": self.dispatched,
             "done": self.done,
-            "running": {actor: shard for actor, (shard, _) in self.running.items()},
+            "running": {actor: list(shards) for actor, (shards, _) in self.running.items()},
             "finished": self.finished,
             "seconds": round(self.seconds, 2),
             "retried": self.retried,
@@ -145,7 +144,7 @@ class StageWorker:
     def ready(self) -> dict[str, Any]:
         return {"node": self.node, "pid": os.getpid()}
 
-    def run(self, shard: int) -> dict[str, Any]:
+    def run(self, shards: list[int]) -> dict[str, Any]:
         started = time.perf_counter()
         _call(
             self.stage,
@@ -153,10 +152,10 @@ class StageWorker:
             self.config,
             engine=self.engine,
             role="worker",
-            shards=[shard],
+            shards=shards,
             **self.kwargs,
         )
-        return {"shard": shard, "seconds": time.perf_counter() - started}
+        return {"shards": shards, "seconds": time.perf_counter() - started}
 
 
 def _connect(engine: EngineConfig) -> None:
@@ -200,7 +199,7 @@ def run_on_pool(
         if finished is not None and finished != {}:  # nothing to do: no actor started
             for lease in leases:
                 lease.release()
-            return finished
+            return _call(stage, args, config, **kwargs)  # its clean-up, if a commit left any
         pending = _pending(outputs, len(sizes))
         if pending:  # else only the commit was left (it was interrupted)
             _connect(engine)
@@ -232,7 +231,11 @@ def _dispatch(
     dumped = config.model_dump(mode="json")
     stats = PoolStats(stage=stage, shards=len(sizes), dispatched=len(pending))
     began = time.perf_counter()
-    size = min(engine.data_parallel_size, len(pending))
+    # An actor is handed consecutive shards that together fill an engine batch (shards
+    # smaller than the batch would leave it part empty); each is still written on its own.
+    per_call = max(1, engine.batch_size // max(max(sizes, default=1), 1))
+    calls = [tuple(pending[i : i + per_call]) for i in range(0, len(pending), per_call)]
+    size = min(engine.data_parallel_size, len(calls))
     names = iter(range(10**9))
     rows_total = sum(sizes)
     rows_done = rows_total - sum(sizes[index] for index in pending)
@@ -264,18 +267,18 @@ def _dispatch(
     }
     idle: list[tuple[str, Any]] = []
     failed_starts: list[str] = []
-    queue = list(pending)
-    attempts: Counter[int] = Counter()
-    running: dict[Any, tuple[str, Any, int, float]] = {}
+    queue = list(calls)
+    attempts: Counter[tuple[int, ...]] = Counter()
+    running: dict[Any, tuple[str, Any, tuple[int, ...], float]] = {}
     waiting_since = time.monotonic()
     changed()
     while queue or running:
         while queue and idle:
             name, actor = idle.pop()
-            shard = queue.pop(0)
-            attempts[shard] += 1
-            running[actor.run.remote(shard)] = (name, actor, shard, time.monotonic())
-            stats.running[name] = (shard, time.time())
+            call = queue.pop(0)
+            attempts[call] += 1
+            running[actor.run.remote(list(call))] = (name, actor, call, time.monotonic())
+            stats.running[name] = (call, time.time())
             changed()
         if not running and time.monotonic() - waiting_since > START_TIMEOUT_S:
             raise RuntimeError(
@@ -299,32 +302,34 @@ def _dispatch(
                     continue
                 idle.append((name, actor))
                 continue
-            name, actor, shard, _started = running.pop(ref)
+            name, actor, call, _started = running.pop(ref)
             waiting_since = now
             try:
                 result = ray.get(ref)
             except RayActorError as error:  # the actor (or its node) died: elsewhere
-                _retry(stats, queue, attempts, shard, name, f"actor died: {type(error).__name__}")
+                _retry(stats, queue, attempts, call, name, f"actor died: {type(error).__name__}")
                 retire(name, "died")
                 changed()
                 continue
             record = stats.actors[name]
-            stats.shard_seconds[shard] = (name, result["seconds"], record["shards"] == 0)
+            first = record["shards"] == 0  # the engine loaded in it
+            for shard in call:
+                stats.shard_seconds[shard] = (name, result["seconds"] / len(call), first)
             stats.running.pop(name, None)
-            record["shards"] += 1
+            record["shards"] += len(call)
             record["seconds"] = round(record["seconds"] + result["seconds"], 3)
-            stats.done += 1
-            rows_done += sizes[shard]
+            stats.done += len(call)
+            rows_done += sum(sizes[shard] for shard in call)
             if progress:
                 progress(rows_done, rows_total)
             idle.append((name, actor))
             changed()
         timeout = engine.shard_timeout_s
-        for ref, (name, actor, shard, started) in list(running.items()) if timeout else []:
-            if now - started > timeout:  # hung: its actor goes, the shard goes elsewhere
+        for ref, (name, actor, call, started) in list(running.items()) if timeout else []:
+            if now - started > timeout * len(call):  # hung: its actor goes, the shards elsewhere
                 del running[ref]
                 ray.kill(actor, no_restart=True)
-                _retry(stats, queue, attempts, shard, name, f"over shard_timeout_s {timeout:g}")
+                _retry(stats, queue, attempts, call, name, f"over shard_timeout_s {timeout:g}")
                 retire(name, "killed: hung")
                 changed()
     for _, actor in [*idle, *starting.values()]:
@@ -337,16 +342,16 @@ def _dispatch(
 
 def _retry(
     stats: PoolStats,
-    queue: list[int],
-    attempts: Counter[int],
-    shard: int,
+    queue: list[tuple[int, ...]],
+    attempts: Counter[tuple[int, ...]],
+    call: tuple[int, ...],
     actor: str,
     reason: str,
 ) -> None:
-    stats.retried.append({"shard": shard, "actor": actor, "reason": reason})
-    if attempts[shard] >= MAX_ATTEMPTS:
+    stats.retried.append({"shards": list(call), "actor": actor, "reason": reason})
+    if attempts[call] >= MAX_ATTEMPTS:
         raise RuntimeError(
-            f"{stats.stage}: shard {shard} failed {attempts[shard]} times ({reason}); "
+            f"{stats.stage}: shards {list(call)} failed {attempts[call]} times ({reason}); "
             f"retries: {stats.retried}"
         )
-    queue.insert(0, shard)
+    queue.insert(0, call)

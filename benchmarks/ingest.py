@@ -61,26 +61,39 @@ def ingest_run(sources: list[str], workers: int, prefetch: bool = True) -> float
 
 
 def on_moto(sources: list[Path]) -> list[str]:
-    """The sources copied into a bucket of a moto S3 server on 127.0.0.1 (this process's
-    AWS variables point at it); their s3:// URIs."""
-    import logging
+    """The sources copied into a bucket of a moto S3 server on 127.0.0.1, in a process of
+    its own (not competing with ingest for this process's GIL); their s3:// URIs. This
+    process's AWS variables point at it."""
+    import atexit
+    import socket
+    import subprocess
+    import sys
 
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    atexit.register(server.terminate)
+    endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(
-        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ENDPOINT_URL=endpoint,
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
         AWS_DEFAULT_REGION="us-east-1",
     )
-    fs = s3fs.S3FileSystem(endpoint_url=f"http://{host}:{port}")
-    fs.mkdir("bench")
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+    for _ in range(100):  # until it answers
+        try:
+            fs.mkdir("bench")
+            break
+        except OSError:
+            time.sleep(0.1)
     for source in sources:
         fs.put(str(source) + "/", f"bench/{source.name}/", recursive=True)
     return [f"s3://bench/{source.name}" for source in sources]

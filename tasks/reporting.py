@@ -65,8 +65,8 @@ def publish_pool_stats(stats: Any) -> None:
         if "ended" in actor:
             return actor["ended"]
         if name in stats.running:
-            shard, since = stats.running[name]
-            return f"shard {shard} for {now - since:.0f} s"
+            shards, since = stats.running[name]
+            return f"shards {', '.join(map(str, shards))} for {now - since:.0f} s"
         return "idle" if actor["pid"] else "starting"
 
     rows = [

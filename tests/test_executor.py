@@ -34,12 +34,14 @@ def source(tmp_path: Path, shards: int = 3, per_shard: int = 4) -> str:
     return uri
 
 
-def executor(tmp_path: Path, inputs: str, config: dict | None = None) -> ShardedExecutor:
+def executor(
+    tmp_path: Path, inputs: str, config: dict | None = None, prefix: str = ""
+) -> ShardedExecutor:
     return ShardedExecutor(
         stage="copy",
         outputs={
-            "even": StageOutput(str(tmp_path / "even"), QUARANTINE),
-            "odd": StageOutput(str(tmp_path / "odd"), QUARANTINE),
+            "even": StageOutput(str(tmp_path / f"{prefix}even"), QUARANTINE),
+            "odd": StageOutput(str(tmp_path / f"{prefix}odd"), QUARANTINE),
         },
         parents=[ParentRef(uri=inputs, fingerprint=Dataset(inputs).manifest.fingerprint)],
         config=config or {"k": 1},
@@ -147,3 +149,61 @@ def test_a_batch_input_that_grows_while_read_fails_the_stage(tmp_path: Path) -> 
     with pytest.raises(RuntimeError, match="the growing file changed while it was read"):
         executor(tmp_path, inputs).execute(batch, Counting())
     assert not (tmp_path / "even" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_reading_ahead_is_one_shard_and_a_failure_keeps_the_shards_done(
+    tmp_path: Path, prefetch: bool
+) -> None:
+    """While shard k is processed, at most shard k+1 has been read; when processing shard 2
+    fails, the shards processed before it are written (their markers are there) and the
+    next run processes only what is left."""
+    inputs = source(tmp_path, shards=5)
+    reads: list[int] = []
+    seen_when_processing: list[tuple[int, list[int]]] = []
+
+    class Tracked(BatchInput):
+        def shards(self, skip):
+            for shard, size, read in super().shards(skip):
+                yield shard, size, lambda read=read, k=shard.index: reads.append(k) or read()
+
+    rows = list(Dataset(inputs).iter_rows())
+
+    def failing(chunk: list[dict], shard: Shard) -> ShardOutput:
+        seen_when_processing.append((shard.index, list(reads)))
+        if shard.index == 2:
+            raise ValueError("shard 2 fails")
+        return Counting()(chunk, shard)
+
+    stage = executor(tmp_path, inputs)
+    stage.prefetch = prefetch
+    with pytest.raises(ValueError, match="shard 2 fails"):
+        stage.execute(Tracked(lambda wanted: rows, 4, total=20), failing)
+    for index, read_so_far in seen_when_processing:
+        assert max(read_so_far) <= index + 1
+    area = read_work_area(str(tmp_path / "even"))
+    assert [m.index for m in area.markers] == [0, 1]
+
+    resumed = Counting()
+    again = executor(tmp_path, inputs)
+    again.prefetch = prefetch
+    manifests = again.execute(BatchInput(lambda wanted: rows, 4, total=20), resumed)
+    assert resumed.shards == [2, 3, 4] and manifests["even"].stats.rows_in == 20
+
+
+def test_several_shards_in_one_call_each_become_their_own_shard(tmp_path: Path) -> None:
+    """`process_many` with rows_per_call 10 over shards of 4 rows: shards go three at a
+    time (12 rows), then the rest; the dataset is the one made shard by shard."""
+    inputs = source(tmp_path, shards=5)
+    groups: list[list[int]] = []
+
+    def many(group: list[tuple[list[dict], Shard]]) -> list[ShardOutput]:
+        groups.append([shard.index for _, shard in group])
+        return [Counting()(rows, shard) for rows, shard in group]
+
+    grouped = executor(tmp_path, inputs, prefix="grouped-").execute(
+        DatasetInput(inputs), Counting(), process_many=many, rows_per_call=10
+    )
+    single = executor(tmp_path, inputs).execute(DatasetInput(inputs), Counting())
+    assert groups == [[0, 1, 2], [3, 4]]
+    assert [m.shards for m in grouped.values()] == [m.shards for m in single.values()]

@@ -356,7 +356,7 @@ def test_image_tokens_from_sizes_equal_the_processor_on_pixels(tiny_models) -> N
                 Message(role="assistant", content="A chest film, frontal."),
             ]
         )
-        counter = SizedTokenCounter(processor)
+        counter = SizedTokenCounter(processor, text)
         assert counter.available
         counts = set()
         for width, height in sizes:
@@ -684,3 +684,33 @@ def test_the_caption_task_asks_with_the_records_own_prompt(tiny_models, tmp_path
     )
     assert [prompt for _, prompt in asked[:2]] == ["Generate a recipe for this delicious food."] * 2
     assert all(prompt in CAPTION_PROMPTS for _, prompt in asked[2:])
+
+
+def test_an_engine_batch_spans_shards(pairs: str, tiny_models, tmp_path: Path) -> None:
+    """Shards of 10 pairs, an engine batch of 16: shards 0 and 1 go to the engine together
+    (one batch crosses their bound), each is still its own output shard and keeps its own
+    request cache (a re-run finds all 24 results), and the triplets are those of batches
+    that stay within a shard."""
+    config = SynthConfig(engine=EngineConfig(model="tiny:vlm", batch_size=16), max_new_tokens=16)
+    engine = make_engine(config.engine)
+    sizes: list[int] = []
+    run = engine.run
+    engine.run = lambda requests: sizes.append(len(requests)) or run(requests)  # counts calls
+    spanning = synthesize(
+        pairs, str(tmp_path / "spanning"), config, cache_uri=str(tmp_path / "cache"), engine=engine
+    )
+    assert sizes == [16, 4, 4]  # shards 0+1 (20 requests: 16 and 4), then shard 2
+    assert len(spanning.shards) == 3 and spanning.stats.rows_in == 24
+    assert spanning.stats.counters["requests_computed"] == 24
+    cached = sorted(p.parent.name for p in (tmp_path / "cache").rglob("batch-*.json"))
+    assert sorted(set(cached)) == ["shard-00000", "shard-00001", "shard-00002"]
+    again = synthesize(
+        pairs, str(tmp_path / "again"), config, cache_uri=str(tmp_path / "cache"), engine=engine
+    )
+    assert sizes == [16, 4, 4] and again.stats.counters["requests_cached"] == 24
+    within = synthesize(
+        pairs,
+        str(tmp_path / "within"),
+        config.model_copy(update={"engine": config.engine.model_copy(update={"batch_size": 2})}),
+    )
+    assert within.fingerprint == spanning.fingerprint == again.fingerprint

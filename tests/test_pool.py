@@ -169,10 +169,13 @@ def test_synthesize_and_filter_on_two_nodes_equal_one_process(
     stats = reports[-1]
     assert sum(stats.nodes().values()) == 6 and len(stats.nodes()) == 2  # both nodes wrote
     rows = Dataset(small_shards).manifest.rows
-    assert not stats.retried and rows_done[-1] == (rows, rows) and len(rows_done) == 6
+    assert not stats.retried and rows_done[-1] == (rows, rows)
+    # two shards of 4 rows per actor call: together they fill an engine batch (8)
+    assert synth.engine.batch_size == 8 and rows_done == [(8, 24), (16, 24), (24, 24)]
     # reported while it ran: shards seen running on actors, none left at the end
     assert any(running_seen[:-1]) and running_seen[-1] == {} and stats.finished
-    assert {shard for seen in running_seen for shard, _ in seen.values()} == set(range(6))
+    ran = [shard for seen in running_seen for shards, _ in seen.values() for shard in shards]
+    assert set(ran) == set(range(6))
 
     # the filter's two outputs too, from the pool's triplets
     kept, rejected = filter_triplets(
@@ -193,6 +196,21 @@ def test_synthesize_and_filter_on_two_nodes_equal_one_process(
         report=again_reports.append,
     )
     assert again.fingerprint == one.fingerprint and again_reports == []
+
+    # replacing it (another config, --overwrite): every shard goes to the actors
+    shorter = synth.model_copy(update={"max_new_tokens": 8})
+    replaced = run_on_pool(
+        "synthesize",
+        [small_shards, str(tmp_path / "two")],
+        on_pool(shorter, ray_cluster),
+        overwrite=True,
+        report=again_reports.append,
+    )
+    assert again_reports[-1].dispatched == 6 and sum(again_reports[-1].nodes().values()) == 6
+    assert (
+        replaced.fingerprint
+        == synthesize(small_shards, str(tmp_path / "short"), shorter).fingerprint
+    )
 
     # an interrupted stage: only the shards not yet written go to the actors
     resumed = str(tmp_path / "resumed")

@@ -106,8 +106,9 @@ def test_credentials_come_from_the_settings_file(
     assert storage_settings().aws_endpoint_url == "http://127.0.0.1:10"  # the environment wins
 
 
-def bucket_source(s3_server: dict[str, str], uri: str, images: int) -> None:
-    """An annotation file and `images` PNGs (img/N.png) under `uri`."""
+def bucket_source(s3_server: dict[str, str], uri: str, images: int, empty: bool = False) -> None:
+    """An annotation file and `images` PNGs (img/N.png) under `uri`; `empty`: also a
+    zero-byte img/empty.png."""
     from corpus import encode, gradient
 
     fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
@@ -115,6 +116,9 @@ def bucket_source(s3_server: dict[str, str], uri: str, images: int) -> None:
     for i in range(images):
         fs.pipe_file(f"{uri}/img/{i}.png", encode(gradient().rotate(i * 15), "PNG"))
         lines.append(json.dumps({"image": f"img/{i}.png", "caption": f"caption {i}"}))
+    if empty:
+        fs.pipe_file(f"{uri}/img/empty.png", b"")
+        lines.append(json.dumps({"image": "img/empty.png", "caption": "an empty file"}))
     fs.pipe_file(f"{uri}/data.jsonl", ("\n".join(lines) + "\n").encode())
 
 
@@ -243,7 +247,7 @@ def test_an_s3_source_is_listed_once_and_read_by_parallel_workers(
     """Ingest of a bucket source through a loopback proxy that records requests: the
     source is listed once, each image is read once, two workers read at the same time,
     and the dataset is the one a single worker makes."""
-    bucket_source(s3_server, f"{s3_bucket}/par", 12)
+    bucket_source(s3_server, f"{s3_bucket}/par", 12, empty=True)
     single = ingest(f"{s3_bucket}/par", f"{s3_bucket}/par-one", IngestConfig(domain="test"))
     host, port = s3_server["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
     SlowDownProxy.target = (host, int(port))
@@ -260,11 +264,15 @@ def test_an_s3_source_is_listed_once_and_read_by_parallel_workers(
         proxy.shutdown()
         SlowDownProxy.image_delay_s = 0.0
     assert parallel.fingerprint == single.fingerprint and parallel.rows == 12
+    # the empty object (S3 refuses a ranged read of it) is a row of the quarantine
+    assert parallel.quarantine.reasons == {"empty_file": 1}
     source = [(m, p) for m, p in SlowDownProxy.requests if "prefix=par%2F" in p or "/par/" in p]
     # the whole source (recursive: no delimiter) is listed once, for its fingerprint
     assert sum("prefix=par%2F&delimiter=&" in p for _, p in source) == 1
     # each image: one GET, and no other request (no listing or HEAD per image)
-    image_requests = [(m, p) for m, p in source if "/img/" in p or "img%2F" in p]
+    image_requests = [
+        (m, p) for m, p in source if ("/img/" in p or "img%2F" in p) and "empty" not in p
+    ]
     assert sorted(image_requests) == sorted(
         ("GET", f"/{s3_bucket.removeprefix('s3://')}/par/img/{i}.png") for i in range(12)
     )

@@ -6,7 +6,9 @@ back, so memory is bounded by a shard's results, not a dataset's.
 """
 
 import json
+from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from adamllm_core.engines.base import (
     ChatRequest,
@@ -16,7 +18,7 @@ from adamllm_core.engines.base import (
     RequestRejected,
     request_key,
 )
-from adamllm_core.executor import WriteBehind, prefetch_default
+from adamllm_core.executor import Shard, WriteBehind, prefetch_default
 from adamllm_core.hashing import sha256_hex
 from adamllm_core.storage import filesystem, join, write_bytes_atomic
 
@@ -76,40 +78,52 @@ class EngineStats:
         self.computed = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # per cache (a shard's) when one call serves several: requests found, computed
+        self.cached_by: Counter[int] = Counter()
+        self.computed_by: Counter[int] = Counter()
 
 
 def run_cached(
     engine: Engine,
     requests: list[ChatRequest],
-    cache: RequestCache,
+    cache: RequestCache | list[RequestCache],
     *,
     batch_size: int,
+    owners: list[int] | None = None,
     stats: EngineStats | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[ChatResult]:
     """Results for `requests` in order: cached ones read back, the others computed in
-    batches of `batch_size`, each batch cached as soon as it is done."""
+    batches of `batch_size`, each batch cached as soon as it is done. Several caches (the
+    shards one call serves): `owners[i]` is the index of request i's cache."""
+    caches = cache if isinstance(cache, list) else [cache]
+    owners = owners if owners is not None else [0] * len(requests)
     keys = [request_key(engine.results_identity, engine.render(r), r) for r in requests]
-    results: list[ChatResult | None] = [cache.get(k) for k in keys]
+    results: list[ChatResult | None] = [
+        caches[owner].get(key) for owner, key in zip(owners, keys, strict=True)
+    ]
     missing = [i for i, r in enumerate(results) if r is None]
     if stats:
         stats.cached += len(requests) - len(missing)
+        stats.cached_by.update(o for o, r in zip(owners, results, strict=True) if r is not None)
     with WriteBehind(prefetch_default()) as writer:  # a batch is cached while the next runs
         for start in range(0, len(missing), batch_size):
             batch = missing[start : start + batch_size]
             computed = run_isolating(engine, [requests[i] for i in batch])
-            cache.put_many(
-                {
-                    keys[i]: r
-                    for i, r in zip(batch, computed, strict=True)
-                    if r.error_reason is None
-                },
-                writer,
-            )
+            for owner, owned in enumerate(caches):
+                owned.put_many(
+                    {
+                        keys[i]: r
+                        for i, r in zip(batch, computed, strict=True)
+                        if owners[i] == owner and r.error_reason is None
+                    },
+                    writer,
+                )
             for i, result in zip(batch, computed, strict=True):
                 results[i] = result
             if stats:
                 stats.computed += len(batch)
+                stats.computed_by.update(owners[i] for i in batch)
                 stats.prompt_tokens += sum(r.prompt_tokens for r in computed)
                 stats.completion_tokens += sum(r.completion_tokens for r in computed)
             if on_batch:
@@ -134,3 +148,36 @@ def run_isolating(engine: Engine, requests: list[ChatRequest]) -> list[ChatResul
             f"{engine.kind} engine returned {len(results)} results for {len(requests)} requests"
         )
     return results
+
+
+def shards_on_engine(
+    engine: Engine,
+    group: list[tuple[list[Any], Shard]],
+    request_of: Callable[[Any], ChatRequest],
+    cache_uri: str | None,
+    batch_size: int,
+) -> list[tuple[list[ChatResult], Counter]]:
+    """The requests of several shards' rows answered together (batches cross shard
+    bounds), each shard's results read from and stored in its own cache; per shard, its
+    results and counts of requests found cached and computed."""
+    requests, owners = [], []
+    for owner, (rows, _) in enumerate(group):
+        requests += [request_of(row) for row in rows]
+        owners += [owner] * len(rows)
+    stats = EngineStats()
+    results = run_cached(
+        engine,
+        requests,
+        [shard_cache(cache_uri, shard.index) for _, shard in group],
+        owners=owners,
+        batch_size=batch_size,
+        stats=stats,
+    )
+    answered, start = [], 0
+    for owner, (rows, _) in enumerate(group):
+        counts = Counter(
+            requests_cached=stats.cached_by[owner], requests_computed=stats.computed_by[owner]
+        )
+        answered.append((results[start : start + len(rows)], counts))
+        start += len(rows)
+    return answered

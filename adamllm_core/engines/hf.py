@@ -99,28 +99,40 @@ class SizedTokenCounter:
     height), without pixels: the text's tokens, each image placeholder replaced by as many
     tokens as the processor's own resize rule gives that size (its
     `_get_num_multimodal_tokens`, which vLLM counts with too; remembered per size).
-    `available` is False when the processor has no such rule: count with pixels."""
 
-    def __init__(self, processor: Any):
+    `available` only when the rule exists and agrees with the processor run on pixels for
+    a few probe sizes (a processor that adds tokens around each image, such as Gemma 3's,
+    does not): else, and for a size the rule fails on, count with the pixels."""
+
+    PROBE_SIZES = ((64, 64), (640, 480), (90, 700))
+
+    def __init__(self, processor: Any, probe_text: str):
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", None)
         self.placeholder = getattr(processor, "image_token_id", None)
         self._rule = getattr(processor, "_get_num_multimodal_tokens", None)
-        self._per_size: dict[tuple[int, int], int] = {}
-        self.available = (
-            None not in (self.tokenizer, self.placeholder, self._rule)
-            and self.image_tokens(28, 28) is not None
+        self._per_size: dict[tuple[int, int], int | None] = {}
+        self.available = None not in (self.tokenizer, self.placeholder, self._rule) and all(
+            self(probe_text, [size]) == self._on_pixels(probe_text, size)
+            for size in self.PROBE_SIZES
         )
+
+    def _on_pixels(self, text: str, size: tuple[int, int]) -> int:
+        from PIL import Image
+
+        image = Image.new("RGB", size, (128, 128, 128))
+        return len(self.processor(text=[text], images=[image])["input_ids"][0])
+
+    def placeholders(self, text: str) -> int:
+        return self.tokenizer(text)["input_ids"].count(self.placeholder)
 
     def image_tokens(self, width: int, height: int) -> int | None:
         if (width, height) not in self._per_size:
             try:
                 counted = self._rule(image_sizes=[[height, width]]).num_image_tokens
-            except (NotImplementedError, AttributeError, TypeError):
-                return None  # transformers marks this API as vLLM's: it may change
-            if not counted:
-                return None
-            self._per_size[width, height] = counted[0]
+            except (NotImplementedError, AttributeError, TypeError, ValueError):
+                counted = None  # transformers marks this API as vLLM's: it may change
+            self._per_size[width, height] = counted[0] if counted else None
         return self._per_size[width, height]
 
     def __call__(self, text: str, image_sizes: list[tuple[int, int]]) -> int | None:

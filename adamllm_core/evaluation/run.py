@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adamllm_core.dataset import Dataset, ParentRef
 from adamllm_core.engines import ChatRequest, EngineConfig, Message, SamplingConfig, make_engine
 from adamllm_core.engines.base import Engine
-from adamllm_core.engines.cache import run_cached, shard_cache
+from adamllm_core.engines.cache import shards_on_engine
 from adamllm_core.errors import Rejected
 from adamllm_core.evaluation.adapters import read_items
 from adamllm_core.evaluation.benchmarks import BenchmarkSpec, benchmark, item_prompt
@@ -200,41 +200,51 @@ def evaluate(
     # Pool workers, and the driver preparing for them, write under the lease the pool holds.
     executor = _executor(config, out_uri, model, overwrite, lease=role == "all")
 
-    def process(chunk: list[EvalItem], shard: Shard) -> ShardOutput:
-        output = ShardOutput(rows={"predictions": []})
-        valid = []
-        for position, item in enumerate(chunk):
-            try:  # as ingest does: decoded in full, pixel-limited, 8-bit RGB/L, one frame
-                image = normalise_image(item.image, config.images)
-            except Rejected as problem:
-                output.quarantine.append(_quarantine_row(shard.offset + position, item, problem))
-            else:
-                valid.append((position, item.model_copy(update={"image": image.data})))
-        requests = [eval_request(spec, item, config) for _, item in valid]
-        results = run_cached(
+    def process_many(group: list[tuple[list[EvalItem], Shard]]) -> list[ShardOutput]:
+        outputs, valid = [], []
+        for chunk, shard in group:
+            output = ShardOutput(rows={"predictions": []})
+            readable = []
+            for position, item in enumerate(chunk):
+                try:  # as ingest does: decoded in full, pixel-limited, 8-bit RGB/L, one frame
+                    image = normalise_image(item.image, config.images)
+                except Rejected as problem:
+                    output.quarantine.append(
+                        _quarantine_row(shard.offset + position, item, problem)
+                    )
+                else:
+                    item = item.model_copy(update={"image": image.data})
+                    readable.append((position, item, eval_request(spec, item, config)))
+            outputs.append(output)
+            valid.append((readable, shard))
+        answered = shards_on_engine(
             engine,
-            requests,
-            shard_cache(join(root, "_cache"), shard.index),
-            batch_size=config.engine.batch_size,
+            valid,
+            lambda readable: readable[2],
+            join(root, "_cache"),
+            config.engine.batch_size,
         )
-        for (position, item), request, result in zip(valid, requests, results, strict=True):
-            if (refusal := result.refusal()) is not None:  # this question alone refused
-                output.quarantine.append(_quarantine_row(shard.offset + position, item, refusal))
-                continue
-            output.rows["predictions"].append(
-                prediction_row(
-                    spec,
-                    item,
-                    result.text,
-                    model,
-                    request.messages[-1].content,
-                    config.seed,
-                    result.prompt_tokens,
-                    result.completion_tokens,
+        for output, (readable, shard), (results, _) in zip(outputs, valid, answered, strict=True):
+            for (position, item, request), result in zip(readable, results, strict=True):
+                if (refusal := result.refusal()) is not None:  # this question alone refused
+                    output.quarantine.append(
+                        _quarantine_row(shard.offset + position, item, refusal)
+                    )
+                    continue
+                output.rows["predictions"].append(
+                    prediction_row(
+                        spec,
+                        item,
+                        result.text,
+                        model,
+                        request.messages[-1].content,
+                        config.seed,
+                        result.prompt_tokens,
+                        result.completion_tokens,
+                    )
                 )
-            )
-        output.counters["fallbacks"] = sum(r.fallback for r in output.rows["predictions"])
-        return output
+            output.counters["fallbacks"] = sum(r.fallback for r in output.rows["predictions"])
+        return outputs
 
     def questions(wanted: Callable[[int], bool]) -> Iterator[EvalItem]:
         yield from read_items(spec.name, config.data, limit=config.limit, images=wanted)
@@ -244,10 +254,12 @@ def evaluate(
         raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
     manifests = executor.execute(
         BatchInput(questions, config.rows_per_shard, total=config.limit, name=redact(config.data)),
-        process,
+        lambda chunk, shard: process_many([(chunk, shard)])[0],
         progress=progress,
         role=role,
         shards=shards,
+        process_many=process_many,
+        rows_per_call=config.engine.batch_size,
     )
     if not manifests:  # a worker's shards, or a driver's prepared work area
         return {}
