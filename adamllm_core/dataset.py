@@ -27,7 +27,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from adamllm_core.hashing import canonical_json, sha256_hex
 from adamllm_core.lease import LEASE_NAME, LeaseHeldError, WriterLease
 from adamllm_core.schemas import QUARANTINE, RecordSchema, get_schema
-from adamllm_core.storage import filesystem, join, normalise_uri, redact, write_bytes_atomic
+from adamllm_core.storage import (
+    STAGING_SUFFIX,
+    filesystem,
+    join,
+    normalise_uri,
+    redact,
+    write_bytes_atomic,
+)
 from adamllm_core.version import CODE_VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -520,14 +527,18 @@ class DatasetWriter:
         quarantine = keep.quarantine.path if keep and keep.quarantine else None
         for path in self._fs.ls(self._path, detail=False) if self._fs.exists(self._path) else []:
             name = path.rstrip("/").rsplit("/", 1)[-1]
-            if _is_shard(path) and name not in kept:
-                self._fs.rm(path)
+            if (_is_shard(path) and name not in kept) or name.endswith(STAGING_SUFFIX):
+                self._fs.rm(path)  # a staging file: a killed writer's, half written
             elif name == QUARANTINE_DIR and quarantine is None:
                 self._fs.rm(path, recursive=True)
             elif name == QUARANTINE_DIR:
                 for old in self._fs.ls(path, detail=False):
                     if f"{QUARANTINE_DIR}/{old.rstrip('/').rsplit('/', 1)[-1]}" != quarantine:
                         self._fs.rm(old, recursive=True)
+                    else:  # the kept quarantine: only a killed writer's staging files go
+                        for staged in self._fs.ls(old, detail=False):
+                            if staged.endswith(STAGING_SUFFIX):
+                                self._fs.rm(staged)
 
     def _load_markers(self) -> None:
         marker_dir = join(self._work, MARKER_DIR)

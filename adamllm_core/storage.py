@@ -54,6 +54,16 @@ def unique_suffix() -> str:
     return uuid.uuid4().hex[:12]
 
 
+STAGING_SUFFIX = ".staging"
+
+
+def staging_name(name: str) -> str:
+    """Where a local file is written before its rename: hidden, and ending in neither its
+    own suffix nor `.parquet`, so that no reader's glob (polars and duckdb match hidden
+    files) picks up one that a killed writer left half written."""
+    return f".{name}.{unique_suffix()}{STAGING_SUFFIX}"
+
+
 def write_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     """Readers see the whole object or nothing.
 
@@ -62,7 +72,7 @@ def write_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     if protocol_of(fs.unstrip_protocol(path)) == "file":
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".tmp-{unique_suffix()}-{os.path.basename(path)}")
+        tmp = os.path.join(directory, staging_name(os.path.basename(path)))
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -77,9 +87,7 @@ def put_file_atomic(fs: AbstractFileSystem, local_file: str, path: str) -> None:
     (a local rename; an object store uploads in parts and shows the object at the end)."""
     if protocol_of(fs.unstrip_protocol(path)) == "file":
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(
-            os.path.dirname(path), f".tmp-{unique_suffix()}-{os.path.basename(path)}"
-        )
+        tmp = os.path.join(os.path.dirname(path), staging_name(os.path.basename(path)))
         shutil.copyfile(local_file, tmp)
         os.replace(tmp, path)
     else:

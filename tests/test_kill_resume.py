@@ -14,6 +14,7 @@ import pytest
 from adamllm_core.dataset import read_manifest, read_work_area
 from adamllm_core.importers import SourceOptions
 from adamllm_core.ingest import IngestConfig, ingest
+from adamllm_core.storage import STAGING_SUFFIX, staging_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -78,6 +79,10 @@ def test_killed_ingest_resumes_to_the_same_dataset(
         read_manifest(str(out))
     stamps = {name: (out / name).stat().st_mtime_ns for name in finished_before}
 
+    # A kill during a shard's write leaves its staging file, half written (one is planted
+    # here, so the case is there on every run): the finished dataset must not keep it, or
+    # a reader's glob (polars, duckdb) would read it.
+    (out / staging_name("part-00003-000000000000.parquet")).write_bytes(b"PAR1 cut short")
     rerun = subprocess.run(args, env=env, check=False, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     resumed = read_manifest(str(out))
@@ -101,6 +106,7 @@ def test_killed_ingest_resumes_to_the_same_dataset(
 
     assert location_free(resumed) == location_free(reference)
 
+    assert not [p.name for p in out.rglob("*") if p.name.endswith(STAGING_SUFFIX)]
     rows = pl.scan_parquet(str(out / "*.parquet")).select("id").collect()
     assert rows["id"].n_unique() == len(rows) == resumed.rows
     assert resumed.stats.rows_in == 1152 == resumed.rows + resumed.quarantine.rows
