@@ -397,7 +397,7 @@ class ShardedExecutor:
     def run_shards(
         self,
         source: ShardInput,
-        process: ProcessFn,
+        process: ProcessFn | None,
         *,
         progress: ProgressFn | None = None,
         only: Collection[int] | None = None,
@@ -408,9 +408,9 @@ class ShardedExecutor:
         read no further than the last of them); returns the number of shards the input has
         (with `only`, shards read).
 
-        With `process_many`, consecutive shards to do are handed over together until they
-        hold `rows_per_call` rows (an engine's batch: shards of any size fill it); each
-        still becomes its own output shard.
+        With `process_many` (then `process` may be None), consecutive shards to do are
+        handed over together until they hold `rows_per_call` rows (an engine's batch:
+        shards of any size fill it); each still becomes its own output shard.
 
         With `prefetch` (the default; `ADAMLLM_PREFETCH=0` turns it off), the next shard is
         read in a thread while this one is processed, and finished shards are written by
@@ -507,7 +507,7 @@ class ShardedExecutor:
     def execute(
         self,
         source: ShardInput,
-        process: ProcessFn,
+        process: ProcessFn | None,
         *,
         progress: ProgressFn | None = None,
         role: Role = "all",
@@ -544,7 +544,7 @@ def run_stage(
     input_uri: str | list[str],
     outputs: dict[str, StageOutput],
     config: BaseModel | dict[str, Any],
-    process: ProcessFn,
+    process: ProcessFn | None,
     code: str,
     columns: list[str] | None = None,
     extra_inputs: list[str] = (),

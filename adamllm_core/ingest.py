@@ -225,11 +225,10 @@ def _quarantine_row(
 
 
 def _process_wanted(
-    item: tuple[RawRecord | None, bool], config: IngestConfig, source: str
+    record: RawRecord | None, config: IngestConfig, source: str
 ) -> list[Outcome] | None:
-    """A record's outcomes, or None for a record of a shard already done (not read)."""
-    record, wanted = item
-    return process_record(record, config, source) if wanted and record is not None else None
+    """A record's outcomes; None for None (a record of a shard already done: not read)."""
+    return None if record is None else process_record(record, config, source)
 
 
 def _open(source_uri: str, config: IngestConfig) -> tuple[Importer, ParentRef]:
@@ -280,7 +279,7 @@ def ingest(
             # a record of a shard already done goes to the workers as nothing to decode
             ordered_map(
                 process,
-                ((record if wanted else None, wanted) for record, wanted in to_workers),
+                (record if wanted else None for record, wanted in to_workers),
                 workers=config.workers,
             ),
             strict=True,

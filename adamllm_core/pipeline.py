@@ -180,7 +180,7 @@ def synthesize(
         input_uri=pairs_uri,
         outputs={"triplets": StageOutput(out, TRIPLETS)},
         config=_stage_config(config, engine),
-        process=lambda rows, shard: process_many([(rows, shard)])[0],
+        process=None,
         process_many=process_many,
         rows_per_call=config.engine.batch_size,
         code=PIPELINE_CODE,
@@ -271,7 +271,7 @@ def filter_triplets(
             "rejected": StageOutput(out_rejected, JUDGED),
         },
         config=_stage_config(config, engine),
-        process=lambda rows, shard: process_many([(rows, shard)])[0],
+        process=None,
         process_many=process_many,
         rows_per_call=config.engine.batch_size,
         code=PIPELINE_CODE,
@@ -473,8 +473,7 @@ def assemble(
             counted = counter(text, [(pair["width"], pair["height"])])
             if counted is not None:  # else the rule fails for this size: the pixels
                 return counted
-        image = Image.open(io.BytesIO(pixels())).convert("RGB")
-        return len(renderer.processor(text=[text], images=[image])["input_ids"][0])
+        return counter.on_pixels(text, Image.open(io.BytesIO(pixels())).convert("RGB"))
 
     def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
         output = ShardOutput(rows={name: [] for name in outs})

@@ -63,14 +63,22 @@ def _config_class(stage: str) -> Any:
     ]
 
 
-def _outputs_and_shards(stage: str, args: list[str], config: Any) -> tuple[list[str], list[int]]:
-    """The stage's output URIs (their leases are held by the driver) and the input rows of
-    each of its shards."""
+def _outputs(stage: str, args: list[str], config: Any) -> list[str]:
+    """The stage's output URIs (their leases are held by the driver)."""
     if stage == "evaluate":
-        from adamllm_core.evaluation.run import predictions_uri, shard_sizes
+        from adamllm_core.evaluation.run import predictions_uri
 
-        return [predictions_uri(config, args[0])], shard_sizes(config)
-    return args[1:], [shard.rows for shard in Dataset(args[0]).manifest.shards]
+        return [predictions_uri(config, args[0])]
+    return args[1:]
+
+
+def _shard_sizes(stage: str, args: list[str], config: Any) -> list[int]:
+    """The input rows of each of the stage's shards (a benchmark: one pass over its text)."""
+    if stage == "evaluate":
+        from adamllm_core.evaluation.run import shard_sizes
+
+        return shard_sizes(config)
+    return [shard.rows for shard in Dataset(args[0]).manifest.shards]
 
 
 def _pending(outputs: list[str], count: int) -> list[int]:
@@ -190,7 +198,7 @@ def run_on_pool(
         return _call(stage, args, config, progress=progress, **kwargs)
     # The workers write without leases: this process holds the outputs' leases for them
     # (the final call below, in this process, takes them over and releases them at commit).
-    outputs, sizes = _outputs_and_shards(stage, args, config)
+    outputs = _outputs(stage, args, config)
     leases = [WriterLease(normalise_uri(uri)) for uri in outputs]
     for lease in leases:
         lease.acquire()
@@ -200,6 +208,7 @@ def run_on_pool(
             for lease in leases:
                 lease.release()
             return _call(stage, args, config, **kwargs)  # its clean-up, if a commit left any
+        sizes = _shard_sizes(stage, args, config)
         pending = _pending(outputs, len(sizes))
         if pending:  # else only the commit was left (it was interrupted)
             _connect(engine)

@@ -73,14 +73,11 @@ def shard_cache(uri: str | None, index: int) -> RequestCache:
 
 
 class EngineStats:
+    """Requests found cached and computed, per cache (by its index in `run_cached`)."""
+
     def __init__(self) -> None:
-        self.cached = 0
-        self.computed = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        # per cache (a shard's) when one call serves several: requests found, computed
-        self.cached_by: Counter[int] = Counter()
-        self.computed_by: Counter[int] = Counter()
+        self.cached: Counter[int] = Counter()
+        self.computed: Counter[int] = Counter()
 
 
 def run_cached(
@@ -91,7 +88,6 @@ def run_cached(
     batch_size: int,
     owners: list[int] | None = None,
     stats: EngineStats | None = None,
-    on_batch: Callable[[int], None] | None = None,
 ) -> list[ChatResult]:
     """Results for `requests` in order: cached ones read back, the others computed in
     batches of `batch_size`, each batch cached as soon as it is done. Several caches (the
@@ -104,8 +100,7 @@ def run_cached(
     ]
     missing = [i for i, r in enumerate(results) if r is None]
     if stats:
-        stats.cached += len(requests) - len(missing)
-        stats.cached_by.update(o for o, r in zip(owners, results, strict=True) if r is not None)
+        stats.cached.update(o for o, r in zip(owners, results, strict=True) if r is not None)
     with WriteBehind(prefetch_default()) as writer:  # a batch is cached while the next runs
         for start in range(0, len(missing), batch_size):
             batch = missing[start : start + batch_size]
@@ -122,12 +117,7 @@ def run_cached(
             for i, result in zip(batch, computed, strict=True):
                 results[i] = result
             if stats:
-                stats.computed += len(batch)
-                stats.computed_by.update(owners[i] for i in batch)
-                stats.prompt_tokens += sum(r.prompt_tokens for r in computed)
-                stats.completion_tokens += sum(r.completion_tokens for r in computed)
-            if on_batch:
-                on_batch(len(batch))
+                stats.computed.update(owners[i] for i in batch)
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -176,7 +166,7 @@ def shards_on_engine(
     answered, start = [], 0
     for owner, (rows, _) in enumerate(group):
         counts = Counter(
-            requests_cached=stats.cached_by[owner], requests_computed=stats.computed_by[owner]
+            requests_cached=stats.cached[owner], requests_computed=stats.computed[owner]
         )
         answered.append((results[start : start + len(rows)], counts))
         start += len(rows)

@@ -113,14 +113,18 @@ class SizedTokenCounter:
         self._rule = getattr(processor, "_get_num_multimodal_tokens", None)
         self._per_size: dict[tuple[int, int], int | None] = {}
         self.available = None not in (self.tokenizer, self.placeholder, self._rule) and all(
-            self(probe_text, [size]) == self._on_pixels(probe_text, size)
+            self(probe_text, [size]) == self.on_pixels(probe_text, self._probe(size))
             for size in self.PROBE_SIZES
         )
 
-    def _on_pixels(self, text: str, size: tuple[int, int]) -> int:
+    @staticmethod
+    def _probe(size: tuple[int, int]) -> Any:
         from PIL import Image
 
-        image = Image.new("RGB", size, (128, 128, 128))
+        return Image.new("RGB", size, (128, 128, 128))
+
+    def on_pixels(self, text: str, image: Any) -> int:
+        """The count the slow way: the processor run on the text and the image."""
         return len(self.processor(text=[text], images=[image])["input_ids"][0])
 
     def placeholders(self, text: str) -> int:

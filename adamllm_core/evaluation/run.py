@@ -254,7 +254,7 @@ def evaluate(
         raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
     manifests = executor.execute(
         BatchInput(questions, config.rows_per_shard, total=config.limit, name=redact(config.data)),
-        lambda chunk, shard: process_many([(chunk, shard)])[0],
+        None,
         progress=progress,
         role=role,
         shards=shards,
