@@ -159,6 +159,7 @@ def stage_identity(
 
 
 TASKS_IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker process: busy, memory bounded
+PREFETCH_ENV = "ADAMLLM_PREFETCH"  # 0: no read-ahead or write-behind
 _process_pools: dict[tuple[int, tuple[tuple[str, str], ...]], ProcessPoolExecutor] = {}
 _pool_users: Counter[int] = Counter()  # runs using each pool (by id) now
 _process_pools_lock = threading.Lock()
@@ -171,7 +172,9 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     environments are shut down once no run uses them. Spawned, not forked: the caller may
     hold threads (Prefect's event loop) that a fork would copy. The caller releases it
     (`release_pool`) when done."""
-    key = (workers, tuple(sorted(forwarded_env().items())))
+    # Read-ahead is the driver's own business: toggling it must not restart the workers.
+    environment = {k: v for k, v in forwarded_env().items() if k != PREFETCH_ENV}
+    key = (workers, tuple(sorted(environment.items())))
     with _process_pools_lock:
         pool = _process_pools.get(key)
         if pool is not None and getattr(pool, "_broken", False):  # a worker died since
@@ -232,7 +235,7 @@ WRITES_IN_FLIGHT = 2  # processed shards waiting for the writer thread (memory b
 
 def prefetch_default() -> bool:
     """Read ahead and write behind unless ADAMLLM_PREFETCH=0 (the output is the same)."""
-    return os.environ.get("ADAMLLM_PREFETCH", "1") != "0"
+    return os.environ.get(PREFETCH_ENV, "1") != "0"
 
 
 def prefetched(items: Iterator[T], enabled: bool) -> Iterator[T]:

@@ -13,6 +13,8 @@ from adamllm_core.executor import (
     ShardedExecutor,
     ShardOutput,
     StageOutput,
+    process_pool,
+    release_pool,
 )
 from adamllm_core.schemas import QUARANTINE, QuarantineRow
 
@@ -207,3 +209,19 @@ def test_several_shards_in_one_call_each_become_their_own_shard(tmp_path: Path) 
     single = executor(tmp_path, inputs).execute(DatasetInput(inputs), Counting())
     assert groups == [[0, 1, 2], [3, 4]]
     assert [m.shards for m in grouped.values()] == [m.shards for m in single.values()]
+
+
+def test_worker_processes_outlive_a_prefetch_toggle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-ahead is the driver's setting: flipping it keeps the started workers, while a
+    storage variable (which workers read) gets workers started with the new value."""
+    monkeypatch.setenv("ADAMLLM_PREFETCH", "1")
+    first = process_pool(2)
+    release_pool(first)
+    monkeypatch.setenv("ADAMLLM_PREFETCH", "0")
+    again = process_pool(2)
+    release_pool(again)
+    assert again is first
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    other = process_pool(2)
+    release_pool(other)
+    assert other is not first
