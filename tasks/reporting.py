@@ -113,16 +113,19 @@ def pool_reporter(min_interval: float = 5.0) -> Callable[[Any], None]:
 
 
 @contextmanager
-def stage_progress(stage: str, min_interval: float = 1.0) -> Iterator[Any]:
-    """A progress callback (done, total) feeding a Prefect progress artifact and a tqdm bar."""
+def stage_progress(stage: str, min_interval: float = 1.0, unit: str = "rec") -> Iterator[Any]:
+    """A progress callback (done, total[, figures]) feeding a Prefect progress artifact and a
+    tqdm bar (on a terminal only), the figures (e.g. loss) beside the bar."""
     artifact_id = create_progress_artifact(progress=0.0, description=f"{stage} progress")
-    bar = tqdm(desc=stage, unit="rec", disable=None)
+    bar = tqdm(desc=stage, unit=unit, disable=None)
     last_update = 0.0
 
-    def report(done: int, total: int) -> None:
+    def report(done: int, total: int, figures: dict[str, Any] | None = None) -> None:
         nonlocal last_update
         bar.total = total
         bar.n = done
+        if figures:
+            bar.set_postfix(figures, refresh=False)
         bar.refresh()
         now = time.monotonic()
         if done >= total or now - last_update >= min_interval:

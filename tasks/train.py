@@ -8,7 +8,7 @@ from adamllm_core.dataset import DatasetRef
 from adamllm_core.training.seed import SeedConfig, build_seed
 from adamllm_core.training.trainer import finished_run, load_train_config, train_identity, train_to
 from tasks.caching import OutputDatasetPolicy
-from tasks.reporting import publish_stats
+from tasks.reporting import publish_stats, stage_progress
 
 
 @task(name="build-seed", persist_result=True)
@@ -39,4 +39,12 @@ def build_seed_data(
 )
 def train_model(config: dict[str, Any], data: str, out: str) -> dict[str, Any]:
     """Train (or tune the synthesizer) on a dataset; resumes from the output's last checkpoint."""
-    return train_to(load_train_config(config), data, out)
+    with stage_progress("train", unit="step") as report:
+
+        def progress(step: int, total: int, row: dict[str, Any]) -> None:
+            figures = {"loss": f"{row['loss']:.4f}"}
+            if row.get("tokens_per_s"):
+                figures["tokens/s"] = f"{row['tokens_per_s']:,.0f}"
+            report(step, total, figures)
+
+        return train_to(load_train_config(config), data, out, progress=progress)

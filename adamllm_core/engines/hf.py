@@ -24,6 +24,7 @@ from adamllm_core.engines.base import (
     truncate_at_stop,
 )
 from adamllm_core.hashing import file_sha256, sha256_hex
+from adamllm_core.models import quiet_transformers
 from adamllm_core.storage import listing_fingerprint
 
 # Written beside a model by its trainer; they do not change what the model computes.
@@ -338,6 +339,7 @@ class TransformersEngine(HFEngine):
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             auto = AutoModelForImageTextToText if self.renderer.multimodal else AutoModelForCausalLM
             dtype = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
+            quiet_transformers()
             self._model = (
                 auto.from_pretrained(
                     self.model_name,

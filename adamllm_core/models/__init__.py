@@ -16,6 +16,14 @@ from adamllm_core.storage import filesystem, join, normalise_uri, protocol_of, r
 TINY_PREFIX = "tiny:"
 
 
+def quiet_transformers() -> None:
+    """No transformers progress bars (one per weight load and per checkpoint save: hundreds
+    of lines in a run's log); stages and training show their own progress."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def tiny_models_dir() -> Path:
     return Path(os.environ.get("ADAMLLM_TINY_MODELS", "~/.cache/adamllm/tiny-models")).expanduser()
 

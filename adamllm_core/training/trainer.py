@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,8 +21,9 @@ from adamllm_core.dataset import ROW_GROUP_SIZE, Dataset
 from adamllm_core.engines.base import ImageResolution
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.hashing import config_hash
-from adamllm_core.models import publish_model, resolve_model
+from adamllm_core.models import publish_model, quiet_transformers, resolve_model
 from adamllm_core.pipeline import CAPTION_PROMPTS
+from adamllm_core.storage import redact
 from adamllm_core.synthesis import synthesizer_system_prompt
 from adamllm_core.training.data import Plan, RejectLog, StreamedRecords, training_order
 from adamllm_core.training.encoding import (
@@ -33,6 +35,8 @@ from adamllm_core.training.encoding import (
 )
 
 VISION_PARAMETER_MARKERS = ("vision_tower", "visual", "vision_model")
+PROGRESS_LINES = 20  # printed per run when progress_every is unset
+ProgressCallback = Callable[[int, int, dict[str, Any]], None]
 
 
 class TrainConfig(BaseModel):
@@ -40,7 +44,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
+    model: str = Field(
+        description="hub id, local folder or published model URI to start from (tiny:vlm and"
+        " tiny:lm are built here)"
+    )
     task: Literal["synthesizer", "post_train", "completion"] = Field(
         default="post_train",
         description="seed → synthesizer; mixture → post_train; completions (text LM) → completion",
@@ -63,25 +70,49 @@ class TrainConfig(BaseModel):
         description="projector: the projector alone (LLaVA stage 1); vision: all but the"
         " language model (a random vision tower learning to feed a trained LLM)",
     )
-    learning_rate: float = Field(default=1e-5, gt=0)
+    learning_rate: float = Field(default=1e-5, gt=0, description="peak learning rate")
     vision_learning_rate: float | None = Field(
         default=None, gt=0, description="default: learning_rate"
     )
-    weight_decay: float = Field(default=0.1, ge=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
-    lr_scheduler: str = "cosine"
-    epochs: float = Field(default=1.0, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(
+        default=0.1, ge=0, le=1, description="share of the steps the learning rate warms up"
+    )
+    lr_scheduler: str = Field(
+        default="cosine", description="transformers scheduler name (cosine, linear, constant)"
+    )
+    epochs: float = Field(default=1.0, gt=0, description="passes over the data")
     max_steps: int = Field(default=-1, description="stop after this many steps (-1: epochs decide)")
-    global_batch_size: int = Field(default=128, gt=0)
-    per_device_batch_size: int = Field(default=1, gt=0)
-    max_seq_len: int = Field(default=6144, gt=0)
+    global_batch_size: int = Field(
+        default=128, gt=0, description="examples per optimizer step, over all devices"
+    )
+    per_device_batch_size: int = Field(
+        default=1,
+        gt=0,
+        description="examples per forward pass on one device (the rest: gradient accumulation)",
+    )
+    max_seq_len: int = Field(
+        default=6144, gt=0, description="longest example in tokens, image tokens included"
+    )
     group_by_length: bool = Field(default=True, description="batch similar lengths: less padding")
-    save_steps: int = Field(default=500, gt=0)
-    save_total_limit: int = Field(default=2, gt=0)
-    logging_steps: int = Field(default=1, gt=0)
-    seed: int = 0
-    bf16: bool = False
-    deepspeed: Literal["zero2", "zero3"] | None = None
+    save_steps: int = Field(
+        default=500, gt=0, description="checkpoint (and validate) every this many steps"
+    )
+    save_total_limit: int = Field(default=2, gt=0, description="checkpoints kept")
+    logging_steps: int = Field(
+        default=1, gt=0, description="a metrics.jsonl row every this many steps"
+    )
+    progress_every: int | None = Field(
+        default=None,
+        gt=0,
+        description="a progress line every this many steps (default: about 20 lines a run);"
+        " does not change what is trained",
+    )
+    seed: int = Field(default=0, description="seed of initialisation and data order")
+    bf16: bool = Field(default=False, description="bfloat16 mixed precision (GPU)")
+    deepspeed: Literal["zero2", "zero3"] | None = Field(
+        default=None, description="DeepSpeed ZeRO stage (none: plain data parallel)"
+    )
     image_resolution: ImageResolution = Field(
         default_factory=ImageResolution,
         description="pixel bounds for Qwen2-VL-family processors; the mixture's assemble"
@@ -98,6 +129,10 @@ class TrainConfig(BaseModel):
         description="processes per rank that read and encode records ahead of the model"
         " (0: the training process itself)",
     )
+
+    def trained_settings(self) -> dict[str, Any]:
+        """The settings that decide what is trained (how often progress is printed does not)."""
+        return self.model_dump(mode="json", exclude={"progress_every"})
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -414,7 +449,7 @@ def train_identity(config: TrainConfig, data_uri: str) -> str:
         canonical_json(
             {
                 "data": Dataset(data_uri).manifest.fingerprint,
-                "config": config.model_dump(mode="json"),
+                "config": config.trained_settings(),
                 "code": code_version(__name__),
             }
         )
@@ -430,8 +465,14 @@ def finished_run(out_uri: str) -> dict[str, Any] | None:
     return json.loads(fs.cat_file(summary)) if fs.exists(summary) else None
 
 
-def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]:
-    """Train into `out_uri` (local or object storage); a finished identical run is returned as is.
+def train_to(
+    config: TrainConfig,
+    data_uri: str,
+    out_uri: str,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Train into `out_uri` (local or object storage); a finished identical run is returned as
+    is. `progress`: see `train`.
 
     Object storage: the run trains in a local staging folder, which is synced to the URI
     after every checkpoint and at the end, and restored from it to resume.
@@ -444,7 +485,7 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
         return done
     out_uri = normalise_uri(out_uri)
     if protocol_of(out_uri) == "file":
-        return train(config, data_uri, out_uri, identity=identity)
+        return train(config, data_uri, out_uri, identity=identity, progress=progress)
     fs, remote = filesystem(out_uri)
     staging = (
         Path(os.environ.get("ADAMLLM_TRAIN_STAGING", "~/.cache/adamllm/train")).expanduser()
@@ -498,7 +539,9 @@ def train_to(config: TrainConfig, data_uri: str, out_uri: str) -> dict[str, Any]
                 if path.rstrip("/").rsplit("/", 1)[-1] not in kept:
                     fs.rm(path, recursive=True)
 
-    summary = train(config, data_uri, str(staging), identity=identity, sync=BucketSync())
+    summary = train(
+        config, data_uri, str(staging), identity=identity, sync=BucketSync(), progress=progress
+    )
     summary["final"] = f"{out_uri}/final"  # not this node's staging folder
     if int(os.environ.get("RANK", "0")) != 0:
         return summary  # rank 0 alone holds the whole final model and publishes the run
@@ -566,11 +609,14 @@ def train(
     *,
     identity: str | None = None,
     sync: Any = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Train and save to `out_dir` (a local folder); resumes from its last checkpoint.
 
     `sync`: after each checkpoint every node's local rank 0 calls `sync.upload(checkpoint)`
-    (its own ranks' files), then, once all have, rank 0 `sync.complete(checkpoint)`."""
+    (its own ranks' files), then, once all have, rank 0 `sync.complete(checkpoint)`.
+    `progress(step, max_steps, figures)`: on rank 0 after each logged step, with the loss,
+    tokens/s and seconds left; a line is printed every `config.progress_every` steps."""
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -632,6 +678,7 @@ def train(
         else model_path
     )
     auto = AutoModelForImageTextToText if renderer.multimodal else AutoModelForCausalLM
+    quiet_transformers()
     # safetensors only: a pickled .bin checkpoint could run code when loaded
     model = auto.from_pretrained(
         start, dtype=torch.bfloat16 if config.bf16 else torch.float32, use_safetensors=True
@@ -693,7 +740,13 @@ def train(
             }
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-            print(progress_line(row, state.max_steps, *self.began, now), flush=True)
+            step, total = state.global_step, state.max_steps
+            left = seconds_left(step, total, *self.began, now)
+            if progress is not None:
+                progress(step, total, {**row, "seconds_left": left})
+            every = config.progress_every or max(1, round(total / PROGRESS_LINES))
+            if step % every == 0 or step == total or step == self.began[1] + 1:
+                print(progress_line(row, total, left), flush=True)
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             totals = run_counts(args.device)
@@ -812,7 +865,7 @@ def train(
         "padding_fraction": round(1 - totals["tokens"] / max(1, totals["slots"]), 4),
         "world_size": world,
         "dataloader_workers": config.dataloader_workers,
-        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+        "gradient_checkpointing": bool(getattr(model, "is_activation_checkpointing", False)),
         "resumed_from": checkpoints[-1].name if checkpoints else None,
         "final": str(final),
         "trained_tokens": totals["trained"],
@@ -821,6 +874,11 @@ def train(
             len(plan.order) / (config.per_device_batch_size * accumulation * world)
         ),
         "identity": identity or train_identity(config, data_uri),
+        # what it was trained on and with (for `adamllm lineage`)
+        "data": redact(data_uri),
+        "data_fingerprint": Dataset(data_uri).manifest.fingerprint,
+        "config_hash": config_hash(config.trained_settings()),
+        "model": config.model,
         "seconds": round(result.metrics.get("train_runtime", 0.0), 1),
         "samples_per_s": round(result.metrics.get("train_samples_per_second", 0.0), 1),
     }
@@ -843,18 +901,24 @@ def _end_process_group() -> None:
         dist.destroy_process_group()
 
 
-def progress_line(
-    row: dict[str, Any], max_steps: int, began: float, began_step: int, now: float
-) -> str:
+def seconds_left(
+    step: int, max_steps: int, began: float, began_step: int, now: float
+) -> float | None:
+    """At the pace since `began` (at `began_step`: a resume counts from there)."""
+    done = step - began_step
+    if done <= 0 or max_steps <= step:
+        return None
+    return (now - began) / done * (max_steps - step)
+
+
+def progress_line(row: dict[str, Any], max_steps: int, left: float | None) -> str:
     """`step 250/2500 (10%) · loss 0.4477 · 7,302 tokens/s · about 22 min left`."""
     step = row["step"]
     parts = [f"step {step}/{max_steps} ({100 * step // max(1, max_steps)}%)"]
     parts.append(f"loss {row['loss']:.4f}")
     if row.get("tokens_per_s"):
         parts.append(f"{row['tokens_per_s']:,.0f} tokens/s")
-    done = step - began_step
-    if done > 0 and max_steps > step:
-        left = (now - began) / done * (max_steps - step)
+    if left is not None:
         parts.append(
             f"about {left / 60:.0f} min left" if left >= 60 else f"about {left:.0f} s left"
         )
