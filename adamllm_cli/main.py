@@ -8,17 +8,27 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.tree import Tree
 
-from adamllm_core.config import load_domain_config, read_settings_file, validation_problems
+from adamllm_core.browse import build_site
+from adamllm_core.config import (
+    load_domain_config,
+    read_settings_file,
+    set_dotted,
+    validation_problems,
+)
 from adamllm_core.dataset import DatasetError
 from adamllm_core.errors import ConfigError
 from adamllm_core.importers import open_source
 from adamllm_core.ingest import IngestConfig
 from adamllm_core.inspection import summarise, work_status
+from adamllm_core.lineage import Lineage, LineageNode
+from adamllm_core.lineage import lineage as trace_lineage
+from adamllm_core.status import DatasetStatus, Progress, RunStatus, run_status
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
@@ -42,13 +52,6 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _set(target: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        target = target.setdefault(key, {})
-    target[leaf] = value
-
-
 def build_ingest_config(config_file: Path | None, overrides: dict[str, Any]) -> IngestConfig:
     data: dict[str, Any] = {}
     if config_file is not None:
@@ -58,7 +61,7 @@ def build_ingest_config(config_file: Path | None, overrides: dict[str, Any]) -> 
         data = loaded.get("ingest", loaded)
     for dotted, value in overrides.items():
         if value is not None:
-            _set(data, dotted, value)
+            set_dotted(data, dotted, value)
     return IngestConfig.model_validate(data)
 
 
@@ -676,6 +679,344 @@ def _render_rows(title: str, rows: list[dict[str, Any]]) -> None:
         for key, value in row.items():
             table.add_row(key, "" if value is None else str(value))
         console.print(table)
+
+
+@app.command()
+def browse(
+    uri: Annotated[
+        str, typer.Argument(help="dataset URI, or a run folder holding datasets; local or s3://")
+    ],
+    out: Annotated[str, typer.Option(help="folder or s3:// URI to write the site to")],
+    rows_per_page: Annotated[int, typer.Option(help="rows on one page")] = 200,
+    thumbnail_px: Annotated[int, typer.Option(help="long side of thumbnails, pixels")] = 160,
+    max_rows: Annotated[
+        int | None, typer.Option(help="only the first rows of each dataset (default: all)")
+    ] = None,
+) -> None:
+    """Write a static HTML site of a dataset (or a run's datasets): rows with thumbnails,
+    filters, sorting by score, quarantine reasons. Opens from disk or object storage."""
+    try:
+        summary = build_site(
+            uri, out, rows_per_page=rows_per_page, thumbnail_px=thumbnail_px, max_rows=max_rows
+        )
+    except (DatasetError, ConfigError, OSError) as error:
+        fail(str(error))
+    table = Table(title=f"site of {escape(summary.uri)}", title_justify="left")
+    table.add_column("dataset", no_wrap=True)
+    table.add_column("schema")
+    for column in ("rows", "pages", "quarantined"):
+        table.add_column(column, justify="right")
+    for site in summary.datasets or [summary]:
+        quarantine = site.quarantine
+        table.add_row(
+            escape(site.uri.rstrip("/").rsplit("/", 1)[-1]),
+            site.schema_name or "",
+            f"{site.rows:,}"
+            + (f" of {site.dataset_rows:,}" if site.rows < site.dataset_rows else ""),
+            str(site.pages),
+            f"{quarantine.rows:,} ({quarantine.pages} pages)" if quarantine else "0",
+        )
+    console.print(table)
+    for name, why in summary.skipped.items():
+        console.print(f"[yellow]no site[/] for {escape(name)}: {escape(why)}", highlight=False)
+    console.print(
+        f"thumbnails: {summary.thumbnails_written:,} written, {summary.thumbnails_reused:,} reused"
+        + (f", {summary.thumbnails_failed:,} undecodable" if summary.thumbnails_failed else ""),
+        highlight=False,
+    )
+    console.print(f"open: {summary.index}", highlight=False, soft_wrap=True)
+
+
+def _print_json(model: BaseModel) -> None:
+    json.dump(model.model_dump(mode="json"), sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# --- lineage and run status ----------------------------------------------------------------
+
+
+@app.command()
+def lineage(
+    row_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID",
+            help="row id: a prediction (or its qid), a mixture record, a judged row, a triplet, a pair",
+        ),
+    ],
+    from_uri: Annotated[
+        str,
+        typer.Option(
+            "--from", help="the dataset holding the row, or a run folder to search for it"
+        ),
+    ],
+    back: Annotated[bool, typer.Option("--back/--no-back", help="walk back to the source")] = True,
+    forward: Annotated[
+        bool,
+        typer.Option("--forward/--no-forward", help="list the rows made from it"),
+    ] = True,
+    run: Annotated[
+        str | None,
+        typer.Option(help="folder searched for rows made from it (default: the dataset's folder)"),
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option(help="write the image bytes the walk ends at to this file")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the lineage as JSON")] = False,
+) -> None:
+    """Walk a row back to its pair, source image and caption (or benchmark question and
+    model), with what made each step; and forward to the rows made from it. Exits 1 when a
+    check fails (a parent changed since, an image or caption that is not the source's)."""
+    try:
+        found = trace_lineage(row_id, from_uri, back=back, forward_from=forward, run=run)
+    except (DatasetError, OSError, ValueError) as error:
+        fail(str(error))
+    if image is not None and found.origins:
+        image.write_bytes(found.origins[0].image or b"")
+    if as_json:
+        _print_json(found)
+    else:
+        render_lineage(found)
+        if image is not None:
+            console.print(
+                f"image written to {image}" if found.origins else "no image: the walk ends at none",
+                highlight=False,
+            )
+    if found.problems:
+        raise typer.Exit(1)
+
+
+def _cut(value: Any, width: int = 110) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "role" in value[0]:
+        value = " | ".join(f"{m['role']}: {m['content']}" for m in value)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _mark(ok: bool | None) -> str:
+    return {True: "[green]✓[/]", False: "[bold red]✗[/]", None: "[yellow]?[/]"}[ok]
+
+
+def render_lineage(found: Lineage) -> None:
+    nodes = found.nodes
+
+    # shown elsewhere: ids in the tree, image hash and source in the origin below
+    hidden = {"pair_id", "triplet_id", "image_sha256", "domain", "source", "source_ref"}
+
+    def label(node: LineageNode) -> str:
+        head = f"[bold]\\[{node.index}] {escape(node.what)}[/] {escape(str(node.id or ''))}"
+        via = f" (via {node.via})" if node.via else ""
+        lines = [f"{head}{via}  [dim]{escape(node.uri)}[/]"]
+        for key, value in node.fields.items():
+            if value is None or key in hidden or value == node.uri or value == node.id:
+                continue
+            if isinstance(value, float):
+                value = round(value, 4)
+            lines.append(f"  {escape(key)}: {escape(_cut(value))}")
+        if node.made_by:
+            made = node.made_by
+            models = "".join(f" · {k} {v}" for k, v in made.models.items())
+            text = (
+                f"made by {made.stage} · config {made.config_hash} · code "
+                f"{made.code_version} · identity {made.identity}{models}"
+            )
+            lines.append(f"  [dim]{escape(text)}[/]")
+        passed = [c.name for c in node.checks if c.ok]
+        if passed:
+            lines.append(f"  {_mark(True)} " + escape(", ".join(passed)))
+        for check in node.checks:
+            if not check.ok:
+                lines.append(f"  {_mark(check.ok)} {escape(check.name)}: {escape(check.detail)}")
+        return "\n".join(lines)
+
+    shown: set[int] = set()
+
+    def add(tree: Tree, index: int) -> None:
+        if index in shown:
+            tree.add(f"[dim]→ \\[{index}] (above)[/]")
+            return
+        shown.add(index)
+        branch = tree.add(label(nodes[index]))
+        for parent in nodes[index].parents:
+            add(branch, parent)
+
+    title = f"lineage of {escape(found.id)} ({found.schema_name} in {escape(found.dataset)})"
+    tree = Tree(f"[bold]{title}[/]", guide_style="dim")
+    if nodes:
+        add(tree, 0)
+    console.print(tree, highlight=False)
+    if found.also_in:
+        console.print(f"[dim]also in: {escape(', '.join(found.also_in))}[/]", highlight=False)
+    for origin in found.origins:
+        what = f"{origin.kind} {origin.source}"
+        place = f" {origin.image_uri}" if origin.image_uri else ""
+        facts = [f"image{place}: {origin.image_bytes:,} bytes, sha256 {origin.image_sha256}"]
+        if origin.caption is not None:
+            facts.append(f"caption: {_cut(origin.caption)}")
+        if origin.question is not None:
+            facts.append(f"question: {_cut(origin.question)} · answer: {_cut(origin.answer)}")
+        console.print(
+            f"{_mark(origin.verified)} [bold]origin[/] {escape(what)}\n  "
+            + "\n  ".join(escape(f) for f in facts),
+            highlight=False,
+        )
+    if found.forward is not None:
+        if not found.forward:
+            console.print(f"forward: nothing under {escape(found.searched or '')} made from it")
+        else:
+            console.print(f"[bold]made from it[/] (under {escape(found.searched or '')}):")
+        keys = ("label", "variant", "kind", "reason", "instruction")
+        for group in found.forward:
+            name = group.uri.removeprefix((found.searched or "") + "/")
+            rows = "; ".join(
+                " ".join(
+                    [str(row.get("id", ""))[:12]]
+                    + [_cut(row[k], 40) for k in keys if row.get(k) is not None]
+                )
+                for row in group.rows[:3]
+            )
+            more = f"; {group.matched - 3} more" if group.matched > 3 else ""
+            kind = " quarantined" if group.quarantine else ""
+            plural = "s" if group.matched != 1 else ""
+            console.print(
+                f"  {escape(name)} ({group.stage}){kind}: {group.matched} row{plural}: "
+                f"{escape(rows)}{more}",
+                highlight=False,
+            )
+    if found.problems:
+        console.print("[bold red]problems:[/]", highlight=False)
+        for problem in found.problems:
+            console.print(f"  ✗ {escape(problem)}", highlight=False)
+    else:
+        console.print("[green]no problems: every check passed[/]", highlight=False)
+
+
+@app.command()
+def status(
+    out: Annotated[str, typer.Argument(help="a run folder (OUT or OUT/<domain>), local or s3://")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
+) -> None:
+    """Each stage's dataset under a run folder: rows, quarantine by reason, finished or not,
+    and for an interrupted one the shards and rows done and how many are left."""
+    try:
+        found = run_status(out)
+    except (DatasetError, OSError) as error:
+        fail(str(error))
+    if as_json:
+        _print_json(found)
+        return
+    render_status(found)
+
+
+def _state(entry: DatasetStatus) -> str:
+    """One short word or two: finished, unfinished, trained, training, exported."""
+    if entry.kind == "training":
+        d = entry.detail
+        if not entry.finished:
+            return f"[yellow]training[/] (step {d.get('last_logged_step')})"
+        return "[green]trained[/]"
+    if entry.kind == "export":
+        return "[green]exported[/]" if entry.finished else "[yellow]unfinished[/]"
+    if entry.problem:
+        return "[red]unreadable[/]"
+    state = "[green]finished[/]" if entry.finished else "[yellow]unfinished[/]"
+    if entry.progress is not None and entry.finished:
+        state += ", [yellow]replacing[/]"
+    if entry.changed_parents:
+        state += ", [red]stale[/]"
+    return state
+
+
+def _progress_text(progress: Progress) -> str:
+    text = f"{progress.stage}: {progress.shards_done} shards, {progress.rows_done} rows done"
+    if progress.quarantined_done:
+        text += f" ({progress.quarantined_done} quarantined)"
+    if progress.input_rows is not None:
+        text += (
+            f"; left: {progress.shards_left} of {progress.input_shards} shards, "
+            f"{progress.inputs_left} of {progress.input_rows} input rows ({progress.input_uri})"
+        )
+    else:
+        text += "; input size unknown"
+    if progress.writing_now:
+        text += (
+            f"; being written now by {progress.writing_now.get('host')} "
+            f"pid {progress.writing_now.get('pid')}"
+        )
+    else:
+        text += "; no writer now: re-run the stage to resume"
+    return text
+
+
+def render_status(found: RunStatus) -> None:
+    """A table per folder holding datasets (OUT/<domain>, OUT/<name>/<benchmark>), then
+    quarantine reasons, unfinished work and stale parents, a line each."""
+    from rich import box
+
+    groups: dict[str, list[DatasetStatus]] = {}
+    for entry in found.entries:
+        folder, _, _ = entry.name.rpartition("/")
+        groups.setdefault(folder, []).append(entry)
+    for folder, entries in groups.items():
+        table = Table(
+            title=escape(f"{found.root}/{folder}" if folder else found.root),
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        widest = max(len(entry.name.rpartition("/")[2]) for entry in entries)
+        table.add_column("dataset", min_width=min(widest, 24), overflow="fold")
+        table.add_column("schema", no_wrap=True)
+        table.add_column("stage", no_wrap=True)
+        table.add_column("rows", justify="right", no_wrap=True)
+        table.add_column("quar.", justify="right", no_wrap=True)
+        table.add_column("state", overflow="fold")
+        for entry in entries:
+            table.add_row(
+                escape(entry.name.rpartition("/")[2]),
+                entry.schema_name or ("" if entry.kind == "dataset" else entry.kind),
+                entry.stage or "",
+                "" if entry.rows is None else f"{entry.rows:,}",
+                f"{entry.quarantined:,}" if entry.quarantined else "",
+                _state(entry),
+            )
+        console.print(table, highlight=False)
+    if not found.entries:
+        console.print(f"no dataset under {escape(found.root)}", highlight=False)
+    for entry in found.entries:
+        for note in _status_notes(entry):
+            console.print(f"  {escape(entry.name)}: {note}", highlight=False, soft_wrap=True)
+
+
+def _status_notes(entry: DatasetStatus) -> list[str]:
+    """What the table has no room for: training figures, quarantine reasons, progress,
+    parents changed since (rich markup, data escaped)."""
+    notes = []
+    if entry.problem:
+        notes.append(f"[red]cannot be read[/]: {escape(entry.problem)}")
+    if entry.kind == "training" and entry.finished:
+        d = entry.detail
+        loss = d.get("train_loss")
+        notes.append(
+            f"{d.get('steps')} steps, {d.get('examples')} examples"
+            + (f", loss {loss:.3f}" if isinstance(loss, float) else "")
+        )
+    if entry.quarantine_reasons:
+        reasons = ", ".join(f"{k} {v}" for k, v in entry.quarantine_reasons.items())
+        notes.append(f"quarantined {escape(reasons)}")
+    if entry.progress is not None:
+        what = "replacement" if entry.progress.replacing else "unfinished"
+        notes.append(f"[yellow]{what}[/] {escape(_progress_text(entry.progress))}")
+    elif not entry.finished and entry.kind == "dataset" and not entry.problem:
+        notes.append("[yellow]unfinished[/], no shard done yet")
+    for parent in entry.changed_parents:
+        now = parent.current or "unreadable"
+        notes.append(
+            f"[red]parent changed since[/] {escape(parent.uri)} "
+            f"(recorded {parent.recorded}, now {now})"
+        )
+    return notes
 
 
 if __name__ == "__main__":

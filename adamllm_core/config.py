@@ -86,6 +86,12 @@ class DomainConfig(BaseModel):
         " the one tune_synthesizer builds",
     )
     post_train: PostTrain | None = None
+    browse_rows: int | None = Field(
+        default=1000,
+        ge=0,
+        description="rows of each dataset in the run's HTML data browser (OUT/<domain>/_browse,"
+        " linked from the run's artifacts); 0: no browser; null: every row",
+    )
 
     @model_validator(mode="after")
     def _ingest_is_valid(self) -> "DomainConfig":
@@ -116,8 +122,12 @@ class DomainConfig(BaseModel):
     def ingest_config(self) -> IngestConfig:
         return IngestConfig.model_validate({**self.ingest, "domain": self.domain})
 
+    def root(self) -> str:
+        """The domain's run folder: OUT/<domain>."""
+        return join(normalise_uri(self.out), self.domain)
+
     def uri(self, stage: str) -> str:
-        return join(normalise_uri(self.out), self.domain, stage)
+        return join(self.root(), stage)
 
     def general_seed_uri(self) -> str | None:
         if self.general_seed:
@@ -155,10 +165,23 @@ def validation_problems(error: ValidationError, separator: str = "; ") -> str:
     )
 
 
+def set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """`target[a][b][c] = value` for `a.b.c`, making the mappings on the way."""
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        if not isinstance(target.get(key), dict):
+            target[key] = {}
+        target = target[key]
+    target[leaf] = value
+
+
 def load_domain_config(path: str | Path, overrides: dict[str, Any] | None = None) -> DomainConfig:
-    """Read and validate a domain config file; errors name the file and the key."""
+    """Read and validate a domain config file, with `overrides` (dotted keys, e.g.
+    `synthesize.engine.model`; None: keep the file's); errors name the file and the key."""
     data = read_settings_file(path)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(data, dotted, value)
     try:
         return DomainConfig.model_validate(data)
     except ValidationError as error:

@@ -193,14 +193,18 @@ class DatasetRef(BaseModel):
         )
 
 
+def manifest_identity(manifest: Manifest) -> str:
+    """The identity a finished dataset's manifest records it was made with."""
+    schema = get_schema(manifest.record_schema.name)
+    return identity_hash(schema, manifest.parents, manifest.config_hash, manifest.code_version)
+
+
 def existing_identity(uri: str) -> str | None:
     """The identity of the finished dataset at `uri`, or None when there is none."""
     try:
-        manifest = read_manifest(uri)
+        return manifest_identity(read_manifest(uri))
     except DatasetError:
         return None
-    schema = get_schema(manifest.record_schema.name)
-    return identity_hash(schema, manifest.parents, manifest.config_hash, manifest.code_version)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -240,7 +244,10 @@ class Dataset:
     def __init__(self, uri: str):
         self.uri = normalise_uri(uri)
         self.manifest = read_manifest(self.uri)
-        self.schema = get_schema(self.manifest.record_schema.name)
+        try:
+            self.schema = get_schema(self.manifest.record_schema.name)
+        except KeyError as error:  # written by a newer version of this code
+            raise DatasetError(f"{redact(self.uri)}: {error.args[0]}") from None
         self._fs, self._path = filesystem(self.uri)
 
     def __len__(self) -> int:
@@ -258,9 +265,14 @@ class Dataset:
         self, columns: list[str] | None = None, batch_size: int = ROW_GROUP_SIZE
     ) -> Iterator[pa.RecordBatch]:
         for index in range(len(self.manifest.shards)):
-            with self.open_shard(index) as handle:
-                parquet = pq.ParquetFile(handle)
-                yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+            yield from self.shard_batches(index, columns, batch_size)
+
+    def shard_batches(
+        self, index: int, columns: list[str] | None = None, batch_size: int = ROW_GROUP_SIZE
+    ) -> Iterator[pa.RecordBatch]:
+        """Shard `index`'s rows, `batch_size` at a time."""
+        with self.open_shard(index) as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
 
     def read_shard(self, index: int, columns: list[str] | None = None) -> list[dict[str, Any]]:
         with self.open_shard(index) as handle:

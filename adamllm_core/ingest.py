@@ -45,9 +45,17 @@ class IngestConfig(BaseModel):
     domain: str = Field(
         pattern=r"^[a-z0-9][a-z0-9_-]*$", description="e.g. biomed, food, remote-sensing"
     )
-    source: SourceOptions = Field(default_factory=SourceOptions)
-    image: ImagePolicy = Field(default_factory=ImagePolicy)
-    caption: CaptionPolicy = Field(default_factory=CaptionPolicy)
+    source: SourceOptions = Field(
+        default_factory=SourceOptions,
+        title="Source",
+        description="how the source is read: format, image and caption fields",
+    )
+    image: ImagePolicy = Field(
+        default_factory=ImagePolicy, title="Image", description="what an image must be to enter"
+    )
+    caption: CaptionPolicy = Field(
+        default_factory=CaptionPolicy, title="Caption", description="how captions are cleaned"
+    )
     rows_per_shard: int = Field(default=256, gt=0, description="input records per Parquet shard")
     workers: int = Field(
         default=1, ge=1, description="decoding processes; does not change the output"

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from adamllm_core.dataset import Dataset, DatasetNotFinishedError, read_work_area
+from adamllm_core.dataset import Dataset, DatasetNotFinishedError, WorkArea, read_work_area
 from adamllm_core.storage import redact
 
 MAX_TEXT = 160
@@ -68,8 +68,11 @@ def summarise(uri: str, sample_rows: int = 3) -> DatasetSummary:
 def work_status(uri: str) -> WorkStatus | None:
     """Progress of an interrupted writer at `uri`, or None when there is no work area."""
     area = read_work_area(uri)
-    if area is None:
-        return None
+    return None if area is None else work_area_status(area)
+
+
+def work_area_status(area: WorkArea) -> WorkStatus:
+    """What an interrupted (or running) writer's work area holds."""
     return WorkStatus(
         uri=area.uri,
         stage=area.stage,
@@ -80,4 +83,11 @@ def work_status(uri: str) -> WorkStatus | None:
     )
 
 
-__all__ = ["DatasetNotFinishedError", "DatasetSummary", "WorkStatus", "summarise", "work_status"]
+__all__ = [
+    "DatasetNotFinishedError",
+    "DatasetSummary",
+    "WorkStatus",
+    "summarise",
+    "work_area_status",
+    "work_status",
+]

@@ -1,6 +1,7 @@
 """Object storage through fsspec: local paths and any fsspec URI, s3:// first-class."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -107,6 +108,15 @@ def move(fs: AbstractFileSystem, src: str, dst: str) -> None:
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     return fs.cat_file(path)
+
+
+def read_json_object(uri: str) -> dict[str, Any] | None:
+    """The JSON object in the file at `uri`; None when the file is absent or holds none."""
+    try:
+        value = json.loads(read_bytes(uri))
+    except (FileNotFoundError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def listing_fingerprint(

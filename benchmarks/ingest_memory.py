@@ -7,17 +7,14 @@ generated images, at two sizes, ingests each in a fresh process and prints each 
 peak RSS and the ratio large / small (bounded memory: at most 1.15x for 10x the records).
 """
 
-import argparse
 import io
 import json
 import random
-import resource
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from PIL import Image
+from scale import peak_mb, peak_ratio_main, run_child  # benchmarks/scale.py
 
 IMAGES = 64
 CAPTION_BYTES = 2048
@@ -68,8 +65,7 @@ def ingest_in_process(source: str, out: str) -> None:
     from adamllm_core.ingest import IngestConfig, ingest
 
     manifest = ingest(source, out, IngestConfig(domain="bench"))
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"rows": manifest.rows, "peak_mb": round(peak_kb / 1024, 1)}))
+    print(json.dumps({"rows": manifest.rows, "peak_mb": peak_mb()}))
 
 
 def measure(records: int) -> dict:
@@ -77,40 +73,13 @@ def measure(records: int) -> dict:
         root = Path(tmp)
         write_source(root / "src", records)
         size = (root / "src" / "train.json").stat().st_size
-        result = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                str(root / "src" / "train.json"),
-                str(root / "out"),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        measured = json.loads(result.stdout.strip().splitlines()[-1])
-        return {"records": records, "file_mb": round(size / 1e6, 1), **measured}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--small", type=int, default=4000)
-    parser.add_argument("--large", type=int, default=40000)
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        ingest_in_process(*args.child)
-        return
-    small, large = measure(args.small), measure(args.large)
-    for row in (small, large):
-        print(
-            f"{row['records']:>7} records, annotation file {row['file_mb']} MB:"
-            f" {row['rows']} rows, peak RSS {row['peak_mb']} MB"
-        )
-    ratio = large["peak_mb"] / small["peak_mb"]
-    print(f"peak RSS {large['records']} / {small['records']} records: {ratio:.2f}x (goal <= 1.15x)")
+        measured = run_child(__file__, str(root / "src" / "train.json"), str(root / "out"))
+    line = f"{records:>7} records, annotation file {size / 1e6:.1f} MB: {measured['rows']} rows"
+    print(f"{line}, peak RSS {measured['peak_mb']} MB", flush=True)
+    return measured
 
 
 if __name__ == "__main__":
-    main()
+    peak_ratio_main(
+        __doc__, ingest_in_process, measure, small=4000, large=40000, unit="records", goal=1.15
+    )

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 STAGES = ("ingest", "synthesize", "filter", "assemble")
@@ -148,8 +149,44 @@ def run_stage(stage: str, work: str) -> dict:
         "rows_in": manifest.stats.rows_in,
         "rows_out": manifest.rows,
         "seconds": round(seconds, 1),
-        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_mb": peak_mb(),
     }
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def peak_ratio_main(
+    description: str,
+    child: Callable[..., None],
+    measure: Callable[[int], dict],
+    *,
+    small: int,
+    large: int,
+    unit: str,
+    goal: float,
+) -> None:
+    """The command line of a peak-RSS benchmark at two sizes: `--child ARGS` is the fresh
+    process `run_child` starts (it runs `child(*ARGS)`); else `measure` at each size, then
+    the ratio of the two peak RSS (`peak_mb` in what it returns) against `goal`."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--small", type=int, default=small)
+    parser.add_argument("--large", type=int, default=large)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    at_small, at_large = measure(args.small), measure(args.large)
+    ratio = at_large["peak_mb"] / at_small["peak_mb"]
+    print(
+        f"peak RSS {args.large} / {args.small} {unit}: {at_large['peak_mb']} / "
+        f"{at_small['peak_mb']} MB = {ratio:.2f}x (goal <= {goal}x)"
+    )
 
 
 def run_child(script: str, *args: str) -> dict:

@@ -54,12 +54,18 @@ def prove_flow(
 ) -> dict[str, Any]:
     """Run the proving ground for one world seed; writes OUT/report.{md,png,json}.
 
-    `mutations`: also post-train and score the method broken on purpose (`MUTATIONS`);
-    `check`: fail the run (after writing the report) when a required result does not hold;
-    `variants`: the post-training variants to run (default: all; `base` is always scored),
-    a left-out variant is None in the report and fails the checks that need it;
-    `models_pack`: take the set-up models from this pack (`adamllm prove-pack`) instead of
-    building them (refused when it was built for another recipe)."""
+    Args:
+        seed: world seed: the world, its models and every split follow it
+        out: output folder (report.md, report.png, report.json, the datasets)
+        scale: full; ci (reduced, minutes); smoke (a few steps per stage)
+        mutations: also post-train and score the method broken on purpose (filter
+            inverted, synthetic loss masked): each should lose the gain
+        check: fail the run (after writing the report) when a required result does not hold
+        variants: the post-training variants to run (default: all; base is always scored);
+            a left-out variant is None in the report and fails the checks that need it
+        models_pack: take the set-up models from this pack (`adamllm prove-pack`) instead
+            of building them (refused when it was built for another recipe)
+    """
     trained_variants = set(VARIANTS[1:] if variants is None else variants)
     if unknown := trained_variants - set(VARIANTS):
         raise ValueError(f"variants {sorted(unknown)}: not among {', '.join(VARIANTS)}")

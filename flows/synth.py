@@ -8,7 +8,17 @@ from prefect.deployments import run_deployment
 
 from adamllm_core.config import load_domain_config
 from adamllm_core.pipeline import GENERAL_OUTPUTS, VARIANT_OUTPUTS
+from adamllm_core.run_parameters import (
+    KEEP_BUDGET,
+    KEEP_ENGINE,
+    KEEP_SAMPLING,
+    Budget,
+    EngineChoice,
+    Sampling,
+    synth_overrides,
+)
 from adamllm_core.training.trainer import idempotency_key, stage1_train_config
+from tasks.browse import browse_outputs
 from tasks.ingest import ingest_pairs
 from tasks.synth import (
     assemble_mixtures,
@@ -21,14 +31,35 @@ from tasks.train import build_seed_data, train_model
 
 
 @flow(name="synth", log_prints=True)
-def synth_flow(config: str, source: str | None = None, out: str | None = None) -> dict[str, Any]:
-    """Run the AdaMLLM data pipeline for the domain config at `config` (a YAML path).
+def synth_flow(
+    config: str,
+    source: str | None = None,
+    out: str | None = None,
+    synthesizer: EngineChoice = KEEP_ENGINE,
+    judge: EngineChoice = KEEP_ENGINE,
+    sampling: Sampling = KEEP_SAMPLING,
+    budget: Budget = KEEP_BUDGET,
+) -> dict[str, Any]:
+    """Run the AdaMLLM data pipeline for a domain: ingest, synthesize, filter, assemble,
+    export, then post-train.
 
     Outputs land under OUT/<domain>/<stage>/. Stages whose inputs, settings and code are
     unchanged are served from their finished datasets; a refresh with new source data
     recomputes the changed stages, and the synthesizer only sees pairs it has not seen.
+
+    Args:
+        config: the domain's config file (YAML), e.g. deployments/food.yaml, relative to the
+            project folder the worker runs in
+        source: image-caption data to ingest instead of the config's (folder, annotation
+            file, ShareGPT JSON or Parquet; local or s3://)
+        out: output root instead of the config's (local folder or s3:// URI)
+        synthesizer: the synthesizer's engine and model instead of the config's
+        judge: the consistency filter's engine and model instead of the config's
+        sampling: how the synthesizer writes, instead of the config's
+        budget: post-training steps or epochs instead of the config's
     """
-    domain = load_domain_config(config, {"source": source, "out": out})
+    overrides = synth_overrides(source, out, synthesizer, judge, sampling, budget)
+    domain = load_domain_config(config, overrides)
     synth_config = domain.synthesize
     extra: dict[str, Any] = {}
     if domain.tune_synthesizer:  # paper 3.1.1: tune the synthesizer on seed data first
@@ -141,6 +172,8 @@ def synth_flow(config: str, source: str | None = None, out: str | None = None) -
                 extra["model"] = stage1
         else:
             extra["model"] = train_model(post.train, mixture.uri, domain.uri("model"))
+    if domain.browse_rows != 0:
+        extra["browse"] = browse_outputs(domain.root(), domain.uri("_browse"), domain.browse_rows)
     summary = {
         **extra,
         "pairs": pairs,
@@ -155,6 +188,8 @@ def synth_flow(config: str, source: str | None = None, out: str | None = None) -
             print(
                 f"{name:>24}: {value['records']} records, {value['images']} images → {value['uri']}"
             )
+        elif name == "browse":
+            continue  # printed by the task
         elif isinstance(value, dict):
             print(
                 f"{name:>24}: {json.dumps({k: v for k, v in value.items() if k in ('steps', 'train_loss', 'final', 'flow_run', 'state')})}"

@@ -194,3 +194,33 @@ def broken_corpus(tmp_path: Path) -> tuple[Path, dict[str, object]]:
     root = tmp_path / "broken"
     expected = write_broken_corpus(root)
     return root, expected
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags that keep Chromium off the network (its background connections are refused here)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Debian's headless Chromium driven by Playwright (no browser download). One per test:
+    while Playwright's sync API runs, this thread has a running event loop, and Prefect's
+    sync calls would return coroutines in any later test."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is absent: `apt-get install chromium` for the browser tests"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -1,13 +1,21 @@
-"""Generated inputs: one image file per case the ingest must handle, and their expectations."""
+"""Generated inputs: one image file per case the ingest must handle, and their expectations;
+datasets written by hand (as the stages write them) for the tests that read them."""
 
 import io
 import json
 import struct
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from adamllm_core.dataset import Dataset, DatasetWriter, ParentRef
+from adamllm_core.hashing import config_hash
+from adamllm_core.schemas import QUARANTINE, QuarantineRow, Record, RecordSchema, TaskTriplet
+from adamllm_core.synthesis import triplet_id
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -240,3 +248,104 @@ def write_seed_sources(root: Path) -> dict[str, str]:
         paths[name] = str(root / f"{name}.json")
         Path(paths[name]).write_text(json.dumps(records))
     return paths
+
+
+# --- datasets written by hand ------------------------------------------------------------
+
+Shard = tuple[list[Record], list[QuarantineRow]]  # a shard's rows and its quarantined inputs
+
+
+def write_dataset(
+    out: str,
+    schema: RecordSchema,
+    shards: Iterable[Shard],
+    *,
+    parents: list[ParentRef],
+    stage: str = "test",
+    config: dict[str, Any] | None = None,
+) -> str:
+    """A finished dataset of `schema` at `out`, shard k holding `shards[k]`."""
+    config = config or {}
+    writer = DatasetWriter(
+        out,
+        schema=schema,
+        stage=stage,
+        parents=parents,
+        config=config,
+        config_hash=config_hash(config),
+    )
+    writer.prepare()
+    written = 0
+    for index, (rows, quarantined) in enumerate(shards):
+        writer.write_shard(
+            index,
+            schema.to_table(rows),
+            QUARANTINE.to_table(quarantined),
+            rows_in=len(rows) + len(quarantined),
+        )
+        written = index + 1
+    writer.commit(written)
+    return out
+
+
+def write_derived(
+    parent_uri: str,
+    out: str,
+    schema: RecordSchema,
+    make_shard: Callable[[int, list[dict[str, Any]]], Shard],
+    *,
+    columns: list[str] | None = None,
+    stage: str = "synthesize",
+    config: dict[str, Any] | None = None,
+) -> str:
+    """A dataset made from the one at `parent_uri` as a stage makes it: shard k is
+    `make_shard(k, rows of its shard k)`, and the parent's fingerprint is recorded."""
+    parent = Dataset(parent_uri)
+    shards = (
+        make_shard(k, parent.read_shard(k, columns)) for k in range(len(parent.manifest.shards))
+    )
+    return write_dataset(
+        out,
+        schema,
+        shards,
+        parents=[ParentRef(uri=parent_uri, fingerprint=parent.manifest.fingerprint)],
+        stage=stage,
+        config=config,
+    )
+
+
+def hand_triplet(
+    pair: dict[str, Any],
+    instruction: str,
+    precise: str = "CT",
+    informative: str = "Bone is bright: computed tomography.",
+    *,
+    synthesizer: str = "hand@1",
+    turns: int = 2,
+) -> TaskTriplet:
+    """A task for a pair written by hand (what a tuned synthesizer would give)."""
+    return TaskTriplet(
+        id=triplet_id(pair["id"], instruction),
+        pair_id=pair["id"],
+        domain=pair["domain"],
+        instruction=instruction,
+        precise=precise,
+        informative=informative,
+        synthesizer=synthesizer,
+        turns=turns,
+        raw_output="",
+        prompt_tokens=0,
+        completion_tokens=0,
+    )
+
+
+def unparseable(pair_id: str, input_index: int, reason: str = "unparseable") -> QuarantineRow:
+    """A pair whose synthesizer output was quarantined."""
+    return QuarantineRow(
+        stage="synthesize",
+        input_index=input_index,
+        source_ref=pair_id,
+        reason=reason,
+        detail="no task in the output",
+        record_id=pair_id,
+    )

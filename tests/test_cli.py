@@ -114,3 +114,36 @@ def test_inspect_local_dataset_without_prefect(broken_corpus, tmp_path: Path) ->
     ingest(str(source), str(tmp_path / "p"), IngestConfig(domain="test"))
     result = runner.invoke(app, ["inspect", str(tmp_path / "p"), "--rows", "0"])
     assert result.exit_code == 0 and "fingerprint" in result.output
+
+
+@pytest.mark.integration
+def test_the_demo_prints_one_screen_not_thousands_of_lines(tmp_path: Path) -> None:
+    """`adamllm synth --config deployments/demo.yaml` as a user runs it (its synthesizer
+    tuning is 1,500 steps; each step once printed a line): at most 150 lines, the training
+    progress among them, and the run's data browser linked at the end."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    # as on a fresh machine: its own temporary server, Prefect's and tqdm's defaults
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_LOGGING_LEVEL": "INFO"}
+    for name in ("PREFECT_API_URL", "TQDM_DISABLE"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "adamllm"), "synth"]
+        + ["--config", "deployments/demo.yaml", "--out", str(tmp_path / "runs")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    lines = (result.stdout + result.stderr).splitlines()
+    assert result.returncode == 0, "\n".join(lines[-40:])
+    assert len(lines) <= 150, "\n".join(lines)
+    assert any("step 1500/1500 (100%)" in line for line in lines)  # tuning's last step
+    assert sum("step " in line and "/1500 " in line for line in lines) <= 25
+    browser = tmp_path / "runs" / "demo" / "_browse" / "index.html"
+    assert browser.is_file() and any(f"file://{browser}" in line for line in lines)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from corpus import hand_triplet
 from PIL import Image
 
 from adamllm_core.dataset import Dataset, DatasetError, DatasetWriter, ParentRef
@@ -28,8 +29,8 @@ from adamllm_core.pipeline import (
     synthesize,
     variant_outputs,
 )
-from adamllm_core.schemas import QUARANTINE, TRIPLETS, TaskTriplet
-from adamllm_core.synthesis import SynthConfig, prompt_context, synth_request, triplet_id
+from adamllm_core.schemas import QUARANTINE, TRIPLETS
+from adamllm_core.synthesis import SynthConfig, prompt_context, synth_request
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "biomed_pairs"
@@ -60,19 +61,7 @@ def hand_triplets(pairs_uri: str, out: str, n: int = 10, *, aligned: bool = Fals
             "The plane cuts across the body horizontally. Therefore the plane is axial.",
         ][i % 3]
         rows.append(
-            TaskTriplet(
-                id=triplet_id(pair["id"], instruction),
-                pair_id=pair["id"],
-                domain=pair["domain"],
-                instruction=instruction,
-                precise=precise,
-                informative=informative,
-                synthesizer="hand",
-                turns=4,
-                raw_output="",
-                prompt_tokens=0,
-                completion_tokens=0,
-            )
+            hand_triplet(pair, instruction, precise, informative, synthesizer="hand", turns=4)
         )
     writer = DatasetWriter(
         out,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 import yaml
@@ -92,6 +93,20 @@ def test_synth_flow_runs_then_serves_cached_stages(
     assert summary["mixture:no_filter_precise"].rows == 24
     assert (root / "export" / "dataset_info.json").exists()
     assert read_manifest(str(root / "triplets")).stats.rows_in == 24
+    # the run's data browser, each dataset linked from the run's artifacts
+    assert (
+        Path(summary["browse"]) == root / "_browse" / "index.html"
+        and Path(summary["browse"]).exists()
+    )
+    links = httpx.post(
+        f"{prefect_server}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": ["browse-pairs", "browse-triplets"]}}},
+    ).json()
+    mine = [a for a in links if str(root / "_browse") in a["data"]]
+    assert {a["key"] for a in mine} == {"browse-pairs", "browse-triplets"}
+    for artifact in mine:  # a markdown link to a page that exists
+        target = artifact["data"].split("(file://", 1)[1].split(")", 1)[0]
+        assert Path(target).is_file(), artifact
     assert summary["synthesizer"]["steps"] == 6 and summary["model-stage1"]["steps"] == 3
     if summary["mixture:two_stage_2"].rows:
         assert (

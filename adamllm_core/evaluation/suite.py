@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adamllm_core.config import read_settings_file, validation_problems
+from adamllm_core.config import read_settings_file, set_dotted, validation_problems
 from adamllm_core.engines import EngineConfig
 from adamllm_core.errors import ConfigError
 from adamllm_core.evaluation.benchmarks import benchmark
@@ -41,6 +41,12 @@ class EvalSuite(BaseModel):
     compare_with: list[str] = Field(
         default_factory=list, description="earlier run folders for the report"
     )
+    browse_rows: int | None = Field(
+        default=1000,
+        ge=0,
+        description="predictions of each benchmark in the run's HTML data browser"
+        " (OUT/<name>/_browse, linked from the run's artifacts); 0: no browser; null: all",
+    )
 
     @field_validator("benchmarks")
     @classmethod
@@ -69,12 +75,8 @@ def load_suite(path: str | Path | None, overrides: dict[str, Any] | None = None)
     """A suite from a YAML file (if given) with overrides applied; errors name the key."""
     data = read_settings_file(path) if path is not None else {}
     for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key == "model":
-            data.setdefault("engine", {})["model"] = value
-        else:
-            data[key] = value
+        if value is not None:  # `model` is short for engine.model
+            set_dotted(data, "engine.model" if key == "model" else key, value)
     try:
         return EvalSuite.model_validate(data)
     except ValidationError as error:

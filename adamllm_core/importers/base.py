@@ -31,7 +31,10 @@ class SourceOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["auto", "folder", "sharegpt", "parquet"] = "auto"
+    format: Literal["auto", "folder", "sharegpt", "parquet"] = Field(
+        default="auto",
+        description="auto: told from the source; folder: images with an annotation file",
+    )
     image_field: str | None = Field(default=None, description=f"default: first of {IMAGE_FIELDS}")
     caption_field: str | None = Field(
         default=None, description=f"default: first of {CAPTION_FIELDS}"
