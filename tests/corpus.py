@@ -349,3 +349,133 @@ def unparseable(pair_id: str, input_index: int, reason: str = "unparseable") -> 
         detail="no task in the output",
         record_id=pair_id,
     )
+
+
+# -- Holding a run at a chosen point, for the tests that kill it there --
+#
+# A kill test that polls for progress and then kills races the run: on a fast machine the
+# run may finish between the poll and the kill, and where the kill lands varies. A held
+# run cannot: `held_command(module, ...)` runs `python -m module ...` through this file,
+# which first installs the hold named by ADAMLLM_TEST_HOLD; the process reaching it writes
+# `reached-<RANK>` into ADAMLLM_TEST_HOLD_DIR and waits there for a `release` file (which a
+# kill test never writes: the kill lands while it waits, at exactly that point).
+
+HOLD_ENV = "ADAMLLM_TEST_HOLD"
+HOLD_DIR_ENV = "ADAMLLM_TEST_HOLD_DIR"
+HOLD_LIMIT_S = 900  # a held run nobody kills (a test that failed first) ends itself
+
+
+def held_command(module: str, *args: str) -> list[str]:
+    """`python -m module args` run through this file, which installs the hold first."""
+    import sys
+
+    return [sys.executable, "-m", "corpus", module, *args]
+
+
+def hold_env(hold: str, folder: Path) -> dict[str, str]:
+    """The environment variables of a run held at `hold` (see `_install_hold`), signalling
+    through `folder`; this file's folder joins PYTHONPATH so that `-m corpus` finds it."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    here = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), here) if p)
+    return {HOLD_ENV: hold, HOLD_DIR_ENV: str(folder), "PYTHONPATH": path}
+
+
+def wait_until_held(
+    process: Any, folder: Path, output: Callable[[], str], timeout_s: float = 300
+) -> None:
+    """Return once rank 0 of `process` waits at its hold; fail, with the run's output, if
+    it ended or did not get there in time (then it is killed first, with its process group
+    when it leads one, so that its output ends)."""
+    import os
+    import signal
+    import time
+
+    reached = folder / "reached-0"
+    deadline = time.monotonic() + timeout_s
+    while not reached.exists():
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the run ended (code {process.returncode}) before its hold:\n{output()}"
+            )
+        if time.monotonic() > deadline:
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+            process.wait()
+            raise AssertionError(f"the run did not reach its hold in {timeout_s} s:\n{output()}")
+        time.sleep(0.02)
+
+
+def _hold_here() -> None:
+    import os
+    import time
+
+    folder = Path(os.environ[HOLD_DIR_ENV])
+    (folder / f"reached-{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not (folder / "release").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"held for {HOLD_LIMIT_S} s and never killed nor released")
+        time.sleep(0.05)
+
+
+def _install_hold(hold: str) -> None:
+    """Holds, by name:
+
+    - `before-marker:N`: a dataset writer wrote shard N's files and has not yet written its
+      done-marker (shards 0..N-1 are marked done): the data plane's most delicate kill point;
+    - `checkpoint-unmarked:S`: the Trainer saved checkpoint-S and its on_save callbacks
+      (which mark it complete with its run-identity file, then sync it) have not run;
+    - `checkpoint-complete:S`: checkpoint-S is saved, marked complete and synced.
+    """
+    kind, _, value = hold.partition(":")
+    if kind == "before-marker":
+        import adamllm_core.dataset as dataset_module
+
+        write = dataset_module.write_bytes_atomic
+        marker = f"part-{int(value):05d}-"
+
+        def held_write(fs: Any, path: str, data: bytes) -> None:
+            name = path.rsplit("/", 1)[-1]
+            in_marker_dir = f"/{dataset_module.MARKER_DIR}/" in path
+            if in_marker_dir and name.startswith(marker) and name.endswith(".parquet.json"):
+                _hold_here()
+            write(fs, path, data)
+
+        dataset_module.write_bytes_atomic = held_write
+    elif kind in ("checkpoint-unmarked", "checkpoint-complete"):
+        from transformers.trainer_callback import CallbackHandler
+
+        on_save = CallbackHandler.on_save
+        step = int(value)
+
+        def held_on_save(self: Any, args: Any, state: Any, control: Any) -> Any:
+            if kind == "checkpoint-unmarked" and state.global_step == step:
+                _hold_here()
+            result = on_save(self, args, state, control)
+            if kind == "checkpoint-complete" and state.global_step == step:
+                _hold_here()
+            return result
+
+        CallbackHandler.on_save = held_on_save
+    else:
+        raise ValueError(f"unknown hold {hold!r}")
+
+
+if __name__ == "__main__":
+    import os
+    import runpy
+    import sys
+    from itertools import takewhile
+
+    _install_hold(os.environ[HOLD_ENV])
+    # A launcher puts its options (deepspeed: --local_rank=N) right after `-m corpus`, as
+    # for any module it runs: they go to the module, before its own arguments.
+    options = list(takewhile(lambda argument: argument.startswith("-"), sys.argv[1:]))
+    module, *arguments = sys.argv[1 + len(options) :]
+    sys.argv = [module, *options, *arguments]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)

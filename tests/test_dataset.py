@@ -1,6 +1,7 @@
 """The data plane: shards, manifest written last, resume, conflicts, readers."""
 
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -11,9 +12,11 @@ import pytest
 from adamllm_core.dataset import (
     Dataset,
     DatasetConflictError,
+    DatasetError,
     DatasetNotFinishedError,
     DatasetWriter,
     ParentRef,
+    manifest_identity,
     read_manifest,
 )
 from adamllm_core.schemas import (
@@ -189,12 +192,97 @@ def test_equal_content_gives_equal_fingerprint_and_bytes(tmp_path: Path) -> None
     ).read_bytes()
 
 
+def write_pairs(
+    uri: str,
+    shards: list[list[ImageCaptionPair]],
+    config: dict | None = None,
+    quarantined_in: tuple[int, ...] = (1,),
+) -> None:
+    """Like write_all, with each shard's pairs given; `quarantined_in`: the shards with a
+    quarantined row."""
+    w = writer(uri, config=config)
+    w.prepare()
+    for k, rows in enumerate(shards):
+        bad = [quarantined(k)] if k in quarantined_in else []
+        w.write_shard(
+            k, PAIRS.to_table(rows), QUARANTINE.to_table(bad), rows_in=len(rows) + len(bad)
+        )
+    w.commit(len(shards))
+
+
+def test_different_content_or_config_gives_a_different_fingerprint(tmp_path: Path) -> None:
+    """A fingerprint is equal for equal content (above) and differs when anything a child
+    reads differs: one caption, one row fewer, another config, a quarantined row more."""
+    base = [[pair(0), pair(1)], [pair(2), pair(3)], [pair(4), pair(5)]]
+    recaptioned = [list(rows) for rows in base]
+    recaptioned[1][1] = pair(3).model_copy(update={"caption": "caption 3, edited"})
+    variants = {
+        "base": (base, None, (1,)),
+        "same": (base, None, (1,)),
+        "caption": (recaptioned, None, (1,)),
+        "row_removed": ([base[0], base[1], [pair(4)]], None, (1,)),
+        "config": (base, {"a": 2}, (1,)),
+        "quarantine": (base, None, (1, 2)),
+    }
+    fingerprints = {}
+    for name, (shards, config, quarantined_in) in variants.items():
+        write_pairs(str(tmp_path / name), shards, config, quarantined_in)
+        fingerprints[name] = read_manifest(str(tmp_path / name)).fingerprint
+    assert fingerprints["same"] == fingerprints["base"]
+    others = [fingerprints[k] for k in ("caption", "row_removed", "config", "quarantine")]
+    assert fingerprints["base"] not in others and len(set(others)) == len(others)
+    # the caption's and the removed row's datasets were made from the same inputs, config
+    # and code: their fingerprints differ by the content alone
+    identities = {k: manifest_identity(read_manifest(str(tmp_path / k))) for k in variants}
+    assert identities["caption"] == identities["row_removed"] == identities["base"]
+    assert identities["config"] != identities["base"]
+
+
+def corrupt_shard(tmp_path: Path, how: str) -> str:
+    """A finished dataset of three shards whose shard 1 (or its manifest entry) is damaged
+    `how`; returns that shard's file name."""
+    uri = str(tmp_path / "ds")
+    write_all(uri)
+    Dataset(uri).verify()  # intact: passes
+    manifest_file = tmp_path / "ds" / "manifest.json"
+    raw = json.loads(manifest_file.read_text())
+    name = raw["shards"][1]["path"]
+    shard = tmp_path / "ds" / name
+    data = shard.read_bytes()
+    if how == "flipped":  # same length, some bytes inside the file inverted
+        middle = len(data) // 2
+        shard.write_bytes(
+            data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 8]) + data[middle + 8 :]
+        )
+    elif how == "truncated":
+        shard.write_bytes(data[: len(data) - 100])
+    elif how == "manifest_sha256":  # the shard is intact; its recorded hash is not
+        recorded = raw["shards"][1]["sha256"]
+        raw["shards"][1]["sha256"] = ("0" if recorded[0] != "0" else "1") + recorded[1:]
+        manifest_file.write_text(json.dumps(raw))
+    else:
+        raise ValueError(how)
+    return name
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated", "manifest_sha256"])
+def test_verify_names_the_damaged_shard(tmp_path: Path, how: str) -> None:
+    name = corrupt_shard(tmp_path, how)
+    dataset = Dataset(str(tmp_path / "ds"))  # the manifest still reads: only verify can tell
+    with pytest.raises(DatasetError, match=re.escape(f"/{name}: sha256 differs")) as caught:
+        dataset.verify()
+    assert type(caught.value) is DatasetError
+    assert name.startswith("part-00001-")  # the second shard: verify read past the first
+
+
 def test_commit_refuses_missing_shards(tmp_path: Path) -> None:
     w = writer(str(tmp_path / "ds"))
     w.prepare()
     w.write_shard(0, PAIRS.to_table([pair(0)]), QUARANTINE.to_table([]), rows_in=1)
-    with pytest.raises(Exception, match=r"shards \[1\] not written"):
+    with pytest.raises(DatasetError, match=r"shards \[1\] not written") as caught:
         w.commit(2)
+    assert type(caught.value) is DatasetError  # not "unfinished" nor "conflict": a bad commit
+    assert not (tmp_path / "ds" / "manifest.json").exists()
 
 
 def test_schema_registry_rejects_duplicates_and_derives_arrow() -> None:

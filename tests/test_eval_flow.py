@@ -2,7 +2,6 @@
 the shared VQA-RAD and Food-101 bundles (Prefect test server), resume, bad images, S3."""
 
 import asyncio
-import importlib.util
 import json
 import os
 import shutil
@@ -22,10 +21,21 @@ from adamllm_core.evaluation.run import EvalConfig, evaluate
 pytestmark = [pytest.mark.integration]
 
 
-def eval_cli(prefect_server: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+# `python -m adamllm_cli.main` with the vllm package hidden (as on a CPU machine), wherever
+# the tests run
+WITHOUT_VLLM = (
+    "import runpy, sys; sys.modules['vllm'] = None; "
+    "runpy.run_module('adamllm_cli.main', run_name='__main__')"
+)
+
+
+def eval_cli(
+    prefect_server: str, tmp_path: Path, *args: str, without_vllm: bool = False
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    entry = ["-c", WITHOUT_VLLM] if without_vllm else ["-m", "adamllm_cli.main"]
     return subprocess.run(
-        [sys.executable, "-m", "adamllm_cli.main", "eval", *args],
+        [sys.executable, *entry, "eval", *args],
         check=False,
         capture_output=True,
         text=True,
@@ -175,27 +185,29 @@ def test_eval_cli_errors_are_clear(prefect_server: str, tmp_path: Path) -> None:
         str(tmp_path),
     )
     assert result.returncode == 2 and "unknown benchmark 'slakee'" in result.stderr
-    if importlib.util.find_spec("vllm") is None:  # a CPU machine: said before any work starts
-        result = eval_cli(
-            prefect_server,
-            tmp_path,
-            "--benchmark",
-            "food101",
-            "--data",
-            str(tmp_path),
-            "--model",
-            "tiny:vlm",
-            "--engine",
-            "vllm",
-            "--out",
-            str(tmp_path),
-        )
-        assert (
-            result.returncode == 2
-            and "needs the vllm package" in result.stderr
-            and "'.[gpu]'" in result.stderr
-        )
-        assert "Traceback" not in result.stderr
+    # on a machine without vllm (a CPU machine): said before any work starts
+    result = eval_cli(
+        prefect_server,
+        tmp_path,
+        "--benchmark",
+        "food101",
+        "--data",
+        str(tmp_path),
+        "--model",
+        "tiny:vlm",
+        "--engine",
+        "vllm",
+        "--out",
+        str(tmp_path),
+        without_vllm=True,
+    )
+    assert (
+        result.returncode == 2
+        and "needs the vllm package" in result.stderr
+        and "'.[gpu]'" in result.stderr
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_a_file_without_questions_is_refused_before_any_output(tiny_models, tmp_path: Path) -> None:

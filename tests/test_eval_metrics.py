@@ -248,7 +248,7 @@ def test_parse_choice_short_response_skips_option_text():
 
 
 def test_parse_choice_needs_options():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="parse_choice needs at least one option"):
         parse_choice("(A)", {}, seed=0)
 
 
@@ -289,7 +289,7 @@ def test_parse_labels_order_and_empty():
     assert parse_labels("tea and pie", ["tea", "pie"]) == ["tea", "pie"]
     assert parse_labels("", ["tea", "pie"]) == []
     assert parse_labels("tea", []) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="parse_labels: names must be non-empty strings"):
         parse_labels("tea", ["tea", ""])
 
 

@@ -12,6 +12,7 @@ from adamllm_core.evaluation.adapters import read_items
 from adamllm_core.evaluation.benchmarks import BENCHMARKS, benchmark, render_prompt
 from adamllm_core.evaluation.classes import FOOD101
 from adamllm_core.evaluation.items import EvalItem
+from adamllm_core.evaluation.metrics import normalize_answer
 from adamllm_core.evaluation.run import score_predictions
 from adamllm_core.evaluation.scoring import score_item, summarise
 
@@ -42,12 +43,21 @@ def test_known_perturbations_on_vqa_rad(shared_data: Path) -> None:
     _, always_yes = score_predictions("vqa_rad", data, {i.qid: "Yes." for i in items})
     closed = tasks_of(always_yes)["VQA-RAD closed"]
     assert closed["score"] == closed["score_corrected"] == round(100 * 324 / 703, 2)
-    # "Yes, it is." hits "no" golds under neither rule; "No" hits the 339 "no" golds plus,
-    # under the paper's substring rule only, the four non-yes/no golds containing "no"
+    # "No" hits the 339 "no" golds under both rules: the paper's substring rule needs the
+    # gold inside the prediction, and none of the four other golds containing "no"
+    # ("Normal" x2, "non-contrast", "Not sure") is inside "no"
+    containing_no = [
+        i.answer
+        for i in items
+        if i.answer_type == "CLOSED"
+        and normalize_answer(i.answer) not in ("yes", "no")
+        and "no" in normalize_answer(i.answer)
+    ]
+    assert len(containing_no) == 4, containing_no
     _, always_no = score_predictions("vqa_rad", data, {i.qid: "No" for i in items})
     closed = tasks_of(always_no)["VQA-RAD closed"]
     assert closed["score_corrected"] == round(100 * 339 / 703, 2)
-    assert closed["score"] == round(100 * 339 / 703, 2)  # gold "normal" is not in "no"
+    assert closed["score"] == round(100 * 339 / 703, 2)
     # no predictions at all: every question counted, all missing, all 0
     _, empty = score_predictions("vqa_rad", data, {})
     assert empty["missing"] == 1152 and all(t["score"] == 0.0 for t in empty["tasks"])

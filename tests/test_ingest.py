@@ -1,8 +1,11 @@
 """Ingest end to end on local storage: every input accounted for, on generated and real data."""
 
+import hashlib
 import io
 import json
+import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -11,12 +14,31 @@ import pyarrow.parquet as pq
 import pytest
 from corpus import IMAGE_CASES, encode, gradient
 from PIL import Image
+from pydantic import ValidationError
 
 from adamllm_core.dataset import Dataset
 from adamllm_core.errors import ConfigError
-from adamllm_core.hashing import pair_id
+from adamllm_core.images import ImagePolicy
 from adamllm_core.importers import SourceOptions
 from adamllm_core.ingest import IngestConfig, ingest
+
+
+def readme_pair_id(original: bytes, caption: str) -> str:
+    """The README's pair id, computed here: sha256 of (the sha256 of the original image
+    file's bytes, in hex), a NUL and the caption (UTF-8); its first 32 hex digits."""
+    image_sha256 = hashlib.sha256(original).hexdigest()
+    return hashlib.sha256(image_sha256.encode() + b"\0" + caption.encode("utf-8")).hexdigest()[:32]
+
+
+def source_lines(annotation: Path) -> dict[str, dict]:
+    """The JSON records of an annotation file by their source_ref ("data.jsonl:N")."""
+    records = {}
+    for number, line in enumerate(annotation.read_bytes().splitlines(), start=1):
+        try:
+            records[f"{annotation.name}:{number}"] = json.loads(line)
+        except ValueError:
+            continue  # a broken line: quarantined, never a row
+    return records
 
 
 def rows_and_quarantine(uri: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -46,7 +68,11 @@ def test_broken_corpus_every_input_accounted_for(broken_corpus, tmp_path: Path) 
     assert [int(r.split(":")[1]) for r in refs] == list(range(1, expected["inputs"] + 1))
     assert rows["id"].n_unique() == len(rows)
 
+    records = source_lines(source / "data.jsonl")
     duplicate = quarantine.filter(pl.col("reason") == "duplicate").row(0, named=True)
+    first_of = records[duplicate["source_ref"]]  # ok_rgb.jpg with its first caption
+    original = (source / first_of["image"]).read_bytes()
+    assert duplicate["duplicate_of"] == readme_pair_id(original, first_of["caption"])
     assert duplicate["duplicate_of"] in rows["id"].to_list()
 
     neutralised = rows.filter(pl.col("caption").str.starts_with("Axial CT")).row(0, named=True)
@@ -61,10 +87,62 @@ def test_broken_corpus_every_input_accounted_for(broken_corpus, tmp_path: Path) 
         image = Image.open(io.BytesIO(row["image"]))
         assert image.mode in ("RGB", "L") and image.format.lower() == row["image_format"]
         assert (image.width, image.height) == (row["width"], row["height"])
-        assert row["id"] == pair_id(row["image_sha256"], row["caption"])
+        # ids and hashes from the file the row's input line names, read here
+        original = (source / records[row["source_ref"]]["image"]).read_bytes()
+        assert row["image_sha256"] == hashlib.sha256(original).hexdigest()
+        assert row["id"] == readme_pair_id(original, row["caption"])
 
     bad_line = quarantine.filter(pl.col("detail").str.contains("not UTF-8")).row(0, named=True)
     assert bad_line["reason"] == "bad_record" and bad_line["source_ref"].startswith("data.jsonl:")
+
+
+# Files ingest re-encodes (their stored bytes are not the file's) and files it keeps byte
+# for byte, each with a caption; one image twice with two captions, one caption not ASCII.
+REENCODED = ("rgba.png", "scan.tif", "cmyk.jpg", "sixteen_bit.png")
+KEPT = ("ok_rgb.jpg", "ok_gray.png")
+HASH_RECORDS = [
+    *[(name, f"a test image called {name}") for name in REENCODED + KEPT],
+    ("rgba.png", "Röntgen-Aufnahme, 胸部 — the same RGBA file, another caption"),
+]
+
+
+def write_hash_corpus(root: Path) -> Path:
+    (root / "images").mkdir(parents=True)
+    for name in REENCODED + KEPT:
+        (root / "images" / name).write_bytes(IMAGE_CASES[name][0])
+    with (root / "data.jsonl").open("w", encoding="utf-8") as handle:
+        for name, caption in HASH_RECORDS:
+            record = {"image": f"images/{name}", "caption": caption}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return root
+
+
+def test_pair_ids_and_image_hashes_are_of_the_original_files(tmp_path: Path) -> None:
+    """README: a pair's `id` is the sha256 of its original image bytes' sha256, a NUL and
+    the caption (32 hex digits), and `image_sha256` is the sha256 of the original file,
+    not of the normalised image stored in the row. Both computed here with hashlib from
+    the files on disk."""
+    source = write_hash_corpus(tmp_path / "src")
+    manifest = ingest(str(source), str(tmp_path / "pairs"), IngestConfig(domain="test"))
+    rows, quarantine = rows_and_quarantine(str(tmp_path / "pairs"))
+    assert manifest.rows == len(HASH_RECORDS) and len(quarantine) == 0
+    assert rows["caption"].to_list() == [caption for _, caption in HASH_RECORDS]
+    for row, (name, caption) in zip(rows.iter_rows(named=True), HASH_RECORDS, strict=True):
+        original = (source / "images" / name).read_bytes()
+        stored_sha256 = hashlib.sha256(row["image"]).hexdigest()
+        assert row["image_sha256"] == hashlib.sha256(original).hexdigest(), name
+        assert row["id"] == readme_pair_id(original, caption), name
+        normalisation = json.loads(row["metadata"]).get("image_normalisation")
+        if name in REENCODED:  # the hashes are the file's, not the stored image's
+            assert normalisation and normalisation["changes"], name
+            assert row["image"] != original and row["image_sha256"] != stored_sha256, name
+            assert row["id"] != readme_pair_id(row["image"], caption), name
+        else:
+            assert name in KEPT and normalisation is None
+            assert row["image"] == original and row["image_sha256"] == stored_sha256, name
+    # one file, two captions: two pairs with one image hash and two ids
+    rgba = rows.filter(pl.col("source_ref").is_in(["data.jsonl:1", f"data.jsonl:{len(rows)}"]))
+    assert rgba["image_sha256"].n_unique() == 1 and rgba["id"].n_unique() == 2
 
 
 def test_control_tokens_can_quarantine_instead(broken_corpus, tmp_path: Path) -> None:
@@ -73,9 +151,12 @@ def test_control_tokens_can_quarantine_instead(broken_corpus, tmp_path: Path) ->
         {"domain": "test", "caption": {"control_tokens": "quarantine"}}
     )
     manifest = ingest(str(source), str(tmp_path / "pairs"), config)
-    assert (
-        manifest.quarantine.reasons["control_tokens"] == 2
-    )  # the mixed one and the tokens-only one
+    # the mixed one and the tokens-only one (an empty caption once its tokens are removed)
+    assert manifest.quarantine.reasons == {
+        **expected["reasons"],
+        "control_tokens": 2,
+        "empty_caption": expected["reasons"]["empty_caption"] - 1,
+    }
     assert manifest.rows == expected["valid"] - 1
 
 
@@ -124,6 +205,41 @@ def test_changed_source_is_a_new_identity(broken_corpus, tmp_path: Path) -> None
     second = ingest(str(source), str(tmp_path / "b"), IngestConfig(domain="test"))
     assert second.parents[0].fingerprint != first.parents[0].fingerprint
     assert second.rows == first.rows + 1
+
+
+def test_fingerprint_differs_when_content_or_config_does(tmp_path: Path) -> None:
+    """Equal content, equal fingerprint; one caption changed, one record removed or another
+    config (here one that changes no row): another fingerprint each."""
+    source = write_hash_corpus(tmp_path / "src")
+    annotation = source / "data.jsonl"
+    config = IngestConfig(domain="test", rows_per_shard=3)
+    runs = {"base": ingest(str(source), str(tmp_path / "base"), config)}
+    runs["same"] = ingest(str(source), str(tmp_path / "same"), config)
+    larger = config.model_copy(update={"image": ImagePolicy(max_pixels=40_000_000)})
+    runs["config"] = ingest(str(source), str(tmp_path / "config"), larger)
+
+    # one caption edited in place, to one of the same length, the file's stamp put back:
+    # the source's listing is unchanged (and this process's scan of the annotation file is
+    # cached by size and stamp), so the rows' content is what must tell them apart
+    text, stat = annotation.read_text(encoding="utf-8"), annotation.stat()
+    edited = text.replace("a test image called scan.tif", "a test image called SCAN.TIF")
+    assert edited != text and len(edited.encode()) == len(text.encode())
+    annotation.write_text(edited, encoding="utf-8")
+    os.utime(annotation, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    runs["caption"] = ingest(str(source), str(tmp_path / "caption"), config)
+
+    annotation.write_text("".join(text.splitlines(keepends=True)[:-1]), encoding="utf-8")
+    runs["row_removed"] = ingest(str(source), str(tmp_path / "row_removed"), config)
+
+    fingerprints = {name: manifest.fingerprint for name, manifest in runs.items()}
+    assert fingerprints["same"] == fingerprints["base"]
+    others = [fingerprints[k] for k in ("config", "caption", "row_removed")]
+    assert fingerprints["base"] not in others and len(set(others)) == 3
+    base = runs["base"]
+    # another config with the same rows: the shards' bytes are equal, the identity is not
+    assert [s.sha256 for s in runs["config"].shards] == [s.sha256 for s in base.shards]
+    assert runs["config"].config_hash != base.config_hash
+    assert runs["caption"].rows == base.rows and runs["row_removed"].rows == base.rows - 1
 
 
 # --- the bundles in ../shared/data ------------------------------------------------------
@@ -263,13 +379,22 @@ def test_missing_caption_field_is_a_clear_error(shared_data: Path, tmp_path: Pat
 
 
 def test_bad_config_values_name_the_field() -> None:
-    with pytest.raises(ValueError, match="domain"):
-        IngestConfig(domain="Food Stuff")
-    with pytest.raises(ValueError, match="rows_per_shard"):
-        IngestConfig(domain="food", rows_per_shard=0)
-    with pytest.raises(ValueError, match="unexpected|extra"):
-        IngestConfig.model_validate({"domain": "food", "rows_per_shrad": 5})
-    with pytest.raises(ValueError, match="not both"):
+    def errors(build: Callable[[], object]) -> list[tuple[tuple, str]]:
+        with pytest.raises(ValidationError) as caught:
+            build()
+        return [(error["loc"], error["type"]) for error in caught.value.errors()]
+
+    assert errors(lambda: IngestConfig(domain="Food Stuff")) == [
+        (("domain",), "string_pattern_mismatch")
+    ]
+    assert errors(lambda: IngestConfig(domain="food", rows_per_shard=0)) == [
+        (("rows_per_shard",), "greater_than")
+    ]
+    misspelt = {"domain": "food", "rows_per_shrad": 5}
+    assert errors(lambda: IngestConfig.model_validate(misspelt)) == [
+        (("rows_per_shrad",), "extra_forbidden")
+    ]
+    with pytest.raises(ValidationError, match="set caption_field or caption_template, not both"):
         SourceOptions(caption_field="a", caption_template="{b}")
 
 

@@ -1,17 +1,18 @@
 """SIGKILL an ingest mid-run, run it again: same dataset, nothing doubled, nothing partial shown."""
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from corpus import held_command, hold_env, wait_until_held
 
-from adamllm_core.dataset import read_manifest, read_work_area
+from adamllm_core.dataset import DatasetNotFinishedError, read_manifest, read_work_area
 from adamllm_core.importers import SourceOptions
 from adamllm_core.ingest import IngestConfig, ingest
 from adamllm_core.storage import STAGING_SUFFIX, staging_name
@@ -23,6 +24,14 @@ TEMPLATE = "Question: {question} Answer: {answer}"
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "adamllm_cli.main", *args]
+
+
+def file_state(path: Path) -> tuple[int, int, str]:
+    """What tells a file kept from a file written again: its inode (a replacement is a new
+    file), its mtime and its content's hash. mtime alone does not: on a filesystem with
+    coarse timestamps a rewrite within the same tick keeps it."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def finished_shards(out: Path) -> list[str]:
@@ -37,7 +46,7 @@ def test_killed_ingest_resumes_to_the_same_dataset(
 ) -> None:
     source = shared_data / "vqa_rad_train"
     out = tmp_path / "pairs"
-    args = cli(
+    args = [
         "ingest",
         str(source),
         "--domain",
@@ -50,46 +59,55 @@ def test_killed_ingest_resumes_to_the_same_dataset(
         "40",
         "--workers",
         "2",  # the resumed run's workers decode only the records of shards not yet done
-    )
+    ]
     env = {
         **os.environ,
         "PREFECT_API_URL": prefect_server,
         "PREFECT_HOME": str(tmp_path / "prefect"),
     }
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        if len(finished_shards(out)) >= 3:
-            break
-        time.sleep(0.005)
-    assert process.poll() is None, (
-        f"ingest ended before it could be killed:\n{process.stdout.read().decode()}"
+    # Held, not polled: the run waits, once shards 0-2 are marked done and shard 3's file is
+    # written but not yet its marker, until it is killed there. A poll-then-kill could land
+    # anywhere, or after the run had finished.
+    hold = tmp_path / "hold"
+    process = subprocess.Popen(
+        held_command("adamllm_cli.main", *args),
+        env={**env, **hold_env("before-marker:3", hold)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
+    wait_until_held(process, hold, lambda: process.stdout.read().decode(), timeout_s=180)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
     finished_before = finished_shards(out)
-    assert 3 <= len(finished_before) < 29  # 1152 records / 40 per shard = 29 shards
+    assert len(finished_before) == 3  # of 29 (1152 records / 40 per shard)
     assert not (out / "manifest.json").exists()
-    # shards are written where they stay; no reader through the manifest sees them yet.
-    # The kill may fall between the one shard being written and its marker (written after).
+    # shards are written where they stay; no reader through the manifest sees them yet;
+    # shard 3 is on disk without its marker (the kill fell between the two)
     on_disk = {p.name for p in out.glob("*.parquet")}
-    assert set(finished_before) <= on_disk and len(on_disk - set(finished_before)) <= 1
-    with pytest.raises(Exception, match="unfinished"):
+    assert set(finished_before) < on_disk and len(on_disk - set(finished_before)) == 1
+    assert (on_disk - set(finished_before)).pop().startswith("part-00003-")
+    with pytest.raises(DatasetNotFinishedError, match="unfinished"):
         read_manifest(str(out))
-    stamps = {name: (out / name).stat().st_mtime_ns for name in finished_before}
+    # A marker time set on each finished shard: a rewrite, in place or by a new file, sets
+    # the time of now (whatever the filesystem's timestamp resolution) or a new inode.
+    for name in finished_before:
+        os.utime(out / name, ns=(1_000_000_000 * 10**9, 1_000_000_000 * 10**9))
+    kept = {name: file_state(out / name) for name in finished_before}
 
     # A kill during a shard's write leaves its staging file, half written (one is planted
     # here, so the case is there on every run): the finished dataset must not keep it, or
     # a reader's glob (polars, duckdb) would read it.
     (out / staging_name("part-00003-000000000000.parquet")).write_bytes(b"PAR1 cut short")
-    rerun = subprocess.run(args, env=env, check=False, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        cli(*args), env=env, check=False, capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     resumed = read_manifest(str(out))
 
     # finished shards were published as first written, not recomputed
-    for name, stamp in stamps.items():
-        assert (out / name).stat().st_mtime_ns == stamp
+    for name, state in kept.items():
+        assert file_state(out / name) == state, name
 
     config = IngestConfig(
         domain="biomed", rows_per_shard=40, source=SourceOptions(caption_template=TEMPLATE)

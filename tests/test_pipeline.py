@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,10 @@ import yaml
 from corpus import hand_triplet
 from PIL import Image
 
-from adamllm_core.dataset import Dataset, DatasetError, DatasetWriter, ParentRef
+from adamllm_core.dataset import Dataset, DatasetError, DatasetWriter, Manifest, ParentRef
 from adamllm_core.engines import EngineConfig, make_engine
 from adamllm_core.engines.hf import HFRenderer
-from adamllm_core.filtering import FilterConfig
+from adamllm_core.filtering import COT_PATTERNS, FilterConfig
 from adamllm_core.ingest import IngestConfig, ingest
 from adamllm_core.pipeline import (
     AssembleConfig,
@@ -93,10 +94,12 @@ def test_synthesize_accounts_for_every_pair(pairs: str, tiny_models, tmp_path: P
         == manifest.rows + (manifest.quarantine.rows if manifest.quarantine else 0)
     )
     assert manifest.stats.counters["requests_computed"] == 24
-    if (
-        manifest.quarantine
-    ):  # the untuned tiny model writes noise: rejected, with reason and raw text
-        row = next(Dataset(str(tmp_path / "triplets")).quarantine().iter_rows())
+    # the untuned tiny model writes noise: rejected, each with its reason and raw text
+    quarantine = Dataset(str(tmp_path / "triplets")).quarantine()
+    assert manifest.quarantine is not None and quarantine is not None
+    rows = list(quarantine.iter_rows())
+    assert len(rows) == manifest.quarantine.rows == 24 - manifest.rows > 0
+    for row in rows:
         assert row["reason"] in {"unparseable", "truncated", "missing_hint", "empty_response"}
         assert row["record"] and row["record_id"] == row["source_ref"]
     again = synthesize(
@@ -177,28 +180,61 @@ def test_filter_labels_by_score_and_builds_chain_of_thought(
     pairs: str, tiny_models, tmp_path: Path
 ) -> None:
     triplets = hand_triplets(pairs, str(tmp_path / "triplets"))
-    config = FilterConfig(engine=EngineConfig(model="tiny:lm"), keep=("Yes", "No"))
-    kept, rejected = filter_triplets(
-        triplets, str(tmp_path / "kept"), str(tmp_path / "rejected"), config
-    )
-    assert kept.rows + rejected.rows == 10
-    rows = list(Dataset(str(tmp_path / "kept")).iter_rows()) + list(
-        Dataset(str(tmp_path / "rejected")).iter_rows()
-    )
-    for row in rows:
+
+    def run(name: str, keep: tuple[str, ...]) -> tuple[Manifest, dict, dict]:
+        config = FilterConfig(engine=EngineConfig(model="tiny:lm"), keep=keep)
+        kept, _ = filter_triplets(
+            triplets, str(tmp_path / name / "kept"), str(tmp_path / name / "rejected"), config
+        )
+        return (
+            kept,
+            {r["id"]: r for r in Dataset(str(tmp_path / name / "kept")).iter_rows()},
+            {r["id"]: r for r in Dataset(str(tmp_path / name / "rejected")).iter_rows()},
+        )
+
+    kept, kept_rows, rejected_rows = run("yes-no", ("Yes", "No"))
+    assert len(kept_rows) + len(rejected_rows) == 10
+    labels = {}
+    for row in [*kept_rows.values(), *rejected_rows.values()]:
         scores = {"Yes": row["score_yes"], "No": row["score_no"], "Open": row["score_open"]}
         assert row["label"] == max(scores, key=scores.get)
-        assert (row["response"] is not None) == (row["label"] in ("Yes", "No"))
-        if row["response"]:
-            assert row["informative"] in row["response"]
-            if row["response_rule"] == "precise_concludes":
-                assert row["response"] == f"{row['informative']} {row['precise']}"
-            if row["response_rule"].startswith("pattern_"):
-                assert row["response"].rstrip().endswith(row["precise"])
+        labels[row["id"]] = (row["label"], scores)
+        assert (row["id"] in kept_rows) == (row["label"] in ("Yes", "No"))
+        assert (row["response"] is not None) == (row["id"] in kept_rows)
+
+    # Every label kept: each triplet gets a response, by the rule its two answers call for
+    # (hand_triplets: "CT" and an informative answer without a conclusion: a pattern; "The
+    # answer is MRI.": the precise answer concludes; "... Therefore the plane is axial.":
+    # the informative answer concludes)
+    _, every, none_rejected = run("all", ("Yes", "No", "Open"))
+    assert len(every) == 10 and none_rejected == {}
+    rules: Counter[str] = Counter()
+    for row in every.values():
+        label, scores = labels[row["id"]]  # the judge's verdict does not depend on `keep`
+        assert row["label"] == label and row["score_yes"] == pytest.approx(scores["Yes"])
+        informative, precise, rule = row["informative"], row["precise"], row["response_rule"]
+        if precise == "CT":
+            assert rule.startswith("pattern_"), rule
+            pattern = COT_PATTERNS[int(rule.removeprefix("pattern_"))]
+            assert row["response"] == pattern.format(cot=informative, answer=precise)
+            rules["pattern"] += 1
+        elif precise == "The answer is MRI.":
+            assert rule == "precise_concludes"
+            assert row["response"] == f"{informative} {precise}"
+            rules[rule] += 1
+        else:
+            assert precise == "Axial" and informative.endswith("Therefore the plane is axial.")
+            assert rule == "informative_concludes" and row["response"] == informative
+            rules[rule] += 1
+    assert rules == {"pattern": 4, "precise_concludes": 3, "informative_concludes": 3}
+
+    # No label kept: every triplet rejected, none with a response
+    _, no_kept, all_rejected = run("none", ())
+    assert no_kept == {} and len(all_rejected) == 10
+    assert {(r["response"], r["response_rule"]) for r in all_rejected.values()} == {(None, None)}
+
     # the filter's model sees text only; its label is reproducible
-    again, _ = filter_triplets(
-        triplets, str(tmp_path / "kept2"), str(tmp_path / "rejected2"), config
-    )
+    again, _, _ = run("again", ("Yes", "No"))
     assert again.shards == kept.shards
 
 
@@ -502,8 +538,8 @@ def test_table5_ablations_are_assembly_variants(
     data in the task format, through the same filter), alone and with the domain's
     captions. Record counts and turn structure per variant."""
     triplets = hand_triplets(pairs, str(tmp_path / "triplets"), n=10, aligned=True)
-    # The tiny judge gives every triplet one label, so "kept" is the first 6 of the 10
-    # parsed triplets (judged on their own): what a filter keeping 6 would give.
+    # A judge keeping every label (Yes, No, Open) keeps each triplet, so "kept" is the first
+    # 6 of the 10 parsed triplets (judged on their own): what a filter keeping 6 would give.
     judge = FilterConfig(engine=EngineConfig(model="tiny:lm"), keep=("Yes", "No", "Open"))
     kept, _ = filter_triplets(
         hand_triplets(pairs, str(tmp_path / "first-6"), n=6, aligned=True),

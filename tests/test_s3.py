@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Self
 
 import duckdb
 import polars as pl
@@ -47,11 +47,13 @@ def test_ingest_to_s3_and_read_back_with_polars_and_duckdb(
     # nothing of the work area is left, and no credential is written anywhere
     keys = fs.find(uri.removeprefix("s3://"))
     assert not [k for k in keys if "/_work/" in k]
-    for key in keys:
-        if key.endswith(".json"):
-            text = fs.cat_file(key).decode()
-            assert s3_server["AWS_SECRET_ACCESS_KEY"] not in text
-            assert s3_server["AWS_ACCESS_KEY_ID"] not in text
+    documents = [k for k in keys if k.endswith(".json")]
+    # the dataset's manifest and its quarantine's: the JSON a credential could leak into
+    assert sum(k.endswith("/manifest.json") for k in documents) == 2, documents
+    for key in documents:
+        text = fs.cat_file(key).decode()
+        assert s3_server["AWS_SECRET_ACCESS_KEY"] not in text
+        assert s3_server["AWS_ACCESS_KEY_ID"] not in text
     assert Dataset(uri).to_table().num_rows == expected["valid"]
     Dataset(uri).verify()
 
@@ -122,36 +124,65 @@ def bucket_source(s3_server: dict[str, str], uri: str, images: int, empty: bool 
     fs.pipe_file(f"{uri}/data.jsonl", ("\n".join(lines) + "\n").encode())
 
 
+class SlowDownProxyServer(http.server.ThreadingHTTPServer):
+    """Loopback proxy to moto (`target`) that answers image reads with 503 SlowDown,
+    `failures` times per image (None: always), and forwards everything else.
+
+    It listens on a port the kernel picks as it binds (port 0, read back from
+    `server_address`: nothing can take it between a probe and the bind). What it counts is
+    its own, not its handler class's: each test's proxy starts from nothing."""
+
+    def __init__(self, target: str, failures: int | None = 0, image_delay_s: float = 0.0):
+        super().__init__(("127.0.0.1", 0), SlowDownProxy)
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.failures = failures
+        self.injected: dict[str, int] = {}
+        # every request (method, path with query), and image reads at once (most seen), each
+        # image read held `image_delay_s` so that reads from several processes overlap
+        self.requests: list[tuple[str, str]] = []
+        self.image_delay_s = image_delay_s
+        self.reading = [0, 0]  # now, most
+        self.lock = threading.Lock()  # handlers run on threads of their own
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
 class SlowDownProxy(http.server.BaseHTTPRequestHandler):
-    """Loopback proxy to moto that answers image reads with 503 SlowDown, `failures` times
-    per image (None: always), and forwards everything else."""
+    """The proxy's handler: its state is the server's (`SlowDownProxyServer`)."""
 
     protocol_version = "HTTP/1.1"  # answers `Expect: 100-continue` before a PUT's body
-    target: tuple[str, int] = ("127.0.0.1", 0)
-    failures: int | None = 0
-    injected: ClassVar[dict[str, int]] = {}
-    # every request (method, path with query), and image reads at once (most seen), each
-    # image read held `image_delay_s` so that reads from several processes overlap
-    requests: ClassVar[list[tuple[str, str]]] = []
-    image_delay_s: float = 0.0
-    reading: ClassVar[list[int]] = [0, 0]  # now, most
-    lock = threading.Lock()
+    server: SlowDownProxyServer
 
     def _forward(self) -> None:
+        proxy = self.server
         path = self.path.split("?")[0]
-        with SlowDownProxy.lock:
-            SlowDownProxy.requests.append((self.command, self.path))
-        if self.command == "GET" and path.endswith(".png") and SlowDownProxy.image_delay_s:
-            with SlowDownProxy.lock:
-                SlowDownProxy.reading[0] += 1
-                SlowDownProxy.reading[1] = max(SlowDownProxy.reading)
-            time.sleep(SlowDownProxy.image_delay_s)
-            with SlowDownProxy.lock:
-                SlowDownProxy.reading[0] -= 1
+        with proxy.lock:
+            proxy.requests.append((self.command, self.path))
+        if self.command == "GET" and path.endswith(".png") and proxy.image_delay_s:
+            with proxy.lock:
+                proxy.reading[0] += 1
+                proxy.reading[1] = max(proxy.reading)
+            time.sleep(proxy.image_delay_s)
+            with proxy.lock:
+                proxy.reading[0] -= 1
         if self.command == "GET" and path.endswith(".png"):
-            done = SlowDownProxy.injected.get(path, 0)
-            if SlowDownProxy.failures is None or done < SlowDownProxy.failures:
-                SlowDownProxy.injected[path] = done + 1
+            with proxy.lock:
+                done = proxy.injected.get(path, 0)
+                fail = proxy.failures is None or done < proxy.failures
+                if fail:
+                    proxy.injected[path] = done + 1
+            if fail:
                 body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
                 self.send_response(503)
                 self.send_header("Content-Length", str(len(body)))
@@ -160,7 +191,7 @@ class SlowDownProxy(http.server.BaseHTTPRequestHandler):
                 return
         length = int(self.headers.get("Content-Length") or 0)
         data = self.rfile.read(length) if length else None
-        connection = http.client.HTTPConnection(*SlowDownProxy.target, timeout=30)
+        connection = http.client.HTTPConnection(*proxy.target, timeout=30)
         headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
         connection.request(self.command, self.path, body=data, headers=headers)
         response = connection.getresponse()
@@ -189,26 +220,19 @@ def test_s3_slowdowns_are_retried_or_fail_the_run_never_a_quarantine_row(
     s3_bucket: str, s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bucket_source(s3_server, f"{s3_bucket}/raw", 4)
-    host, port = s3_server["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
-    SlowDownProxy.target = (host, int(port))
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDownProxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
     config = IngestConfig(domain="test")
-    try:
+    with SlowDownProxyServer(s3_server["AWS_ENDPOINT_URL"], failures=2) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         # two 503s per image: the client retries them, every row is ingested
-        SlowDownProxy.failures, SlowDownProxy.injected = 2, {}
         manifest = ingest(f"{s3_bucket}/raw", f"{s3_bucket}/retried", config)
         assert manifest.rows == 4 and manifest.quarantine is None
-        assert sum(SlowDownProxy.injected.values()) == 8
+        assert sum(proxy.injected.values()) == 8
         # 503 on every try: the run fails and commits nothing; no row is quarantined for it
-        SlowDownProxy.failures, SlowDownProxy.injected = None, {}
+        proxy.failures, proxy.injected = None, {}
         with pytest.raises(OSError):
             ingest(f"{s3_bucket}/raw", f"{s3_bucket}/failed", config)
         with pytest.raises(DatasetNotFinishedError):
             read_manifest(f"{s3_bucket}/failed")
-    finally:
-        proxy.shutdown()
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["AWS_ENDPOINT_URL"])
     resumed = ingest(f"{s3_bucket}/raw", f"{s3_bucket}/failed", config)  # S3 answers again
     assert resumed.rows == 4 and resumed.quarantine is None
@@ -249,24 +273,15 @@ def test_an_s3_source_is_listed_once_and_read_by_parallel_workers(
     and the dataset is the one a single worker makes."""
     bucket_source(s3_server, f"{s3_bucket}/par", 12, empty=True)
     single = ingest(f"{s3_bucket}/par", f"{s3_bucket}/par-one", IngestConfig(domain="test"))
-    host, port = s3_server["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
-    SlowDownProxy.target = (host, int(port))
-    SlowDownProxy.failures, SlowDownProxy.injected, SlowDownProxy.requests = 0, {}, []
-    SlowDownProxy.image_delay_s, SlowDownProxy.reading = 0.2, [0, 0]
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDownProxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
-    try:
+    with SlowDownProxyServer(s3_server["AWS_ENDPOINT_URL"], image_delay_s=0.2) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         parallel = ingest(
             f"{s3_bucket}/par", f"{s3_bucket}/par-two", IngestConfig(domain="test", workers=2)
         )
-    finally:
-        proxy.shutdown()
-        SlowDownProxy.image_delay_s = 0.0
     assert parallel.fingerprint == single.fingerprint and parallel.rows == 12
     # the empty object (S3 refuses a ranged read of it) is a row of the quarantine
     assert parallel.quarantine.reasons == {"empty_file": 1}
-    source = [(m, p) for m, p in SlowDownProxy.requests if "prefix=par%2F" in p or "/par/" in p]
+    source = [(m, p) for m, p in proxy.requests if "prefix=par%2F" in p or "/par/" in p]
     # the whole source (recursive: no delimiter) is listed once, for its fingerprint
     assert sum("prefix=par%2F&delimiter=&" in p for _, p in source) == 1
     # each image: one GET, and no other request (no listing or HEAD per image)
@@ -276,4 +291,4 @@ def test_an_s3_source_is_listed_once_and_read_by_parallel_workers(
     assert sorted(image_requests) == sorted(
         ("GET", f"/{s3_bucket.removeprefix('s3://')}/par/img/{i}.png") for i in range(12)
     )
-    assert SlowDownProxy.reading[1] >= 2  # two workers' reads overlapped
+    assert proxy.reading[1] >= 2  # two workers' reads overlapped

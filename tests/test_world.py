@@ -172,17 +172,22 @@ def test_captions_state_only_true_facts() -> None:
         facts = {(m[0] or m[3], m[1], m[2], m[4], m[5]) for m in _FACT.findall(text)}
         truth = {(t.size, t.colour, t.shape, ROWS[t.row], COLUMNS[t.column]) for t in scene.things}
         assert facts == truth, text
-        assert (
-            NUMBERS[len(scene.things)] in text.lower().split(" ")[:4]
-            or NUMBERS[len(scene.things)].capitalize() in text
-        )
-        styles.add(
+        # the count opens the caption, in the words of its style
+        n, count = len(scene.things), NUMBERS[len(scene.things)]
+        style = (
             "there"
             if text.startswith("There")
             else "shows"
             if text.startswith("This image")
             else "list"
         )
+        opening = {
+            "there": f"There {'is' if n == 1 else 'are'} {count} ",
+            "shows": f"This image shows {count} ",
+            "list": f"{count.capitalize()} ",
+        }[style]
+        assert text.startswith(opening), text
+        styles.add(style)
     assert len(styles) == 3  # three caption styles
 
 

@@ -230,9 +230,11 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def idempotency_key(data_fingerprint: str, train: dict[str, Any]) -> str:
-    """One training run per (data, training config): the key Prefect deduplicates flow runs on."""
-    return f"{data_fingerprint}-{config_hash(train)}"
+def idempotency_key(data_fingerprint: str, train: dict[str, Any], out: str) -> str:
+    """One training run per (data, training config, output): the key Prefect deduplicates
+    flow runs on (a fingerprint is the same wherever the data lies, so the output must be
+    part of it, or a run into a new output would return the old one's flow run)."""
+    return f"{data_fingerprint}-{config_hash({'train': train, 'out': out})}"
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
