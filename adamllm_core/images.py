@@ -124,6 +124,7 @@ def _checked_and_normalised(
     except Exception as error:  # noqa: BLE001 (any decoder error: the image is undecodable)
         raise ImageRejected("undecodable", f"{type(error).__name__}: {error}") from None
 
+    lossy = _lossy_coding(source_format, image, data)
     changes: list[str] = []
     if frames > 1:
         changes.append(f"first_of_{frames}_frames")
@@ -150,7 +151,7 @@ def _checked_and_normalised(
             frames=frames,
         )
     # Lossy sources stay lossy (a PNG of a CMYK photo would be several times larger).
-    target = "JPEG" if source_format in ("JPEG", "MPO") else "PNG"
+    target = "JPEG" if lossy else "PNG"
     if source_format not in KEPT_FORMATS:
         changes.append(f"format_{source_format.lower()}_to_{target.lower()}")
     out = io.BytesIO()
@@ -171,6 +172,28 @@ def _checked_and_normalised(
         frames=frames,
         changes=changes,
     )
+
+
+def _lossy_coding(source_format: str, image: Image.Image, data: bytes) -> bool:
+    """Whether the source file's own coding is lossy: JPEG and MPO, a WebP with a lossy
+    (VP8) bitstream, a JPEG-compressed TIFF."""
+    if source_format in ("JPEG", "MPO"):
+        return True
+    if source_format == "WEBP":
+        return b"VP8 " in _riff_chunk_names(data)
+    if source_format == "TIFF":
+        return image.info.get("compression") in ("jpeg", "tiff_jpeg")
+    return False
+
+
+def _riff_chunk_names(data: bytes) -> set[bytes]:
+    """The chunk names of a RIFF file (WebP: VP8 lossy, VP8L lossless, VP8X, ALPH ...)."""
+    names, offset = set(), 12  # after "RIFF", the size and "WEBP"
+    while offset + 8 <= len(data):
+        names.add(data[offset : offset + 4])
+        size = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        offset += 8 + size + (size & 1)  # chunks are padded to an even size
+    return names
 
 
 def _is_gray(image: Image.Image) -> bool:

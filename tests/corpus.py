@@ -1,8 +1,10 @@
 """Generated inputs: one image file per case the ingest must handle, and their expectations;
 datasets written by hand (as the stages write them) for the tests that read them."""
 
+import hashlib
 import io
 import json
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable
@@ -430,7 +432,9 @@ def _install_hold(hold: str) -> None:
       done-marker (shards 0..N-1 are marked done): the data plane's most delicate kill point;
     - `checkpoint-unmarked:S`: the Trainer saved checkpoint-S and its on_save callbacks
       (which mark it complete with its run-identity file, then sync it) have not run;
-    - `checkpoint-complete:S`: checkpoint-S is saved, marked complete and synced.
+    - `checkpoint-complete:S`: checkpoint-S is saved, marked complete and synced;
+    - `after-cache-batch:N`: an engine request cache wrote its N-th batch file (requests
+      computed since then are not cached).
     """
     kind, _, value = hold.partition(":")
     if kind == "before-marker":
@@ -447,6 +451,19 @@ def _install_hold(hold: str) -> None:
             write(fs, path, data)
 
         dataset_module.write_bytes_atomic = held_write
+    elif kind == "after-cache-batch":
+        import adamllm_core.engines.cache as cache_module
+
+        write_batch = cache_module.write_bytes_atomic
+        written = []
+
+        def held_batch_write(fs: Any, path: str, data: bytes) -> None:
+            write_batch(fs, path, data)
+            written.append(path)
+            if len(written) == int(value):
+                _hold_here()
+
+        cache_module.write_bytes_atomic = held_batch_write
     elif kind in ("checkpoint-unmarked", "checkpoint-complete"):
         from transformers.trainer_callback import CallbackHandler
 
@@ -479,3 +496,30 @@ if __name__ == "__main__":
     module, *arguments = sys.argv[1 + len(options) :]
     sys.argv = [module, *options, *arguments]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+MARKER_TIME_NS = 1_000_000_000 * 10**9  # 2001: no write today can leave this time
+
+
+def file_states(paths: Iterable[Path]) -> dict[Path, tuple[int, int, str]]:
+    """What tells files kept from files written again: each is stamped with a marker time
+    first, then its inode (a replacement is a new file), mtime and content hash recorded.
+    mtime alone does not: on a filesystem with coarse timestamps a rewrite within the same
+    tick keeps it; a rewrite after the marker sets today's time whatever the resolution."""
+    paths = list(paths)
+    for path in paths:
+        os.utime(path, ns=(MARKER_TIME_NS, MARKER_TIME_NS))
+    return {path: before for path, before in zip(paths, _states(paths), strict=True)}
+
+
+def changed(states: dict[Path, tuple[int, int, str]]) -> list[Path]:
+    """The files of `file_states` written again (or changed) since."""
+    paths = list(states)
+    return [p for p, now in zip(paths, _states(paths), strict=True) if now != states[p]]
+
+
+def _states(paths: list[Path]) -> list[tuple[int, int, str]]:
+    return [
+        (p.stat().st_ino, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in paths
+    ]

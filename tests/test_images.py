@@ -76,3 +76,15 @@ def test_multi_frame_can_be_rejected() -> None:
 def test_policy_rejects_unknown_values() -> None:
     with pytest.raises(ValueError, match="multi_frame"):
         ImagePolicy(multi_frame="all")
+
+
+def test_a_webp_stays_lossy_only_when_its_own_coding_is():
+    """A WebP that must be re-encoded (alpha) becomes JPEG when its bitstream is lossy (VP8)
+    and PNG when it is lossless (VP8L): the WebP format alone says neither."""
+    rgba = Image.new("RGBA", (40, 30), (200, 30, 30, 128))
+    for lossless, target in ((False, "jpeg"), (True, "png")):
+        out = io.BytesIO()
+        rgba.save(out, format="WEBP", lossless=lossless, quality=60)
+        normalised = normalise_image(out.getvalue(), ImagePolicy())
+        assert (normalised.format, normalised.source_format) == (target, "webp"), lossless
+        assert Image.open(io.BytesIO(normalised.data)).mode == "RGB"

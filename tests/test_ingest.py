@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from corpus import IMAGE_CASES, encode, gradient
+from corpus import IMAGE_CASES, changed, encode, file_states, gradient
 from PIL import Image
 from pydantic import ValidationError
 
@@ -191,10 +191,11 @@ def test_rerun_is_a_no_op(broken_corpus, tmp_path: Path) -> None:
     source, _ = broken_corpus
     out = tmp_path / "pairs"
     first = ingest(str(source), str(out), IngestConfig(domain="test"))
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    stamps = file_states(p for p in out.rglob("*") if p.is_file())
     again = ingest(str(source), str(out), IngestConfig(domain="test"))
     assert again == first
-    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+    assert changed(stamps) == []
+    assert {p for p in out.rglob("*") if p.is_file()} == set(stamps)  # and nothing new
 
 
 def test_changed_source_is_a_new_identity(broken_corpus, tmp_path: Path) -> None:

@@ -90,12 +90,22 @@ def ray_cluster(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     saved = {key: os.environ.get(key) for key in RAY_ENV}
     os.environ.update(RAY_ENV)  # this process is the cluster's driver
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    head = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1"]
-    head += ["--num-cpus=1", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"]
-    subprocess.run(head, check=True, capture_output=True)
+    # `ray start` takes a port number, not a socket: a port probed free here can be taken
+    # before the head binds it, so the start is tried again on another port (bounded)
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        head = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1"]
+        head += ["--num-cpus=1", "--num-gpus=0", "--include-dashboard=false"]
+        started = subprocess.run(
+            head + ["--disable-usage-stats"], check=False, capture_output=True, text=True
+        )
+        if started.returncode == 0:
+            break
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, check=False)
+    else:
+        pytest.fail(f"the Ray head did not start: {started.stdout}{started.stderr}")
     cluster = LocalCluster(f"127.0.0.1:{port}", tmp_path_factory.mktemp("ray"))
     try:
         cluster.add_node()
