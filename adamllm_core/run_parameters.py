@@ -117,7 +117,7 @@ def _train_field(name: str, field: Any) -> tuple[Any, Any]:
         Field(
             default=None,
             title=name.replace("_", " ").capitalize(),
-            description=field.description or name.replace("_", " "),
+            description=field.description,
             # bounds of the setting itself (gt, le ...) stay with it
             **{
                 key: getattr(meta, key)

@@ -2,10 +2,12 @@
 datasets written by hand (as the stages write them) for the tests that read them."""
 
 import hashlib
+import http.server
 import io
 import json
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -519,7 +521,63 @@ def changed(states: dict[Path, tuple[int, int, str]]) -> list[Path]:
 
 
 def _states(paths: list[Path]) -> list[tuple[int, int, str]]:
+    stats = [p.stat() for p in paths]
     return [
-        (p.stat().st_ino, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-        for p in paths
+        (stat.st_ino, stat.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p, stat in zip(paths, stats, strict=True)
     ]
+
+
+class FlakyServer(http.server.ThreadingHTTPServer):
+    """A loopback server on a port the kernel picks as it binds (port 0, read back from
+    `server_address`: nothing can take it between a probe and the bind). Its counters are
+    its own, not the handler class's: a second server (another test, a rerun) starts from
+    zero, so its 503s are answered again and retried again."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), FlakyHandler)
+        self.lock = threading.Lock()  # handlers run on threads of their own
+        self.failures = 0
+        self.bad_requests = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FlakyHandler(http.server.BaseHTTPRequestHandler):
+    """Answers 503 twice, then a completion; 400 for prompts containing 'bad'."""
+
+    server: FlakyServer
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if "bad" in body.get("prompt", ""):
+            with self.server.lock:
+                self.server.bad_requests += 1
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b'{"error": "bad request"}')
+            return
+        with self.server.lock:
+            fail = self.server.failures < 2
+            if fail:
+                self.server.failures += 1
+        if fail:
+            self.send_response(503)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(
+            json.dumps(
+                {
+                    "choices": [{"text": "ok", "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+                }
+            ).encode()
+        )
+
+    def log_message(self, *args) -> None:
+        pass

