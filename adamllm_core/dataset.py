@@ -12,6 +12,8 @@ shard, a commit copies nothing, and a replaced dataset stays whole until the new
 is written (see DatasetWriter). Readers go through the manifest."""
 
 import bisect
+import contextlib
+import hashlib
 import io
 import json
 import time
@@ -85,6 +87,10 @@ class QuarantineInfo(BaseModel):
     uri: str
     rows: int
     reasons: dict[str, int]
+    fingerprint: str | None = Field(
+        default=None,
+        description="the quarantine manifest's fingerprint, so the dataset's covers its rows",
+    )
 
 
 class StageStats(BaseModel):
@@ -149,7 +155,8 @@ def _fingerprint(identity: str, shards: list[ShardInfo], quarantine: QuarantineI
             {
                 "identity": identity,
                 "shards": [[s.path, s.rows, s.sha256] for s in shards],
-                "quarantine": quarantine.rows if quarantine else 0,
+                # Datasets without quarantine keep the fingerprint they always had.
+                "quarantine": [quarantine.rows, quarantine.fingerprint] if quarantine else 0,
             }
         )
     )[:32]
@@ -297,11 +304,25 @@ class Dataset:
         return Dataset(join(self.uri, self.manifest.quarantine.path))
 
     def verify(self) -> None:
-        """Re-hash every shard against the manifest; raises on the first mismatch."""
+        """Re-hash every shard, and the quarantine's, against the manifests, streaming each
+        file; raises DatasetError naming the first shard that is missing or differs."""
         for shard in self.manifest.shards:
-            data = self._fs.cat_file(join(self._path, shard.path))
-            if sha256_hex(data) != shard.sha256:
-                raise DatasetError(f"{redact(self.uri)}/{shard.path}: sha256 differs from manifest")
+            where = f"{redact(self.uri)}/{shard.path}"
+            try:
+                with self._fs.open(join(self._path, shard.path), "rb") as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            except FileNotFoundError:
+                raise DatasetError(f"{where}: shard listed in the manifest is missing") from None
+            if digest != shard.sha256:
+                raise DatasetError(f"{where}: sha256 differs from manifest")
+        quarantine = self.quarantine()
+        if quarantine is not None:
+            recorded = self.manifest.quarantine.fingerprint
+            if recorded is not None and recorded != quarantine.manifest.fingerprint:
+                raise DatasetError(
+                    f"{redact(quarantine.uri)}: quarantine manifest differs from the one recorded"
+                )
+            quarantine.verify()
 
 
 class RowGroupReader:
@@ -468,6 +489,13 @@ class DatasetWriter:
         if not self._fs.exists(plan_path):
             return None
         return json.loads(self._fs.cat_file(plan_path))
+
+    def give_back_lease(self) -> None:
+        """Stop writing here: the lease is released (the work area stays, to resume). Never
+        raises: when storage cannot be reached, the stopped lease expires on its own."""
+        if self._lease is not None:
+            with contextlib.suppress(Exception):
+                self._lease.release()
 
     def _clean_up_after(self, manifest: Manifest) -> None:
         if self._lease is None:
@@ -657,7 +685,7 @@ class DatasetWriter:
                 rows=sum(s.rows for s in quarantine_shards),
                 reasons=dict(sorted(reasons.items())),
             )
-            self._write_manifest(
+            quarantine_info.fingerprint = self._write_manifest(
                 quarantine_uri,
                 QUARANTINE,
                 quarantine_shards,
@@ -665,7 +693,7 @@ class DatasetWriter:
                 StageStats(
                     stage=self.stage, rows_in=quarantine_info.rows, rows_out=quarantine_info.rows
                 ),
-            )
+            ).fingerprint
         stats = StageStats(
             stage=self.stage,
             rows_in=sum(m.rows_in for m in markers),

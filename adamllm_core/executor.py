@@ -530,15 +530,26 @@ class ShardedExecutor:
             self.attach()
             self.run_shards(source, process, progress=progress, only=shards, **grouping)
             return {}
-        finished = self.prepare()
-        if finished is not None:
-            return finished
-        if role == "prepare":
-            return {}
-        if on_resume:
-            on_resume(self)
-        shards = self.run_shards(source, process, progress=progress, **grouping)
-        return self.commit(shards)
+        try:
+            finished = self.prepare()
+            if finished is not None:
+                return finished
+            if role == "prepare":
+                return {}
+            if on_resume:
+                on_resume(self)
+            shards = self.run_shards(source, process, progress=progress, **grouping)
+            return self.commit(shards)
+        except BaseException:
+            self.give_back_leases()
+            raise
+
+    def give_back_leases(self) -> None:
+        """A failed or interrupted run gives its outputs' leases back at once, so a re-run
+        anywhere can take over without waiting for them to expire; the work areas stay for
+        it to resume. Storage that cannot be reached leaves a lease to expire instead."""
+        for writer in self.writers.values():
+            writer.give_back_lease()
 
 
 def run_stage(

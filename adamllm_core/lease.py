@@ -10,7 +10,6 @@ writers that find the same stale lease cannot both win. A writer whose lease was
 over learns it at its next heartbeat and must stop (`lost`).
 """
 
-import contextlib
 import json
 import os
 import socket
@@ -205,6 +204,10 @@ class WriterLease:
             except FileNotFoundError:
                 pass
 
-    def __del__(self) -> None:  # a writer dropped after an error gives its lease back
-        with contextlib.suppress(Exception):  # at interpreter shutdown nothing is left to do
-            self.release()
+    def __del__(self) -> None:
+        # A dropped writer's lease stops being renewed and expires (or a re-run in this
+        # process takes it over). No storage call here: the cyclic collector runs __del__ in
+        # whatever thread allocates, which may hold a lock the call needs (seen: an
+        # in-process S3 server's request thread, stalled for minutes). Stages give their
+        # leases back explicitly on failure (ShardedExecutor.give_back_leases).
+        self._stop.set()

@@ -46,9 +46,9 @@ def pair(n: int) -> ImageCaptionPair:
     )
 
 
-def quarantined(n: int) -> QuarantineRow:
+def quarantined(n: int, reason: str = "bad") -> QuarantineRow:
     return QuarantineRow(
-        stage="test", input_index=n, source_ref=f"row {n}", reason="bad", detail="why"
+        stage="test", input_index=n, source_ref=f"row {n}", reason=reason, detail="why"
     )
 
 
@@ -198,13 +198,14 @@ def write_pairs(
     shards: list[list[ImageCaptionPair]],
     config: dict | None = None,
     quarantined_in: tuple[int, ...] = (1,),
+    reason: str = "bad",
 ) -> None:
     """Like write_all, with each shard's pairs given; `quarantined_in`: the shards with a
-    quarantined row."""
+    quarantined row, for `reason`."""
     w = writer(uri, config=config)
     w.prepare()
     for k, rows in enumerate(shards):
-        bad = [quarantined(k)] if k in quarantined_in else []
+        bad = [quarantined(k, reason)] if k in quarantined_in else []
         w.write_shard(
             k, PAIRS.to_table(rows), QUARANTINE.to_table(bad), rows_in=len(rows) + len(bad)
         )
@@ -213,7 +214,8 @@ def write_pairs(
 
 def test_different_content_or_config_gives_a_different_fingerprint(tmp_path: Path) -> None:
     """A fingerprint is equal for equal content (above) and differs when anything a child
-    reads differs: one caption, one row fewer, another config, a quarantined row more."""
+    reads differs: one caption, one row fewer, another config, a quarantined row more, or
+    as many quarantined rows for another reason."""
     base = [[pair(0), pair(1)], [pair(2), pair(3)], [pair(4), pair(5)]]
     recaptioned = [list(rows) for rows in base]
     recaptioned[1][1] = pair(3).model_copy(update={"caption": "caption 3, edited"})
@@ -224,13 +226,15 @@ def test_different_content_or_config_gives_a_different_fingerprint(tmp_path: Pat
         "row_removed": ([base[0], base[1], [pair(4)]], None, (1,)),
         "config": (base, {"a": 2}, (1,)),
         "quarantine": (base, None, (1, 2)),
+        "quarantine_reason": (base, None, (1,), "worse"),
     }
     fingerprints = {}
-    for name, (shards, config, quarantined_in) in variants.items():
-        write_pairs(str(tmp_path / name), shards, config, quarantined_in)
+    for name, (shards, config, quarantined_in, *reason) in variants.items():
+        write_pairs(str(tmp_path / name), shards, config, quarantined_in, *reason)
         fingerprints[name] = read_manifest(str(tmp_path / name)).fingerprint
     assert fingerprints["same"] == fingerprints["base"]
-    others = [fingerprints[k] for k in ("caption", "row_removed", "config", "quarantine")]
+    changed = ("caption", "row_removed", "config", "quarantine", "quarantine_reason")
+    others = [fingerprints[k] for k in changed]
     assert fingerprints["base"] not in others and len(set(others)) == len(others)
     # the caption's and the removed row's datasets were made from the same inputs, config
     # and code: their fingerprints differ by the content alone
@@ -274,6 +278,23 @@ def test_verify_names_the_damaged_shard(tmp_path: Path, how: str) -> None:
         dataset.verify()
     assert type(caught.value) is DatasetError
     assert name.startswith("part-00001-")  # the second shard: verify read past the first
+
+
+def test_verify_names_a_missing_shard_and_checks_the_quarantine(tmp_path: Path) -> None:
+    write_all(str(tmp_path / "ds"))
+    dataset = Dataset(str(tmp_path / "ds"))
+    quarantine_shard = next((tmp_path / "ds" / "_quarantine").rglob("part-*.parquet"))
+    quarantine_shard.write_bytes(quarantine_shard.read_bytes()[:-50])
+    with pytest.raises(DatasetError, match=re.escape(f"/{quarantine_shard.name}: sha256 differs")):
+        dataset.verify()
+
+    name = dataset.manifest.shards[2].path
+    (tmp_path / "ds" / name).unlink()
+    with pytest.raises(
+        DatasetError, match=re.escape(f"/{name}: shard listed in the manifest is missing")
+    ) as caught:
+        dataset.verify()
+    assert type(caught.value) is DatasetError  # not FileNotFoundError
 
 
 def test_commit_refuses_missing_shards(tmp_path: Path) -> None:

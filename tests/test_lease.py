@@ -84,3 +84,51 @@ def test_a_stale_lease_is_taken_over_and_its_writer_writes_nothing_more(location
     taker.write_shard(1, PAIRS.to_table([pair(1)]), QUARANTINE.to_table([]), rows_in=1)
     assert taker.commit(2).rows == 2
     assert read_manifest(uri).rows == 2
+
+
+TAKER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_dataset import writer
+print(writer(sys.argv[1], config={{"v": "a"}}).prepare() is None, flush=True)
+"""
+
+
+def test_a_failed_stage_gives_its_lease_back_at_once(location: str, tmp_path: Path) -> None:
+    """The failing process lives on (a worker serving other runs, a test session, a
+    notebook): another process, on the same host and with the lease's TTL far off, takes
+    the output over at once, and the work area is kept for it to resume."""
+    from adamllm_core.executor import ShardOutput, StageOutput, run_stage
+    from adamllm_core.storage import filesystem
+
+    sys.path.insert(0, str(TESTS))
+    from test_dataset import pair, write_all
+
+    source = f"{location}/in"
+    write_all(source)
+
+    def fails_at_shard_1(rows: list[dict], shard) -> ShardOutput:
+        if shard.index == 1:
+            raise RuntimeError("storage gave up")
+        return ShardOutput(rows={"pairs": [pair(shard.index)]})
+
+    out = f"{location}/out"
+    with pytest.raises(RuntimeError, match="storage gave up") as failure:
+        run_stage(
+            stage="test",
+            input_uri=source,
+            outputs={"pairs": StageOutput(out, PAIRS)},
+            config={"v": "a"},
+            process=fails_at_shard_1,
+            code="test",
+        )
+    fs, path = filesystem(out)
+    assert not fs.exists(f"{path}/{LEASE_NAME}")
+    assert fs.exists(f"{path}/_work")  # kept: shard 0 is done
+    assert failure.value is not None  # the traceback, and with it the writer, is still alive
+    script = tmp_path / "taker.py"
+    script.write_text(TAKER.format(tests=str(TESTS)))
+    taken = subprocess.run(
+        [sys.executable, str(script), out], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert taken.stdout.strip() == "True", taken.stderr[-2000:]
