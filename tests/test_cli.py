@@ -71,12 +71,14 @@ def test_bad_flag_values_are_clear(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "image.multi_frame" in result.output
 
 
-def test_source_problems_fail_before_any_flow_runs(shared_data: Path, tmp_path: Path) -> None:
+def test_source_problems_fail_before_any_flow_runs(
+    world_sources: tuple[Path, dict], tmp_path: Path
+) -> None:
     result = runner.invoke(
         app,
         [
             "ingest",
-            str(shared_data / "food101_mini"),
+            str(world_sources[0] / "labels"),  # a `label` field, no caption field
             "--domain",
             "food",
             "--out",

@@ -821,8 +821,10 @@ def test_adaptllm_release_rows_keep_their_templated_input(tmp_path: Path) -> Non
     )  # no invented question for generic rows
 
 
-def test_images_can_be_skipped_per_item(shared_data: Path) -> None:
-    source = str(shared_data / "food101_mini")
-    items = list(read_items("food101", source, limit=6, images=lambda position: position >= 4))
+def test_images_can_be_skipped_per_item(world_sources: tuple[Path, dict]) -> None:
+    source = str(world_sources[0] / "benchmark")
+    items = list(
+        read_items("proving_ground", source, limit=6, images=lambda position: position >= 4)
+    )
     assert [bool(i.image) for i in items] == [False] * 4 + [True] * 2
-    assert all(not i.image for i in read_items("food101", source, limit=3, images=False))
+    assert all(not i.image for i in read_items("proving_ground", source, limit=3, images=False))

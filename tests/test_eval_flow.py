@@ -252,11 +252,25 @@ class StopsAfter(Engine):
 
 
 def test_interrupted_eval_resumes_and_bad_images_are_quarantined(
-    tiny_models, shared_data: Path, tmp_path: Path
+    tiny_models, world_sources: tuple[Path, dict], tmp_path: Path
 ) -> None:
     data = tmp_path / "bench"
-    shutil.copytree(shared_data / "food101_mini", data)
+    shutil.copytree(world_sources[0] / "benchmark", data)  # generated questions
     lines = (data / "data.jsonl").read_text().splitlines()[:11]
+    colours = json.loads(lines[0])["choices"]
+
+    def question(image: str, qid: str) -> str:
+        return json.dumps(
+            {
+                "qid": qid,
+                "image": image,
+                "question": "What colour is the object?",
+                "answer": colours[0],
+                "skill": "colour",
+                "choices": colours,
+            }
+        )
+
     # a 16-bit TIFF (UC Merced ships TIFFs): normalised and evaluated, not rejected
     import numpy as np
     from PIL import Image
@@ -264,12 +278,12 @@ def test_interrupted_eval_resumes_and_bad_images_are_quarantined(
     Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(
         data / "images" / "deep.tif"
     )
-    lines.append(json.dumps({"image": "images/deep.tif", "label": "waffles"}))
+    lines.append(question("images/deep.tif", "deep-tiff"))
     (data / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    lines.append(json.dumps({"image": "images/broken.jpg", "label": "paella"}))
+    lines.append(question("images/broken.jpg", "broken-jpeg"))
     (data / "data.jsonl").write_text("\n".join(lines) + "\n")
     config = EvalConfig(
-        benchmark="food101",
+        benchmark="proving_ground",
         data=str(data),
         engine=EngineConfig(model="tiny:vlm", batch_size=4),
         max_new_tokens=8,
@@ -279,30 +293,35 @@ def test_interrupted_eval_resumes_and_bad_images_are_quarantined(
 
     with pytest.raises(RuntimeError, match="interrupted"):
         evaluate(config, str(tmp_path / "run"), engine=StopsAfter(real, calls=2))  # two shards of 4
-    assert not (tmp_path / "run" / "food101" / "predictions" / "manifest.json").exists()
+    assert not (tmp_path / "run" / "proving_ground" / "predictions" / "manifest.json").exists()
 
     resumed = StopsAfter(real, calls=None)
     summary = evaluate(config, str(tmp_path / "run"), engine=resumed)
     assert resumed.requests == 12 - 8  # the two finished shards were not recomputed
     assert summary["questions"] == 13 and summary["unreadable"] == 1
     quarantine = pl.read_parquet(
-        str(tmp_path / "run" / "food101" / "predictions" / "_quarantine" / "*" / "*.parquet")
+        str(tmp_path / "run" / "proving_ground" / "predictions" / "_quarantine" / "*" / "*.parquet")
     )
     assert quarantine["reason"].to_list() == ["undecodable"] and quarantine["source_ref"][
         0
     ].endswith(":13")
-    predictions = pl.read_parquet(str(tmp_path / "run" / "food101" / "predictions" / "*.parquet"))
-    assert (
-        predictions.height == 12 and "11" in predictions["qid"].to_list()
-    )  # the TIFF row was scored
+    predictions = pl.read_parquet(
+        str(tmp_path / "run" / "proving_ground" / "predictions" / "*.parquet")
+    )
+    assert predictions.height == 12 and "deep-tiff" in predictions["qid"].to_list()  # scored
 
 
-def test_eval_on_object_storage(tiny_models, shared_data: Path, s3_bucket: str) -> None:
+def test_eval_on_object_storage(
+    tiny_models, world_sources: tuple[Path, dict], s3_bucket: str
+) -> None:
+    """The benchmark read from the bucket, predictions and report written to it."""
     import s3fs
 
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    fs.put(str(world_sources[0] / "benchmark") + "/", f"{s3_bucket}/bench/", recursive=True)
     config = EvalConfig(
-        benchmark="vqa_rad",
-        data=str(shared_data / "vqa_rad_train"),
+        benchmark="proving_ground",
+        data=f"{s3_bucket}/bench",
         engine=EngineConfig(model="tiny:vlm", batch_size=8),
         limit=8,
         max_new_tokens=8,
@@ -311,7 +330,7 @@ def test_eval_on_object_storage(tiny_models, shared_data: Path, s3_bucket: str) 
     assert summary["questions"] == 8
     assert (
         pl.scan_parquet(
-            f"{s3_bucket}/eval/base/vqa_rad/predictions/*.parquet",
+            f"{s3_bucket}/eval/base/proving_ground/predictions/*.parquet",
             storage_options={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]},
         )
         .collect()
@@ -321,8 +340,7 @@ def test_eval_on_object_storage(tiny_models, shared_data: Path, s3_bucket: str) 
     from adamllm_core.evaluation.report import write_report
 
     written = write_report([f"{s3_bucket}/eval/base"], f"{s3_bucket}/eval/base")
-    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     assert (
         fs.exists(written["report_png"])
-        and "VQA-RAD open" in fs.cat_file(written["report_md"]).decode()
+        and "Proving ground" in fs.cat_file(written["report_md"]).decode()
     )

@@ -374,9 +374,12 @@ def test_csv_with_caption_lists_and_sidecar_captions(tmp_path: Path) -> None:
     assert quarantine["reason"].to_list() == ["missing_caption"]
 
 
-def test_missing_caption_field_is_a_clear_error(shared_data: Path, tmp_path: Path) -> None:
+def test_missing_caption_field_is_a_clear_error(
+    world_sources: tuple[Path, dict], tmp_path: Path
+) -> None:
+    labels = str(world_sources[0] / "labels")  # a `label` field, no caption field
     with pytest.raises(ConfigError, match=r"--caption-field.*label"):
-        ingest(str(shared_data / "food101_mini"), str(tmp_path / "x"), IngestConfig(domain="food"))
+        ingest(labels, str(tmp_path / "x"), IngestConfig(domain="food"))
 
 
 def test_bad_config_values_name_the_field() -> None:
@@ -545,3 +548,21 @@ def test_a_csv_file_is_counted_and_hashed_in_one_read(
     assert scan.records == 2  # a quoted line break is inside one record
     assert scan.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # BOM included
     assert opened == [str(path)]
+
+
+def test_an_annotation_file_rewritten_in_place_is_scanned_again(tmp_path: Path) -> None:
+    """The scan cache must not serve an old hash for new content of the same size whose
+    mtime was put back (a copy tool keeping timestamps, or a coarse-timestamp filesystem)."""
+    import hashlib
+
+    from adamllm_core.importers.records import scan_record_file
+
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"image": "a.png", "caption": "red"}\n')
+    before = path.stat()
+    assert scan_record_file(str(path)).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "r+b") as handle:  # in place: same inode, same size
+        handle.write(b'{"image": "b.png", "caption": "tan"}\n')
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert scan_record_file(str(path)).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

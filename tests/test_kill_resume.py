@@ -12,13 +12,10 @@ import pytest
 from corpus import changed, file_states, held_command, hold_env, wait_until_held
 
 from adamllm_core.dataset import DatasetNotFinishedError, read_manifest, read_work_area
-from adamllm_core.importers import SourceOptions
 from adamllm_core.ingest import IngestConfig, ingest
 from adamllm_core.storage import STAGING_SUFFIX, staging_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-TEMPLATE = "Question: {question} Answer: {answer}"
 
 
 def cli(*args: str) -> list[str]:
@@ -33,19 +30,18 @@ def finished_shards(out: Path) -> list[str]:
 
 
 def test_killed_ingest_resumes_to_the_same_dataset(
-    prefect_server: str, shared_data: Path, tmp_path: Path
+    prefect_server: str, world_sources: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    source = shared_data / "vqa_rad_train"
+    root, expected = world_sources
+    source = root / "pairs"  # generated: 200 pairs, a missing and an undecodable image
     out = tmp_path / "pairs"
     args = [
         "ingest",
         str(source),
         "--domain",
-        "biomed",
+        "proving",
         "--out",
         str(out),
-        "--caption-template",
-        TEMPLATE,
         "--rows-per-shard",
         "40",
         "--workers",
@@ -71,7 +67,7 @@ def test_killed_ingest_resumes_to_the_same_dataset(
     process.wait()
 
     finished_before = finished_shards(out)
-    assert len(finished_before) == 3  # of 29 (1152 records / 40 per shard)
+    assert len(finished_before) == 3  # of 6 (202 records / 40 per shard)
     assert not (out / "manifest.json").exists()
     # shards are written where they stay; no reader through the manifest sees them yet;
     # shard 3 is on disk without its marker (the kill fell between the two)
@@ -95,9 +91,7 @@ def test_killed_ingest_resumes_to_the_same_dataset(
     # finished shards were published as first written, not recomputed
     assert changed(kept) == []
 
-    config = IngestConfig(
-        domain="biomed", rows_per_shard=40, source=SourceOptions(caption_template=TEMPLATE)
-    )
+    config = IngestConfig(domain="proving", rows_per_shard=40)
     reference = ingest(str(source), str(tmp_path / "reference"), config)
     assert resumed.fingerprint == reference.fingerprint
     assert resumed.shards == reference.shards
@@ -113,4 +107,5 @@ def test_killed_ingest_resumes_to_the_same_dataset(
     assert not [p.name for p in out.rglob("*") if p.name.endswith(STAGING_SUFFIX)]
     rows = pl.scan_parquet(str(out / "*.parquet")).select("id").collect()
     assert rows["id"].n_unique() == len(rows) == resumed.rows
-    assert resumed.stats.rows_in == 1152 == resumed.rows + resumed.quarantine.rows
+    assert resumed.stats.rows_in == expected["pairs_in"] == resumed.rows + resumed.quarantine.rows
+    assert resumed.quarantine.reasons == expected["quarantined"]

@@ -32,11 +32,7 @@ runner = CliRunner()
 
 
 def invoke(*args: str) -> Any:
-    """`adamllm ARGS` through CliRunner, with Prefect's logging configured first, outside it:
-    Prefect configures it when a flow is first imported, and a console handler configured
-    inside CliRunner.invoke keeps that call's stderr, closed once it returns."""
-    import prefect.main  # noqa: F401
-
+    """`adamllm ARGS` through CliRunner (Prefect's logging is configured by conftest)."""
     from adamllm_cli.main import app
 
     return runner.invoke(app, list(args))

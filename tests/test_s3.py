@@ -15,7 +15,6 @@ import pytest
 import s3fs
 
 from adamllm_core.dataset import Dataset, DatasetNotFinishedError, DatasetWriter, read_manifest
-from adamllm_core.importers import SourceOptions
 from adamllm_core.ingest import IngestConfig, ingest
 from adamllm_core.settings import storage_settings
 
@@ -59,15 +58,22 @@ def test_ingest_to_s3_and_read_back_with_polars_and_duckdb(
 
 
 def test_s3_source_and_unfinished_dataset(
-    s3_bucket: str, s3_server, shared_data: Path, tmp_path: Path
+    s3_bucket: str, s3_server, world_sources: tuple[Path, dict], tmp_path: Path
 ) -> None:
     fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
-    bundle = shared_data / "food101_mini"
+    root, expected = world_sources
+    bundle = root / "pairs"
     fs.put(str(bundle / "data.jsonl"), f"{s3_bucket}/raw/food/data.jsonl")
     fs.put(str(bundle / "images") + "/", f"{s3_bucket}/raw/food/images/", recursive=True)
-    config = IngestConfig(domain="food", source=SourceOptions(caption_field="label"))
-    manifest = ingest(f"{s3_bucket}/raw/food", f"{s3_bucket}/food/pairs", config)
-    assert manifest.rows == 90
+    manifest = ingest(
+        f"{s3_bucket}/raw/food", f"{s3_bucket}/food/pairs", IngestConfig(domain="food")
+    )
+    assert manifest.rows + manifest.quarantine.rows == expected["pairs_in"]
+    assert manifest.quarantine.reasons == expected["quarantined"]
+    ingest(str(bundle), str(tmp_path / "local"), IngestConfig(domain="food"))
+    content = ["id", "image", "image_sha256", "caption"]  # not where each came from
+    from_s3 = Dataset(f"{s3_bucket}/food/pairs").to_table(content)
+    assert from_s3.equals(Dataset(str(tmp_path / "local")).to_table(content))
     assert (
         json.loads(read_manifest(f"{s3_bucket}/food/pairs").to_json())["parents"][0]["uri"]
         == f"{s3_bucket}/raw/food"
@@ -234,6 +240,8 @@ def test_s3_slowdowns_are_retried_or_fail_the_run_never_a_quarantine_row(
         with pytest.raises(DatasetNotFinishedError):
             read_manifest(f"{s3_bucket}/failed")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["AWS_ENDPOINT_URL"])
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    assert not fs.exists(f"{s3_bucket}/failed/_lease.json")  # the failed run gave it back
     resumed = ingest(f"{s3_bucket}/raw", f"{s3_bucket}/failed", config)  # S3 answers again
     assert resumed.rows == 4 and resumed.quarantine is None
 
@@ -292,3 +300,20 @@ def test_an_s3_source_is_listed_once_and_read_by_parallel_workers(
         ("GET", f"/{s3_bucket.removeprefix('s3://')}/par/img/{i}.png") for i in range(12)
     )
     assert proxy.reading[1] >= 2  # two workers' reads overlapped
+
+
+def test_an_annotation_file_replaced_within_the_same_second_is_scanned_again(
+    s3_bucket: str, s3_server
+) -> None:
+    """S3's LastModified has whole seconds: the scan cache is keyed by the ETag."""
+    import hashlib
+
+    from adamllm_core.importers.records import scan_record_file
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    uri = f"{s3_bucket}/rewritten/data.jsonl"
+    for caption in (b"red", b"tan", b"sky"):  # same size each time, well within a second
+        content = b'{"image": "a.png", "caption": "' + caption + b'"}\n'
+        fs.pipe_file(uri, content)
+        fs.invalidate_cache()
+        assert scan_record_file(uri).sha256 == hashlib.sha256(content).hexdigest()

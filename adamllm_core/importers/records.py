@@ -13,7 +13,7 @@ from typing import Any
 import ijson
 
 from adamllm_core.errors import ConfigError, Rejected
-from adamllm_core.storage import filesystem
+from adamllm_core.storage import content_version, filesystem
 
 RECORD_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
@@ -113,8 +113,7 @@ def scan_record_file(uri: str) -> RecordFileScan:
     """Count and hash the file in one streaming pass (cached while it is unchanged)."""
     fs, path = filesystem(uri)
     info = fs.info(path)
-    modified = str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")
-    return _scan(uri, int(info.get("size") or 0), modified)
+    return _scan(uri, int(info.get("size") or 0), content_version(info))
 
 
 def count_records(uri: str) -> int:
