@@ -63,7 +63,7 @@ test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
 
 # The same suite shuffled by pytest-randomly (modules, then tests within each); the seed is
 # printed at the top, and ORDER_SEED=N replays an order.
-ORDER_SEED ?= random
+ORDER_SEED ?= default
 test-random: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
 	ADAMLLM_VLLM_CPU_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest --randomly-seed=$(ORDER_SEED)
 

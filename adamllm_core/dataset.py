@@ -12,7 +12,6 @@ shard, a commit copies nothing, and a replaced dataset stays whole until the new
 is written (see DatasetWriter). Readers go through the manifest."""
 
 import bisect
-import contextlib
 import hashlib
 import io
 import json
@@ -155,11 +154,20 @@ def _fingerprint(identity: str, shards: list[ShardInfo], quarantine: QuarantineI
             {
                 "identity": identity,
                 "shards": [[s.path, s.rows, s.sha256] for s in shards],
-                # Datasets without quarantine keep the fingerprint they always had.
-                "quarantine": [quarantine.rows, quarantine.fingerprint] if quarantine else 0,
+                "quarantine": _quarantine_part(quarantine),
             }
         )
     )[:32]
+
+
+def _quarantine_part(quarantine: QuarantineInfo | None) -> int | list[Any]:
+    # Datasets without a quarantine, and those written before the quarantine's own
+    # fingerprint was recorded, keep the fingerprint they always had.
+    if quarantine is None:
+        return 0
+    if quarantine.fingerprint is None:
+        return quarantine.rows
+    return [quarantine.rows, quarantine.fingerprint]
 
 
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
@@ -304,8 +312,9 @@ class Dataset:
         return Dataset(join(self.uri, self.manifest.quarantine.path))
 
     def verify(self) -> None:
-        """Re-hash every shard, and the quarantine's, against the manifests, streaming each
-        file; raises DatasetError naming the first shard that is missing or differs."""
+        """Re-hash every shard against the manifest (streaming each file), check the
+        manifest's fingerprint against its content, then the same for the quarantine;
+        raises DatasetError naming the first part that is missing or differs."""
         for shard in self.manifest.shards:
             where = f"{redact(self.uri)}/{shard.path}"
             try:
@@ -315,7 +324,17 @@ class Dataset:
                 raise DatasetError(f"{where}: shard listed in the manifest is missing") from None
             if digest != shard.sha256:
                 raise DatasetError(f"{where}: sha256 differs from manifest")
-        quarantine = self.quarantine()
+        manifest = self.manifest
+        if _fingerprint(manifest_identity(manifest), manifest.shards, manifest.quarantine) != (
+            manifest.fingerprint
+        ):
+            raise DatasetError(f"{redact(self.uri)}: manifest fingerprint differs from its content")
+        try:
+            quarantine = self.quarantine()
+        except DatasetError as error:
+            raise DatasetError(
+                f"{redact(self.uri)}: its quarantine cannot be read ({error})"
+            ) from None
         if quarantine is not None:
             recorded = self.manifest.quarantine.fingerprint
             if recorded is not None and recorded != quarantine.manifest.fingerprint:
@@ -492,10 +511,9 @@ class DatasetWriter:
 
     def give_back_lease(self) -> None:
         """Stop writing here: the lease is released (the work area stays, to resume). Never
-        raises: when storage cannot be reached, the stopped lease expires on its own."""
+        raises, nor waits long: when storage cannot be reached, the lease expires."""
         if self._lease is not None:
-            with contextlib.suppress(Exception):
-                self._lease.release()
+            self._lease.give_back()
 
     def _clean_up_after(self, manifest: Manifest) -> None:
         if self._lease is None:

@@ -10,6 +10,7 @@ writers that find the same stale lease cannot both win. A writer whose lease was
 over learns it at its next heartbeat and must stop (`lost`).
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -40,6 +41,7 @@ class WriterLease:
         self.lost = False
         self._held = False
         self._stop = threading.Event()
+        self._written_at = 0.0  # monotonic time of this writer's last successful write of it
 
     # -- taking it --
 
@@ -75,11 +77,13 @@ class WriterLease:
                 return False
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(self._body())
+            self._written_at = time.monotonic()
             return True
         try:
             self._fs.pipe_file(self._path, self._body(), mode="create")
         except FileExistsError:
             return False
+        self._written_at = time.monotonic()
         return True
 
     def _read(self) -> tuple[dict[str, Any] | None, str | None]:
@@ -122,6 +126,7 @@ class WriterLease:
             self._fs.pipe_file(self._path, self._body(), IfMatch=etag)
         except (OSError, FileNotFoundError):
             return False  # someone renewed or took it first
+        self._written_at = time.monotonic()
         return True
 
     def holder_now(self) -> dict[str, Any] | None:
@@ -174,6 +179,7 @@ class WriterLease:
         except OSError:
             self.lost = True
             return False
+        self._written_at = time.monotonic()
         return True
 
     def check(self) -> None:
@@ -197,6 +203,10 @@ class WriterLease:
         if not self._held:
             return
         self._held = False
+        if time.monotonic() - self._written_at > self.ttl_s * 0.75:
+            # Not renewed for most of its TTL (storage was unreachable): another run may
+            # have taken it over between a read and a delete; left to expire instead.
+            return
         current, _ = self._read()
         if current is not None and current.get("token") == self.holder["token"]:
             try:
@@ -204,10 +214,25 @@ class WriterLease:
             except FileNotFoundError:
                 pass
 
+    def give_back(self, timeout_s: float = 10.0) -> None:
+        """release() for a failing run: never raises, and waits for storage at most
+        `timeout_s` (a run failing because storage is unreachable reports that at once);
+        a lease not given back stops being renewed and expires."""
+        self._stop.set()
+
+        def attempt() -> None:
+            with contextlib.suppress(Exception):
+                self.release()
+
+        worker = threading.Thread(target=attempt, daemon=True, name=f"release {self.uri}")
+        worker.start()
+        worker.join(timeout_s)
+
     def __del__(self) -> None:
         # A dropped writer's lease stops being renewed and expires (or a re-run in this
         # process takes it over). No storage call here: the cyclic collector runs __del__ in
         # whatever thread allocates, which may hold a lock the call needs (seen: an
         # in-process S3 server's request thread, stalled for minutes). Stages give their
         # leases back explicitly on failure (ShardedExecutor.give_back_leases).
-        self._stop.set()
+        if (stop := getattr(self, "_stop", None)) is not None:  # __init__ may have failed
+            stop.set()

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -140,12 +141,19 @@ def listing_fingerprint(
     return digest.hexdigest()[:32]
 
 
-def content_version(info: dict[str, Any]) -> str:
+def content_version(info: dict[str, Any]) -> str | None:
     """What changes whenever a file's content does, from `fs.info`: the ETag on object
     storage (LastModified has whole seconds), else inode, mtime and ctime (a rewrite that
-    keeps size and mtime, or puts them back, still moves ctime)."""
-    if info.get("ETag"):
-        return f"etag:{info['ETag']}"
+    keeps size and mtime, or puts them back, still moves ctime). None for a file without
+    an ETag changed in the last 2 s: timestamps advance in ticks (on some kernels
+    milliseconds, on some filesystems seconds), so a second rewrite within one tick would
+    keep the same version; such a file is not to be cached (as git treats racy entries)."""
+    etag = info.get("ETag") or info.get("etag")  # GCS and Azure spell it in lower case
+    if etag:
+        return f"etag:{etag}"
+    stamps = [info.get(key) for key in ("mtime", "created")]
+    if any(isinstance(t, int | float) and time.time() - t < 2.0 for t in stamps):
+        return None
     return ":".join(str(info.get(key)) for key in ("ino", "mtime", "created", "LastModified"))
 
 

@@ -21,7 +21,7 @@ absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 # Prefect configures logging when first imported. Imported first inside a CliRunner.invoke
 # (the CLI imports flows lazily), its console handler would keep that call's stderr, closed
-# once it returns: in any test order, configure it here, on the real streams.
+# once it returns: in any test order, configure it here, on a stream that lasts the session.
 import prefect.main  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests' own helpers (corpus.py)

@@ -1,5 +1,6 @@
 """The data plane: shards, manifest written last, resume, conflicts, readers."""
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -284,9 +285,56 @@ def test_verify_names_a_missing_shard_and_checks_the_quarantine(tmp_path: Path) 
     write_all(str(tmp_path / "ds"))
     dataset = Dataset(str(tmp_path / "ds"))
     quarantine_shard = next((tmp_path / "ds" / "_quarantine").rglob("part-*.parquet"))
-    quarantine_shard.write_bytes(quarantine_shard.read_bytes()[:-50])
+    intact_quarantine = quarantine_shard.read_bytes()
+    quarantine_shard.write_bytes(intact_quarantine[:-50])
     with pytest.raises(DatasetError, match=re.escape(f"/{quarantine_shard.name}: sha256 differs")):
         dataset.verify()
+
+    quarantine_shard.write_bytes(intact_quarantine)
+    dataset.verify()  # whole again
+
+    # a manifest edited by hand: each fingerprint no longer matches what it records
+    manifest_file = tmp_path / "ds" / "manifest.json"
+    intact = manifest_file.read_text()
+    raw = json.loads(intact)
+    raw["quarantine"]["reasons"] = {"bad": 1}  # not hashed: a reader's summary only
+    raw["rows"] = 6
+    raw["shards"][0]["rows"] = 3  # hashed: the shard's row count changed
+    manifest_file.write_text(json.dumps(raw))
+    with pytest.raises(DatasetError, match="manifest fingerprint differs from its content"):
+        Dataset(str(tmp_path / "ds")).verify()
+    raw = json.loads(intact)
+    raw["quarantine"]["fingerprint"] = "0" * 32
+    manifest_file.write_text(json.dumps(raw))
+    with pytest.raises(DatasetError, match="manifest fingerprint differs"):
+        Dataset(str(tmp_path / "ds")).verify()  # the recorded one is hashed in
+    # a manifest written before the quarantine's fingerprint was recorded still verifies
+    raw = json.loads(intact)
+    del raw["quarantine"]["fingerprint"]
+    identity = manifest_identity(read_manifest(str(tmp_path / "ds")))
+    old_content = {
+        "identity": identity,
+        "shards": [[s["path"], s["rows"], s["sha256"]] for s in raw["shards"]],
+        "quarantine": raw["quarantine"]["rows"],
+    }
+    raw["fingerprint"] = hashlib.sha256(
+        json.dumps(old_content, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()[:32]
+    manifest_file.write_text(json.dumps(raw))
+    Dataset(str(tmp_path / "ds")).verify()
+    manifest_file.write_text(intact)
+    quarantine_manifest = quarantine_shard.parent / "manifest.json"
+    intact_quarantine_manifest = quarantine_manifest.read_text()
+    raw = json.loads(intact_quarantine_manifest)
+    raw["fingerprint"] = "0" * 32
+    quarantine_manifest.write_text(json.dumps(raw))
+    with pytest.raises(DatasetError, match="quarantine manifest differs from the one recorded"):
+        Dataset(str(tmp_path / "ds")).verify()
+    quarantine_manifest.unlink()
+    with pytest.raises(DatasetError, match="its quarantine cannot be read"):
+        Dataset(str(tmp_path / "ds")).verify()
+    quarantine_manifest.write_text(intact_quarantine_manifest)
+    Dataset(str(tmp_path / "ds")).verify()
 
     name = dataset.manifest.shards[2].path
     (tmp_path / "ds" / name).unlink()

@@ -132,3 +132,36 @@ def test_a_failed_stage_gives_its_lease_back_at_once(location: str, tmp_path: Pa
         [sys.executable, str(script), out], check=False, capture_output=True, text=True, timeout=120
     )
     assert taken.stdout.strip() == "True", taken.stderr[-2000:]
+
+
+def test_a_lease_left_unrenewed_is_never_deleted_by_its_old_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old writer reads its own token, then, before its delete, another run takes the
+    expired lease over (the interleaving is forced by serving the old read): the old
+    writer, unrenewed for most of its TTL, leaves the file alone."""
+    uri = str(tmp_path / "out")
+    old = WriterLease(uri, ttl_s=0.6)
+    old.acquire()
+    old._stop.set()  # storage unreachable: no renewal since
+    read_before_takeover = old._read()
+    time.sleep(0.7)
+    taker = WriterLease(uri)
+    taker.acquire()
+    monkeypatch.setattr(old, "_read", lambda: read_before_takeover)
+    old.release()
+    assert taker._read()[0]["token"] == taker.holder["token"]
+    taker.release()
+    assert not (tmp_path / "out" / LEASE_NAME).exists()
+
+
+def test_giving_a_lease_back_waits_for_storage_only_so_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease = WriterLease(str(tmp_path / "out"))
+    lease.acquire()
+    monkeypatch.setattr(lease, "_read", lambda: time.sleep(30))  # storage hangs
+    started = time.monotonic()
+    lease.give_back(timeout_s=0.5)
+    assert time.monotonic() - started < 5  # the failing run reports its error, not this
+    assert lease._stop.is_set()  # and the lease is no longer renewed

@@ -113,7 +113,10 @@ def scan_record_file(uri: str) -> RecordFileScan:
     """Count and hash the file in one streaming pass (cached while it is unchanged)."""
     fs, path = filesystem(uri)
     info = fs.info(path)
-    return _scan(uri, int(info.get("size") or 0), content_version(info))
+    size, version = int(info.get("size") or 0), content_version(info)
+    if version is None:  # changed just now: a version is not yet trustworthy
+        return _scan.__wrapped__(uri, size, "")
+    return _scan(uri, size, version)
 
 
 def count_records(uri: str) -> int:

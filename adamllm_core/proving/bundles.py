@@ -179,10 +179,14 @@ def _commit_rows(
     writer: DatasetWriter, schema: Any, rows: list[Any], per_shard: int = 2000
 ) -> Manifest:
     shards = max(1, -(-len(rows) // per_shard))
-    for k in range(shards):
-        part = rows[k * per_shard : (k + 1) * per_shard]
-        writer.write_shard(k, schema.to_table(part), QUARANTINE.to_table([]), rows_in=len(part))
-    return writer.commit(shards)
+    try:
+        for k in range(shards):
+            part = rows[k * per_shard : (k + 1) * per_shard]
+            writer.write_shard(k, schema.to_table(part), QUARANTINE.to_table([]), rows_in=len(part))
+        return writer.commit(shards)
+    except BaseException:
+        writer.give_back_lease()
+        raise
 
 
 # Pretraining's first phase: one object per image, questions only the image answers. Mixed
