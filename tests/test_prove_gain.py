@@ -1,6 +1,6 @@
 """The proving ground's gain, measured in the suite. The models a gain needs take 60-90
 minutes to build on 2 cores, so world seed 2's set-up models (base, judge, tuned
-synthesizer: 6.8 MB) come from a committed pack, `tests/fixtures/proving-pack-seed2`
+synthesizer: 6.8 MB) come from a committed pack, `packs/proving-seed2`
 (`adamllm prove-pack --seed 2 --scale ci`). Everything after them runs as `make run` does
 at ci scale, through the real flows: world → flow synth (synthesis, consistency filter,
 mixtures) → caption-only and single-stage post-training → evaluation on the domain
@@ -22,7 +22,7 @@ from adamllm_core.proving.experiment import (
 )
 from adamllm_core.proving.pack import PACK_FILE, install_pack
 
-PACK = Path(__file__).parent / "fixtures" / "proving-pack-seed2"
+PACK = Path(__file__).parents[1] / "packs" / "proving-seed2"
 SEED = 2
 
 
