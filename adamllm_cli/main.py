@@ -197,6 +197,35 @@ def synth(
         fail(str(error))
 
 
+@app.command("select")
+def select_command(
+    config: Annotated[
+        Path, typer.Option(help="selection config YAML, e.g. deployments/select-proving.yaml")
+    ],
+    out: Annotated[str | None, typer.Option(help="override the config's output root")] = None,
+) -> None:
+    """Error-driven data selection for one target task: the student's errors, diagnosed by
+    the teacher into missing skills, retrieve training samples from the pool; each method is
+    tuned and scored when the config trains (report.md/png/json under OUT/TARGET)."""
+    from adamllm_core.engines import make_engine
+    from adamllm_core.selection.config import load_select_config
+
+    try:
+        settings = load_select_config(config, {"out": out})
+        for engine in (settings.student, settings.teacher):
+            make_engine(engine)  # engines load lazily: this only checks the kind can run here
+        settings.budget_sizes()
+    except (ConfigError, OSError) as error:
+        fail(str(error))
+
+    from flows.select import select_flow
+
+    try:
+        select_flow(config=str(config), out=out)
+    except (ConfigError, DatasetError, ValueError) as error:
+        fail(str(error))
+
+
 @app.command()
 def prove(
     seed: Annotated[

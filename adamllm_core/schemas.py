@@ -373,3 +373,114 @@ class Prediction(Record):
 PREDICTIONS = register_schema(
     RecordSchema("predictions", 1, Prediction, "benchmark predictions with scores")
 )
+
+
+# --- error-driven data selection (arXiv 2412.15652) -------------------------------------
+
+
+class PoolSample(Record):
+    """A sample of a task-agnostic instruction pool (Vision-Flan-like), which error-driven
+    selection retrieves training data from."""
+
+    id: str
+    task: str = Field(description="the task it belongs to (Vision-Flan has 191)")
+    instruction: str
+    answer: str
+    image: bytes
+    image_format: str
+    source_ref: str = Field(description="where it was read from: file and line, or row")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="free metadata (JSON)")
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("source_ref",)
+
+
+class StudentAnswer(Record):
+    """The student's reasoned answer to one validation question."""
+
+    id: str = Field(description="sha256 of benchmark, qid and student identity (hex, 32)")
+    benchmark: str
+    qid: str
+    question: str = Field(description="the question as released (the prompt adds the format)")
+    choices: list[str] | None = Field(description="the options, for a question that has them")
+    gold: str
+    steps: list[str] = Field(description="the reasoning steps, in order")
+    answer: str = Field(description="the final answer as the student wrote it")
+    correct: bool = Field(description="scored as the benchmark scores answers (score = 1)")
+    score: float
+    student: str = Field(description="student model identity")
+    raw_output: str
+    source: str = Field(description="benchmark file and line the question came from")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the question's own")
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("qid",)
+
+
+class Mistake(Record):
+    """A wrong answer diagnosed by the teacher: its erroneous step (answer-switch) and the
+    one skill the student lacked there."""
+
+    id: str = Field(description="the answer's id")
+    qid: str
+    question: str
+    gold: str
+    answer: str
+    steps: list[str]
+    status: str = Field(
+        description="switch, final_step, no_switch or tie (answer-switch); whole_reasoning"
+        " when mistake identification is off"
+    )
+    step: int | None = Field(description="1-based erroneous step (switch, final_step)")
+    wrong_option: str | None
+    trace: dict[str, Any] = Field(
+        description="options and the teacher's probabilities after each prefix of the steps"
+    )
+    skill_raw: str = Field(description="the teacher's words")
+    skill: str = Field(description="normalised (merging near-duplicates comes after)")
+    teacher: str = Field(description="teacher model identity")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("id", "qid")
+
+
+class PoolLabel(Record):
+    """The skills the teacher says a pool sample exercises."""
+
+    id: str = Field(description="the pool sample's id")
+    task: str
+    skills: list[str] = Field(description="normalised, in the teacher's order")
+    raw: str = Field(description="the teacher's words")
+    teacher: str
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("id",)
+
+
+class SelectedSample(Record):
+    """A pool sample selected for training, as a conversation with its image."""
+
+    id: str = Field(description="sha256 of the selection method and the sample id (hex, 32)")
+    sample_id: str
+    task: str
+    method: str = Field(description="error_driven, random, instruction_similarity, full, ...")
+    query: str = Field(description="the skill or question that retrieved it; empty if none")
+    rank: int = Field(description="its place in that query's ranking, from 0")
+    score: float = Field(description="BM25 score for that query")
+    image: bytes
+    image_format: str
+    messages: list[ChatTurn] = Field(description="the instruction (<image> first), the answer")
+
+    lineage_fields: ClassVar[tuple[str, ...]] = ("sample_id",)
+
+
+POOL = register_schema(RecordSchema("pool", 1, PoolSample, "task-agnostic instruction pool"))
+STUDENT_ANSWERS = register_schema(
+    RecordSchema("student_answers", 1, StudentAnswer, "a student's reasoned answers")
+)
+MISTAKES = register_schema(
+    RecordSchema("mistakes", 1, Mistake, "wrong answers with the erroneous step and skill")
+)
+POOL_LABELS = register_schema(
+    RecordSchema("pool_labels", 1, PoolLabel, "skills a teacher named for pool samples")
+)
+SELECTED = register_schema(
+    RecordSchema("selected", 1, SelectedSample, "pool samples selected for training")
+)

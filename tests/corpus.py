@@ -625,3 +625,78 @@ def write_world_sources(root: Path, seed: int = 11, pairs: int = 200) -> dict[st
         "labels": len(records),
         "questions": sum(per_skill.values()),
     }
+
+
+# The world's skills as a teacher names them (the proving ground's question skills).
+WORLD_SKILL_NAMES = {
+    "colour": "colour recognition",
+    "shape": "shape recognition",
+    "count": "counting objects",
+    "row": "vertical position",
+    "column": "horizontal position",
+    "size": "size comparison",
+    "existence": "object search",
+    "relation": "spatial relations",
+}
+
+
+def train_word_teacher(lm: str, root: Path, steps: int = 120) -> str:
+    """The tiny random LM (which writes only newlines) trained through the real trainer to
+    answer error-driven selection's teacher prompts (pool labels, missing skills) with the
+    world skill of the question, so that teacher stages have words to work on. About 20 s."""
+    import random
+
+    from adamllm_core.proving.world import GENERAL, WorldConfig, questions, sample_scene
+    from adamllm_core.schemas import TEXT_CHATS, ChatTurn, TextChat
+    from adamllm_core.selection.teacher import TeacherPrompts, label_request, skill_request
+
+    rng = random.Random(0)
+    prompts = TeacherPrompts()
+    chats = []
+    for index in range(40):
+        for question in questions(sample_scene(rng, GENERAL, WorldConfig()), rng):
+            name = WORLD_SKILL_NAMES[question.skill]
+            asked = (
+                label_request(question.question, question.answer, prompts),
+                skill_request(
+                    question.question, question.answer, "no", [question.informative], 1, prompts
+                ),
+            )
+            for kind, request in zip(("label", "skill"), asked):
+                chats.append(
+                    TextChat(
+                        id=f"{kind}-{index}-{question.skill}",
+                        task=kind,
+                        messages=[
+                            ChatTurn(role="user", content=request.messages[0].content),
+                            ChatTurn(role="assistant", content=name),
+                        ],
+                    )
+                )
+    data = write_dataset(
+        str(root / "teacher-chats"),
+        TEXT_CHATS,
+        [(chats, [])],
+        parents=[ParentRef(uri="world", fingerprint="0", kind="source")],
+    )
+    return quick_train(lm, data, str(root / "teacher"), steps, learning_rate=1e-2)
+
+
+def quick_train(model: str, data: str, out: str, steps: int, learning_rate: float) -> str:
+    """A short post-training run through the real trainer (batch 16); the final model's path."""
+    from adamllm_core.training.trainer import load_train_config, train
+
+    settings = {
+        "model": model,
+        "task": "post_train",
+        "learning_rate": learning_rate,
+        "warmup_ratio": 0.05,
+        "weight_decay": 0.0,
+        "max_steps": steps,
+        "global_batch_size": 16,
+        "per_device_batch_size": 16,
+        "max_seq_len": 512,
+        "save_steps": 10 * steps,
+        "logging_steps": steps,
+    }
+    return train(load_train_config(settings), data, out)["final"]

@@ -156,15 +156,49 @@ def _executor(
     )
 
 
-def _quarantine_row(input_index: int, item: Any, problem: Rejected) -> QuarantineRow:
+def _quarantine_row(
+    input_index: int, item: Any, problem: Rejected, stage: str = "evaluate"
+) -> QuarantineRow:
     return QuarantineRow(
-        stage="evaluate",
+        stage=stage,
         input_index=input_index,
         source_ref=item.source,
         reason=problem.reason,
         detail=problem.detail,
         record_id=item.qid,
     )
+
+
+def question_input(
+    benchmark_name: str, data: str, limit: int | None, rows_per_shard: int
+) -> BatchInput:
+    """A benchmark's questions in shards (images read only for the shards to do); refused,
+    before any work area exists, when the file holds none."""
+    spec = benchmark(benchmark_name)
+    if next(read_items(spec.name, data, limit=1, images=False), None) is None:
+        raise ValueError(f"{redact(data)}: no {spec.title} questions in it")
+
+    def questions(wanted: Callable[[int], bool]) -> Iterator[EvalItem]:
+        yield from read_items(spec.name, data, limit=limit, images=wanted)
+
+    return BatchInput(questions, rows_per_shard, total=limit, name=redact(data))
+
+
+def readable_items(
+    chunk: list[EvalItem], shard: Shard, policy: ImagePolicy, stage: str
+) -> tuple[list[tuple[int, EvalItem]], list[QuarantineRow]]:
+    """A shard's questions with their images normalised as ingest does (decoded in full,
+    pixel-limited, 8-bit RGB or L, one frame), each with its position; the others as
+    quarantine rows with the reason."""
+    readable, refused = [], []
+    for position, item in enumerate(chunk):
+        try:
+            image = normalise_image(item.image, policy)
+        except Rejected as problem:
+            refused.append(_quarantine_row(shard.offset + position, item, problem, stage))
+        else:
+            readable.append((position, item.model_copy(update={"image": image.data})))
+    return readable, refused
 
 
 def shard_sizes(config: EvalConfig) -> list[int]:
@@ -203,19 +237,9 @@ def evaluate(
     def process_many(group: list[tuple[list[EvalItem], Shard]]) -> list[ShardOutput]:
         outputs, valid = [], []
         for chunk, shard in group:
-            output = ShardOutput(rows={"predictions": []})
-            readable = []
-            for position, item in enumerate(chunk):
-                try:  # as ingest does: decoded in full, pixel-limited, 8-bit RGB/L, one frame
-                    image = normalise_image(item.image, config.images)
-                except Rejected as problem:
-                    output.quarantine.append(
-                        _quarantine_row(shard.offset + position, item, problem)
-                    )
-                else:
-                    item = item.model_copy(update={"image": image.data})
-                    readable.append((position, item, eval_request(spec, item, config)))
-            outputs.append(output)
+            items, refused = readable_items(chunk, shard, config.images, "evaluate")
+            outputs.append(ShardOutput(rows={"predictions": []}, quarantine=refused))
+            readable = [(p, item, eval_request(spec, item, config)) for p, item in items]
             valid.append((readable, shard))
         answered = shards_on_engine(
             engine,
@@ -246,14 +270,8 @@ def evaluate(
             output.counters["fallbacks"] = sum(r.fallback for r in output.rows["predictions"])
         return outputs
 
-    def questions(wanted: Callable[[int], bool]) -> Iterator[EvalItem]:
-        yield from read_items(spec.name, config.data, limit=config.limit, images=wanted)
-
-    # refused before the executor prepares a work area for it
-    if next(read_items(spec.name, config.data, limit=1, images=False), None) is None:
-        raise ValueError(f"{redact(config.data)}: no {spec.title} questions in it")
     manifests = executor.execute(
-        BatchInput(questions, config.rows_per_shard, total=config.limit, name=redact(config.data)),
+        question_input(spec.name, config.data, config.limit, config.rows_per_shard),
         None,
         progress=progress,
         role=role,

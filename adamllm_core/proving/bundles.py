@@ -385,6 +385,48 @@ def write_domain_pairs(out: Path, seed: int, world: WorldConfig, count: int) -> 
     return count
 
 
+# The pool's task names per skill (Vision-Flan-like: several tasks exercise one skill).
+POOL_TASKS: dict[str, tuple[str, ...]] = {
+    "colour": ("colour_of_shape", "name_the_colour"),
+    "shape": ("shape_of_colour", "name_the_shape"),
+    "count": ("count_objects", "how_many_things"),
+    "row": ("row_of_object",),
+    "column": ("column_of_object",),
+    "size": ("size_of_object",),
+    "existence": ("is_it_there",),
+    "relation": ("left_neighbour_colour",),
+}
+
+
+def write_pool(
+    out: Path, seed: int, world: WorldConfig, count: int, palette: Palette | None = None
+) -> dict[str, int]:
+    """A task-agnostic pool in Vision-Flan's annotation form (`annotation.json`: id, image,
+    task_name, a human/gpt conversation): one question per image, its skill drawn evenly
+    among those the scene allows, answered with its short reasoning. Returns samples per skill."""
+    records = []
+    per_skill: dict[str, int] = {}
+    for index, scene, image, rng in _scenes(seed, "pool", palette or world.general, world, count):
+        path = _write_image(out, f"pool-{index:06d}.png", image)
+        question = rng.choice(questions(scene, rng))
+        per_skill[question.skill] = per_skill.get(question.skill, 0) + 1
+        task = rng.choice(POOL_TASKS[question.skill])
+        records.append(
+            {
+                "id": f"{task}+{index}",
+                "image": path,
+                "task_name": task,
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{question.question}"},
+                    {"from": "gpt", "value": question.informative},
+                ],
+                "skill": question.skill,
+            }
+        )
+    (out / "annotation.json").write_text(json.dumps(records, indent=0) + "\n")
+    return per_skill
+
+
 def write_benchmark(
     out: Path,
     seed: int,

@@ -78,7 +78,7 @@ class AnswerIndex:
         rows = []
         for _, record in read_records(uri):
             keys = image_keys(record.get("image")) if isinstance(record, dict) else None
-            answer = _turn(record, ("gpt", "assistant")) if isinstance(record, dict) else None
+            answer = record_turn(record, ("gpt", "assistant")) if isinstance(record, dict) else None
             if keys is None or not answer:
                 self.skipped[f"{kind}_without_{'image' if keys is None else 'answer'}"] += 1
                 continue
@@ -128,14 +128,14 @@ class AnswerIndex:
 SOURCE_NAMES = {"caption": "ALLaVA-Caption-VFLAN", "informative": "ALLaVA-Instruct-VFLAN"}
 
 
-def _turn(record: dict[str, Any], speaker: tuple[str, ...]) -> str | None:
+def record_turn(record: dict[str, Any], speaker: tuple[str, ...]) -> str | None:
     for turn in record.get("conversations") or record.get("messages") or []:
         if str(turn.get("from", turn.get("role", ""))).lower() in speaker:
             return turn.get("value", turn.get("content"))
     return None
 
 
-def _strip_image_tag(text: str) -> str:
+def strip_image_tag(text: str) -> str:
     return text.replace("<image>", "").strip()
 
 
@@ -201,8 +201,8 @@ def build_seed(
 
     def example(record: dict[str, Any]) -> SeedExample:
         identifier = str(record.get("id"))
-        instruction = _turn(record, ("human", "user"))
-        precise = _turn(record, ("gpt", "assistant"))
+        instruction = record_turn(record, ("human", "user"))
+        precise = record_turn(record, ("gpt", "assistant"))
         if not instruction or precise is None:
             raise Rejected("bad_record", "Vision-Flan record without instruction and answer turns")
         keys = image_keys(record.get("image"))
@@ -227,7 +227,7 @@ def build_seed(
             image_format="png" if blank else image.format,
             blank_image=blank,
             caption=caption,
-            instruction=_strip_image_tag(instruction),
+            instruction=strip_image_tag(instruction),
             precise=str(precise).strip(),
             informative=informative,
             source_ref=identifier,

@@ -170,6 +170,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gradient_checkpointing": True,
         "dataloader_workers": 4,
     },
+    # The error-driven paper's students (arXiv 2412.15652 gives no hyper-parameters): LLaVA-1.5's
+    # own fine-tuning recipe (lr 2e-5, warmup 0.03, no weight decay), and Qwen2-VL as above.
+    "llava-1.5-7b": {
+        "model": "llava-hf/llava-1.5-7b-hf",
+        "learning_rate": 2e-5,
+        "vision_learning_rate": 2e-6,
+        "weight_decay": 0.0,
+        "warmup_ratio": 0.03,
+        "deepspeed": "zero3",
+        "bf16": True,
+        "gradient_checkpointing": True,
+        "dataloader_workers": 4,
+    },
+    "qwen2-vl-7b": {
+        "model": "Qwen/Qwen2-VL-7B-Instruct",
+        "learning_rate": 1e-5,
+        "vision_learning_rate": 1e-5,
+        "weight_decay": 0.1,
+        "warmup_ratio": 0.1,
+        "deepspeed": "zero3",
+        "bf16": True,
+        "gradient_checkpointing": True,
+        "dataloader_workers": 4,
+    },
     # Table 9 (synthesizer tuning on LLaVA-v1.6-8B): 2 epochs, no weight decay.
     "synthesizer-llava-v1.6-8b": {
         "model": "llava-hf/llama3-llava-next-8b-hf",
