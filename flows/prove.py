@@ -5,6 +5,7 @@ World → base MLLM and judge (built once per machine) → flow `synth` on the d
 training run per variant → flow-`evaluate`'s task on the domain benchmark → report.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -27,12 +28,21 @@ from adamllm_core.proving.experiment import (
     gains_table,
     synthesis_line,
 )
+from adamllm_core.proving.selection import (
+    error_driven_section,
+    error_driven_table,
+    select_settings,
+    selection_setup,
+)
 from adamllm_core.training.trainer import limit_threads, stage1_train_config
+from flows.select import select_flow
 from flows.synth import synth_flow
 from tasks.evaluate import evaluate_benchmark
 from tasks.prove import (
     build_base_models,
+    build_selection_models,
     install_models_pack,
+    make_selection_world,
     make_world,
     measure_synthetic_data,
     prove_report,
@@ -228,3 +238,49 @@ def _refiltered_mixture(
         overwrite=True,
     )
     return mixture["single_stage"].uri
+
+
+@flow(name="prove-select", log_prints=True)
+def prove_select_flow(
+    seed: int = 0,
+    out: str = "runs/prove",
+    scale: Literal["full", "ci", "smoke"] = "ci",
+    models_pack: str | None = None,
+) -> dict[str, Any]:
+    """Error-driven selection on the proving ground: a student weak at one skill, a teacher,
+    a pool and a replay set of the world, then the flow `select` at the budget; adds the
+    `error_driven` section to OUT/report.json (written anew when there is none).
+
+    Args:
+        seed: world seed
+        out: output folder (the world, the experiment's files and report.json)
+        scale: ci or full (the experiment's default sizes); smoke (a few steps each)
+        models_pack: take the base models from this pack instead of building them
+    """
+    config = ProveConfig.for_scale(scale, seed)
+    out = str(Path(out).resolve())
+    world = f"{out}/world"
+    make_world(config, world)
+    if models_pack:
+        install_models_pack(models_pack, config)
+    models = build_base_models(config, world)
+    setup = selection_setup(scale)
+    files = f"{out}/selection-world"
+    make_selection_world(seed, files, setup)
+    built = build_selection_models(config, world, files, models, setup)
+    config_path = Path(out) / "select-world.yaml"
+    config_path.write_text(
+        yaml.safe_dump(select_settings(f"{out}/select", files, built, setup, seed), sort_keys=False)
+    )
+    selected = select_flow(str(config_path))
+    section = error_driven_section(selected, setup)
+    report_path = Path(out) / "report.json"
+    report = (
+        json.loads(report_path.read_text())
+        if report_path.exists()
+        else {"seed": seed, "scale": scale}
+    )
+    report["error_driven"] = section
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(error_driven_table(section))
+    return section

@@ -12,7 +12,6 @@ from typing import Any
 from prefect import flow
 from prefect.deployments import run_deployment
 
-from adamllm_core.engines import EngineConfig
 from adamllm_core.errors import ConfigError
 from adamllm_core.evaluation.run import EvalConfig
 from adamllm_core.selection.choose import SkillTable, validation_questions
@@ -53,12 +52,15 @@ def select_flow(config: str, out: str | None = None) -> dict[str, Any]:
             engine=settings.student,
             limit=validation.limit,
             max_new_tokens=settings.student_max_new_tokens,
+            prompt=settings.student_prompt,
             seed=settings.seed,
         ),
         settings.uri("errors"),
         join(cache, "errors"),
     )
-    every, wrong = validation_questions(errors.uri)
+    every, wrong = validation_questions(
+        errors.uri, validation.benchmark, validation.data, validation.limit
+    )
     print(f"student: {errors.rows} answered ({errors.quarantined} unreadable), {len(wrong)} wrong")
 
     tables: dict[str, dict[str, Any]] = {}
@@ -89,6 +91,15 @@ def select_flow(config: str, out: str | None = None) -> dict[str, Any]:
         settings.uri("pool"),
         PoolConfig(image_root=settings.pool.image_root, images=settings.pool.images),
     )
+    replay = (
+        pool_dataset(
+            settings.pool.replay,
+            settings.uri("replay"),
+            PoolConfig(image_root=None, images=settings.pool.images),
+        )
+        if settings.pool.replay
+        else None
+    )
     parts: list[str] | None = None
     teacher_root = None
     if set(settings.methods) & set(SKILL_METHODS):
@@ -118,6 +129,7 @@ def select_flow(config: str, out: str | None = None) -> dict[str, Any]:
                 seed=settings.seed,
                 index_root=settings.labels_root(),
                 out=settings.uri("selected", f"{method}-{budget}"),
+                replay_uri=replay.uri if replay is not None else None,
             )
             print(f"{method} at {budget}: {selections[method][budget]['selected']} samples")
 
@@ -133,7 +145,10 @@ def select_flow(config: str, out: str | None = None) -> dict[str, Any]:
                     benchmark=test.benchmark,
                     data=test.data,
                     limit=test.limit,
-                    engine=EngineConfig(model=model, batch_size=settings.eval_batch_size),
+                    # the student's engine (vLLM on GPUs, say), with each tuned model in turn
+                    engine=settings.student.model_copy(
+                        update={"model": model, "batch_size": settings.eval_batch_size}
+                    ),
                     seed=settings.seed,
                 ),
                 settings.uri("eval", name),

@@ -15,6 +15,11 @@ from adamllm_core.proving.experiment import (
     write_report,
 )
 from adamllm_core.proving.pack import install_pack
+from adamllm_core.proving.selection import (
+    SelectionSetup,
+    ensure_selection_models,
+    ensure_selection_world,
+)
 
 
 @task(name="make-world", persist_result=True)
@@ -61,3 +66,20 @@ def prove_report(out: str, report: dict[str, Any]) -> dict[str, str]:
         description=f"report → {written['report.md']}",
     )
     return written
+
+
+@task(name="selection-world", persist_result=True)
+def make_selection_world(seed: int, files: str, setup: SelectionSetup) -> dict[str, Any]:
+    """The error-driven experiment's files (student data, pool, replay, benchmarks); kept
+    when written for the same seed and setup."""
+    return ensure_selection_world(seed, files, setup)
+
+
+@task(name="build-selection-models", persist_result=True)
+def build_selection_models(
+    config: ProveConfig, world: str, files: str, models: dict[str, Any], setup: SelectionSetup
+) -> dict[str, Any]:
+    """The weak student and the teacher, once per machine (see ensure_selection_models)."""
+    return ensure_selection_models(
+        models, world, files, setup, config.perception, config.pretrain, config.seed
+    )

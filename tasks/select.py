@@ -106,6 +106,7 @@ def selected_samples(
     seed: int,
     index_root: str,
     out: str,
+    replay_uri: str | None = None,
 ) -> dict[str, Any]:
     """One method's selection at one budget, written as training conversations."""
     instructions, _ = instruction_index(pool_uri, index_root)
@@ -125,7 +126,9 @@ def selected_samples(
     facts = selection_facts(selection)
     if not selection.samples:
         return {**facts, "dataset": None}
-    manifest = write_selection(pool_uri, selection.samples, method, out, overwrite=True)
+    manifest = write_selection(
+        pool_uri, selection.samples, method, out, replay_uri=replay_uri, overwrite=True
+    )
     publish_stats(f"select-{method.replace('_', '-')}-{budget}", out, manifest)
     return {**facts, "dataset": DatasetRef.of(out, manifest).model_dump()}
 

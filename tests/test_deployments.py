@@ -16,6 +16,7 @@ PATH_PARAMETERS = {
     "flows/ingest.py": ("source",),
     "flows/train.py": (),  # data and out are run folders, made by synth
     "flows/prove.py": (),
+    "flows/select.py": ("config",),
 }
 
 
@@ -47,6 +48,11 @@ def test_deployment_entrypoint_and_parameters(
         assert crons == (
             [domain.schedule] if domain.schedule else []
         )  # one refresh schedule, the config's
+    if deployment["entrypoint"].startswith("flows/select.py"):
+        from adamllm_core.selection.config import load_select_config
+
+        selection = load_select_config(REPO / deployment["parameters"]["config"])
+        assert deployment["name"] == selection.target  # select/<target>
     if deployment["entrypoint"].startswith("flows/evaluate.py"):
         from adamllm_core.evaluation.suite import load_suite
 

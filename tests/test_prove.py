@@ -191,3 +191,23 @@ def test_a_second_run_reuses_the_tuned_synthesizer(proving_run: dict) -> None:
         update={"synthesizer": {**ProveConfig.for_scale("smoke", 0).synthesizer, "max_steps": 2}}
     )
     assert ensure_synthesizer(other, str(proving_run["out"] / "world"), models)["steps"] == 2
+
+
+def test_error_driven_selection_adds_its_section(proving_run: dict) -> None:
+    """prove-select at smoke scale: a weak student and a teacher built beside the base, the
+    pool, replay and benchmarks written, flow select run; its section joins report.json."""
+    from flows.prove import prove_select_flow
+
+    out: Path = proving_run["out"]
+    section = prove_select_flow(seed=0, out=str(out), scale="smoke")
+    report = json.loads((out / "report.json").read_text())
+    assert report["error_driven"] == json.loads(json.dumps(section))
+    assert report["adamllm"] == json.loads(json.dumps(proving_run["report"]["adamllm"]))
+    assert section["budget"] == 20 and section["weak_skill"] == "count"
+    compared = {"student", "error_driven", "random", "instruction_similarity"}
+    for key in ("accuracy", "weak_skill_accuracy"):
+        assert set(section[key]) == compared
+        assert all(v is None or 0 <= v <= 100 for v in section[key].values())
+    assert section["accuracy"]["random"] is not None  # random selects whatever the student wrote
+    assert section["accuracy"]["instruction_similarity"] is not None
+    assert set(section["ablations"]) == {"no_mistake_identification", "no_skill_analysis"}

@@ -255,3 +255,77 @@ def test_the_index_is_saved_and_loaded(index: TextIndex, tmp_path) -> None:
 def test_an_index_refuses_repeated_ids() -> None:
     with pytest.raises(ValueError, match="'a' appears more than once"):
         TextIndex.build([("a", "t", "x"), ("a", "t", "y")])
+
+
+# --- config --------------------------------------------------------------------------------
+
+
+def test_the_shipped_selection_config_is_valid() -> None:
+    from adamllm_core.selection.config import load_select_config
+
+    config = load_select_config("deployments/select-vqa-rad.yaml")
+    assert config.budget_sizes() == [10_000, 30_000, 100_000]
+    assert config.training is not None and config.training.deployment == "train/llava-1.5-7b"
+    assert config.teacher.kind == "openai" and config.student.kind == "vllm"
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"methods": ["error_driven", "nearest"]}, "methods.1"),
+        ({"validation.benchmark": "no_such_bench"}, "no_such_bench"),
+        ({"switch.margin": 2}, "switch.margin"),
+        ({"training.train.learning_rate": -1}, "learning_rate"),
+        ({"budgets": ["5k"]}, "budgets.0"),
+    ],
+)
+def test_a_bad_selection_config_names_the_key(override: dict, named: str) -> None:
+    from adamllm_core.errors import ConfigError
+    from adamllm_core.selection.config import load_select_config
+
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_select_config("deployments/select-vqa-rad.yaml", override)
+
+
+def test_adamllm_select_refuses_what_cannot_run_here_before_any_work(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from adamllm_cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["select", "--config", "deployments/select-vqa-rad.yaml", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2  # the CLI's exit code for a refused input
+    assert "engine kind 'vllm' needs the vllm package" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the proving ground's teacher text -------------------------------------------------------
+
+
+def test_the_answer_a_prefix_implies_is_the_last_option_it_names() -> None:
+    from adamllm_core.proving.selection import implied_answer
+
+    options = ("red", "green", "blue")
+    steps = ["The circle at the top left is blue.", "So the answer is green."]
+    assert implied_answer([], options, "red") == "red"  # the prior's
+    assert implied_answer(steps[:1], options, "red") == "blue"
+    assert implied_answer(steps, options, "red") == "green"
+    assert implied_answer(["The bluebird sings."], options, "red") == "red"  # whole words
+
+
+def test_teacher_text_teaches_its_three_jobs(tiny_models) -> None:
+    from adamllm_core.engines.hf import HFRenderer
+    from adamllm_core.proving.selection import SKILL_NAMES, teacher_examples
+    from adamllm_core.proving.world import WorldConfig
+    from adamllm_core.selection.teacher import TeacherPrompts
+
+    rows = teacher_examples(3, WorldConfig(), 4, HFRenderer(tiny_models["lm"]), TeacherPrompts())
+    tasks = [row.task for row in rows]
+    assert tasks.count("label") == tasks.count("skill") == tasks.count("switch") > 0
+    assert {r.completion for r in rows if r.task != "switch"} <= set(SKILL_NAMES.values())
+    for row in rows:
+        if row.task == "switch":
+            assert row.prompt.endswith("the answer is:") and row.completion.startswith(" ")
+        else:  # chat prompts, rendered with the teacher's own template
+            assert "Reply with" in row.prompt and not row.prompt.endswith("the answer is:")

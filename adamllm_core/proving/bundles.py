@@ -206,6 +206,9 @@ def write_pretrain(
     caption_share: float = 0.3,
     skills: tuple[str, ...] | None = None,
     dialogue_share: float = 0.0,
+    rare_skill: str | None = None,
+    rare_share: float = 1.0,
+    reasoned: bool = False,
 ) -> Manifest:
     """Base-model pretraining: mostly one task per image, a caption (`caption_share`) or one
     short-answer question (of `skills`, default all). One task each keeps sequences short,
@@ -213,11 +216,19 @@ def write_pretrain(
 
     A `dialogue_share` of records are LLaVA-style dialogues: the caption turn, then two
     questions the caption answers. A base LLM reads its context; without these the model
-    never learned to, and the synthesizer tuned from it could not take answers from captions."""
+    never learned to, and the synthesizer tuned from it could not take answers from captions.
+
+    `rare_skill`: its questions are asked at `rare_share` of their rate (error-driven
+    selection's student, weak at it for want of data); `reasoned`: answers are the short
+    reasoning that states the facts, then the answer (a student whose steps can be read)."""
     rows = []
     stream = "pretrain" if skills is None else "pretrain-" + "-".join(skills)
+    if rare_skill is not None or reasoned:
+        stream += f"-rare-{rare_skill}-{rare_share}-reasoned-{reasoned}"
     for index, scene, image, rng in _scenes(seed, stream, world.general, world, count):
         asked = [q for q in questions(scene, rng) if skills is None or q.skill in skills]
+        if rare_skill is not None and rng.random() >= rare_share:
+            asked = [q for q in asked if q.skill != rare_skill]
         draw = rng.random()
         if draw < dialogue_share and len(asked) >= 2:
             turns = [(rng.choice(CAPTION_PROMPTS), caption(scene, rng))]
@@ -226,7 +237,7 @@ def write_pretrain(
             turns = [(rng.choice(CAPTION_PROMPTS), caption(scene, rng))]
         else:
             question = rng.choice(asked)
-            turns = [(question.question, question.answer)]
+            turns = [(question.question, question.informative if reasoned else question.answer)]
         messages = []
         for number, (prompt, answer) in enumerate(turns):
             messages += [
@@ -256,6 +267,8 @@ def write_pretrain(
         "dialogue_share": dialogue_share,
         "world": world.model_dump(mode="json"),
     }
+    if rare_skill is not None or reasoned:  # absent otherwise: earlier datasets keep their identity
+        settings.update(rare_skill=rare_skill, rare_share=rare_share, reasoned=reasoned)
     return _commit_rows(
         _dataset_writer(uri, CONVERSATIONS, "world-pretrain", settings), CONVERSATIONS, rows
     )
@@ -399,21 +412,32 @@ POOL_TASKS: dict[str, tuple[str, ...]] = {
 
 
 def write_pool(
-    out: Path, seed: int, world: WorldConfig, count: int, palette: Palette | None = None
+    out: Path,
+    seed: int,
+    world: WorldConfig,
+    count: int,
+    palette: Palette | None = None,
+    stream: str = "pool",
+    rare_skill: str | None = None,
+    rare_share: float = 1.0,
 ) -> dict[str, int]:
     """A task-agnostic pool in Vision-Flan's annotation form (`annotation.json`: id, image,
     task_name, a human/gpt conversation): one question per image, its skill drawn evenly
-    among those the scene allows, answered with its short reasoning. Returns samples per skill."""
+    among those the scene allows (`rare_skill` at `rare_share` of its rate), answered with
+    its short reasoning. Returns samples per skill."""
     records = []
     per_skill: dict[str, int] = {}
-    for index, scene, image, rng in _scenes(seed, "pool", palette or world.general, world, count):
-        path = _write_image(out, f"pool-{index:06d}.png", image)
-        question = rng.choice(questions(scene, rng))
+    for index, scene, image, rng in _scenes(seed, stream, palette or world.general, world, count):
+        path = _write_image(out, f"{stream}-{index:06d}.png", image)
+        asked = questions(scene, rng)
+        if rare_skill is not None and rng.random() >= rare_share:
+            asked = [q for q in asked if q.skill != rare_skill]
+        question = rng.choice(asked)
         per_skill[question.skill] = per_skill.get(question.skill, 0) + 1
         task = rng.choice(POOL_TASKS[question.skill])
         records.append(
             {
-                "id": f"{task}+{index}",
+                "id": f"{task}+{stream}+{index}",
                 "image": path,
                 "task_name": task,
                 "conversations": [

@@ -158,11 +158,20 @@ def choose(
     raise ValueError(f"unknown selection method {method!r}")
 
 
-def validation_questions(errors_uri: str) -> tuple[list[str], list[str]]:
-    """Every validation question the student answered, and the ones it got wrong."""
-    every, wrong = [], []
-    for row in Dataset(errors_uri).iter_rows(["question", "correct"]):
-        every.append(row["question"])
-        if not row["correct"]:
-            wrong.append(row["question"])
+def validation_questions(
+    errors_uri: str, benchmark_name: str, data: str, limit: int | None
+) -> tuple[list[str], list[str]]:
+    """Every validation question (from the benchmark file, answered or not: the instruction-
+    similarity baseline's queries), and the ones the student got wrong."""
+    from adamllm_core.evaluation.adapters import read_items
+
+    every = [
+        item.question or item.prompt or ""
+        for item in read_items(benchmark_name, data, limit=limit, images=False)
+    ]
+    wrong = [
+        row["question"]
+        for row in Dataset(errors_uri).iter_rows(["question", "correct"])
+        if not row["correct"]
+    ]
     return every, wrong

@@ -52,6 +52,11 @@ class Pool(BaseModel):
     source: str = Field(description="annotation file (.json, .jsonl, .csv, .tsv) or pool dataset")
     image_root: str | None = Field(default=None, description="default: the file's folder")
     images: ImagePolicy = Field(default_factory=ImagePolicy)
+    replay: str | None = Field(
+        default=None,
+        description="data of the student's own kind (annotation file or pool dataset) added"
+        " whole to every selection it is tuned on, against forgetting; none: selections alone",
+    )
     labels: str | None = Field(
         default=None,
         description="where pool labels are kept, per teacher, across runs and targets"
@@ -86,6 +91,11 @@ class SelectConfig(BaseModel):
     switch: SwitchConfig = Field(default_factory=SwitchConfig)
     prompts: TeacherPrompts = Field(default_factory=TeacherPrompts)
     student_max_new_tokens: int = Field(default=256, gt=0)
+    student_prompt: Literal["steps", "question"] = Field(
+        default="steps",
+        description="steps: ask for numbered steps and an answer line; question: the question"
+        " alone (a student that always reasons)",
+    )
     skill_merge_threshold: float = Field(default=DEFAULT_MERGE_THRESHOLD, ge=0, le=100)
     pool: Pool
     budgets: list[int | Literal["10k", "30k", "100k"]] = Field(

@@ -12,7 +12,7 @@ executor (resumable, leased, quarantine with reasons):
 
 import hashlib
 from collections.abc import Collection, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,6 +95,11 @@ class ErrorsConfig(BaseModel):
     engine: EngineConfig = Field(description="the student")
     limit: int | None = Field(default=None, gt=0, description="the first N questions only")
     max_new_tokens: int = Field(default=256, gt=0)
+    prompt: Literal["steps", "question"] = Field(
+        default="steps",
+        description="steps: the question, its options and the numbered-steps format; question:"
+        " the question alone (a student that always reasons)",
+    )
     rows_per_shard: int = Field(default=256, gt=0)
     images: ImagePolicy = Field(default_factory=ImagePolicy)
     seed: int = Field(default=0, description="seeds the benchmark's random option fallback")
@@ -106,8 +111,9 @@ def answer_id(benchmark_name: str, qid: str, student: str) -> str:
 
 def student_request(item: EvalItem, config: ErrorsConfig) -> ChatRequest:
     question = item.question or item.prompt or ""
+    content = step_prompt(question, item.choices) if config.prompt == "steps" else question
     return ChatRequest(
-        messages=(Message(role="user", content=step_prompt(question, item.choices), images=1),),
+        messages=(Message(role="user", content=content, images=1),),
         images=(item.image,),
         sampling=SamplingConfig(max_new_tokens=config.max_new_tokens, seed=config.seed),
     )
@@ -536,11 +542,14 @@ def write_selection(
     method: str,
     out_uri: str,
     *,
+    replay_uri: str | None = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
 ) -> Manifest:
     """The selected pool samples as training conversations (image, instruction, answer),
-    in pool order. A selected id the pool does not hold is an error, never a silent gap."""
+    in pool order, then every sample of `replay_uri` (a pool dataset of the student's own
+    kind of data, replayed beside any selection; method `replay`). A selected id the pool
+    does not hold is an error, never a silent gap."""
     chosen = {sample.id: sample for sample in selection}
     if len(chosen) != len(selection):
         raise ValueError(f"{method}: the selection names a sample more than once")
@@ -556,16 +565,21 @@ def write_selection(
     def process(rows: list[dict[str, Any]], shard: Shard) -> ShardOutput:
         output = ShardOutput(rows={"selected": []}, rows_in=len(rows))
         for row in rows:
-            sample = chosen.get(row["id"])
+            sample = (
+                chosen.get(row["id"])
+                if shard.source == 0
+                else Selected(row["id"], row["task"], "", 0, 0.0)
+            )
             if sample is None:
                 output.counters["not_selected"] += 1
                 continue
+            output.counters["replayed" if shard.source else "selected"] += 1
             output.rows["selected"].append(
                 SelectedSample(
-                    id=selected_id(method, row["id"]),
+                    id=selected_id(method if shard.source == 0 else "replay", row["id"]),
                     sample_id=row["id"],
                     task=row["task"],
-                    method=method,
+                    method=method if shard.source == 0 else "replay",
                     query=sample.query,
                     rank=sample.rank,
                     score=sample.score,
@@ -585,7 +599,7 @@ def write_selection(
     }
     manifests = run_stage(
         stage="select",
-        input_uri=pool_uri,
+        input_uri=[pool_uri, replay_uri] if replay_uri else pool_uri,
         outputs={"selected": StageOutput(normalise_uri(out_uri), SELECTED)},
         config=config,
         process=process,
