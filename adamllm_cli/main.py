@@ -281,6 +281,30 @@ def prove(
         fail(str(error))
 
 
+@app.command("prove-select")
+def prove_select(
+    seed: Annotated[int, typer.Option(help="world seed")] = 0,
+    out: Annotated[
+        str, typer.Option(help="output folder (its report.json gains the error_driven section)")
+    ] = "runs/prove",
+    scale: Annotated[str, typer.Option(help="ci (the default sizes) or smoke")] = "ci",
+    models: Annotated[
+        str | None, typer.Option(help="a models pack (adamllm prove-pack) for the base models")
+    ] = None,
+) -> None:
+    """Error-driven selection on the proving ground: a student weak at one skill, a teacher,
+    a pool; flow select at the budget; error-driven against random, instruction similarity
+    and the student, overall and on the weak skill."""
+    if scale not in ("full", "ci", "smoke"):
+        fail(f"--scale {scale!r}: use full, ci or smoke")
+    from flows.prove import prove_select_flow
+
+    try:
+        prove_select_flow(seed=seed, out=out, scale=scale, models_pack=models)
+    except (ConfigError, DatasetError, ValueError) as error:
+        fail(str(error))
+
+
 @app.command("prove-pack")
 def prove_pack(
     out: Annotated[Path, typer.Option(help="folder to write the pack to (replaced whole)")],

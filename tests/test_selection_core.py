@@ -323,7 +323,9 @@ def test_teacher_text_teaches_its_three_jobs(tiny_models) -> None:
     rows = teacher_examples(3, WorldConfig(), 4, HFRenderer(tiny_models["lm"]), TeacherPrompts())
     tasks = [row.task for row in rows]
     assert tasks.count("label") == tasks.count("skill") == tasks.count("switch") > 0
-    assert {r.completion for r in rows if r.task != "switch"} <= set(SKILL_NAMES.values())
+    named = [r.completion for r in rows if r.task != "switch"]
+    assert all(c.endswith("\n") for c in named)  # the teacher learns to stop: requests stop there
+    assert {c.rstrip("\n") for c in named} <= set(SKILL_NAMES.values())
     for row in rows:
         if row.task == "switch":
             assert row.prompt.endswith("the answer is:") and row.completion.startswith(" ")

@@ -458,13 +458,17 @@ def write_benchmark(
     count: int,
     palette: Palette | None = None,
     stream: str = "benchmark",
+    skills: tuple[str, ...] | None = None,
 ) -> dict[str, int]:
-    """Held-out images (another seed stream than any training data), every skill the scene allows."""
+    """Held-out images (another seed stream than any training data), every skill the scene
+    allows (of `skills`, when given: a target task's)."""
     lines = []
     per_skill: dict[str, int] = {}
     for index, scene, image, rng in _scenes(seed, stream, palette or world.domain, world, count):
         path = _write_image(out, f"bench-{index:06d}.png", image)
         for question in questions(scene, rng):
+            if skills is not None and question.skill not in skills:
+                continue
             per_skill[question.skill] = per_skill.get(question.skill, 0) + 1
             lines.append(
                 canonical_json(

@@ -41,16 +41,18 @@ from adamllm_core.selection.teacher import (
     switch_request,
 )
 
-# The world's skills as the teacher names them.
+# The world's skills as the proving teacher names them: in the world's own words, the only
+# ones its tokenizer keeps whole ("counting objects" is eleven pieces, and a teacher this
+# small wrote "counition" for it; world seed 5, measured). No BM25 stopword among them.
 SKILL_NAMES = {
-    "colour": "colour recognition",
-    "shape": "shape recognition",
-    "count": "counting objects",
-    "row": "vertical position",
-    "column": "horizontal position",
-    "size": "size comparison",
-    "existence": "object search",
-    "relation": "spatial relations",
+    "colour": "colour",
+    "shape": "shape",
+    "count": "many objects",
+    "row": "row",
+    "column": "column",
+    "size": "small large",
+    "existence": "yes no",
+    "relation": "left object",
 }
 
 
@@ -61,13 +63,23 @@ class SelectionSetup(BaseModel):
 
     weak_skill: str = Field(default="count", description=f"one of {', '.join(SKILLS)}")
     weak_share: float = Field(default=0.01, gt=0, le=1)
+    # The target task: the weak skill and two the base recipe learns best (the proving
+    # base's general-world row and size, 74 and 82 on world seed 5; colour, shape and
+    # column stay near chance for it). A target task asks for some skills, not all: the
+    # paper's are single benchmarks.
+    target_skills: tuple[str, ...] = Field(default=("count", "row", "size"), min_length=1)
     student_images: int = Field(default=30000, gt=0)
     pool_images: int = Field(default=20000, gt=0)
     replay_images: int = Field(default=2000, ge=0)
-    validation_images: int = Field(default=150, gt=0, description="about 7 questions each")
-    test_images: int = Field(default=150, gt=0)
+    validation_images: int = Field(default=330, gt=0, description="a question per target skill")
+    test_images: int = Field(default=330, gt=0)
     teacher_scenes: int = Field(default=3000, gt=0, description="3 examples per question")
-    budget: int = Field(default=2000, gt=0)
+    # The paper's budgets as shares of its pool (10K, 30K and 100K of Vision-Flan's 1.66M:
+    # 0.6%, 1.8%, 6%) of this pool. At 500 and 2000 every method, random included, took the
+    # weak skill (count) from 29% to 100%: a few dozen of its samples teach it (world seed 5).
+    budgets: tuple[int, ...] = Field(
+        default=(120, 360, 1200), min_length=1, description="the first is the reported one"
+    )
     teacher: dict[str, Any] = Field(
         default_factory=lambda: {
             "task": "completion",
@@ -149,7 +161,7 @@ def teacher_examples(
                     prompt=renderer.render(
                         label_request(question.question, question.informative, prompts)
                     ),
-                    completion=name,
+                    completion=name + "\n",  # the requests stop at a newline
                 ),
                 Completion(
                     id=f"skill-{key}",
@@ -159,7 +171,7 @@ def teacher_examples(
                             question.question, question.answer, answer, steps, wrong_step, prompts
                         )
                     ),
-                    completion=name,
+                    completion=name + "\n",
                 ),
                 Completion(
                     id=f"switch-{key}",
@@ -224,10 +236,22 @@ def write_selection_world(
         rare_share=setup.weak_share,
     )
     counts["validation"] = write_benchmark(
-        out / "validation", seed, world, setup.validation_images, world.general, "select-validation"
+        out / "validation",
+        seed,
+        world,
+        setup.validation_images,
+        world.general,
+        "select-validation",
+        setup.target_skills,
     )
     counts["test"] = write_benchmark(
-        out / "test", seed, world, setup.test_images, world.general, "select-test"
+        out / "test",
+        seed,
+        world,
+        setup.test_images,
+        world.general,
+        "select-test",
+        setup.target_skills,
     )
     return counts
 
@@ -253,7 +277,7 @@ def selection_setup(scale: str) -> SelectionSetup:
             validation_images=6,
             test_images=6,
             teacher_scenes=20,
-            budget=20,
+            budgets=(20,),
             teacher={**SelectionSetup().teacher, "max_steps": 10},
             tune={**SelectionSetup().tune, "max_steps": 3},
         )
@@ -269,26 +293,32 @@ def ensure_selection_models(
     pretrain: dict[str, Any],
     seed: int,
 ) -> dict[str, Any]:
-    """The student and the teacher, built once per machine beside the base models (keyed by
-    the setup): the student by the base's recipe (perception phase on the world's
-    perception data, then pretraining on `files/student-pretrain`), the teacher tuned from
-    the random text LM on the teacher's text (written here from the world generator)."""
+    """The student and the teacher, built once per machine beside the base models, each
+    under its own key: the student by the base's recipe (perception phase on the world's
+    perception data, then pretraining on `files/student-pretrain`); the teacher tuned from
+    the random text LM on the teacher's text (written here from the world generator, so
+    its key has this module's code)."""
     import json
 
     from adamllm_core.proving.models import cache_key
     from adamllm_core.training.trainer import load_train_config, train_to
+    from adamllm_core.version import code_version
 
     base_root = Path(models["root"])
-    root = base_root / f"selection-{cache_key(setup.model_dump(), perception, pretrain, seed)}"
-    done = root / "models.json"
+    root = base_root / "selection"
+    student_part = {k: getattr(setup, k) for k in ("weak_skill", "weak_share", "student_images")}
+    student_root = root / f"student-{cache_key(student_part, perception, pretrain, seed)}"
+    teacher_key = cache_key(setup.teacher, setup.teacher_scenes, seed, code_version(__name__))
+    teacher_root = root / f"teacher-{teacher_key}"
+    done = root / f"models-{student_root.name}-{teacher_root.name}.json"
     if done.exists():
         return json.loads(done.read_text())
     root.mkdir(parents=True, exist_ok=True)
     runs: dict[str, Any] = {}
 
-    def run(settings: dict[str, Any], model: str, data: str, name: str) -> dict[str, Any]:
-        summary = train_to(load_train_config({**settings, "model": model}), data, str(root / name))
-        runs[name] = {
+    def run(settings: dict[str, Any], model: str, data: str, out: Path) -> dict[str, Any]:
+        summary = train_to(load_train_config({**settings, "model": model}), data, str(out))
+        runs[f"{out.parent.name}/{out.name}"] = {
             k: summary.get(k) for k in ("steps", "train_loss", "seconds", "samples_per_s")
         }
         return summary
@@ -297,9 +327,11 @@ def ensure_selection_models(
         perception,
         str(base_root / "vlm-init"),
         f"{world}/general/pretrain-perception",
-        "student-perception",
+        student_root / "perception",
     )
-    student = run(pretrain, perceiving["final"], f"{files}/student-pretrain", "student")
+    student = run(
+        pretrain, perceiving["final"], f"{files}/student-pretrain", student_root / "student"
+    )
     teacher_text = f"{files}/teacher-text"
     write_teacher_text(
         teacher_text,
@@ -309,7 +341,7 @@ def ensure_selection_models(
         HFRenderer(str(base_root / "lm-init")),
         TeacherPrompts(),
     )
-    teacher = run(setup.teacher, str(base_root / "lm-init"), teacher_text, "teacher")
+    teacher = run(setup.teacher, str(base_root / "lm-init"), teacher_text, teacher_root / "teacher")
     built = {"student": student["final"], "teacher": teacher["final"], "training": runs}
     done.write_text(json.dumps(built, indent=2))
     return built
@@ -334,7 +366,7 @@ def select_settings(
             "replay": f"{files}/replay/annotation.json",
             "labels": f"{out}/labels",
         },
-        "budgets": [setup.budget],
+        "budgets": list(setup.budgets),
         "methods": list(SELECTION_METHODS),
         "seed": seed,
         "training": {"train": {**setup.tune, "model": built["student"]}},
@@ -345,7 +377,7 @@ def select_settings(
 def error_driven_section(selected: dict[str, Any], setup: SelectionSetup) -> dict[str, Any]:
     """report.json["error_driven"]: budget, weak skill, and overall and weak-skill accuracy
     (0-100) of the student and of each method at the budget."""
-    budget = str(setup.budget)
+    budget = str(setup.budgets[0])
 
     def at(table: dict[str, Any], method: str) -> Any:
         value = table.get(method)
@@ -354,8 +386,21 @@ def error_driven_section(selected: dict[str, Any], setup: SelectionSetup) -> dic
     accuracy = {m: at(selected["accuracy"], m) for m in (*COMPARED, *SELECTION_METHODS[3:])}
     per_skill = {m: at(selected["per_skill"], m) or {} for m in (*COMPARED, *SELECTION_METHODS[3:])}
     weak = {m: per_skill[m].get(setup.weak_skill) for m in per_skill}
+    by_budget = {
+        str(b): {
+            m: {
+                "accuracy": (selected["accuracy"].get(m) or {}).get(str(b)),
+                "weak_skill_accuracy": (
+                    ((selected["per_skill"].get(m) or {}).get(str(b))) or {}
+                ).get(setup.weak_skill),
+            }
+            for m in SELECTION_METHODS
+        }
+        for b in setup.budgets
+    }
     return {
-        "budget": setup.budget,
+        "budget": setup.budgets[0],
+        "by_budget": by_budget,
         "weak_skill": setup.weak_skill,
         "accuracy": {m: accuracy[m] for m in COMPARED},
         "weak_skill_accuracy": {m: weak[m] for m in COMPARED},
