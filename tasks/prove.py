@@ -1,5 +1,6 @@
 """Tasks of the proving ground: the generated world, its base models, truth measurement, report."""
 
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -8,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from adamllm_core.proving.experiment import (
     ProveConfig,
     ensure_base_models,
+    ensure_initial_models,
     ensure_synthesizer,
     ensure_world,
     gains_table,
@@ -80,6 +82,7 @@ def build_selection_models(
     config: ProveConfig, world: str, files: str, models: dict[str, Any], setup: SelectionSetup
 ) -> dict[str, Any]:
     """The weak student and the teacher, once per machine (see ensure_selection_models)."""
+    ensure_initial_models(config, Path(models["root"]))  # a pack brings only built models
     return ensure_selection_models(
         models, world, files, setup, config.perception, config.pretrain, config.seed
     )

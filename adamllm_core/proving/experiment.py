@@ -817,6 +817,21 @@ def _through_engine(
         engine.close()
 
 
+def ensure_initial_models(config: ProveConfig, root: Path) -> None:
+    """The random-weight models every build starts from (and the tokenizer trained here),
+    made under `root` when any is missing (a models pack carries only the built ones)."""
+    if all((root / name).exists() for name in INITIAL_MODELS):
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".init-", dir=root.parent))
+    initial = build_initial_models(staging, config.models, config.world, seed=config.seed)
+    root.mkdir(exist_ok=True)
+    for path in initial.values():
+        if not (root / path.name).exists():
+            path.rename(root / path.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
     """The models the experiment starts from, built once per machine under the proving cache,
     keyed by the hash of what makes them (a killed build resumes from the trainers'
@@ -825,15 +840,7 @@ def ensure_base_models(config: ProveConfig, world: str) -> dict[str, Any]:
     of that LLM) and the base (the post-training target); and the consistency judge."""
     root = proving_cache() / cache_key(config.base_identity())
     if not (root / "models.json").exists():
-        if not all((root / name).exists() for name in INITIAL_MODELS):
-            root.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".init-", dir=root.parent))
-            initial = build_initial_models(staging, config.models, config.world, seed=config.seed)
-            root.mkdir(exist_ok=True)
-            for path in initial.values():
-                if not (root / path.name).exists():
-                    path.rename(root / path.name)
-            shutil.rmtree(staging, ignore_errors=True)
+        ensure_initial_models(config, root)
 
         runs: dict[str, dict[str, Any]] = {}
 
