@@ -89,7 +89,7 @@ def _refused(result: ChatResult) -> None:
         raise refusal
 
 
-def _stage_config(config: BaseModel, engine: Engine) -> dict[str, Any]:
+def model_stage_config(config: BaseModel, engine: Engine) -> dict[str, Any]:
     """What decides a model stage's output: its settings and the model's identity, not the engine."""
     dumped = config.model_dump(mode="json")
     dumped["engine"] = config.engine.identity_dump()  # type: ignore[attr-defined]
@@ -179,7 +179,7 @@ def synthesize(
         stage="synthesize",
         input_uri=pairs_uri,
         outputs={"triplets": StageOutput(out, TRIPLETS)},
-        config=_stage_config(config, engine),
+        config=model_stage_config(config, engine),
         process=None,
         process_many=process_many,
         rows_per_call=config.engine.batch_size,
@@ -270,7 +270,7 @@ def filter_triplets(
             "filtered": StageOutput(out_kept, JUDGED),
             "rejected": StageOutput(out_rejected, JUDGED),
         },
-        config=_stage_config(config, engine),
+        config=model_stage_config(config, engine),
         process=None,
         process_many=process_many,
         rows_per_call=config.engine.batch_size,
@@ -874,7 +874,7 @@ def synthesize_identity(pairs_uri: str, config: SynthConfig) -> str:
     return stage_identity(
         [pairs_uri],
         StageOutput("", TRIPLETS),
-        _stage_config(config, make_engine(config.engine)),
+        model_stage_config(config, make_engine(config.engine)),
         PIPELINE_CODE,
     )
 
@@ -883,7 +883,7 @@ def filter_identity(triplets_uri: str, config: FilterConfig) -> str:
     return stage_identity(
         [triplets_uri],
         StageOutput("", JUDGED),
-        _stage_config(config, make_engine(config.engine)),
+        model_stage_config(config, make_engine(config.engine)),
         PIPELINE_CODE,
     )
 

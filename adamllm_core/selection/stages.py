@@ -35,6 +35,7 @@ from adamllm_core.executor import (
 )
 from adamllm_core.hashing import canonical_json, sha256_hex
 from adamllm_core.images import ImagePolicy
+from adamllm_core.pipeline import model_stage_config
 from adamllm_core.schemas import (
     MISTAKES,
     POOL_LABELS,
@@ -72,14 +73,6 @@ def _row_quarantine(stage: str, index: int, ref: str, problem: Rejected, record_
         detail=problem.detail,
         record_id=record_id,
     )
-
-
-def _engine_settings(config: BaseModel, engine: Engine) -> dict[str, Any]:
-    """What decides a model stage's output: its settings and the model's identity."""
-    dumped = config.model_dump(mode="json")
-    dumped["engine"] = config.engine.identity_dump()  # type: ignore[attr-defined]
-    dumped["model_identity"] = engine.model_identity
-    return dumped
 
 
 # --- 1. the student's errors ----------------------------------------------------------------
@@ -134,7 +127,7 @@ def collect_errors(
     spec = benchmark(config.benchmark)
     engine = engine or make_engine(config.engine)
     student = engine.model_identity
-    settings = _engine_settings(config, engine)
+    settings = model_stage_config(config, engine)
     settings.pop("data")  # the listing fingerprint below stands for the files
     executor = ShardedExecutor(
         stage="errors",
@@ -383,7 +376,7 @@ def identify_mistakes(
         stage="mistakes",
         input_uri=errors_uri,
         outputs={"mistakes": StageOutput(normalise_uri(out_uri), MISTAKES)},
-        config=_engine_settings(config, engine),
+        config=model_stage_config(config, engine),
         process=None,
         process_many=process_many,
         rows_per_call=config.engine.batch_size,
@@ -505,7 +498,7 @@ def label_pool(
                 )
         return outputs
 
-    settings = _engine_settings(config, engine)
+    settings = model_stage_config(config, engine)
     settings["labelled_before"] = sorted(Dataset(uri).manifest.fingerprint for uri in earlier)
     run_stage(
         stage="label_pool",
