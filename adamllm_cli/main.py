@@ -200,7 +200,7 @@ def synth(
 @app.command("select")
 def select_command(
     config: Annotated[
-        Path, typer.Option(help="selection config YAML, e.g. deployments/select-proving.yaml")
+        Path, typer.Option(help="selection config YAML, e.g. deployments/select-vqa-rad.yaml")
     ],
     out: Annotated[str | None, typer.Option(help="override the config's output root")] = None,
 ) -> None:
