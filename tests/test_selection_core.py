@@ -331,3 +331,25 @@ def test_teacher_text_teaches_its_three_jobs(tiny_models) -> None:
             assert row.prompt.endswith("the answer is:") and row.completion.startswith(" ")
         else:  # chat prompts, rendered with the teacher's own template
             assert "Reply with" in row.prompt and not row.prompt.endswith("the answer is:")
+
+
+def test_without_any_pool_label_the_skill_methods_select_nothing_and_say_so(
+    index: TextIndex,
+) -> None:
+    from adamllm_core.selection.choose import SkillTable, choose
+
+    table = SkillTable(counts={"counting": 3, "colour": 1}, mapping={})
+    common = {
+        "skills": table,
+        "skill_labels": None,
+        "instructions": index,
+        "wrong_questions": ["How many?"],
+        "validation_questions": ["How many?"],
+        "split": "proportional",
+        "per_task_cap": None,
+        "seed": 0,
+    }
+    chosen = choose("error_driven", 8, **common)
+    assert chosen.samples == [] and chosen.shortfall == {"counting": 6, "colour": 2}
+    assert choose("no_skill_analysis", 8, **common).shortfall == {"How many?": 8}
+    assert len(choose("random", 3, **common).samples) == 3  # the pool itself is still there

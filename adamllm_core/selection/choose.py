@@ -103,9 +103,11 @@ def _load_or_build(
     return index
 
 
-def skill_index(label_parts: list[str], teacher_root: str) -> tuple[TextIndex, str]:
+def skill_index(label_parts: list[str], teacher_root: str) -> tuple[TextIndex | None, str]:
     """BM25 over the pool's skill labels, kept beside them (`index-<labels key>`): built
-    once per set of label parts, loaded after."""
+    once per set of label parts, loaded after; None when the teacher labelled no sample."""
+    if not any(Dataset(uri).manifest.rows for uri in label_parts):
+        return None, ""
     fingerprints = sorted(Dataset(uri).manifest.fingerprint for uri in label_parts)
     key = sha256_hex(canonical_json(fingerprints))[:16]
     uri = join(teacher_root, f"index-{key}")
@@ -138,15 +140,14 @@ def choose(
     seed: int,
 ) -> Selection:
     """One method's selection at one budget."""
-    if method in ("error_driven", "no_mistake_identification"):
-        if skills is None or skill_labels is None:
-            raise ValueError(f"{method} needs a skill table and the pool's skill labels")
-        quotas = skill_quotas(skills.counts, budget, split)
-        return select_by_queries(skill_labels, quotas, per_task_cap=per_task_cap)
-    if method == "no_skill_analysis":  # the wrong questions' text against the skill labels
-        if skill_labels is None:
-            raise ValueError(f"{method} needs the pool's skill labels")
-        quotas = split_budget(Counter(wrong_questions), budget)
+    if method in ("error_driven", "no_mistake_identification", "no_skill_analysis"):
+        quotas = (
+            split_budget(Counter(wrong_questions), budget)  # the wrong questions' text
+            if method == "no_skill_analysis"
+            else skill_quotas(skills.counts if skills else {}, budget, split)
+        )
+        if skill_labels is None:  # the teacher labelled no pool sample: nothing matches
+            return Selection([], quotas, {q: n for q, n in quotas.items() if n})
         return select_by_queries(skill_labels, quotas, per_task_cap=per_task_cap)
     if method == "instruction_similarity":  # INSTA-like: validation questions vs instructions
         quotas = split_budget(Counter(validation_questions), budget)
