@@ -374,7 +374,13 @@ def test_zero2_training_lowers_loss_and_the_model_reloads(
         # One rank: its own store alone listens, so port 0 lets the kernel pick a free one as
         # it binds (a fixed port collides with any other run on this machine using it).
         "MASTER_PORT": "0",
+        # A build killed earlier left torch's lock file beside DeepSpeed's CPU comm op: the run
+        # must not wait on it forever (it did, in CI). Its own folder, so the op builds here.
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions"),
     }
+    stale_lock = tmp_path / "extensions" / "deepspeed_shm_comm" / "lock"
+    stale_lock.parent.mkdir(parents=True)
+    stale_lock.touch()
     process = train_cli(
         {
             "preset": "tiny",

@@ -287,6 +287,28 @@ def deepspeed_config(stage: Literal["zero2", "zero3"], bf16: bool) -> dict[str, 
     return config
 
 
+def load_deepspeed_comm_op() -> None:
+    """Build or load DeepSpeed's shared-memory allreduce op (CPU only) before DeepSpeed does.
+
+    DeepSpeed JIT-builds it under torch's FileBaton, a bare lock file: a run killed while
+    building leaves the file behind and every later run waits on it forever. Here the build runs
+    under a FileLock (released by the kernel when its holder dies), so a lock file found while
+    holding it has no live owner and is removed. DeepSpeed then reuses the loaded op.
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils import cpp_extension
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    # DeepSpeed's own condition (deepspeed.comm.torch.build_shm_op)
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return
+    directory = Path(cpp_extension._get_build_directory(builder.name, verbose=False))
+    with FileLock(directory / "adamllm-build.lock"):
+        (directory / "lock").unlink(missing_ok=True)
+        builder.load(verbose=False)
+
+
 def training_segments(
     row: dict[str, Any], renderer: HFRenderer, config: TrainConfig
 ) -> list[tuple[str, bool]]:
@@ -852,6 +874,8 @@ def train(
             counted["trained"] += int((inputs["labels"] != IGNORE_INDEX).sum())
             return super().training_step(model, inputs, *args, **kwargs)
 
+    if config.deepspeed:
+        load_deepspeed_comm_op()
     trainer = GroupedTrainer(
         model=model,
         args=arguments,
