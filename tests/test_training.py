@@ -375,7 +375,7 @@ def test_zero2_training_lowers_loss_and_the_model_reloads(
         # it binds (a fixed port collides with any other run on this machine using it).
         "MASTER_PORT": "0",
         # A build killed earlier left torch's lock file beside DeepSpeed's CPU comm op: the run
-        # must not wait on it forever (it did, in CI). Its own folder, so the op builds here.
+        # must neither wait on it forever (it did, in CI) nor build the op at all.
         "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions"),
     }
     stale_lock = tmp_path / "extensions" / "deepspeed_shm_comm" / "lock"
@@ -396,6 +396,7 @@ def test_zero2_training_lowers_loss_and_the_model_reloads(
     )
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output.decode()[-3000:]
+    assert sorted(p.name for p in stale_lock.parent.iterdir()) == ["lock"]  # nothing built
     assert (out / "checkpoint-24" / "global_step24").is_dir()  # a DeepSpeed checkpoint
     # Progress: one line per log with the step of the total and the time left, no raw dicts.
     printed = output.decode()
@@ -508,8 +509,11 @@ def test_deepspeed_launcher_two_ranks_zero3(tiny_models, seed_dataset: str, tmp_
         "global_batch_size": 4,
         "per_device_batch_size": 2,
     }
+    shared_buffers = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     process = two_rank_training(config, seed_dataset, str(out), tmp_path)
     assert process.returncode == 0, process.log.read_text()[-3000:]
+    # DeepSpeed's CPU shared-memory allreduce left two 66 MB buffers in /dev/shm per run
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) == shared_buffers
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
     # per rank 2 examples, no accumulation: an epoch is examples / 4 steps, the examples

@@ -287,26 +287,20 @@ def deepspeed_config(stage: Literal["zero2", "zero3"], bf16: bool) -> dict[str, 
     return config
 
 
-def load_deepspeed_comm_op() -> None:
-    """Build or load DeepSpeed's shared-memory allreduce op (CPU only) before DeepSpeed does.
+def gloo_allreduce_on_cpu() -> None:
+    """Keep DeepSpeed on CPU off its shared-memory allreduce op; gloo's serves.
 
-    DeepSpeed JIT-builds it under torch's FileBaton, a bare lock file: a run killed while
-    building leaves the file behind and every later run waits on it forever. Here the build runs
-    under a FileLock (released by the kernel when its holder dies), so a lock file found while
-    holding it has no live owner and is removed. DeepSpeed then reuses the loaded op.
+    DeepSpeed JIT-builds that op (a C++ toolchain at run time), under a bare lock file that a
+    build killed midway leaves behind for every later run to wait on forever (CI did, 600 s a
+    test), and its two 66 MB buffers per run stay in /dev/shm (RAM) after the run ends. CPU
+    ranks are for development and tests; GPUs use NCCL and never build it.
     """
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
-    from torch.utils import cpp_extension
 
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-    # DeepSpeed's own condition (deepspeed.comm.torch.build_shm_op)
-    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-        return
-    directory = Path(cpp_extension._get_build_directory(builder.name, verbose=False))
-    with FileLock(directory / "adamllm-build.lock"):
-        (directory / "lock").unlink(missing_ok=True)
-        builder.load(verbose=False)
+    if builder is not None:  # deepspeed.comm.torch.build_shm_op reads this map
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def training_segments(
@@ -811,6 +805,8 @@ def train(
             if state.is_world_process_zero:
                 sync.complete(checkpoint)
 
+    if config.deepspeed:
+        gloo_allreduce_on_cpu()
     arguments = TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=config.per_device_batch_size,
@@ -874,8 +870,6 @@ def train(
             counted["trained"] += int((inputs["labels"] != IGNORE_INDEX).sum())
             return super().training_step(model, inputs, *args, **kwargs)
 
-    if config.deepspeed:
-        load_deepspeed_comm_op()
     trainer = GroupedTrainer(
         model=model,
         args=arguments,
