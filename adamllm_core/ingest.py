@@ -218,12 +218,11 @@ def _quarantine_row(
         "duplicate", f"same image and caption as row {duplicate_of}"
     )
     caption = outcome.caption if isinstance(outcome.caption, str) else None
-    return QuarantineRow(
+    return QuarantineRow.of(
+        rejection,
         stage=STAGE,
         input_index=record.index,
         source_ref=record.source_ref,
-        reason=rejection.reason,
-        detail=rejection.detail,
         record_id=outcome.record_id,
         duplicate_of=duplicate_of,
         image_sha256=outcome.image_sha256,

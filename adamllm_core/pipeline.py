@@ -69,20 +69,6 @@ from adamllm_core.version import code_version
 PIPELINE_CODE = code_version(__name__)
 
 
-def _quarantine(
-    stage: str, index: int, ref: str, error: Rejected, record_id: str | None, raw: str | None
-) -> QuarantineRow:
-    return QuarantineRow(
-        stage=stage,
-        input_index=index,
-        source_ref=ref,
-        reason=error.reason,
-        detail=error.detail,
-        record_id=record_id,
-        record=raw,
-    )
-
-
 def _refused(result: ChatResult) -> None:
     """A request the engine refused on its own (see run_isolating) quarantines its row."""
     if (refusal := result.refusal()) is not None:
@@ -147,13 +133,13 @@ def synthesize(
                 parsed = parse_triplet(result.text, context().delimiters)
             except Rejected as error:
                 output.quarantine.append(
-                    _quarantine(
-                        "synthesize",
-                        shard.offset + position,
-                        row["id"],
+                    QuarantineRow.of(
                         error,
-                        row["id"],
-                        result.text,
+                        stage="synthesize",
+                        input_index=shard.offset + position,
+                        source_ref=row["id"],
+                        record_id=row["id"],
+                        record=result.text,
                     )
                 )
                 continue
@@ -229,8 +215,12 @@ def filter_triplets(
         for position, (row, result) in enumerate(zip(rows, results, strict=True)):
             if (refusal := result.refusal()) is not None:
                 output.quarantine.append(
-                    _quarantine(
-                        "filter", shard.offset + position, row["id"], refusal, row["id"], None
+                    QuarantineRow.of(
+                        refusal,
+                        stage="filter",
+                        input_index=shard.offset + position,
+                        source_ref=row["id"],
+                        record_id=row["id"],
                     )
                 )
                 continue
@@ -526,13 +516,12 @@ def assemble(
                         if not quarantined:  # one quarantine row per pair
                             quarantined = True
                             output.quarantine.append(
-                                _quarantine(
-                                    "assemble",
-                                    shard.offset + position,
-                                    pair["id"],
+                                QuarantineRow.of(
                                     problem,
-                                    pair["id"],
-                                    None,
+                                    stage="assemble",
+                                    input_index=shard.offset + position,
+                                    source_ref=pair["id"],
+                                    record_id=pair["id"],
                                 )
                             )
                         continue
@@ -800,13 +789,12 @@ def general_tasks(
                     raise Rejected("unreadable_image", str(error)) from None
             except Rejected as error:
                 output.quarantine.append(
-                    _quarantine(
-                        "general_tasks",
-                        shard.offset + position,
-                        row["source_ref"],
+                    QuarantineRow.of(
                         error,
-                        row["id"],
-                        None,
+                        stage="general_tasks",
+                        input_index=shard.offset + position,
+                        source_ref=row["source_ref"],
+                        record_id=row["id"],
                     )
                 )
                 continue

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, Union
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from adamllm_core.errors import Rejected
 from adamllm_core.hashing import canonical_json
 
 
@@ -198,6 +199,28 @@ class QuarantineRow(Record):
     @classmethod
     def _cut_record(cls, value: Any) -> Any:
         return value[:20_000] if isinstance(value, str) else value
+
+    @classmethod
+    def of(
+        cls,
+        problem: Rejected,
+        *,
+        stage: str,
+        input_index: int,
+        source_ref: str,
+        record_id: str | None = None,
+        **extra: Any,
+    ) -> "QuarantineRow":
+        """The row for an input `stage` refused with `problem` (its reason and detail)."""
+        return cls(
+            stage=stage,
+            input_index=input_index,
+            source_ref=source_ref,
+            reason=problem.reason,
+            detail=problem.detail,
+            record_id=record_id,
+            **extra,
+        )
 
 
 PAIRS = register_schema(

@@ -27,13 +27,13 @@ from scale import run_child, write_world
 def prepare(work: str) -> int:
     from adamllm_core.ingest import IngestConfig, ingest
     from adamllm_core.pipeline import AssembleConfig, assemble
-    from adamllm_core.proving.bundles import _commit_rows, _dataset_writer
+    from adamllm_core.proving.bundles import commit_rows, dataset_writer
     from adamllm_core.schemas import JUDGED
 
     ingest(f"{work}/source/data.jsonl", f"{work}/pairs", IngestConfig(domain="bench"))
     # no synthetic task survived: every record is the caption task (what is measured here is
     # the trainer's memory, not the mixture's makeup)
-    _commit_rows(_dataset_writer(f"{work}/kept", JUDGED, "bench", {}), JUDGED, [])
+    commit_rows(dataset_writer(f"{work}/kept", JUDGED, "bench", {}), JUDGED, [])
     config = AssembleConfig(target_model="tiny:vlm", variants=("caption_only",))
     mixture = assemble(f"{work}/pairs", f"{work}/kept", {"caption_only": f"{work}/mixture"}, config)
     return mixture["caption_only"].rows

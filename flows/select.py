@@ -10,28 +10,27 @@ or here) → every model evaluated on the test benchmark → report.md/png/json.
 from typing import Any
 
 from prefect import flow
-from prefect.deployments import run_deployment
 
-from adamllm_core.errors import ConfigError
+from adamllm_core.dataset import DatasetRef
 from adamllm_core.evaluation.run import EvalConfig
-from adamllm_core.selection.choose import SkillTable, validation_questions
+from adamllm_core.selection.choose import SkillTable
 from adamllm_core.selection.config import SKILL_METHODS, load_select_config
 from adamllm_core.selection.pool_source import PoolConfig
 from adamllm_core.selection.report import build_report
 from adamllm_core.selection.stages import ErrorsConfig, LabelConfig, MistakeConfig
 from adamllm_core.storage import join
-from adamllm_core.training.trainer import finished_run, idempotency_key
 from tasks.evaluate import evaluate_benchmark
 from tasks.select import (
     diagnosed_mistakes,
     pool_dataset,
     pool_labels,
+    question_texts,
     selected_samples,
     selection_report,
     skill_table,
     student_errors,
 )
-from tasks.train import train_model
+from tasks.train import train_model, train_on_deployment
 
 
 @flow(name="select", log_prints=True)
@@ -58,7 +57,7 @@ def select_flow(config: str, out: str | None = None) -> dict[str, Any]:
         settings.uri("errors"),
         join(cache, "errors"),
     )
-    every, wrong = validation_questions(
+    every, wrong = question_texts(
         errors.uri, validation.benchmark, validation.data, validation.limit
     )
     print(f"student: {errors.rows} answered ({errors.quarantined} unreadable), {len(wrong)} wrong")
@@ -100,16 +99,16 @@ def select_flow(config: str, out: str | None = None) -> dict[str, Any]:
         if settings.pool.replay
         else None
     )
-    parts: list[str] | None = None
-    teacher_root = None
-    if set(settings.methods) & set(SKILL_METHODS):
-        parts = pool_labels(
+    labels = (
+        pool_labels(
             pool.uri,
             settings.labels_root(),
             LabelConfig(engine=settings.teacher, prompts=settings.prompts),
             join(settings.labels_root(), "_cache"),
         )
-        teacher_root = parts[-1].rsplit("/", 1)[0]
+        if set(settings.methods) & set(SKILL_METHODS)
+        else None
+    )
 
     selections: dict[str, dict[int, dict[str, Any]]] = {}
     for budget in settings.budget_sizes():
@@ -119,8 +118,7 @@ def select_flow(config: str, out: str | None = None) -> dict[str, Any]:
                 method,
                 budget,
                 pool_uri=pool.uri,
-                label_parts=parts,
-                teacher_root=teacher_root,
+                labels=labels,
                 skills=table,
                 wrong_questions=wrong,
                 validation_questions=every,
@@ -162,24 +160,13 @@ def select_flow(config: str, out: str | None = None) -> dict[str, Any]:
                 if chosen["dataset"] is None:
                     print(f"{method} at {budget}: nothing selected, nothing to train")
                     continue
-                data = chosen["dataset"]
+                data = DatasetRef(**chosen["dataset"])
                 model_out = settings.uri("models", f"{method}-{budget}")
-                if post.deployment:
-                    # Same data, settings and output never train twice: one flow run per key.
-                    run = run_deployment(
-                        post.deployment,
-                        parameters={"config": post.train, "data": data["uri"], "out": model_out},
-                        idempotency_key=idempotency_key(data["fingerprint"], post.train, model_out),
-                    )
-                    summary = finished_run(model_out)
-                    if summary is None:
-                        raise ConfigError(
-                            f"{post.deployment} run {run.name} ended {run.state_name}"
-                            f" without a finished model at {model_out}"
-                        )
-                    summary = {**summary, "flow_run": str(run.id)}
-                else:
-                    summary = train_model(post.train, data["uri"], model_out)
+                summary = (
+                    train_on_deployment(post.deployment, post.train, data, model_out, wait=True)
+                    if post.deployment
+                    else train_model(post.train, data.uri, model_out)
+                )
                 training.setdefault(method, {})[budget] = summary
                 evaluations.setdefault(method, {})[budget] = evaluate(
                     summary["final"], f"{method}-{budget}"

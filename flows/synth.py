@@ -4,7 +4,6 @@ import json
 from typing import Any
 
 from prefect import flow
-from prefect.deployments import run_deployment
 
 from adamllm_core.config import load_domain_config
 from adamllm_core.pipeline import GENERAL_OUTPUTS, VARIANT_OUTPUTS
@@ -17,7 +16,7 @@ from adamllm_core.run_parameters import (
     Sampling,
     synth_overrides,
 )
-from adamllm_core.training.trainer import idempotency_key, stage1_train_config
+from adamllm_core.training.trainer import stage1_train_config
 from tasks.browse import browse_outputs
 from tasks.ingest import ingest_pairs
 from tasks.synth import (
@@ -27,7 +26,7 @@ from tasks.synth import (
     general_task_data,
     synthesize_triplets,
 )
-from tasks.train import build_seed_data, train_model
+from tasks.train import build_seed_data, train_model, train_on_deployment
 
 
 @flow(name="synth", log_prints=True)
@@ -143,20 +142,9 @@ def synth_flow(
     if domain.post_train:  # paper 3.2: single-stage post-training on the mixture
         post = domain.post_train
         if post.deployment:
-            # Same data and config never train twice: Prefect keeps one flow run per key.
-            run = run_deployment(
-                post.deployment,
-                parameters={"config": post.train, "data": mixture.uri, "out": domain.uri("model")},
-                idempotency_key=idempotency_key(
-                    mixture.fingerprint, post.train, domain.uri("model")
-                ),
-                timeout=0,
+            extra["model"] = train_on_deployment(
+                post.deployment, post.train, mixture, domain.uri("model"), wait=False
             )
-            extra["model"] = {
-                "deployment": post.deployment,
-                "flow_run": str(run.id),
-                "state": run.state_name,
-            }
         elif post.pipeline != "single_stage":  # Table 5's ablations: captions, then tasks
             first, second = VARIANT_OUTPUTS[post.pipeline]
             stage1 = train_model(

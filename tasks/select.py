@@ -14,6 +14,7 @@ from adamllm_core.selection.choose import (
     choose,
     instruction_index,
     skill_index,
+    validation_questions,
 )
 from adamllm_core.selection.pool_source import PoolConfig, import_pool
 from adamllm_core.selection.report import selection_facts, write_selection_report
@@ -21,6 +22,7 @@ from adamllm_core.selection.stages import (
     ErrorsConfig,
     LabelConfig,
     MistakeConfig,
+    PoolLabels,
     collect_errors,
     identify_mistakes,
     label_pool,
@@ -49,6 +51,15 @@ def student_errors(config: ErrorsConfig, out: str, cache_uri: str) -> DatasetRef
         )
     publish_stats("errors", out, manifest)
     return DatasetRef.of(out, manifest)
+
+
+@task(name="validation-questions", persist_result=True)
+def question_texts(
+    errors_uri: str, benchmark: str, data: str, limit: int | None
+) -> tuple[list[str], list[str]]:
+    """Every validation question's text, and those the student answered wrong (what the
+    instruction-similarity baseline and the no-skill-analysis ablation retrieve by)."""
+    return validation_questions(errors_uri, benchmark, data, limit)
 
 
 @task(name="identify-mistakes", persist_result=True)
@@ -82,12 +93,12 @@ def skill_table(mistakes_uri: str, threshold: float, name: str) -> dict[str, Any
 
 
 @task(name="label-pool", persist_result=True)
-def pool_labels(pool_uri: str, labels_root: str, config: LabelConfig, cache_uri: str) -> list[str]:
+def pool_labels(pool_uri: str, labels_root: str, config: LabelConfig, cache_uri: str) -> PoolLabels:
     """The pool's skill labels by this teacher: only samples no earlier part labels."""
     with stage_progress("label pool") as progress:
-        parts = label_pool(pool_uri, labels_root, config, cache_uri=cache_uri, progress=progress)
-    publish_stats("label-pool", parts[-1], Dataset(parts[-1]).manifest)
-    return parts
+        labels = label_pool(pool_uri, labels_root, config, cache_uri=cache_uri, progress=progress)
+    publish_stats("label-pool", labels.parts[-1], Dataset(labels.parts[-1]).manifest)
+    return labels
 
 
 @task(name="select-samples", persist_result=True)
@@ -96,8 +107,7 @@ def selected_samples(
     budget: int,
     *,
     pool_uri: str,
-    label_parts: list[str] | None,
-    teacher_root: str | None,
+    labels: PoolLabels | None,
     skills: dict[str, Any] | None,
     wrong_questions: list[str],
     validation_questions: list[str],
@@ -110,12 +120,12 @@ def selected_samples(
 ) -> dict[str, Any]:
     """One method's selection at one budget, written as training conversations."""
     instructions, _ = instruction_index(pool_uri, index_root)
-    labels = skill_index(label_parts, teacher_root)[0] if label_parts and teacher_root else None
+    skill_labels = skill_index(labels)[0] if labels is not None else None
     selection = choose(
         method,
         budget,
         skills=SkillTable(**skills) if skills is not None else None,
-        skill_labels=labels,
+        skill_labels=skill_labels,
         instructions=instructions,
         wrong_questions=wrong_questions,
         validation_questions=validation_questions,

@@ -3,10 +3,18 @@
 from typing import Any
 
 from prefect import task
+from prefect.deployments import run_deployment
 
 from adamllm_core.dataset import DatasetRef
+from adamllm_core.errors import ConfigError
 from adamllm_core.training.seed import SeedConfig, build_seed
-from adamllm_core.training.trainer import finished_run, load_train_config, train_identity, train_to
+from adamllm_core.training.trainer import (
+    finished_run,
+    idempotency_key,
+    load_train_config,
+    train_identity,
+    train_to,
+)
 from tasks.caching import OutputDatasetPolicy
 from tasks.reporting import publish_stats, stage_progress
 
@@ -48,3 +56,28 @@ def train_model(config: dict[str, Any], data: str, out: str) -> dict[str, Any]:
             report(step, total, figures)
 
         return train_to(load_train_config(config), data, out, progress=progress)
+
+
+def train_on_deployment(
+    deployment: str, config: dict[str, Any], data: DatasetRef, out: str, *, wait: bool
+) -> dict[str, Any]:
+    """A training run on the training deployment (its own workers and GPUs). The same data,
+    settings and output never train twice: Prefect keeps one flow run per idempotency key.
+
+    wait: block until the run ends and return the finished model's summary (with the flow
+    run's id); else return at once with the flow run's id and state.
+    """
+    run = run_deployment(
+        deployment,
+        parameters={"config": config, "data": data.uri, "out": out},
+        idempotency_key=idempotency_key(data.fingerprint, config, out),
+        timeout=None if wait else 0,
+    )
+    if not wait:
+        return {"deployment": deployment, "flow_run": str(run.id), "state": run.state_name}
+    summary = finished_run(out)
+    if summary is None:
+        raise ConfigError(
+            f"{deployment} run {run.name} ended {run.state_name} without a finished model at {out}"
+        )
+    return {**summary, "flow_run": str(run.id)}

@@ -125,3 +125,35 @@ def test_a_second_run_redoes_nothing(first_run, select_setup) -> None:
     assert again["accuracy"] == first_run["accuracy"]
     assert {p: p.read_bytes() for p in root.rglob("manifest.json")} == manifests
     assert {p: p.read_bytes() for p in root.rglob("train_summary.json")} == summaries
+
+
+def test_the_flow_runs_on_object_storage(
+    prefect_server: str, select_setup: dict[str, str], s3_bucket: str, s3_server
+) -> None:
+    """Every output on s3:// (moto's server): the labels and the skill index kept there
+    beside them, models trained and scored from there; a second run builds no index again."""
+    import s3fs
+
+    from flows.select import select_flow
+
+    config = yaml.safe_load(Path(select_setup["config"]).read_text())
+    config["methods"] = ["error_driven", "random"]
+    path = Path(select_setup["root"]) / "select-s3.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = f"{s3_bucket}/select"
+    report = select_flow(str(path), out=out)
+    assert set(report["accuracy"]) == {"student", "error_driven", "random"}
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    parts = fs.glob(f"{out}/labels/*/part-*/manifest.json")
+    indexes = fs.glob(f"{out}/labels/*/index-*/index.json")
+    assert len(parts) == 1 and len(indexes) == 1
+    assert parts[0].split("/")[-3] == indexes[0].split("/")[-3]  # one teacher's folder
+    assert fs.exists(f"{out}/world/models/error_driven-{BUDGET}/final")
+    assert fs.exists(f"{out}/world/report.json")
+    built = {file: fs.modified(file) for file in fs.find(indexes[0].rsplit("/", 1)[0])}
+
+    again = select_flow(str(path), out=out)
+    fs.invalidate_cache()
+    assert again["accuracy"] == report["accuracy"]
+    assert {file: fs.modified(file) for file in fs.find(indexes[0].rsplit("/", 1)[0])} == built

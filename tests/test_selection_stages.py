@@ -190,20 +190,22 @@ def test_pool_labels_are_made_once_per_sample_and_teacher(
         manifest = Dataset(part).manifest
         return manifest.rows + manifest.stats.quarantined_total
 
-    first = label_pool(before, labels, config)
+    first = label_pool(before, labels, config).parts
     assert len(first) == 1 and labelled(first[0]) == 20
     rows = list(Dataset(first[0]).iter_rows(["skills", "raw"]))
     assert len(rows) >= 15 and all(r["skills"] == split_skills(r["raw"]) for r in rows)
     named = [skill for r in rows for skill in r["skills"]]
     assert sum(skill in WORLD_SKILL_NAMES.values() for skill in named) >= len(named) / 2
-    parts = label_pool(grown, labels, config)
+    grown_labels = label_pool(grown, labels, config)
+    parts = grown_labels.parts
     assert parts[0] == first[0] and len(parts) == 2
+    assert all(part.rsplit("/", 1)[0] == grown_labels.root for part in parts)
     assert labelled(parts[1]) == 10  # only the new samples
     assert Dataset(parts[1]).manifest.stats.counters["already_labelled"] == 20
-    assert label_pool(grown, labels, config) == parts  # nothing left to label
+    assert label_pool(grown, labels, config) == grown_labels  # nothing left to label
     # another teacher (here: another prompt setting) labels the whole pool again
     other = config.model_copy(update={"prompts": TeacherPrompts(label_max_new_tokens=40)})
-    relabelled = label_pool(grown, labels, other)
+    relabelled = label_pool(grown, labels, other).parts
     assert len(relabelled) == 1 and labelled(relabelled[0]) == 30
     assert relabelled[0].rsplit("/", 2)[-2] != parts[0].rsplit("/", 2)[-2]
 

@@ -260,7 +260,7 @@ def test_caption_replies_trains_only_the_caption_turn_in_either_order(
     caption comes first or second; the synthetic turn stays in the context. The caption
     request is the record's own (not one of the pool's): the record's kind says which
     round is the caption."""
-    from adamllm_core.proving.bundles import _commit_rows, _dataset_writer
+    from adamllm_core.proving.bundles import commit_rows, dataset_writer
     from adamllm_core.schemas import CONVERSATIONS, ChatTurn, Conversation
     from adamllm_core.training.trainer import load_train_config
 
@@ -291,7 +291,7 @@ def test_caption_replies_trains_only_the_caption_turn_in_either_order(
             )
         )
     uri = str(tmp_path / "mixture")
-    _commit_rows(_dataset_writer(uri, CONVERSATIONS, "test", {}), CONVERSATIONS, rows)
+    commit_rows(dataset_writer(uri, CONVERSATIONS, "test", {}), CONVERSATIONS, rows)
     renderer = HFRenderer(tiny_models["vlm"])
     config = load_train_config({"model": tiny_models["vlm"], "loss_on": "caption_replies"})
     masked = encode_all(uri, renderer, config)
@@ -742,7 +742,7 @@ def test_a_changed_run_does_not_resume_from_the_old_runs_checkpoints(
 
 def write_mixture(uri: str, replies: list[str], images: list[bytes]) -> None:
     """A conversations dataset with images inline and `tokens` 0 (as if counted short)."""
-    from adamllm_core.proving.bundles import _commit_rows, _dataset_writer
+    from adamllm_core.proving.bundles import commit_rows, dataset_writer
     from adamllm_core.schemas import CONVERSATIONS, ChatTurn, Conversation
 
     rows = [
@@ -763,7 +763,7 @@ def write_mixture(uri: str, replies: list[str], images: list[bytes]) -> None:
         )
         for i, (reply, image) in enumerate(zip(replies, images, strict=True))
     ]
-    _commit_rows(_dataset_writer(uri, CONVERSATIONS, "test", {}), CONVERSATIONS, rows)
+    commit_rows(dataset_writer(uri, CONVERSATIONS, "test", {}), CONVERSATIONS, rows)
 
 
 def test_records_the_processor_refuses_are_skipped_with_their_ids(

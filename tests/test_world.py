@@ -30,7 +30,7 @@ from adamllm_core.proving.world import (
 WORLD = WorldConfig()
 
 
-def _scenes(count: int, palette=GENERAL, seed: int = 3):
+def scenes(count: int, palette=GENERAL, seed: int = 3):
     rng = random.Random(seed)
     for _ in range(count):
         scene = sample_scene(rng, palette, WORLD)
@@ -125,7 +125,7 @@ def test_same_seed_same_world_other_seed_other_world(tmp_path) -> None:
 @pytest.mark.parametrize("palette", [GENERAL, DOMAIN], ids=["general", "domain"])
 def test_gold_colour_and_count_are_true_of_the_pixels(palette) -> None:
     checked = {"colour": 0, "count": 0, "relation": 0}
-    for scene, png, rng in _scenes(60, palette):
+    for scene, png, rng in scenes(60, palette):
         image = Image.open(io.BytesIO(png)).convert("RGB")
         assert _components(_object_mask(image, scene.background)) == len(scene.things)
         for question in questions(scene, rng):
@@ -167,7 +167,7 @@ _FACT = re.compile(
 
 def test_captions_state_only_true_facts() -> None:
     styles = set()
-    for scene, _, rng in _scenes(200, DOMAIN):
+    for scene, _, rng in scenes(200, DOMAIN):
         text = caption(scene, rng)
         facts = {(m[0] or m[3], m[1], m[2], m[4], m[5]) for m in _FACT.findall(text)}
         truth = {(t.size, t.colour, t.shape, ROWS[t.row], COLUMNS[t.column]) for t in scene.things}
@@ -192,7 +192,7 @@ def test_captions_state_only_true_facts() -> None:
 
 
 def test_answer_question_rejects_questions_outside_the_grammar() -> None:
-    scene = next(_scenes(1))[0]
+    scene = next(scenes(1))[0]
     assert answer_question(scene, "What is the meaning of this image?") is None
     assert (
         answer_question(scene, "What colour is the hexagon?") is None
@@ -202,7 +202,7 @@ def test_answer_question_rejects_questions_outside_the_grammar() -> None:
 
 def test_judge_examples_cover_every_label_and_no_contradicts_yes() -> None:
     labels: dict[str, int] = {}
-    for scene, _, rng in _scenes(300):
+    for scene, _, rng in scenes(300):
         _instruction, informative, precise, label = judge_example(scene, rng)
         labels[label] = labels.get(label, 0) + 1
         if label == "Yes":

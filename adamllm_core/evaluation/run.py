@@ -159,13 +159,8 @@ def _executor(
 def _quarantine_row(
     input_index: int, item: Any, problem: Rejected, stage: str = "evaluate"
 ) -> QuarantineRow:
-    return QuarantineRow(
-        stage=stage,
-        input_index=input_index,
-        source_ref=item.source,
-        reason=problem.reason,
-        detail=problem.detail,
-        record_id=item.qid,
+    return QuarantineRow.of(
+        problem, stage=stage, input_index=input_index, source_ref=item.source, record_id=item.qid
     )
 
 

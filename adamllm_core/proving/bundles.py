@@ -88,7 +88,7 @@ PRECISE_NOISE = 0.15
 INFORMATIVE_NOISE = 0.05
 
 
-def _scenes(seed: int, name: str, palette: Palette, world: WorldConfig, count: int):
+def world_scenes(seed: int, name: str, palette: Palette, world: WorldConfig, count: int):
     """(index, scene, image bytes, rng) for `count` scenes of one bundle, each seeded by (seed, name, index)."""
     for index in range(count):
         rng = seeded_rng(seed, name, str(index))
@@ -105,7 +105,7 @@ def _write_image(folder: Path, name: str, data: bytes) -> str:
 def write_seed(out: Path, seed: int, world: WorldConfig, count: int) -> dict[str, int]:
     """Vision-Flan / ALLaVA-Caption-VFLAN / ALLaVA-Instruct-VFLAN files for general images."""
     flan, captions, instructs = [], [], []
-    for index, scene, image, rng in _scenes(seed, "seed", world.general, world, count):
+    for index, scene, image, rng in world_scenes(seed, "seed", world.general, world, count):
         path = _write_image(out, f"general-{index:06d}.png", image)
         text = caption(scene, rng)
         for question in rng.sample(questions(scene, rng), 2):  # two tasks per image
@@ -162,7 +162,7 @@ def write_seed(out: Path, seed: int, world: WorldConfig, count: int) -> dict[str
     return {"images": count, "records": len(flan)}
 
 
-def _dataset_writer(uri: str, schema: Any, stage: str, settings: dict[str, Any]) -> DatasetWriter:
+def dataset_writer(uri: str, schema: Any, stage: str, settings: dict[str, Any]) -> DatasetWriter:
     return DatasetWriter(
         uri,
         schema=schema,
@@ -175,7 +175,7 @@ def _dataset_writer(uri: str, schema: Any, stage: str, settings: dict[str, Any])
     )
 
 
-def _commit_rows(
+def commit_rows(
     writer: DatasetWriter, schema: Any, rows: list[Any], per_shard: int = 2000
 ) -> Manifest:
     shards = max(1, -(-len(rows) // per_shard))
@@ -225,7 +225,7 @@ def write_pretrain(
     stream = "pretrain" if skills is None else "pretrain-" + "-".join(skills)
     if rare_skill is not None or reasoned:
         stream += f"-rare-{rare_skill}-{rare_share}-reasoned-{reasoned}"
-    for index, scene, image, rng in _scenes(seed, stream, world.general, world, count):
+    for index, scene, image, rng in world_scenes(seed, stream, world.general, world, count):
         asked = [q for q in questions(scene, rng) if skills is None or q.skill in skills]
         if rare_skill is not None and rng.random() >= rare_share:
             asked = [q for q in asked if q.skill != rare_skill]
@@ -269,8 +269,8 @@ def write_pretrain(
     }
     if rare_skill is not None or reasoned:  # absent otherwise: earlier datasets keep their identity
         settings.update(rare_skill=rare_skill, rare_share=rare_share, reasoned=reasoned)
-    return _commit_rows(
-        _dataset_writer(uri, CONVERSATIONS, "world-pretrain", settings), CONVERSATIONS, rows
+    return commit_rows(
+        dataset_writer(uri, CONVERSATIONS, "world-pretrain", settings), CONVERSATIONS, rows
     )
 
 
@@ -333,7 +333,7 @@ def write_text_corpus(uri: str, seed: int, world: WorldConfig, count: int) -> Ma
             )
         )
     settings = {"seed": seed, "count": count, "world": world.model_dump(mode="json")}
-    return _commit_rows(_dataset_writer(uri, TEXT_CHATS, "world-text", settings), TEXT_CHATS, rows)
+    return commit_rows(dataset_writer(uri, TEXT_CHATS, "world-text", settings), TEXT_CHATS, rows)
 
 
 def _wrong_answer(question: Question, rng: random.Random) -> str:
@@ -380,14 +380,12 @@ def write_judge(uri: str, seed: int, world: WorldConfig, count: int) -> Manifest
             )
         )
     settings = {"seed": seed, "count": count, "world": world.model_dump(mode="json")}
-    return _commit_rows(
-        _dataset_writer(uri, COMPLETIONS, "world-judge", settings), COMPLETIONS, rows
-    )
+    return commit_rows(dataset_writer(uri, COMPLETIONS, "world-judge", settings), COMPLETIONS, rows)
 
 
 def write_domain_pairs(out: Path, seed: int, world: WorldConfig, count: int) -> int:
     lines = []
-    for index, scene, image, rng in _scenes(seed, "domain", world.domain, world, count):
+    for index, scene, image, rng in world_scenes(seed, "domain", world.domain, world, count):
         path = _write_image(out, f"domain-{index:06d}.png", image)
         lines.append(
             canonical_json(
@@ -427,7 +425,9 @@ def write_pool(
     its short reasoning. Returns samples per skill."""
     records = []
     per_skill: dict[str, int] = {}
-    for index, scene, image, rng in _scenes(seed, stream, palette or world.general, world, count):
+    for index, scene, image, rng in world_scenes(
+        seed, stream, palette or world.general, world, count
+    ):
         path = _write_image(out, f"{stream}-{index:06d}.png", image)
         asked = questions(scene, rng)
         if rare_skill is not None and rng.random() >= rare_share:
@@ -464,7 +464,9 @@ def write_benchmark(
     allows (of `skills`, when given: a target task's)."""
     lines = []
     per_skill: dict[str, int] = {}
-    for index, scene, image, rng in _scenes(seed, stream, palette or world.domain, world, count):
+    for index, scene, image, rng in world_scenes(
+        seed, stream, palette or world.domain, world, count
+    ):
         path = _write_image(out, f"bench-{index:06d}.png", image)
         for question in questions(scene, rng):
             if skills is not None and question.skill not in skills:

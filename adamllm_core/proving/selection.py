@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from adamllm_core.dataset import Manifest
 from adamllm_core.engines.hf import HFRenderer
 from adamllm_core.proving.bundles import (
-    _commit_rows,
-    _dataset_writer,
-    _scenes,
+    commit_rows,
+    dataset_writer,
+    world_scenes,
     write_benchmark,
     write_pool,
     write_pretrain,
@@ -135,7 +135,7 @@ def teacher_examples(
     and the answer a prefix of steps implies (the answer-switch prompt; half the time the
     steps state a wrong answer, as a student's do)."""
     rows = []
-    for index, scene, _, rng in _scenes(seed, "teacher", world.general, world, scenes):
+    for index, scene, _, rng in world_scenes(seed, "teacher", world.general, world, scenes):
         for question in questions(scene, rng):
             options = SKILL_ANSWERS[question.skill]
             name = SKILL_NAMES[question.skill]
@@ -201,8 +201,8 @@ def write_teacher_text(
         "world": world.model_dump(mode="json"),
         "prompts": prompts.model_dump(),
     }
-    return _commit_rows(
-        _dataset_writer(uri, COMPLETIONS, "world-teacher", settings), COMPLETIONS, rows
+    return commit_rows(
+        dataset_writer(uri, COMPLETIONS, "world-teacher", settings), COMPLETIONS, rows
     )
 
 

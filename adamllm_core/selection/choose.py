@@ -19,7 +19,7 @@ from adamllm_core.selection.retrieval import (
     split_budget,
 )
 from adamllm_core.selection.skills import merge_skills
-from adamllm_core.selection.stages import label_rows
+from adamllm_core.selection.stages import PoolLabels, label_rows
 from adamllm_core.storage import join
 
 EXAMPLES_PER_SKILL = 3
@@ -103,15 +103,15 @@ def _load_or_build(
     return index
 
 
-def skill_index(label_parts: list[str], teacher_root: str) -> tuple[TextIndex | None, str]:
+def skill_index(labels: PoolLabels) -> tuple[TextIndex | None, str]:
     """BM25 over the pool's skill labels, kept beside them (`index-<labels key>`): built
     once per set of label parts, loaded after; None when the teacher labelled no sample."""
-    if not any(Dataset(uri).manifest.rows for uri in label_parts):
+    if not any(Dataset(uri).manifest.rows for uri in labels.parts):
         return None, ""
-    fingerprints = sorted(Dataset(uri).manifest.fingerprint for uri in label_parts)
+    fingerprints = sorted(Dataset(uri).manifest.fingerprint for uri in labels.parts)
     key = sha256_hex(canonical_json(fingerprints))[:16]
-    uri = join(teacher_root, f"index-{key}")
-    return _load_or_build(uri, label_rows(label_parts), {"labels": fingerprints}), uri
+    uri = join(labels.root, f"index-{key}")
+    return _load_or_build(uri, label_rows(labels.parts), {"labels": fingerprints}), uri
 
 
 def instruction_index(pool_uri: str, index_root: str) -> tuple[TextIndex, str]:

@@ -98,12 +98,11 @@ def import_pool(source: str, out: str, config: PoolConfig, *, overwrite: bool = 
                 seen.add(row.id)
             except Rejected as error:
                 output.quarantine.append(
-                    QuarantineRow(
+                    QuarantineRow.of(
+                        error,
                         stage="pool",
                         input_index=shard.offset + position,
                         source_ref=ref,
-                        reason=error.reason,
-                        detail=error.detail,
                     )
                 )
                 continue

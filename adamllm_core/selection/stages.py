@@ -64,17 +64,6 @@ from adamllm_core.version import code_version
 SELECTION_CODE = code_version(__name__)
 
 
-def _row_quarantine(stage: str, index: int, ref: str, problem: Rejected, record_id: str | None):
-    return QuarantineRow(
-        stage=stage,
-        input_index=index,
-        source_ref=ref,
-        reason=problem.reason,
-        detail=problem.detail,
-        record_id=record_id,
-    )
-
-
 # --- 1. the student's errors ----------------------------------------------------------------
 
 
@@ -163,11 +152,15 @@ def collect_errors(
                         raise refusal
                     reasoning = parse_reasoning(result.text)
                 except Rejected as problem:
-                    row_quarantine = _row_quarantine(
-                        "errors", shard.offset + position, item.source, problem, item.qid
-                    )
                     output.quarantine.append(
-                        row_quarantine.model_copy(update={"record": result.text})
+                        QuarantineRow.of(
+                            problem,
+                            stage="errors",
+                            input_index=shard.offset + position,
+                            source_ref=item.source,
+                            record_id=item.qid,
+                            record=result.text,
+                        )
                     )
                     continue
                 scored = score_item(spec, item, reasoning.answer, config.seed)
@@ -261,8 +254,12 @@ def identify_mistakes(
                         "one_option", f"only {options!r} to weigh: the answer is the gold"
                     )
                     output.quarantine.append(
-                        _row_quarantine(
-                            "mistakes", shard.offset + position, row["qid"], problem, row["id"]
+                        QuarantineRow.of(
+                            problem,
+                            stage="mistakes",
+                            input_index=shard.offset + position,
+                            source_ref=row["qid"],
+                            record_id=row["id"],
                         )
                     )
                     continue
@@ -342,8 +339,12 @@ def identify_mistakes(
                         "no_skill", f"the teacher named no skill: {result.text[:200]!r}"
                     )
                     output.quarantine.append(
-                        _row_quarantine(
-                            "mistakes", shard.offset + position, row["qid"], problem, row["id"]
+                        QuarantineRow.of(
+                            problem,
+                            stage="mistakes",
+                            input_index=shard.offset + position,
+                            source_ref=row["qid"],
+                            record_id=row["id"],
                         )
                     )
                     continue
@@ -425,6 +426,15 @@ def label_parts(labels_root: str) -> list[str]:
     ]
 
 
+class PoolLabels(BaseModel):
+    """One teacher's labels of a pool: its folder (the skill index is kept there too) and the
+    finished label datasets in it, oldest first."""
+
+    model_config = ConfigDict(frozen=True)
+    root: str
+    parts: list[str]
+
+
 def label_pool(
     pool_uri: str,
     labels_root: str,
@@ -433,10 +443,10 @@ def label_pool(
     cache_uri: str | None = None,
     engine: Engine | None = None,
     progress: ProgressFn | None = None,
-) -> list[str]:
+) -> PoolLabels:
     """Every pool sample labelled once by this teacher: the label datasets (parts) under
     `labels_root/<teacher key>/`. Samples some part already labels are skipped; the others
-    become a new part named by the pool's fingerprint. Returns every part's URI."""
+    become a new part named by the pool's fingerprint."""
     engine = engine or make_engine(config.engine)
     root = join(normalise_uri(labels_root), teacher_key(config, engine))
     pool = Dataset(pool_uri)
@@ -446,7 +456,7 @@ def label_pool(
         manifest_exists(part)
         and Dataset(part).manifest.parents[0].fingerprint == pool.manifest.fingerprint
     ):
-        return [*earlier, part]
+        return PoolLabels(root=root, parts=[*earlier, part])
     known: set[str] = set()
     for uri in earlier:  # ids only: what a part holds is read when the index is built
         part_data = Dataset(uri)
@@ -482,8 +492,12 @@ def label_pool(
                         "no_skill", f"the teacher named no skill: {result.text[:200]!r}"
                     )
                     output.quarantine.append(
-                        _row_quarantine(
-                            "label_pool", shard.offset + position, row["id"], problem, row["id"]
+                        QuarantineRow.of(
+                            problem,
+                            stage="label_pool",
+                            input_index=shard.offset + position,
+                            source_ref=row["id"],
+                            record_id=row["id"],
                         )
                     )
                     continue
@@ -512,7 +526,7 @@ def label_pool(
         columns=["id", "task", "instruction", "answer"],
         progress=progress,
     )
-    return [*earlier, part]
+    return PoolLabels(root=root, parts=[*earlier, part])
 
 
 def label_rows(parts: Collection[str]) -> Iterator[tuple[str, str, str]]:

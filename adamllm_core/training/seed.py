@@ -243,12 +243,11 @@ def build_seed(
                 row = example(record)
             except Rejected as error:
                 output.quarantine.append(
-                    QuarantineRow(
+                    QuarantineRow.of(
+                        error,
                         stage="seed",
                         input_index=shard.offset + position,
                         source_ref=identifier,
-                        reason=error.reason,
-                        detail=error.detail,
                         record_id=identifier,
                     )
                 )
