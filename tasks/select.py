@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from adamllm_core.dataset import Dataset, DatasetRef, manifest_exists
 from adamllm_core.selection.choose import (
+    INSTRUCTION_METHODS,
     SkillTable,
     analyse_skills,
     choose,
@@ -119,7 +120,10 @@ def selected_samples(
     replay_uri: str | None = None,
 ) -> dict[str, Any]:
     """One method's selection at one budget, written as training conversations."""
-    instructions, _ = instruction_index(pool_uri, index_root)
+    # Each index holds the whole pool in memory: load only the one this method reads.
+    instructions = (
+        instruction_index(pool_uri, index_root)[0] if method in INSTRUCTION_METHODS else None
+    )
     skill_labels = skill_index(labels)[0] if labels is not None else None
     selection = choose(
         method,

@@ -126,20 +126,25 @@ def instruction_index(pool_uri: str, index_root: str) -> tuple[TextIndex, str]:
     return _load_or_build(uri, rows, {"pool": fingerprint}), uri
 
 
+# Methods that read the pool's instruction index (random and full draw from its rows).
+INSTRUCTION_METHODS = ("instruction_similarity", "random", "full")
+
+
 def choose(
     method: str,
     budget: int,
     *,
     skills: SkillTable | None,
     skill_labels: TextIndex | None,
-    instructions: TextIndex,
+    instructions: TextIndex | None,
     wrong_questions: list[str],
     validation_questions: list[str],
     split: BudgetSplit,
     per_task_cap: int | None,
     seed: int,
 ) -> Selection:
-    """One method's selection at one budget."""
+    """One method's selection at one budget; `instructions` may be None for a method outside
+    INSTRUCTION_METHODS (the skill methods need only the skill labels)."""
     if method in ("error_driven", "no_mistake_identification", "no_skill_analysis"):
         quotas = (
             split_budget(Counter(wrong_questions), budget)  # the wrong questions' text
@@ -149,12 +154,14 @@ def choose(
         if skill_labels is None:  # the teacher labelled no pool sample: nothing matches
             return Selection([], quotas, {q: n for q, n in quotas.items() if n})
         return select_by_queries(skill_labels, quotas, per_task_cap=per_task_cap)
-    if method == "instruction_similarity":  # INSTA-like: validation questions vs instructions
-        quotas = split_budget(Counter(validation_questions), budget)
-        return select_by_queries(instructions, quotas, per_task_cap=per_task_cap)
-    if method == "random":
-        return Selection(select_random(instructions, budget, seed), {}, {})
-    if method == "full":
+    if method in INSTRUCTION_METHODS:
+        if instructions is None:
+            raise ValueError(f"{method} needs the pool's instruction index")
+        if method == "instruction_similarity":  # INSTA-like: validation questions vs instructions
+            quotas = split_budget(Counter(validation_questions), budget)
+            return select_by_queries(instructions, quotas, per_task_cap=per_task_cap)
+        if method == "random":
+            return Selection(select_random(instructions, budget, seed), {}, {})
         return Selection(select_all(instructions), {}, {})
     raise ValueError(f"unknown selection method {method!r}")
 
