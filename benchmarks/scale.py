@@ -154,7 +154,14 @@ def run_stage(stage: str, work: str) -> dict:
 
 
 def peak_mb() -> float:
-    """This process's peak resident memory so far, in MB."""
+    """This process's peak resident memory so far, in MB: VmHWM, which starts afresh at exec.
+    ru_maxrss does not (getrusage(2): kept across execve), so a child of a parent that held
+    more reported the parent's peak (select_memory's parent holds the pool it wrote)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
