@@ -17,6 +17,7 @@ from adamllm_core.selection.choose import (
     skill_index,
     validation_questions,
 )
+from adamllm_core.selection.config import SKILL_METHODS
 from adamllm_core.selection.pool_source import PoolConfig, import_pool
 from adamllm_core.selection.report import selection_facts, write_selection_report
 from adamllm_core.selection.stages import (
@@ -124,7 +125,9 @@ def selected_samples(
     instructions = (
         instruction_index(pool_uri, index_root)[0] if method in INSTRUCTION_METHODS else None
     )
-    skill_labels = skill_index(labels)[0] if labels is not None else None
+    skill_labels = (
+        skill_index(labels)[0] if labels is not None and method in SKILL_METHODS else None
+    )
     selection = choose(
         method,
         budget,

@@ -106,9 +106,10 @@ def _load_or_build(
 def skill_index(labels: PoolLabels) -> tuple[TextIndex | None, str]:
     """BM25 over the pool's skill labels, kept beside them (`index-<labels key>`): built
     once per set of label parts, loaded after; None when the teacher labelled no sample."""
-    if not any(Dataset(uri).manifest.rows for uri in labels.parts):
+    manifests = [Dataset(uri).manifest for uri in labels.parts]  # each read once
+    if not any(manifest.rows for manifest in manifests):
         return None, ""
-    fingerprints = sorted(Dataset(uri).manifest.fingerprint for uri in labels.parts)
+    fingerprints = sorted(manifest.fingerprint for manifest in manifests)
     key = sha256_hex(canonical_json(fingerprints))[:16]
     uri = join(labels.root, f"index-{key}")
     return _load_or_build(uri, label_rows(labels.parts), {"labels": fingerprints}), uri

@@ -298,6 +298,8 @@ def gloo_allreduce_on_cpu() -> None:
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 
+    if get_accelerator().device_name() != "cpu":
+        return
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is not None:  # deepspeed.comm.torch.build_shm_op reads this map
         deepspeed.ops.__compatible_ops__[builder.NAME] = False
